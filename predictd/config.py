@@ -1,0 +1,196 @@
+"""One validated configuration object, read from TOML and passed down to every stage.
+
+Every key has a type, a default, a range and a one-line help text; ``predictd config --show``
+prints them. An unknown key, a wrong type or an out-of-range value is a :class:`PredictdError`
+naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore
+
+from .errors import PredictdError
+
+
+def _opt(default, help, *, lo=None, hi=None, lo_open=False, choices=None):
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi,
+                                            "lo_open": lo_open, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Config:
+    """All knobs of the pipeline. Field metadata carries the validation rules and help."""
+
+    # data
+    transform: str = _opt("arcsinh", "input transform: 'arcsinh' (y = asinh(x)) or 'none' "
+                          "(inputs already transformed)", choices=("arcsinh", "none"))
+    bin_size: int = _opt(25, "genome bin width in bp", lo=1, hi=100_000)
+    block_bins: int = _opt(262_144, "bins per tensor block (Parquet partition, unit of Spark "
+                           "work; memory per task grows with it)", lo=1_024, hi=16_777_216)
+    # model
+    latent_factors: int = _opt(20, "number of latent factors L", lo=1, hi=1_000)
+    training_fraction: float = _opt(0.01, "fraction of genome bins sampled for training",
+                                    lo=0.0, hi=1.0, lo_open=True)
+    training_regions: str = _opt("", "optional BED of regions the training bins are drawn from "
+                                 "(e.g. ENCODE pilot regions); empty = whole genome")
+    max_training_bins: int = _opt(2_000_000, "cap on the number of training bins", lo=100)
+    validation_fraction: float = _opt(0.1, "fraction of the sampled bins kept for validation",
+                                      lo=0.0, hi=0.9, lo_open=True)
+    validation_groups: int = _opt(5, "experiments are split into this many groups; a validation "
+                                  "bin hides one group and predicts it from the others", lo=2, hi=64)
+    solver: str = _opt("als", "'als' (alternating closed-form ridge) or 'sgd' (parallel Adam SGD, "
+                       "PREDICTD's method)", choices=("als", "sgd"))
+    seed: int = _opt(1, "random seed; the same seed gives bit-identical factors", lo=0,
+                     hi=2**31 - 1)
+    init_scale: float = _opt(0.33, "factors start uniform in (-init_scale, init_scale)",
+                             lo=0.0, hi=10.0, lo_open=True)
+    rc: float = _opt(3.66, "cell-type factor penalty; lambda_C = rc / (L * n_cell_types)", lo=0.0)
+    ra: float = _opt(1.23e-7, "assay factor penalty; lambda_A = ra / (L * n_assays)", lo=0.0)
+    ri: float = _opt(1.23e-5, "genome factor penalty (SGD); lambda_G = ri / (L * n_bins)", lo=0.0)
+    ri2: float = _opt(2.9, "ridge of the closed-form genome-factor solve (imputation, ALS)",
+                      lo=0.0)
+    bias_penalty: float = _opt(0.0, "penalty on the bias terms", lo=0.0)
+    # optimisation
+    max_iterations: int = _opt(60, "maximum training iterations (ALS: half-sweeps; SGD: "
+                               "parameter-averaging rounds)", lo=1, hi=100_000)
+    check_every: int = _opt(1, "validate every this many iterations", lo=1)
+    patience: int = _opt(4, "stop (or drop the learning rate) after this many checks without a "
+                         "validation improvement", lo=1)
+    min_improvement: float = _opt(1e-4, "relative validation-MSE improvement that counts",
+                                  lo=0.0, hi=1.0)
+    partitions: int = _opt(0, "Spark partitions of the training bins (0 = 2 x default "
+                           "parallelism)", lo=0, hi=100_000)
+    learning_rate: float = _opt(0.005, "SGD (Adam) learning rate", lo=0.0, lo_open=True, hi=10.0)
+    beta1: float = _opt(0.9, "Adam beta1", lo=0.0, hi=1.0)
+    beta2: float = _opt(0.999, "Adam beta2", lo=0.0, hi=1.0)
+    epsilon: float = _opt(1e-8, "Adam epsilon", lo=0.0, lo_open=True)
+    lr_decay: float = _opt(1e-6, "learning rate and beta1 decay by (1 - lr_decay)^t", lo=0.0,
+                           hi=1.0)
+    sgd_steps: int = _opt(200, "SGD mini-batch steps per partition per iteration", lo=1)
+    batch_size: int = _opt(4096, "SGD mini-batch size (observed entries)", lo=1)
+    max_lr_drops: int = _opt(3, "SGD: on a stall halve the learning rate and roll back to the "
+                             "best parameters up to this many times", lo=0, hi=20)
+    # imputation / output
+    output_dtype_check: bool = _opt(True, "refuse NaN/inf in imputed values (should never "
+                                    "happen; a guard)")
+    write_parallelism: int = _opt(0, "track groups written in parallel (0 = Spark default "
+                                  "parallelism)", lo=0)
+
+    # ------------------------------------------------------------------ helpers
+    def lambdas(self, n_cell_types: int, n_assays: int, n_bins: int) -> tuple[float, float, float]:
+        """PREDICTD's penalty scaling (DESIGN §2)."""
+        L = self.latent_factors
+        return (self.rc / (L * n_cell_types), self.ra / (L * n_assays),
+                self.ri / (L * max(n_bins, 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def checksum(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def replace(self, **changes) -> "Config":
+        return from_dict({**self.to_dict(), **changes}, source="override")
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every key, in declaration order."""
+    return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(Config)]
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    """Validate a mapping of keys and build a :class:`Config`.
+
+    Raises
+    ------
+    PredictdError
+        naming the first bad key: unknown, wrong type or out of range.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    values = {}
+    for key, val in d.items():
+        if key not in fields:
+            close = [k for k in fields if k.split("_")[0] == str(key).split("_")[0]]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PredictdError(f"{source}: unknown key {key!r}{hint}")
+        values[key] = _check(source, key, val, fields[key])
+    return Config(**values)
+
+
+def _check(source: str, key: str, val: Any, f: dataclasses.Field) -> Any:
+    want = type(f.default)
+    md = f.metadata
+    if want is bool:
+        if not isinstance(val, bool):
+            raise PredictdError(f"{source}: key {key!r} must be true or false, got {val!r}")
+        return val
+    if want is int:
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise PredictdError(f"{source}: key {key!r} must be an integer, got {val!r}")
+    elif want is float:
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise PredictdError(f"{source}: key {key!r} must be a number, got {val!r}")
+        val = float(val)
+        if not math.isfinite(val):
+            raise PredictdError(f"{source}: key {key!r} must be finite, got {val!r}")
+    elif want is str:
+        if not isinstance(val, str):
+            raise PredictdError(f"{source}: key {key!r} must be a string, got {val!r}")
+    if md.get("choices") and val not in md["choices"]:
+        raise PredictdError(f"{source}: key {key!r} must be one of "
+                            f"{', '.join(repr(c) for c in md['choices'])}; got {val!r}")
+    lo, hi = md.get("lo"), md.get("hi")
+    if lo is not None and (val < lo or (md.get("lo_open") and val == lo)):
+        op = ">" if md.get("lo_open") else ">="
+        raise PredictdError(f"{source}: key {key!r} must be {op} {lo}, got {val!r}")
+    if hi is not None and val > hi:
+        raise PredictdError(f"{source}: key {key!r} must be <= {hi}, got {val!r}")
+    return val
+
+
+def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a TOML config file (``None`` = all defaults)."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise PredictdError(f"config file not found: {path}") from None
+        except PermissionError:
+            raise PredictdError(f"config file not readable (permission denied): {path}") from None
+        except IsADirectoryError:
+            raise PredictdError(f"config path is a directory, not a TOML file: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise PredictdError(f"config file {path}: not valid TOML: {e}") from None
+        nested = [k for k, v in data.items() if isinstance(v, dict)]
+        if nested:
+            raise PredictdError(f"config file {path}: unknown section [{nested[0]}] "
+                                "(all keys are top-level)")
+    data.update(overrides or {})
+    return from_dict(data, source=f"config file {path}" if path else "config")
+
+
+def to_toml(cfg: Config) -> str:
+    """Render a config as TOML (for ``predictd config --show`` and run.json readers)."""
+    lines = []
+    for key, _default, help in describe():
+        val = getattr(cfg, key)
+        lines.append(f"# {help}")
+        if isinstance(val, bool):
+            lines.append(f"{key} = {'true' if val else 'false'}")
+        elif isinstance(val, str):
+            lines.append(f"{key} = {json.dumps(val)}")
+        else:
+            lines.append(f"{key} = {val!r}")
+    return "\n".join(lines) + "\n"

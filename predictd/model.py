@@ -1,0 +1,126 @@
+"""The PREDICTD model as a small value object, and the pure functions that evaluate it.
+
+Prediction for cell type j, assay k, bin i (DESIGN §2)::
+
+    x̂_jki = μ + bC_j + bA_k + bG_i + Σ_l C_jl · A_kl · G_il
+
+Experiments are the observed (j, k) pairs, given as two index arrays ``exp_cell`` and
+``exp_assay`` of length E. A block of data is a matrix ``X`` of bins × experiments with NaN for
+missing entries (missing is a mask, never a zero).
+
+A :class:`Model` holds the small factors (C, A, biases, μ) and names; it is saved as ``.npz`` (no
+pickles) plus ``model.json``. Genome factors G are never part of it: they are solved in closed
+form for any block of bins (see :mod:`predictd.solvers.closed_form`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import PredictdError
+
+MODEL_NPZ = "factors.npz"
+MODEL_JSON = "model.json"
+
+
+def experiment_features(C: np.ndarray, A: np.ndarray, exp_cell: np.ndarray,
+                        exp_assay: np.ndarray) -> np.ndarray:
+    """Z[e] = C[j_e] ⊙ A[k_e] — the loading of each experiment on the latent factors (E × L)."""
+    return C[exp_cell] * A[exp_assay]
+
+
+def experiment_bias(mu: float, bC: np.ndarray, bA: np.ndarray, exp_cell: np.ndarray,
+                    exp_assay: np.ndarray) -> np.ndarray:
+    """μ + bC_j + bA_k for each experiment (E,)."""
+    return mu + bC[exp_cell] + bA[exp_assay]
+
+
+def predict(G: np.ndarray, bG: np.ndarray, Z: np.ndarray, b_exp: np.ndarray) -> np.ndarray:
+    """x̂ for a block: G Zᵀ + bG + b_exp (bins × experiments), one GEMM."""
+    out = G @ Z.T
+    out += bG[:, None]
+    out += b_exp[None, :]
+    return out
+
+
+@dataclass
+class Model:
+    """Fitted cell-type/assay factors and biases, with the names that index them."""
+
+    cell_types: list[str]
+    assays: list[str]
+    mu: float
+    bC: np.ndarray
+    bA: np.ndarray
+    C: np.ndarray
+    A: np.ndarray
+    observed: list[tuple[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latent_factors(self) -> int:
+        return int(self.C.shape[1])
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every (cell type, assay) index pair of the model, cell-type major."""
+        return [(j, k) for j in range(len(self.cell_types)) for k in range(len(self.assays))]
+
+    def pair_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        jj, kk = np.meshgrid(np.arange(len(self.cell_types)), np.arange(len(self.assays)),
+                             indexing="ij")
+        return jj.ravel(), kk.ravel()
+
+    def track_names(self) -> list[str]:
+        return [f"{c}.{a}" for c in self.cell_types for a in self.assays]
+
+    # ---------------------------------------------------------------- storage
+    def save(self, directory: str) -> None:
+        """Write ``factors.npz`` + ``model.json`` into a local directory, atomically per file."""
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{MODEL_NPZ}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, C=self.C, A=self.A, bC=self.bC, bA=self.bA,
+                     mu=np.array([self.mu], dtype=np.float64))
+        os.replace(tmp, os.path.join(directory, MODEL_NPZ))
+        doc = {
+            "format": "predictd-model/1",
+            "cell_types": list(self.cell_types),
+            "assays": list(self.assays),
+            "latent_factors": self.latent_factors,
+            "mu": float(self.mu),
+            "observed": [list(p) for p in self.observed],
+            "meta": self.meta,
+        }
+        tmp = os.path.join(directory, f".{MODEL_JSON}.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(directory, MODEL_JSON))
+
+    @classmethod
+    def load(cls, directory: str) -> "Model":
+        """Read a model written by :meth:`save` (never unpickles anything)."""
+        jpath = os.path.join(directory, MODEL_JSON)
+        npath = os.path.join(directory, MODEL_NPZ)
+        try:
+            with open(jpath) as fh:
+                doc = json.load(fh)
+            with np.load(npath, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("C", "A", "bC", "bA", "mu")}
+        except FileNotFoundError as e:
+            raise PredictdError(f"model not found: {e.filename}") from None
+        except (ValueError, KeyError, OSError) as e:
+            raise PredictdError(f"model in {directory} is unreadable: {e}") from None
+        if doc.get("format") != "predictd-model/1":
+            raise PredictdError(f"{jpath}: not a predictd model (format {doc.get('format')!r})")
+        m = cls(cell_types=doc["cell_types"], assays=doc["assays"], mu=float(arrays["mu"][0]),
+                bC=arrays["bC"], bA=arrays["bA"], C=arrays["C"], A=arrays["A"],
+                observed=[tuple(p) for p in doc.get("observed", [])], meta=doc.get("meta", {}))
+        if m.C.shape != (len(m.cell_types), m.latent_factors) or \
+                m.A.shape != (len(m.assays), m.latent_factors):
+            raise PredictdError(f"{npath}: factor shapes do not match the names in {jpath}")
+        return m

@@ -654,9 +654,9 @@ def _render_html(
     else:
         parts.append("<p>No evaluated tracks (no held-out experiments were scored).</p>")
     if bar_files:
-        # Two plots a row only when each fits at its natural size; wide ones get a full row.
+        # Two plots a row when each stays legible at half the page (>= ~80 % of natural size).
         horizontal, width, _h = _bar_layout(n_tracks, len(methods))
-        layout = "grid" if horizontal or width * _DPI <= 540 else "stack"
+        layout = "grid" if horizontal or width * _DPI <= 700 else "stack"
         parts.append(f"<h2>Metrics across tracks</h2><div class='{layout}'>")
         img_class = "tall" if horizontal else ""
         parts += [_img(p, m, img_class) for m, p in bar_files]

@@ -1,0 +1,53 @@
+"""Options shared by the pipeline commands."""
+
+from __future__ import annotations
+
+import click
+
+from .. import config as config_mod
+
+manifest = click.option("--manifest", "-m", required=True, metavar="FILE",
+                        help="TSV with columns cell_type, assay, uri (local path, file://, "
+                             "http(s)://, s3://); optional md5, accession. One row per track.")
+genome = click.option("--genome", "-g", required=True, metavar="G",
+                      help="hg19, hg38, mm10, or a chrom.sizes file.")
+out = click.option("--out", "-o", required=True, metavar="OUT",
+                   help="Output directory or s3:// prefix (tracks/, model/, report/, run.json).")
+config = click.option("--config", "-c", "config_path", metavar="FILE.toml",
+                      help="TOML config; `predictd config --show` lists every key.")
+holdout = click.option("--holdout", multiple=True, metavar="CELL:ASSAY",
+                       help="Leave this observed track out of training and score its "
+                            "imputation (repeatable).")
+master = click.option("--master", metavar="URL",
+                      help="Spark master (default local[*]; e.g. spark://host:7077). Ignored "
+                           "under spark-submit.")
+no_spark = click.option("--no-spark", is_flag=True,
+                        help="Run every stage in this process without Spark (small data, "
+                             "notebooks, debugging).")
+overwrite = click.option("--overwrite", is_flag=True,
+                         help="Replace a different run found at --out (default: refuse).")
+public = click.option("--public", is_flag=True,
+                      help="Make uploaded S3 objects public-read (default private).")
+set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                       help="Override one config key (TOML value syntax), e.g. --set "
+                            "latent_factors=30 (repeatable).")
+
+
+def pipeline_options(f):
+    for opt in reversed([manifest, genome, out, config, set_opt, holdout, master, no_spark,
+                         overwrite, public]):
+        f = opt(f)
+    return f
+
+
+def load_config(path, sets):
+    overrides = {}
+    for s in sets or ():
+        if "=" not in s:
+            raise click.BadParameter(f"{s!r}: expected KEY=VALUE", param_hint="--set")
+        k, v = s.split("=", 1)
+        try:
+            overrides[k.strip()] = config_mod.tomllib.loads(f"x = {v}")["x"]
+        except config_mod.tomllib.TOMLDecodeError:
+            overrides[k.strip()] = v  # a bare string
+    return config_mod.load(path, overrides)

@@ -1,0 +1,200 @@
+"""Ingest: bigWig tracks of a manifest → the binned, transformed tensor (Parquet + header).
+
+Three Spark jobs, each idempotent and resumable:
+
+1. *check* — one task per track: fetch (http/s3) or locate the file, verify its md5 when the
+   manifest gives one, open it and list its chromosomes. Every problem is reported before any
+   heavy work starts.
+2. *bin* — one task per (track, chromosome): read the chromosome in chunks, bin to ``bin_size``
+   (DESIGN §1: mean over the bin's bases, no data = 0), transform, and stage the values per
+   tensor block. A small JSON marker per task records completion and the track's statistics.
+3. *assemble* — one task per (chromosome, block): gather the staged pieces of every track into
+   one Parquet block (a genome chromosome missing from a track stays missing, not zero).
+
+The header is written last: its presence means the tensor is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from . import storage, tensor
+from .bigwig import open_bigwig, read_binned
+from .errors import PredictdError
+from .genome import Genome
+from .manifest import Track
+from .spark import map_tasks
+from .transform import forward
+
+log = logging.getLogger("predictd.ingest")
+
+
+def scratch_dir() -> str:
+    d = os.environ.get("PREDICTD_SCRATCH") or os.path.join(tempfile.gettempdir(),
+                                                           "predictd-cache")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def md5_file(path: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def local_copy(track: Track) -> str:
+    """A local path for the track's file (downloaded to scratch if remote), md5-checked."""
+    if track.is_remote:
+        return storage.fetch_to_local(track.uri, scratch_dir(), md5=track.md5)
+    path = track.uri
+    if not os.path.exists(path):
+        raise PredictdError(f"manifest row {track.row} ({track.name}): file not found: {path}")
+    if os.path.isdir(path):
+        raise PredictdError(f"manifest row {track.row} ({track.name}): is a directory: {path}")
+    if not os.access(path, os.R_OK):
+        raise PredictdError(f"manifest row {track.row} ({track.name}): permission denied: {path}")
+    if track.md5:
+        got = md5_file(path)
+        if got != track.md5.lower():
+            raise PredictdError(f"md5 mismatch for {path} (manifest row {track.row}): "
+                                f"expected {track.md5}, got {got}")
+    return path
+
+
+# --------------------------------------------------------------------------- task functions
+def _check_task(track: Track, payload) -> dict:
+    path = local_copy(track)
+    bw = open_bigwig(path)
+    try:
+        chroms = dict(bw.chroms())
+    except RuntimeError:
+        raise PredictdError(f"corrupt bigWig file {track.uri}: cannot read chromosome list") \
+            from None
+    finally:
+        bw.close()
+    return {"chroms": chroms, "bytes": os.path.getsize(path)}
+
+
+def _staging(root: str, exp: str, chrom: str) -> str:
+    return storage.join(root, "_staging", exp, chrom)
+
+
+def _bin_task(item, payload) -> dict:
+    track, chrom, length = item
+    root, bin_size, block_bins, transform = payload
+    marker = _staging(root, track.name, chrom) + ".json"
+    if storage.exists(marker):
+        return json.loads(storage.read_text(marker))
+    path = local_copy(track)
+    values = read_binned(path, chrom, length, bin_size, source=track.uri)
+    if values is None:  # listed in the check, so the file changed under us
+        raise PredictdError(f"{track.uri}: chromosome {chrom} disappeared from the file")
+    y = forward(values, transform)
+    if not np.isfinite(y).all():
+        raise PredictdError(f"{track.uri}: {chrom} has values that are not finite after the "
+                            f"{transform} transform")
+    for b, start in enumerate(range(0, y.size, block_bins)):
+        buf = io.BytesIO()
+        np.save(buf, y[start:start + block_bins], allow_pickle=False)
+        storage.write_bytes_atomic(storage.join(_staging(root, track.name, chrom),
+                                                f"block={b:06d}.npy"), buf.getvalue())
+    stats = {"exp": track.name, "chrom": chrom, "bins": int(y.size),
+             "sum": float(y.sum(dtype=np.float64)), "max": float(y.max(initial=0.0)),
+             "nonzero": int(np.count_nonzero(y))}
+    storage.write_text_atomic(marker, json.dumps(stats))
+    return stats
+
+
+def _assemble_task(item, payload) -> int:
+    chrom, block, start, n = item
+    root, experiments, present, bin_size = payload
+    uri = tensor.block_uri(root, chrom, block)
+    if storage.exists(uri):
+        return 0
+    X = np.full((n, len(experiments)), np.nan, dtype=np.float32)
+    for j, exp in enumerate(experiments):
+        if (exp, chrom) not in present:
+            continue
+        piece = storage.join(_staging(root, exp, chrom), f"block={block:06d}.npy")
+        arr = np.load(io.BytesIO(storage.read_bytes(piece)), allow_pickle=False)
+        if arr.shape != (n,):
+            raise PredictdError(f"staged piece {piece} has {arr.shape[0]} bins, expected {n}")
+        X[:, j] = arr
+    tensor.write_block(root, chrom, block, start, X, experiments, bin_size)
+    return 1
+
+
+# --------------------------------------------------------------------------- the stage
+def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
+    """Validate every track (job 1). Returns per-track info; raises on the first problem."""
+    infos = map_tasks(sc, _check_task, tracks)
+    gsizes = genome.sizes
+    for t, info in zip(tracks, infos):
+        chroms = info["chroms"]
+        shared = [c for c in chroms if c in gsizes]
+        if not shared:
+            some = ", ".join(list(chroms)[:3])
+            raise PredictdError(f"{t.uri} (manifest row {t.row}): no chromosome name matches "
+                                f"genome {genome.name} (file has {some}...; genome has "
+                                f"{', '.join(genome.names[:3])}...)")
+        for c in shared:
+            if chroms[c] > gsizes[c]:
+                raise PredictdError(f"chromosome size mismatch: {t.uri} has {c} of {chroms[c]} "
+                                    f"bp, genome {genome.name} says {gsizes[c]} bp "
+                                    f"(wrong assembly?)")
+        extra = [c for c in chroms if c not in gsizes]
+        if extra:
+            log.warning("%s: skipping %d chromosome(s) not in genome %s: %s", t.name,
+                        len(extra), genome.name, ", ".join(extra[:5]))
+    return infos
+
+
+def ingest(sc, tracks: list[Track], genome: Genome, cfg, root: str,
+           manifest_checksum: str = "") -> tensor.TensorHeader:
+    """Build (or finish building) the tensor of ``tracks`` under ``root``."""
+    infos = check_tracks(sc, tracks, genome)
+    experiments = [t.name for t in tracks]
+    cell_types = sorted({t.cell_type for t in tracks})
+    assays = sorted({t.assay for t in tracks})
+    items = [(t, c, n) for t, info in zip(tracks, infos) for c, n in genome.chroms
+             if c in info["chroms"]]
+    # big chromosomes first so the tail of the job is short
+    items.sort(key=lambda it: -it[2])
+    stats = map_tasks(sc, _bin_task, items, (root, cfg.bin_size, cfg.block_bins, cfg.transform))
+    present = {(s["exp"], s["chrom"]) for s in stats}
+    blocks = tensor.genome_blocks(genome, cfg.bin_size, cfg.block_bins)
+    map_tasks(sc, _assemble_task, blocks, (root, experiments, present, cfg.bin_size))
+    track_stats = {}
+    for t in tracks:
+        mine = [s for s in stats if s["exp"] == t.name]
+        bins = sum(s["bins"] for s in mine)
+        total = sum(s["sum"] for s in mine)
+        nz = sum(s["nonzero"] for s in mine)
+        track_stats[t.name] = {"bins": bins, "mean": total / max(bins, 1),
+                               "max": max((s["max"] for s in mine), default=0.0),
+                               "nonzero_fraction": nz / max(bins, 1),
+                               "chroms": sorted(s["chrom"] for s in mine)}
+        if nz == 0:
+            log.warning("%s (%s) is all zeros over the genome: kept, but check the file",
+                        t.name, t.uri)
+    header = tensor.TensorHeader(
+        experiments=experiments, cell_types=cell_types, assays=assays,
+        genome={"name": genome.name, "chroms": [list(c) for c in genome.chroms]},
+        bin_size=cfg.bin_size, block_bins=cfg.block_bins, transform=cfg.transform,
+        sources={t.name: {"uri": t.uri, "md5": t.md5, "bytes": i["bytes"]}
+                 for t, i in zip(tracks, infos)},
+        track_stats=track_stats, manifest_checksum=manifest_checksum)
+    tensor.write_header(root, header)
+    storage.delete_prefix(storage.join(root, "_staging"))
+    return header

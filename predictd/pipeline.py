@@ -1,0 +1,326 @@
+"""The whole run: ingest → train → impute → evaluate, resumable, with ``run.json``.
+
+Output layout (DESIGN §7)::
+
+    OUT/run.json                 config, versions, manifest checksums, stage timings, results
+    OUT/tensor/                  the data tensor (Parquet + header.json)
+    OUT/model/                   factors.npz + model.json; genome_factors/ (Parquet)
+    OUT/tracks/                  {cell_type}.{assay}.imputed.bw for every pair of the model
+    OUT/report/                  metrics.tsv, PNG plots, index.html (when tracks are held out)
+    OUT/_predictd/               run identity and stage completion markers
+    OUT/work/                    the training subset (kept for resume; small)
+
+Every stage writes a completion marker last; a re-run skips completed stages, and inside a stage
+skips completed blocks and tracks. A different manifest, genome, config or hold-out set on an
+existing OUT is refused (``overwrite=True`` clears it first) — runs are never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import __version__, storage, tensor
+from .config import Config
+from .errors import PredictdError
+from .genome import Genome, load_genome
+from .manifest import Track, check_name, manifest_checksum, read_manifest
+from .model import Model
+
+log = logging.getLogger("predictd")
+
+STAGES = ("ingest", "train", "impute", "evaluate")
+
+
+def parse_holdout(values) -> list[str]:
+    """``CELL:ASSAY`` (or ``CELL.ASSAY``) → experiment names, validated."""
+    out = []
+    for v in values or ():
+        sep = ":" if ":" in v else "."
+        if sep not in v:
+            raise PredictdError(f"--holdout {v!r}: expected CELL:ASSAY")
+        cell, assay = v.split(sep, 1)
+        check_name(cell, "cell type", f"--holdout {v}")
+        check_name(assay, "assay", f"--holdout {v}")
+        name = f"{cell}.{assay}"
+        if name in out:
+            raise PredictdError(f"--holdout {v}: given twice")
+        out.append(name)
+    return out
+
+
+def load_tracks(manifest: str) -> tuple[list[Track], str]:
+    """Read a manifest from a local path or a remote URI (fetched to scratch first)."""
+    if storage.is_remote(manifest):
+        from .ingest import scratch_dir
+        local = storage.fetch_to_local(manifest, scratch_dir())
+        base = manifest.rsplit("/", 1)[0]
+        tracks = read_manifest(local, base=base)
+    else:
+        tracks = read_manifest(manifest)
+    return tracks, manifest_checksum(tracks)
+
+
+def versions() -> dict:
+    out = {"predictd": __version__, "python": platform.python_version()}
+    for mod in ("numpy", "scipy", "pyspark", "pyarrow", "pyBigWig", "boto3"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "unknown")
+        except Exception:  # noqa: BLE001 - a missing optional module is just not reported
+            out[mod] = None
+    return out
+
+
+@dataclass
+class Run:
+    """One output prefix and everything needed to (re)run its stages."""
+
+    out: str
+    cfg: Config
+    tracks: list[Track]
+    genome: Genome
+    holdout: list[str] = field(default_factory=list)
+    manifest_uri: str = ""
+    manifest_sum: str = ""
+    sc: object = None
+    public: bool = False
+    progress: bool = True
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def tensor_root(self) -> str:
+        return storage.join(self.out, "tensor")
+
+    @property
+    def model_dir(self) -> str:
+        return storage.join(self.out, "model")
+
+    @property
+    def gf_root(self) -> str:
+        return storage.join(self.out, "model", "genome_factors")
+
+    @property
+    def work(self) -> str:
+        return storage.join(self.out, "work", "training_subset")
+
+    def _marker(self, stage: str) -> str:
+        return storage.join(self.out, "_predictd", f"{stage}.done.json")
+
+    def identity(self) -> dict:
+        return {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
+                "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
+
+    # ------------------------------------------------------------------ guard
+    def claim(self, overwrite: bool = False) -> None:
+        """Refuse an OUT that holds a different run; record this run's identity."""
+        uri = storage.join(self.out, "_predictd", "identity.json")
+        ident = self.identity()
+        if storage.exists(uri):
+            old = json.loads(storage.read_text(uri))
+            if old != ident:
+                if not overwrite:
+                    what = [k for k in ident if old.get(k) != ident[k]]
+                    raise PredictdError(
+                        f"{self.out} holds a different run ({', '.join(what)} changed); "
+                        "use another --out or --overwrite to replace it")
+                self.clear()
+        elif storage.exists(storage.join(self.out, "run.json")) or \
+                storage.exists(storage.join(self.out, "tracks")):
+            if not overwrite:
+                raise PredictdError(f"{self.out} holds outputs not made by this run; use another "
+                                    "--out or --overwrite to replace it")
+            self.clear()
+        storage.write_text_atomic(uri, json.dumps(ident, sort_keys=True))
+
+    def clear(self) -> None:
+        log.warning("--overwrite: removing the previous run in %s", self.out)
+        for sub in ("_predictd", "tensor", "model", "tracks", "report", "work", "run.json"):
+            storage.delete_prefix(storage.join(self.out, sub))
+
+    def done(self, stage: str) -> dict | None:
+        uri = self._marker(stage)
+        return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+
+    def mark(self, stage: str, info: dict) -> None:
+        storage.write_text_atomic(self._marker(stage), json.dumps(info, sort_keys=True))
+
+    # ------------------------------------------------------------------ stages
+    def run_stage(self, stage: str) -> dict:
+        prev = self.done(stage)
+        if prev is not None:
+            log.info("%s: already complete, skipped", stage)
+            return {**prev, "skipped": True}
+        t0 = time.perf_counter()
+        info = getattr(self, f"_{stage}")() or {}
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        self.mark(stage, info)
+        self.write_run_json()
+        return info
+
+    def _ingest(self) -> dict:
+        from .ingest import ingest
+        header = ingest(self.sc, self.tracks, self.genome, self.cfg, self.tensor_root,
+                        self.manifest_sum)
+        bins = header.genome_obj.total_bins(header.bin_size)
+        return {"tracks": len(header.experiments), "bins": bins,
+                "blocks": len(header.blocks())}
+
+    def _train(self) -> dict:
+        from .train import train
+        header = tensor.read_header(self.tensor_root)
+        if header.manifest_checksum != self.manifest_sum:
+            raise PredictdError(f"tensor at {self.tensor_root} was built from another manifest")
+        progress = _progress_printer() if self.progress else None
+        model, res = train(self.sc, header, self.tensor_root, self.work, self.cfg,
+                           self.holdout, progress=progress)
+        self.save_model(model)
+        hist_uri = storage.join(self.out, "model", "history.json")
+        storage.write_text_atomic(hist_uri, json.dumps(res.history))
+        return {"best_iteration": res.best_iteration, "best_valid_mse": res.best_valid_mse,
+                "iterations": len(res.history), "training_bins": res.n_bins,
+                "stopped": res.stopped}
+
+    def _impute(self) -> dict:
+        from .impute import solve_genome, write_tracks
+        header = tensor.read_header(self.tensor_root)
+        model = self.load_model()
+        t0 = time.perf_counter()
+        solve_genome(self.sc, header, self.tensor_root, self.gf_root, model, self.cfg)
+        t1 = time.perf_counter()
+        written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg)
+        return {"solve_seconds": round(t1 - t0, 3),
+                "write_seconds": round(time.perf_counter() - t1, 3),
+                "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
+
+    def _evaluate(self) -> dict:
+        from . import evaluate
+        if not self.holdout:
+            return {"tracks": 0}
+        header = tensor.read_header(self.tensor_root)
+        model = self.load_model()
+        vec = evaluate.collect(self.sc, header, self.tensor_root, self.gf_root, model,
+                               self.holdout)
+        masks = _region_masks(header, self.cfg)
+        rows = evaluate.score(vec, masks)
+        curves = None
+        hist_uri = storage.join(self.out, "model", "history.json")
+        if storage.exists(hist_uri):
+            hist = json.loads(storage.read_text(hist_uri))
+            curves = {"iteration": [h["iteration"] for h in hist],
+                      "train_mse": [h["train_mse"] for h in hist],
+                      "valid_mse": [h["valid_mse"] for h in hist]}
+        evaluate.write_report(self.out, rows, curves, evaluate.example_regions(vec))
+        return {"tracks": len(self.holdout), "metrics": rows}
+
+    # ------------------------------------------------------------------ model i/o
+    def save_model(self, model: Model) -> None:
+        model.meta["config"] = self.cfg.to_dict()
+        model.meta["predictd"] = __version__
+        if not storage.is_remote(self.out):
+            model.save(self.model_dir)
+            return
+        tmp = tempfile.mkdtemp(prefix="predictd-model-")
+        try:
+            model.save(tmp)
+            for name in os.listdir(tmp):
+                storage.upload_file(os.path.join(tmp, name), storage.join(self.model_dir, name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_model(self) -> Model:
+        if not storage.is_remote(self.out):
+            return Model.load(self.model_dir)
+        tmp = tempfile.mkdtemp(prefix="predictd-model-")
+        try:
+            for name in ("factors.npz", "model.json"):
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(storage.read_bytes(storage.join(self.model_dir, name)))
+            return Model.load(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ run.json
+    def write_run_json(self) -> None:
+        doc = {
+            "predictd": __version__,
+            "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+            "config": self.cfg.to_dict(),
+            "config_checksum": self.cfg.checksum(),
+            "manifest": {"uri": self.manifest_uri, "checksum": self.manifest_sum,
+                         "tracks": [{"name": t.name, "uri": t.uri, "md5": t.md5,
+                                     "accession": t.accession} for t in self.tracks]},
+            "genome": {"name": self.genome.name, "chroms": len(self.genome.chroms),
+                       "bp": sum(n for _, n in self.genome.chroms)},
+            "holdout": self.holdout,
+            "versions": versions(),
+            "spark": _spark_info(self.sc),
+            "stages": {s: self.done(s) for s in STAGES},
+        }
+        storage.write_text_atomic(storage.join(self.out, "run.json"),
+                                  json.dumps(doc, indent=1, sort_keys=True, default=str))
+
+
+def _spark_info(sc) -> dict:
+    if sc is None:
+        return {"master": None}
+    return {"master": sc.master, "default_parallelism": sc.defaultParallelism,
+            "version": sc.version}
+
+
+def _region_masks(header: tensor.TensorHeader, cfg) -> dict | None:
+    """mseprom/msegene/mseenh masks when the genome is hg38 and the annotation BEDs exist."""
+    if header.genome["name"] != "hg38":
+        return None
+    from .annotations import region_masks
+    ann = os.environ.get("PREDICTD_ANNOTATIONS") or os.path.join(
+        os.environ.get("PREDICTD_SHARED", ""), "data", "annotations", "hg38")
+    genes = os.path.join(ann, "gencode.v29.genes.gtf.bed.gz")
+    enh = os.path.join(ann, "F5.hg38.enhancers.bed.gz")
+    if not os.path.exists(genes):
+        return None
+    chroms = [tuple(c) for c in header.genome["chroms"]]
+    per_chrom = region_masks(chroms, header.bin_size, genes_bed=genes,
+                             enhancers_bed=enh if os.path.exists(enh) else None)
+    import numpy as np
+    return {k: np.concatenate([v[c] for c, _ in chroms]) for k, v in per_chrom.items()}
+
+
+def _progress_printer():
+    def show(row):
+        print(f"  iteration {row['iteration']:>3}  train mse {row['train_mse']:.4f}  "
+              f"valid mse {row['valid_mse']:.4f}", file=sys.stderr, flush=True)
+    return show
+
+
+def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), sc=None,
+             public: bool = False, progress: bool = True) -> Run:
+    """Validate everything that can be validated before any heavy work."""
+    tracks, msum = load_tracks(manifest)
+    g = load_genome(genome)
+    hold = parse_holdout(holdout)
+    names = {t.name for t in tracks}
+    for h in hold:
+        if h not in names:
+            raise PredictdError(f"--holdout {h.replace('.', ':', 1)}: not a track of the "
+                                f"manifest {manifest}")
+    return Run(out=out, cfg=config, tracks=tracks, genome=g, holdout=hold,
+               manifest_uri=manifest, manifest_sum=msum, sc=sc, public=public,
+               progress=progress)
+
+
+def run_all(r: Run, overwrite: bool = False, stages=STAGES) -> dict:
+    r.claim(overwrite)
+    r.write_run_json()
+    results = {}
+    for s in stages:
+        results[s] = r.run_stage(s)
+    return results
+

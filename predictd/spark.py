@@ -1,0 +1,195 @@
+"""The only place a SparkSession is made, and the Spark side of the training backend.
+
+Users never handle RDDs: stages receive a SparkContext from :func:`get_context` and use
+:func:`map_tasks` (an ordered, deterministic ``parallelize → map → collect``) or the
+:class:`SparkBackend` of the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import OrderedDict
+
+_CONTEXT = None
+
+
+def get_context(master: str | None = None, app_name: str = "predictd", conf: dict | None = None):
+    """Create (once per process) or return the SparkContext.
+
+    ``master`` defaults to ``$PREDICTD_SPARK_MASTER`` or ``local[*]``; under spark-submit the
+    master given to spark-submit wins.
+    """
+    global _CONTEXT
+    if _CONTEXT is not None:
+        return _CONTEXT
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark import SparkConf, SparkContext
+
+    sconf = SparkConf().setAppName(app_name)
+    submitted = "spark.master" in dict(sconf.getAll())
+    if not submitted:
+        sconf.setMaster(master or os.environ.get("PREDICTD_SPARK_MASTER") or "local[*]")
+    defaults = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": "false",
+        "spark.driver.memory": os.environ.get("PREDICTD_DRIVER_MEMORY", "4g"),
+        "spark.python.worker.reuse": "true",
+        "spark.task.maxFailures": "4",
+        "spark.rdd.compress": "false",
+        "spark.driver.maxResultSize": "8g",
+    }
+    m = sconf.get("spark.master", "")
+    if m.startswith("local") or m.startswith("spark://127.") or m.startswith("spark://localhost"):
+        defaults["spark.driver.host"] = "127.0.0.1"
+        defaults["spark.driver.bindAddress"] = "127.0.0.1"
+    for k, v in {**defaults, **(conf or {})}.items():
+        if not sconf.contains(k):
+            sconf.set(k, v)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    _CONTEXT = SparkContext.getOrCreate(sconf)
+    _CONTEXT.setLogLevel(os.environ.get("PREDICTD_SPARK_LOG_LEVEL", "ERROR"))
+    return _CONTEXT
+
+
+def stop_context() -> None:
+    global _CONTEXT
+    if _CONTEXT is not None:
+        _CONTEXT.stop()
+        _CONTEXT = None
+
+
+def default_parallelism(sc) -> int:
+    return max(1, int(sc.defaultParallelism))
+
+
+def _guarded(fn, item, payload):
+    """Run a task; a PredictdError travels back as a value so the driver can print its one
+    line (instead of a Java stack trace) and Spark does not retry a hopeless input."""
+    from .errors import PredictdError
+    try:
+        return ("ok", fn(item, payload))
+    except PredictdError as e:
+        return ("error", str(e))
+
+
+def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) -> list:
+    """Run ``fn(item, payload)`` for every item as Spark tasks; results in item order.
+
+    ``sc=None`` runs the tasks in this process (notebooks, tests, benchmarks). The payload is
+    broadcast once (factors, configs); items are small task descriptions. A
+    :class:`PredictdError` raised by a task is re-raised on the driver with its message.
+    """
+    from .errors import PredictdError
+    if not items:
+        return []
+    if sc is None:
+        return [fn(it, payload) for it in items]
+    bc = sc.broadcast(payload)
+    n = n_slices or len(items)
+    indexed = list(enumerate(items))
+    try:
+        out = (sc.parallelize(indexed, min(n, len(items)))
+               .map(lambda it: (it[0], _guarded(fn, it[1], bc.value)))
+               .collect())
+    finally:
+        bc.unpersist()
+    out.sort(key=lambda t: t[0])
+    errors = [r[1] for _, r in out if r[0] == "error"]
+    if errors:
+        raise PredictdError(errors[0])
+    return [r[1] for _, r in out]
+
+
+# --------------------------------------------------------------------------- training backend
+# Training shards are immutable; each Python worker keeps the ones it has loaded so that an
+# iteration does not ship the training tensor through the JVM again (LRU, bounded in bytes).
+_SHARD_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
+_SHARD_CACHE_BYTES = int(os.environ.get("PREDICTD_SHARD_CACHE_MB", "8192")) * 2**20
+
+
+def _cached_shard(loader, key):
+    hit = _SHARD_CACHE.get(key)
+    if hit is not None:
+        _SHARD_CACHE.move_to_end(key)
+        return hit
+    shard = loader(*key)
+    _SHARD_CACHE[key] = shard
+    total = sum(s.nbytes for s in _SHARD_CACHE.values())
+    while total > _SHARD_CACHE_BYTES and len(_SHARD_CACHE) > 1:
+        _, old = _SHARD_CACHE.popitem(last=False)
+        total -= old.nbytes
+    return shard
+
+
+class SparkBackend:
+    """The training backend of :mod:`predictd.solvers.fit` on Spark.
+
+    Shards are loaded by ``loader(*key)`` for each key of ``shard_keys`` inside the executors
+    (from the training-subset Parquet files), cached per Python worker. SGD states (each shard's
+    G rows and their Adam moments) live in a persisted RDD, one element per shard.
+    """
+
+    def __init__(self, sc, loader, shard_keys: list[tuple]):
+        self.sc = sc
+        self.loader = loader
+        self.keys = list(shard_keys)
+        self.n = len(self.keys)
+        self.state_rdd = None
+        self._iter = 0
+
+    def _index_rdd(self):
+        return self.sc.parallelize(list(enumerate(self.keys)), self.n)
+
+    def map(self, fn, payload):
+        bc = self.sc.broadcast(payload)
+        loader = self.loader
+        try:
+            out = self._index_rdd().map(
+                lambda ik: (ik[0], fn(_cached_shard(loader, ik[1]), bc.value, ik[0]))).collect()
+        finally:
+            bc.unpersist()
+        out.sort(key=lambda t: t[0])
+        return [r for _, r in out]
+
+    def init_state(self, fn, payload):
+        bc = self.sc.broadcast(payload)
+        loader = self.loader
+        rdd = self._index_rdd().map(
+            lambda ik: (ik[0], ik[1], fn(_cached_shard(loader, ik[1]), bc.value, ik[0]), None))
+        self.state_rdd = rdd.persist()
+        self.state_rdd.count()
+        bc.unpersist()
+
+    def map_state(self, fn, payload):
+        bc = self.sc.broadcast(payload)
+        loader = self.loader
+
+        def step(elem):
+            i, key, st, _ = elem
+            new_st, res = fn(_cached_shard(loader, key), st, bc.value, i)
+            return (i, key, new_st, res)
+
+        # elements carry (index, shard key, state, this iteration's result); the results are
+        # small (factors), so keeping them beside the state saves a second persisted RDD
+        out = self.state_rdd.map(step).persist()
+        self._iter += 1
+        if self._iter % 10 == 0:
+            out.localCheckpoint()  # keep lineage short on long runs
+        results = out.map(lambda t: (t[0], t[3])).collect()
+        bc.unpersist()
+        self.state_rdd = out
+        results.sort(key=lambda t: t[0])
+        return [r for _, r in results]
+
+    def snapshot(self):
+        return self.state_rdd
+
+    def restore(self, handle):
+        self.state_rdd = handle
+
+    def release(self, handle):
+        if handle is not None and handle is not self.state_rdd:
+            handle.unpersist()

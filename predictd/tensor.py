@@ -1,0 +1,143 @@
+"""The data tensor on storage: Parquet blocks of bins × experiments plus a JSON header.
+
+Layout under a tensor root (local directory or ``s3://`` prefix)::
+
+    header.json                          cell types, assays, experiments, genome, bin size,
+                                         transform, sources and their checksums, blocks
+    chrom={chrom}/block={b:06d}.parquet  columns: bin (int64), start (int64), then one float32
+                                         column per experiment ("{cell_type}.{assay}"),
+                                         null = not observed
+
+The hive-style directories make the tensor readable as one table by pandas, pyarrow or duckdb
+(``duckdb.sql("select * from 'OUT/tensor/*/*.parquet'")``). Missing is null, never zero.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .errors import PredictdError
+from .genome import Genome
+
+HEADER = "header.json"
+FORMAT = "predictd-tensor/1"
+
+
+@dataclass
+class TensorHeader:
+    experiments: list[str]          # "cell.assay", column order
+    cell_types: list[str]
+    assays: list[str]
+    genome: dict                    # {"name": ..., "chroms": [[chrom, length], ...]}
+    bin_size: int
+    block_bins: int
+    transform: str
+    sources: dict = field(default_factory=dict)      # experiment -> {uri, md5, bytes}
+    track_stats: dict = field(default_factory=dict)  # experiment -> {mean, max, nonzero, ...}
+    manifest_checksum: str = ""
+    format: str = FORMAT
+
+    @property
+    def exp_cell(self) -> np.ndarray:
+        idx = {c: i for i, c in enumerate(self.cell_types)}
+        return np.array([idx[e.split(".", 1)[0]] for e in self.experiments], dtype=np.int64)
+
+    @property
+    def exp_assay(self) -> np.ndarray:
+        idx = {a: i for i, a in enumerate(self.assays)}
+        return np.array([idx[e.split(".", 1)[1]] for e in self.experiments], dtype=np.int64)
+
+    @property
+    def genome_obj(self) -> Genome:
+        return Genome(self.genome["name"], tuple(tuple(c) for c in self.genome["chroms"]))
+
+    def blocks(self) -> list[tuple[str, int, int, int]]:
+        return genome_blocks(self.genome_obj, self.bin_size, self.block_bins)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "tensor header") -> "TensorHeader":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PredictdError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PredictdError(f"{where}: not a predictd tensor header")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise PredictdError(f"{where}: unexpected fields ({e})") from None
+
+
+def genome_blocks(genome: Genome, bin_size: int, block_bins: int
+                  ) -> list[tuple[str, int, int, int]]:
+    """Every block of the genome as (chrom, block index, first bin, number of bins), in genome
+    order."""
+    out = []
+    for chrom, length in genome.chroms:
+        n = -(-length // bin_size)
+        for b, start in enumerate(range(0, n, block_bins)):
+            out.append((chrom, b, start, min(block_bins, n - start)))
+    return out
+
+
+def block_uri(root: str, chrom: str, block: int) -> str:
+    return storage.join(root, f"chrom={chrom}", f"block={block:06d}.parquet")
+
+
+def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int) -> bytes:
+    """A block as Parquet bytes: NaN becomes null (not observed)."""
+    n = X.shape[0]
+    bins = np.arange(start_bin, start_bin + n, dtype=np.int64)
+    cols = {"bin": pa.array(bins), "start": pa.array(bins * bin_size)}
+    for j, name in enumerate(names):
+        col = np.ascontiguousarray(X[:, j], dtype=np.float32)
+        cols[name] = pa.array(col, mask=np.isnan(col))
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf, compression="zstd", row_group_size=1 << 20)
+    return buf.getvalue()
+
+
+def decode_block(data: bytes, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, X) from Parquet bytes; X is float32 bins × columns with NaN for null."""
+    try:
+        t = pq.read_table(io.BytesIO(data), columns=["bin", *columns])
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
+    bins = t.column("bin").to_numpy()
+    X = np.empty((t.num_rows, len(columns)), dtype=np.float32)
+    for j, c in enumerate(columns):
+        X[:, j] = t.column(c).to_numpy(zero_copy_only=False)
+    return bins, X
+
+
+def write_block(root: str, chrom: str, block: int, start_bin: int, X: np.ndarray,
+                names: list[str], bin_size: int) -> None:
+    storage.write_bytes_atomic(block_uri(root, chrom, block),
+                               encode_block(start_bin, X, names, bin_size))
+
+
+def read_block(root: str, chrom: str, block: int, columns: list[str]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    uri = block_uri(root, chrom, block)
+    return decode_block(storage.read_bytes(uri), columns, uri)
+
+
+def write_header(root: str, header: TensorHeader) -> None:
+    storage.write_text_atomic(storage.join(root, HEADER), header.to_json())
+
+
+def read_header(root: str) -> TensorHeader:
+    uri = storage.join(root, HEADER)
+    if not storage.exists(uri):
+        raise PredictdError(f"no tensor at {root} (missing {HEADER}; run `predictd ingest`)")
+    return TensorHeader.from_json(storage.read_text(uri), where=uri)

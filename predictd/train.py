@@ -1,0 +1,192 @@
+"""Train: sample a reproducible training subset of bins, then fit C, A and the biases.
+
+1. *sample* — one task per tensor block draws its training and validation bins with a random
+   generator seeded by (seed, chromosome, block), so the subset does not depend on how the work
+   was scheduled. Optionally only bins overlapping a BED of regions are eligible. Each block's
+   sample is written as a small Parquet piece.
+2. *fit* — pieces are grouped into shards (Spark partitions); :func:`predictd.solvers.fit.fit`
+   runs ALS or parallel SGD over them through :class:`predictd.spark.SparkBackend` (or in this
+   process with ``sc=None``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage, tensor
+from .errors import PredictdError
+from .model import Model
+from .solvers.fit import FitResult, LocalBackend, Shard, fit
+from .spark import SparkBackend, default_parallelism, map_tasks
+
+log = logging.getLogger("predictd.train")
+
+
+def training_experiments(header: tensor.TensorHeader, holdout: list[str]) -> list[str]:
+    """The tensor's experiments minus the held-out ones; every cell type and assay must keep
+    at least one (their factors would be unidentifiable otherwise)."""
+    unknown = [h for h in holdout if h not in header.experiments]
+    if unknown:
+        raise PredictdError(f"--holdout {unknown[0]}: no such observed track in the manifest "
+                            f"(observed: {', '.join(header.experiments[:6])}...)")
+    keep = [e for e in header.experiments if e not in set(holdout)]
+    for c in header.cell_types:
+        if not any(e.split(".", 1)[0] == c for e in keep):
+            raise PredictdError(f"cell type {c} has no training track left after --holdout")
+    for a in header.assays:
+        if not any(e.split(".", 1)[1] == a for e in keep):
+            raise PredictdError(f"assay {a} has no training track left after --holdout")
+    return keep
+
+
+def read_bed_regions(path: str) -> dict[str, np.ndarray]:
+    """chrom -> (n, 2) int64 array of [start, end) from a (gzipped) BED."""
+    data = storage.read_bytes(path)
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    regions: dict[str, list] = {}
+    for n, line in enumerate(data.decode().splitlines(), 1):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        try:
+            regions.setdefault(parts[0], []).append((int(parts[1]), int(parts[2])))
+        except (IndexError, ValueError):
+            raise PredictdError(f"training_regions {path}, line {n}: not a BED line") from None
+    return {c: np.array(v, dtype=np.int64) for c, v in regions.items()}
+
+
+def _region_mask(regions, chrom, start_bin, n, bin_size) -> np.ndarray:
+    iv = regions.get(chrom)
+    mask = np.zeros(n, dtype=bool)
+    if iv is None or len(iv) == 0:
+        return mask
+    first = np.clip(iv[:, 0] // bin_size - start_bin, 0, n)
+    last = np.clip((iv[:, 1] - 1) // bin_size - start_bin + 1, 0, n)
+    diff = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(diff, first, 1)
+    np.add.at(diff, last, -1)
+    return np.cumsum(diff[:-1]) > 0
+
+
+def _sample_task(item, payload):
+    chrom_idx, chrom, block, start, n = item
+    root, work, experiments, fraction, vfrac, groups, seed, bin_size, regions = payload
+    rng = np.random.default_rng([seed, chrom_idx, block])
+    u = rng.random(n)
+    role = rng.random(n)
+    grp = rng.integers(0, groups, n)
+    pick = u < fraction
+    if regions is not None:
+        pick &= _region_mask(regions, chrom, start, n, bin_size)
+    if not pick.any():
+        return None
+    bins, X = tensor.read_block(root, chrom, block, experiments)
+    X = X[pick]
+    keep = ~np.isnan(X).all(axis=1)
+    X, is_valid, grp = X[keep], (role[pick] < vfrac)[keep], grp[pick][keep]
+    if X.shape[0] == 0:
+        return None
+    cols = {"valid": pa.array(is_valid), "group": pa.array(grp.astype(np.int16))}
+    for j, e in enumerate(experiments):
+        cols[e] = pa.array(X[:, j], mask=np.isnan(X[:, j]))
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf, compression="zstd")
+    uri = storage.join(work, f"{chrom}.{block:06d}.parquet")
+    storage.write_bytes_atomic(uri, buf.getvalue())
+    return (uri, int(X.shape[0]))
+
+
+def load_shard(pieces: tuple, experiments: tuple) -> Shard:
+    """Build a shard from ``((uri, part, n_parts), ...)``: rows ``part::n_parts`` of each piece."""
+    Xs, Vs, gs = [], [], []
+    for uri, part, nparts in pieces:
+        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        valid = t.column("valid").to_numpy(zero_copy_only=False)[part::nparts]
+        grp = t.column("group").to_numpy()[part::nparts]
+        X = np.empty((valid.size, len(experiments)), dtype=np.float32)
+        for j, e in enumerate(experiments):
+            X[:, j] = t.column(e).to_numpy(zero_copy_only=False)[part::nparts]
+        Xs.append(X[~valid])
+        Vs.append(X[valid])
+        gs.append(grp[valid])
+    E = len(experiments)
+    cat = lambda a: np.concatenate(a) if a else np.zeros((0, E), np.float32)  # noqa: E731
+    return Shard(cat(Xs), cat(Vs), np.concatenate(gs) if gs else np.zeros(0, np.int16))
+
+
+def shard_plan(pieces: list[tuple[str, int]], n_shards: int) -> list[tuple]:
+    """Assign sample pieces to ``n_shards`` shards of similar size (pieces may be split by
+    rows when there are fewer pieces than shards). Deterministic."""
+    pieces = [p for p in pieces if p is not None]
+    if not pieces:
+        return []
+    total = sum(n for _, n in pieces)
+    n_shards = max(1, min(n_shards, total))
+    if len(pieces) < n_shards:
+        split = -(-n_shards // len(pieces))
+        units = [((u, k, split), n / split) for u, n in pieces for k in range(split)]
+    else:
+        units = [((u, 0, 1), n) for u, n in pieces]
+    shards: list[list] = [[] for _ in range(n_shards)]
+    load = np.zeros(n_shards)
+    for unit, size in sorted(units, key=lambda x: -x[1]):
+        i = int(np.argmin(load))
+        shards[i].append(unit)
+        load[i] += size
+    return [tuple(sorted(s)) for s in shards if s]
+
+
+def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: list[str], cfg
+           ) -> list[tuple[str, int]]:
+    total = header.genome_obj.total_bins(header.bin_size)
+    fraction = min(cfg.training_fraction, cfg.max_training_bins / max(total, 1))
+    regions = read_bed_regions(cfg.training_regions) if cfg.training_regions else None
+    chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
+    items = [(chrom_index[c], c, b, s, n) for c, b, s, n in header.blocks()]
+    pieces = map_tasks(sc, _sample_task, items,
+                       (root, work, experiments, fraction, cfg.validation_fraction,
+                        cfg.validation_groups, cfg.seed, header.bin_size, regions))
+    pieces = [p for p in pieces if p is not None]
+    if not pieces:
+        raise PredictdError("the training subset is empty: raise training_fraction or check "
+                            "training_regions and the tracks' chromosomes")
+    return pieces
+
+
+def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
+          progress=None) -> tuple[Model, FitResult]:
+    """Sample the training subset into ``work`` and fit the model."""
+    experiments = training_experiments(header, holdout)
+    pieces = sample(sc, header, root, work, experiments, cfg)
+    n_shards = cfg.partitions or (2 * default_parallelism(sc) if sc is not None else 2)
+    plan = shard_plan(pieces, n_shards)
+    exps = tuple(experiments)
+    idx = {e: i for i, e in enumerate(header.experiments)}
+    exp_cell = header.exp_cell[[idx[e] for e in experiments]]
+    exp_assay = header.exp_assay[[idx[e] for e in experiments]]
+    if sc is None:
+        backend = LocalBackend([load_shard(p, exps) for p in plan])
+    else:
+        backend = SparkBackend(sc, load_shard, [(p, exps) for p in plan])
+    log.info("training on %d bins in %d shards (%s solver)", sum(n for _, n in pieces),
+             len(plan), cfg.solver)
+    res = fit(backend, exp_cell, exp_assay, len(header.cell_types), len(header.assays), cfg,
+              progress=progress, log=log.info)
+    f = res.factors
+    model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
+                  bC=f.bC, bA=f.bA, C=f.C, A=f.A,
+                  observed=[tuple(e.split(".", 1)) for e in experiments],
+                  meta={"solver": cfg.solver, "best_iteration": res.best_iteration,
+                        "best_valid_mse": res.best_valid_mse, "stopped": res.stopped,
+                        "training_bins": res.n_bins, "training_entries": res.n_entries,
+                        "shards": len(plan), "holdout": list(holdout),
+                        "transform": header.transform, "bin_size": header.bin_size,
+                        "ri2": cfg.ri2, "bias_penalty": cfg.bias_penalty})
+    return model, res

@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["predictd", "predictd.*"]),
-    package_data={"predictd": ["data/genomes/*.chrom.sizes", "data/demo/*", "data/templates/*"]},
+    package_data={"predictd": ["data/genomes/*.chrom.sizes", "data/demo/*", "data/templates/*", "data/*.properties"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",

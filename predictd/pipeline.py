@@ -178,9 +178,15 @@ class Run:
         header = tensor.read_header(self.tensor_root)
         if header.manifest_checksum != self.manifest_sum:
             raise PredictdError(f"tensor at {self.tensor_root} was built from another manifest")
-        progress = _progress_printer() if self.progress else None
-        model, res = train(self.sc, header, self.tensor_root, self.work, self.cfg,
-                           self.holdout, progress=progress)
+        progress = _progress_bar(self.cfg.max_iterations) if self.progress else None
+        try:
+            model, res = train(self.sc, header, self.tensor_root, self.work, self.cfg,
+                               self.holdout, progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        log.info("trained: best validation mse %.4f at iteration %d of %d (%s)",
+                 res.best_valid_mse, res.best_iteration, len(res.history), res.stopped)
         self.save_model(model)
         hist_uri = storage.join(self.out, "model", "history.json")
         storage.write_text_atomic(hist_uri, json.dumps(res.history))
@@ -293,10 +299,21 @@ def _region_masks(header: tensor.TensorHeader, cfg) -> dict | None:
     return {k: np.concatenate([v[c] for c, _ in chroms]) for k, v in per_chrom.items()}
 
 
-def _progress_printer():
+def _progress_bar(total: int):
+    """A tqdm bar over training iterations showing the losses; silent when stderr is not a
+    terminal except for one line every 10 iterations (so CI logs stay short)."""
+    from tqdm import tqdm
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=total, desc="predictd: training", unit="it", file=sys.stderr,
+               disable=not tty, leave=False)
+
     def show(row):
-        print(f"  iteration {row['iteration']:>3}  train mse {row['train_mse']:.4f}  "
-              f"valid mse {row['valid_mse']:.4f}", file=sys.stderr, flush=True)
+        bar.update(1)
+        bar.set_postfix(train=f"{row['train_mse']:.4f}", valid=f"{row['valid_mse']:.4f}")
+        if not tty and row["iteration"] % 10 == 0:
+            log.info("training iteration %d: train mse %.4f, valid mse %.4f", row["iteration"],
+                     row["train_mse"], row["valid_mse"])
+    show.close = bar.close
     return show
 
 

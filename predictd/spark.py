@@ -43,8 +43,15 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     }
     m = sconf.get("spark.master", "")
     if m.startswith("local") or m.startswith("spark://127.") or m.startswith("spark://localhost"):
+        # a laptop or a loopback test cluster: never bind or advertise another interface
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         defaults["spark.driver.host"] = "127.0.0.1"
         defaults["spark.driver.bindAddress"] = "127.0.0.1"
+    log4j = os.path.join(os.path.dirname(__file__), "data", "log4j2.properties")
+    if os.path.exists(log4j) and not os.environ.get("PREDICTD_DEBUG"):
+        opt = f"-Dlog4j2.configurationFile=file:{log4j}"
+        defaults["spark.driver.extraJavaOptions"] = opt
+        defaults["spark.executor.extraJavaOptions"] = opt
     for k, v in {**defaults, **(conf or {})}.items():
         if not sconf.contains(k):
             sconf.set(k, v)

@@ -37,8 +37,10 @@ def observed_patterns(obs: np.ndarray) -> list[tuple[np.ndarray | slice, np.ndar
 def projection(Z: np.ndarray, ridge: float, bias_ridge: float = 0.0) -> np.ndarray:
     """P = (Zaᵀ Za + diag(ridge,…,ridge, bias_ridge))⁻¹ Zaᵀ with Za = [Z, 1]  ((L+1) × n_E).
 
-    Computed in float64; falls back to a pseudo-inverse when the system is singular (no ridge
-    and fewer experiments than factors).
+    Computed in float64. With ``ridge > 0`` the system is positive definite (the bias direction
+    is pinned by the column of ones) and is solved directly; with ``ridge == 0`` it may be
+    singular (fewer experiments than factors, or collinear loadings) and the minimum-norm
+    pseudo-inverse solution is used.
     """
     Z = np.asarray(Z, dtype=np.float64)
     nE, L = Z.shape
@@ -48,13 +50,17 @@ def projection(Z: np.ndarray, ridge: float, bias_ridge: float = 0.0) -> np.ndarr
     M = Za.T @ Za
     M[np.arange(L), np.arange(L)] += ridge
     M[L, L] += bias_ridge
-    try:
-        P = np.linalg.solve(M, Za.T)
-        if not np.isfinite(P).all():
-            raise np.linalg.LinAlgError
-    except np.linalg.LinAlgError:
-        P = np.linalg.pinv(M) @ Za.T
-    return P
+    if ridge > 0:
+        try:
+            P = np.linalg.solve(M, Za.T)
+            if np.isfinite(P).all():
+                return P
+        except np.linalg.LinAlgError:
+            pass
+    # A singular M is not reliably reported by solve: rounding leaves tiny pivots and it returns
+    # a finite but arbitrary solution whose null-space part corrupts predictions of unobserved
+    # experiments. The pseudo-inverse drops those directions.
+    return np.linalg.pinv(M, hermitian=True) @ Za.T
 
 
 def solve_genome_factors(R: np.ndarray, Z: np.ndarray, ridge: float, bias_ridge: float = 0.0,

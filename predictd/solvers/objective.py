@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 
 @dataclass
@@ -106,21 +107,27 @@ def minibatch_gradients(x, rows, cols, exp_cell, exp_assay, f: Factors, G, bG, p
     Cj = f.C[j]
     Ak = f.A[k]
     Gi = G[rows]
-    xhat = np.einsum("bl,bl,bl->b", Cj, Ak, Gi) + bG[rows] + f.mu + f.bC[j] + f.bA[k]
+    Z = Cj * Ak
+    xhat = np.einsum("bl,bl->b", Z, Gi) + bG[rows] + f.mu + f.bC[j] + f.bA[k]
     d = (-2.0 * scale) * (x - xhat)  # d(loss)/d(xhat) per entry
     n = G.shape[0]
-    gG_entries = d[:, None] * (Cj * Ak)
     w = (2.0 * scale) / row_counts[rows]
+    gG_entries = d[:, None] * Z
     gG_entries += (pen.rhoG * w)[:, None] * Gi
-    gG = np.zeros_like(G)
-    np.add.at(gG, rows, gG_entries)
+    gG = _group_sum(rows, gG_entries, n).astype(G.dtype, copy=False)
     gbG = np.bincount(rows, weights=d + pen.rhoB * w * bG[rows], minlength=n).astype(G.dtype)
-    gC = np.zeros_like(f.C)
-    np.add.at(gC, j, d[:, None] * (Ak * Gi))
-    gA = np.zeros_like(f.A)
-    np.add.at(gA, k, d[:, None] * (Cj * Gi))
+    gC = _group_sum(j, d[:, None] * (Ak * Gi), f.C.shape[0]).astype(f.C.dtype, copy=False)
+    gA = _group_sum(k, d[:, None] * (Cj * Gi), f.A.shape[0]).astype(f.A.dtype, copy=False)
     gC += 2.0 * pen.lamC * f.C
     gA += 2.0 * pen.lamA * f.A
     gbC = np.bincount(j, weights=d, minlength=f.C.shape[0]) + 2.0 * pen.lamB * f.bC
     gbA = np.bincount(k, weights=d, minlength=f.A.shape[0]) + 2.0 * pen.lamB * f.bA
     return {"C": gC, "A": gA, "bC": gbC, "bA": gbA, "G": gG, "bG": gbG}
+
+
+def _group_sum(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """out[i] = Σ_{b: index[b] = i} values[b] as a sparse × dense product (a compiled loop over
+    the entries; np.add.at on rows is an order of magnitude slower)."""
+    B = index.size
+    S = sparse.csc_matrix((np.ones(B), index, np.arange(B + 1)), shape=(n, B))
+    return np.asarray(S @ values)

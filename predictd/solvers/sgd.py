@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from .objective import Factors, Penalties, minibatch_gradients
 
@@ -55,22 +56,29 @@ def init_state(X, exp_cell, exp_assay, f: Factors, pen: Penalties, rng: np.rando
 
 
 def _adam_step(p, g, m, v, t, opt: Adam):
-    """In-place Adam update of array p; t may be per-row (then broadcast over columns)."""
+    """In-place Adam update of array p; t may be per-row (then broadcast over columns).
+
+    The bias corrections are folded into one per-row step size (``lr / (1 − β1^t)``) and one
+    per-row factor on v, which saves several full-size temporaries over the textbook form
+    (identical up to float rounding).
+    """
     lr, b1 = opt.rates(t)
-    if np.ndim(t):
-        if p.ndim == 2:
-            lr, b1, tt = lr[:, None], b1[:, None], t[:, None]
-        else:
-            tt = t
-    else:
-        tt = t
+    step = lr / (1.0 - opt.beta1 ** t)
+    vscale = 1.0 / (1.0 - opt.beta2 ** t)
+    if np.ndim(t) and p.ndim == 2:
+        b1, step, vscale = b1[:, None], step[:, None], vscale[:, None]
     m *= b1
     m += (1.0 - b1) * g
     v *= opt.beta2
-    v += (1.0 - opt.beta2) * g * g
-    mhat = m / (1.0 - opt.beta1 ** tt)
-    vhat = v / (1.0 - opt.beta2 ** tt)
-    p -= lr * mhat / (np.sqrt(vhat) + opt.eps)
+    g2 = g * g
+    g2 *= 1.0 - opt.beta2
+    v += g2
+    denom = np.multiply(v, vscale, out=g2)  # g2 is dead: reuse its memory
+    np.sqrt(denom, out=denom)
+    denom += opt.eps
+    upd = m * step
+    upd /= denom
+    p -= upd
 
 
 def shard_steps(X, exp_cell, exp_assay, state: dict, f: Factors, moments: dict, t0: int,
@@ -78,45 +86,123 @@ def shard_steps(X, exp_cell, exp_assay, state: dict, f: Factors, moments: dict, 
                 rng: np.random.Generator) -> tuple[dict, Factors, dict, dict]:
     """Run ``n_steps`` mini-batch Adam steps on one shard.
 
+    Each step draws ``batch_size`` observed entries uniformly with replacement and takes one
+    Adam step on the factors and on the G, bG rows the batch touches, with the gradient of
+    :func:`predictd.solvers.objective.minibatch_gradients` (``scale = 1/batch_size``). The input
+    ``state``, ``f`` and ``moments`` are not modified.
+
     Returns the new shard state, the shard's copy of the factors, their Adam moments, and
     ``{"sse": ..., "count": ...}`` of the mini-batch errors seen (a running training loss).
     """
-    obs_rows, obs_cols = np.nonzero(~np.isnan(X))
-    row_counts = np.bincount(obs_rows, minlength=X.shape[0]).astype(np.float64)
-    f = f.copy()
-    moments = {k: (moments[k][0].copy(), moments[k][1].copy()) for k in FACTOR_KEYS}
-    st = {k: v.copy() for k, v in state.items()}
-    sse, count = 0.0, 0
-    n_obs = obs_rows.size
+    n, E = X.shape
+    L = f.C.shape[1]
+    nC, nA = f.C.shape[0], f.A.shape[0]
+    exp_cell = np.asarray(exp_cell)
+    exp_assay = np.asarray(exp_assay)
+    Xf = X.reshape(-1)
+    # flat indices in row-major order: the same entry numbering as np.nonzero, at half the memory
+    obs_flat = np.flatnonzero(~np.isnan(Xf))
+    n_obs = obs_flat.size
+    row_counts = (~np.isnan(X)).sum(axis=1).astype(np.float64)
+
+    # The four small factors live in one flat vector (with views for each) so that their Adam
+    # update is a single call; gradients are written into views of one flat buffer likewise.
+    shapes = {"C": f.C.shape, "A": f.A.shape, "bC": f.bC.shape, "bA": f.bA.shape}
+    theta = np.concatenate([np.ravel(getattr(f, k)).astype(np.float64) for k in FACTOR_KEYS])
+    m_theta = np.concatenate([np.ravel(moments[k][0]).astype(np.float64) for k in FACTOR_KEYS])
+    v_theta = np.concatenate([np.ravel(moments[k][1]).astype(np.float64) for k in FACTOR_KEYS])
+    g_theta = np.empty_like(theta)
+    views, gviews, mviews, vviews, off = {}, {}, {}, {}, 0
+    for k in FACTOR_KEYS:
+        size = int(np.prod(shapes[k]))
+        for dst, buf in ((views, theta), (gviews, g_theta), (mviews, m_theta),
+                         (vviews, v_theta)):
+            dst[k] = buf[off:off + size].reshape(shapes[k])
+        off += size
+    C, A, bC, bA = views["C"], views["A"], views["bC"], views["bA"]
+
+    def finish(G_aug, M_aug, V_aug, t_rows, sse, count):
+        st = {"G": np.ascontiguousarray(G_aug[:, :L]), "bG": G_aug[:, L].copy(),
+              "mG": np.ascontiguousarray(M_aug[:, :L]), "vG": np.ascontiguousarray(V_aug[:, :L]),
+              "mb": M_aug[:, L].copy(), "vb": V_aug[:, L].copy(), "t": t_rows}
+        new_f = Factors(f.mu, bC.copy(), bA.copy(), C.copy(), A.copy())
+        new_m = {k: (mviews[k].copy(), vviews[k].copy()) for k in FACTOR_KEYS}
+        return st, new_f, new_m, {"sse": sse, "count": count}
+
+    # G and bG side by side ([G | bG], n × (L+1)) so that one gather, one gradient and one Adam
+    # step serve both; the prediction's bias column pairs with a constant 1 in the loadings.
+    G_aug = np.empty((n, L + 1))
+    G_aug[:, :L], G_aug[:, L] = state["G"], state["bG"]
+    M_aug = np.empty((n, L + 1))
+    M_aug[:, :L], M_aug[:, L] = state["mG"], state["mb"]
+    V_aug = np.empty((n, L + 1))
+    V_aug[:, :L], V_aug[:, L] = state["vG"], state["vb"]
+    t_rows = np.array(state["t"], dtype=np.int64, copy=True)
     if n_obs == 0:
-        return st, f, moments, {"sse": 0.0, "count": 0}
+        return finish(G_aug, M_aug, V_aug, t_rows, 0.0, 0)
+
     B = min(batch_size, n_obs)
+    scale = 1.0 / B
+    # Grouped sums (per bin, per experiment, per cell type / assay) are sparse × dense products:
+    # a compiled loop over the batch, far cheaper than np.add.at scatters.
+    unit = np.ones(E)
+    by_cell = sparse.csr_matrix((unit, (exp_cell, np.arange(E))), shape=(nC, E))
+    by_assay = sparse.csr_matrix((unit, (exp_assay, np.arange(E))), shape=(nA, E))
+    batch_ptr = np.arange(B + 1)
+    Z_aug = np.ones((E, L + 1))
+    sse, count = 0.0, 0
     for s in range(n_steps):
-        pick = rng.integers(0, n_obs, size=B)
-        rows, cols = obs_rows[pick], obs_cols[pick]
-        x = X[rows, cols].astype(np.float64)
-        g = minibatch_gradients(x, rows, cols, exp_cell, exp_assay, f, st["G"], st["bG"], pen,
-                                row_counts, scale=1.0 / B)
-        # the loss before the step, from the same forward pass's pieces
-        Z = f.C[exp_cell[cols]] * f.A[exp_assay[cols]]
-        xhat = np.einsum("bl,bl->b", Z, st["G"][rows]) + st["bG"][rows] + f.mu + \
-            f.bC[exp_cell[cols]] + f.bA[exp_assay[cols]]
-        sse += float(np.sum((x - xhat) ** 2))
+        # sorting the draw groups the batch by bin (obs_flat is row-major); the set of entries,
+        # hence the gradient, is that of the unsorted draw
+        pick = np.sort(rng.integers(0, n_obs, size=B))
+        flat = np.take(obs_flat, pick)
+        rows = flat // E
+        cols = flat - rows * E
+        x = np.take(Xf, flat).astype(np.float64)
+        np.multiply(C[exp_cell], A[exp_assay], out=Z_aug[:, :L])
+        b_exp = f.mu + bC[exp_cell] + bA[exp_assay]
+        Zb = np.take(Z_aug, cols, axis=0)  # np.take: ~2x faster than fancy indexing
+        Gb = np.take(G_aug, rows, axis=0)
+        r = x - b_exp[cols]
+        r -= np.einsum("bl,bl->b", Zb, Gb)
+        sse += float(np.dot(r, r))
         count += B
-        t = t0 + s + 1
-        for k in FACTOR_KEYS:
-            m, v = moments[k]
-            _adam_step(getattr(f, k), g[k], m, v, t, opt)
-        touched = np.unique(rows)
-        st["t"][touched] += 1
-        tr = st["t"][touched]
-        for pk, mk, vk, gk in (("G", "mG", "vG", "G"), ("bG", "mb", "vb", "bG")):
-            p = st[pk][touched]
-            m = st[mk][touched]
-            v = st[vk][touched]
-            _adam_step(p, g[gk][touched], m, v, tr, opt)
-            st[pk][touched], st[mk][touched], st[vk][touched] = p, m, v
-    return st, f, moments, {"sse": sse, "count": count}
+        d = (-2.0 * scale) * r  # d(loss)/d(x̂) per entry
+
+        new_row = np.empty(B, dtype=bool)
+        new_row[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=new_row[1:])
+        starts = np.flatnonzero(new_row)
+        touched = rows[starts]
+        row_of = np.cumsum(new_row) - 1
+        per_row = sparse.csc_matrix((d, row_of, batch_ptr), shape=(starts.size, B))
+        g_rows = per_row @ Zb  # [∂G | ∂bG] of the touched bins
+        G_t = np.take(Gb, starts, axis=0)
+        # the genome ridge, spread over a bin's entries: mult/E_i of it per batch
+        mult = np.diff(np.append(starts, B))
+        w = (2.0 * scale) * mult / row_counts[touched]
+        g_rows[:, :L] += (pen.rhoG * w)[:, None] * G_t[:, :L]
+        g_rows[:, L] += pen.rhoB * w * G_t[:, L]
+
+        # per-experiment sums Σ d·G_i and Σ d (the constant column) feed every small factor
+        Gb[:, L] = 1.0
+        per_exp = sparse.csc_matrix((d, cols, batch_ptr), shape=(E, B))
+        W = per_exp @ Gb
+        gviews["C"][...] = by_cell @ (A[exp_assay] * W[:, :L])
+        gviews["A"][...] = by_assay @ (C[exp_cell] * W[:, :L])
+        gviews["bC"][...] = by_cell @ W[:, L]
+        gviews["bA"][...] = by_assay @ W[:, L]
+        gviews["C"] += (2.0 * pen.lamC) * C
+        gviews["A"] += (2.0 * pen.lamA) * A
+        gviews["bC"] += (2.0 * pen.lamB) * bC
+        gviews["bA"] += (2.0 * pen.lamB) * bA
+        _adam_step(theta, g_theta, m_theta, v_theta, t0 + s + 1, opt)
+
+        t_rows[touched] += 1
+        M_t, V_t = np.take(M_aug, touched, axis=0), np.take(V_aug, touched, axis=0)
+        _adam_step(G_t, g_rows, M_t, V_t, t_rows[touched], opt)
+        G_aug[touched], M_aug[touched], V_aug[touched] = G_t, M_t, V_t
+    return finish(G_aug, M_aug, V_aug, t_rows, sse, count)
 
 
 def zero_moments(f: Factors) -> dict:

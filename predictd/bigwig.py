@@ -1,0 +1,548 @@
+"""Read bigWig tracks into 25 bp bins and write binned tracks back out.
+
+Everything here works on local files through pyBigWig; fetching remote tracks is
+:mod:`predictd.storage`'s job. Bin values follow the binning contract (DESIGN §1): bin ``i`` of a
+chromosome covers ``[bin_size*i, bin_size*i + bin_size)`` and holds the mean signal over its bases,
+bases without data counting as 0; the last, partial bin is the mean over its own bases.
+
+Reading goes through ``bigWig.values(..., numpy=True)`` one chunk of bins at a time. Measured on this
+project's machine that is the fastest of pyBigWig's three read paths on real and synthetic files
+(``intervals()`` is as fast for sparse ENCODE-style files but 4x slower for 25 bp fixed-step files
+and 15x slower for per-base files; ``stats(type="sum", exact=True)`` is ~100x slower), and chunks
+of 2**16 bins (1.6 Mbp) beat larger ones because they stay in cache.
+
+Examples
+--------
+>>> import numpy as np
+>>> bin_means(np.array([1.0, np.nan, 3.0, 4.0, 5.0]), bin_size=2)
+array([0.5, 3.5, 5. ], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyBigWig
+
+from predictd.errors import PredictdError
+
+__all__ = [
+    "BigWigWriter",
+    "bigwig_chroms",
+    "bin_means",
+    "open_bigwig",
+    "read_binned",
+    "write_bigwig",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BIN_SIZE = 25
+#: Bins fetched per pyBigWig call when reading; 2**16 bins of 25 bp is 6.5 MB of float32 bases.
+DEFAULT_CHUNK_BINS = 1 << 16
+#: Zoom levels written into new files. UCSC tools write up to 10; the browser needs them to draw
+#: a whole-chromosome view without reading every base. libBigWig stops early on small files.
+DEFAULT_MAX_ZOOMS = 10
+
+_BIGWIG_MAGIC = 0x888FFC26
+_HEADER = struct.Struct("<IHHQQQHHQQIQ")  # the fixed 64-byte bbi header
+_ZOOM_HEADER = struct.Struct("<IIQQ")
+
+
+def _check_readable_file(path: str) -> None:
+    """Raise :class:`PredictdError` naming ``path`` unless it is a readable regular file."""
+    if not os.path.exists(path):
+        raise PredictdError(f"bigWig file not found: {path}")
+    if os.path.isdir(path):
+        raise PredictdError(f"bigWig path is a directory, not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise PredictdError(f"permission denied reading bigWig file: {path}")
+
+
+def _check_bbi_structure(path: str) -> None:
+    """Reject files that are not bigWigs or are truncated, before libBigWig sees them.
+
+    libBigWig trusts the offsets in the header and crashes the whole process (segfault) on some
+    truncated files, so the cheap structural facts are checked here first: the magic number at
+    both ends of the file (UCSC and libBigWig writers both end the file with it, and UCSC readers
+    require it) and header offsets that lie inside the file.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER.size)
+            n_zooms = struct.unpack("<H", head[6:8])[0] if len(head) >= 8 else 0
+            zoom_bytes = fh.read(_ZOOM_HEADER.size * n_zooms) if n_zooms else b""
+            tail = b""
+            if size >= 4:
+                fh.seek(size - 4)
+                tail = fh.read(4)
+    except OSError as exc:
+        raise PredictdError(f"cannot read bigWig file {path}: {exc.strerror or exc}") from exc
+
+    if len(head) < _HEADER.size or struct.unpack("<I", head[:4])[0] != _BIGWIG_MAGIC:
+        if len(head) >= 4 and struct.unpack(">I", head[:4])[0] == _BIGWIG_MAGIC:
+            raise PredictdError(f"big-endian bigWig files are not supported: {path}")
+        raise PredictdError(f"not a bigWig file (bad magic number): {path}")
+    if tail != head[:4]:
+        raise PredictdError(f"truncated or corrupt bigWig file (no end marker): {path}")
+    (_, _, _, chrom_tree, data_off, index_off, _, _, _, total_summary, _, _) = _HEADER.unpack(head)
+    offsets = [chrom_tree, data_off, index_off]
+    if total_summary:
+        offsets.append(total_summary)
+    if len(zoom_bytes) < _ZOOM_HEADER.size * n_zooms:
+        raise PredictdError(f"truncated or corrupt bigWig file (zoom headers): {path}")
+    for z in range(n_zooms):
+        _, _, z_data, z_index = _ZOOM_HEADER.unpack_from(zoom_bytes, z * _ZOOM_HEADER.size)
+        offsets += [z_data, z_index]
+    if any(off >= size for off in offsets):
+        raise PredictdError(f"truncated or corrupt bigWig file (offsets past end of file): {path}")
+
+
+def open_bigwig(path: str | os.PathLike):
+    """Open a local bigWig for reading, turning every failure into a one-line error.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local file path (fetch remote tracks with :func:`predictd.storage.fetch_to_local`).
+
+    Returns
+    -------
+    pyBigWig.bigWigFile
+        An open handle; close it with ``.close()``.
+
+    Raises
+    ------
+    PredictdError
+        If the file is missing, unreadable, not a bigWig (bigBed included) or truncated.
+    """
+    path = os.fspath(path)
+    _check_readable_file(path)
+    _check_bbi_structure(path)
+    try:
+        bw = pyBigWig.open(path)
+    except RuntimeError as exc:
+        raise PredictdError(f"cannot open bigWig file {path}: corrupt or unsupported") from exc
+    if bw is None:
+        raise PredictdError(f"cannot open bigWig file {path}: corrupt or unsupported")
+    if not bw.isBigWig():
+        bw.close()
+        raise PredictdError(f"not a bigWig file (it is a bigBed): {path}")
+    return bw
+
+
+def bigwig_chroms(path: str | os.PathLike) -> dict[str, int]:
+    """Chromosome names and lengths listed in a bigWig's header.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local bigWig file.
+
+    Returns
+    -------
+    dict of str to int
+        Chromosome name -> length in bp, in the file's header order.
+
+    Raises
+    ------
+    PredictdError
+        If the file is missing, not a bigWig, or truncated/corrupt.
+    """
+    bw = open_bigwig(path)
+    try:
+        chroms = bw.chroms()
+    except RuntimeError as exc:
+        raise PredictdError(f"corrupt bigWig file {os.fspath(path)}: cannot read chromosome list") from exc
+    finally:
+        bw.close()
+    return dict(chroms or {})
+
+
+def _bin_means_nan_zeroed(values: np.ndarray, bin_size: int) -> np.ndarray:
+    """Per-bin means of ``values`` whose NaNs are already zero (may be float32 or float64)."""
+    n = values.shape[0]
+    n_full = n // bin_size
+    rem = n - n_full * bin_size
+    out = np.empty(n_full + (rem > 0), dtype=np.float32)
+    if n_full:
+        # float64 accumulation keeps the mean exact to float32 even for mixed-sign signals;
+        # einsum does the widening on the fly without materialising a float64 copy.
+        sums = np.einsum("ij->i", values[: n_full * bin_size].reshape(n_full, bin_size), dtype=np.float64)
+        np.multiply(sums, 1.0 / bin_size, out=sums)
+        out[:n_full] = sums
+    if rem:
+        out[n_full] = values[n_full * bin_size :].sum(dtype=np.float64) / rem
+    return out
+
+
+def bin_means(values: np.ndarray, bin_size: int) -> np.ndarray:
+    """Average a per-base signal into fixed-size bins, following the binning contract.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        1-D per-base signal of one chromosome (or of a stretch starting at a bin boundary); NaN
+        marks bases without data and counts as 0.
+    bin_size : int
+        Bases per bin.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``ceil(len(values) / bin_size)`` bin means. The last bin, when partial,
+        is the mean over its own bases. Infinite inputs propagate (callers decide whether that
+        is an error).
+
+    Examples
+    --------
+    >>> bin_means(np.array([2.0, 4.0, np.nan]), bin_size=2)
+    array([3., 0.], dtype=float32)
+    """
+    if bin_size < 1:
+        raise ValueError(f"bin_size must be >= 1, got {bin_size}")
+    v = np.asarray(values)
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    else:
+        v = np.where(np.isnan(v), v.dtype.type(0), v)
+    return _bin_means_nan_zeroed(v, bin_size)
+
+
+def read_binned(
+    path_or_bw,
+    chrom: str,
+    chrom_len: int,
+    bin_size: int = DEFAULT_BIN_SIZE,
+    chunk_bins: int = DEFAULT_CHUNK_BINS,
+    *,
+    source: str | None = None,
+) -> np.ndarray | None:
+    """Read one chromosome of a bigWig as per-bin means, a chunk at a time.
+
+    Parameters
+    ----------
+    path_or_bw : str, os.PathLike or pyBigWig.bigWigFile
+        Local bigWig path, or a handle from :func:`open_bigwig` (reuse one handle when reading
+        many chromosomes of the same file).
+    chrom : str
+        Chromosome name as spelled in the file.
+    chrom_len : int
+        The genome's length for ``chrom``; the result has ``ceil(chrom_len / bin_size)`` bins.
+    bin_size : int, default 25
+        Bases per bin.
+    chunk_bins : int, default 2**16
+        Bins fetched per read; bounds memory to ``chunk_bins * bin_size`` float32 bases.
+    source : str, optional
+        Name used in error messages when a handle is passed (e.g. the track's URI).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float32 bin means (no-data bases count as 0), or None when the file has no ``chrom``.
+
+    Raises
+    ------
+    PredictdError
+        If the file's ``chrom`` is longer than ``chrom_len`` (a different assembly), if its values
+        include +-inf, or if the file is corrupt.
+
+    Notes
+    -----
+    A file whose ``chrom`` is *shorter* than the genome's is read as far as it goes and padded
+    with 0 (no data), with a logged warning: some pipelines write a chromosome list that differs
+    by a few bases (e.g. chrM 16,569 vs 16,571 bp). Bins straddling the file's end average over
+    the genome's bin, the missing bases counting as 0.
+    """
+    if chunk_bins < 1:
+        raise ValueError(f"chunk_bins must be >= 1, got {chunk_bins}")
+    if bin_size < 1:
+        raise ValueError(f"bin_size must be >= 1, got {bin_size}")
+    own_handle = not hasattr(path_or_bw, "values")
+    if own_handle:
+        name = os.fspath(path_or_bw)
+        bw = open_bigwig(name)
+    else:
+        bw = path_or_bw
+        name = source or "bigWig"
+    try:
+        return _read_binned(bw, name, chrom, int(chrom_len), bin_size, chunk_bins)
+    finally:
+        if own_handle:
+            bw.close()
+
+
+def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk_bins: int):
+    try:
+        file_len = bw.chroms(chrom)
+    except RuntimeError as exc:
+        raise PredictdError(f"corrupt bigWig file {name}: cannot read chromosome list") from exc
+    if file_len is None:
+        return None
+    if file_len > chrom_len:
+        raise PredictdError(
+            f"chromosome size mismatch: file {name} has {chrom} of {file_len} bp, "
+            f"genome says {chrom_len} bp (wrong assembly?)"
+        )
+    if file_len < chrom_len:
+        logger.warning(
+            "%s: %s is %d bp in the file but %d bp in the genome; bases past %d count as no data",
+            name, chrom, file_len, chrom_len, file_len,
+        )
+    n_bins = -(-chrom_len // bin_size)
+    out = np.zeros(n_bins, dtype=np.float32)
+    last_bin_with_data = -(-file_len // bin_size)
+    step = chunk_bins
+    for b0 in range(0, last_bin_with_data, step):
+        b1 = min(n_bins, b0 + step)
+        start = b0 * bin_size
+        end = min(chrom_len, b1 * bin_size)
+        read_end = min(end, file_len)
+        try:
+            values = bw.values(chrom, start, read_end, numpy=True)
+        except RuntimeError as exc:
+            raise PredictdError(
+                f"corrupt bigWig file {name}: cannot read {chrom}:{start}-{read_end}"
+            ) from exc
+        np.copyto(values, 0, where=np.isnan(values))
+        if read_end < end:
+            values = np.concatenate([values, np.zeros(end - read_end, dtype=values.dtype)])
+        means = _bin_means_nan_zeroed(values, bin_size)
+        # Checking the bins, not the bases, is 25x cheaper and catches every inf (inf or inf-inf).
+        if not np.isfinite(means).all():
+            bad = b0 + int(np.flatnonzero(~np.isfinite(means))[0])
+            raise PredictdError(
+                f"bigWig file {name} has infinite values in {chrom} near "
+                f"{chrom}:{bad * bin_size}-{min(chrom_len, (bad + 1) * bin_size)}"
+            )
+        out[b0:b1] = means
+    return out
+
+
+class BigWigWriter:
+    """Stream binned tracks into a new bigWig, published atomically on close.
+
+    Data go to a hidden temporary file beside ``path``; :meth:`close` finishes it (index, zoom
+    levels), fsyncs it and renames it over ``path``, so readers never see a partial track.
+    :meth:`abort` (called automatically when the ``with`` block raises) deletes the temporary
+    file. Several writers can be open at once, so one task can fill many tracks block by block.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination bigWig (local; upload it with :func:`predictd.storage.upload_file`).
+        Missing parent directories are created.
+    chroms : sequence of (str, int)
+        Chromosomes and lengths for the header, in the order blocks will be added.
+    bin_size : int, default 25
+        Bases per bin; every entry spans one bin, the last bin clipped to the chromosome end.
+    max_zooms : int, default 10
+        Zoom levels to build (libBigWig builds fewer on small files).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "t.bw")
+    >>> with BigWigWriter(out, [("chr1", 60)]) as w:
+    ...     w.add_block("chr1", 0, np.array([1.0, 2.0, 3.0]))
+    >>> read_binned(out, "chr1", 60).tolist()
+    [1.0, 2.0, 3.0]
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        chroms: Sequence[tuple[str, int]],
+        bin_size: int = DEFAULT_BIN_SIZE,
+        max_zooms: int = DEFAULT_MAX_ZOOMS,
+    ):
+        if bin_size < 1:
+            raise ValueError(f"bin_size must be >= 1, got {bin_size}")
+        self.path = os.fspath(path)
+        self.chroms = [(str(c), int(n)) for c, n in chroms]
+        if not self.chroms:
+            raise ValueError("a bigWig needs at least one chromosome in its header")
+        self._index = {c: i for i, (c, _) in enumerate(self.chroms)}
+        if len(self._index) != len(self.chroms):
+            raise ValueError("duplicate chromosome names in bigWig header")
+        self.bin_size = int(bin_size)
+        self.max_zooms = int(max_zooms)
+        self._bw = None
+        self._tmp: str | None = None
+        self._pos = (0, 0)  # (chromosome index, next free bin) — entries must move forward
+
+    def open(self) -> "BigWigWriter":
+        """Create the temporary file and write the header; returns ``self``."""
+        if self._bw is not None:
+            raise RuntimeError(f"BigWigWriter for {self.path} is already open")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise PredictdError(f"cannot create output directory {parent}: {exc.strerror or exc}") from exc
+        if not os.access(parent, os.W_OK):
+            raise PredictdError(f"permission denied writing bigWig file: {self.path}")
+        tmp = os.path.join(parent, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            bw = pyBigWig.open(tmp, "w")
+        except RuntimeError as exc:
+            raise PredictdError(f"cannot create bigWig file {self.path}") from exc
+        if bw is None:
+            raise PredictdError(f"cannot create bigWig file {self.path}")
+        self._bw, self._tmp = bw, tmp
+        try:
+            bw.addHeader(self.chroms, maxZooms=self.max_zooms)
+        except (RuntimeError, TypeError, OverflowError) as exc:
+            self.abort()
+            raise PredictdError(f"cannot write bigWig header for {self.path}: {exc}") from exc
+        return self
+
+    def add_block(self, chrom: str, start_bin: int, values: np.ndarray) -> None:
+        """Append consecutive bins ``start_bin, start_bin + 1, ...`` of ``chrom``.
+
+        Parameters
+        ----------
+        chrom : str
+            A chromosome of the header; blocks must follow header order, and within a
+            chromosome must not overlap or go backwards (gaps are fine: no data there).
+        start_bin : int
+            Index of the first bin of the block.
+        values : numpy.ndarray
+            1-D finite bin values.
+        """
+        if self._bw is None:
+            raise RuntimeError(f"BigWigWriter for {self.path} is not open")
+        ci = self._index.get(chrom)
+        if ci is None:
+            raise ValueError(f"chromosome {chrom!r} is not in the header of {self.path}")
+        vals = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        if vals.size == 0:
+            return
+        start_bin = int(start_bin)
+        chrom_len = self.chroms[ci][1]
+        n_bins = -(-chrom_len // self.bin_size)
+        if (ci, start_bin) < self._pos or start_bin < 0:
+            raise ValueError(
+                f"block {chrom}:bin {start_bin} for {self.path} is out of order "
+                "(blocks must follow header order without overlapping)"
+            )
+        if start_bin + vals.size > n_bins:
+            raise ValueError(
+                f"block {chrom}:bins {start_bin}-{start_bin + vals.size} runs past the end of "
+                f"{chrom} ({n_bins} bins) in {self.path}"
+            )
+        if not np.isfinite(vals).all():
+            raise ValueError(f"block {chrom}:bin {start_bin} for {self.path} has NaN/inf values")
+        # A fixed-step entry spans whole bins, so a partial last bin of the chromosome is
+        # written as its own interval ending exactly at the chromosome end.
+        n_fixed = vals.size
+        partial_last = start_bin + vals.size == n_bins and chrom_len % self.bin_size != 0
+        if partial_last:
+            n_fixed -= 1
+        try:
+            if n_fixed:
+                self._bw.addEntries(
+                    chrom, start_bin * self.bin_size, values=vals[:n_fixed],
+                    span=self.bin_size, step=self.bin_size,
+                )
+            if partial_last:
+                self._bw.addEntries(
+                    [chrom], [(n_bins - 1) * self.bin_size], ends=[chrom_len],
+                    values=[float(vals[-1])],
+                )
+        except RuntimeError as exc:
+            raise PredictdError(f"cannot write {chrom}:bin {start_bin} to {self.path}: {exc}") from exc
+        self._pos = (ci, start_bin + vals.size)
+
+    def close(self) -> None:
+        """Finish the file (index, zoom levels) and atomically move it to ``path``."""
+        if self._bw is None:
+            return
+        bw, tmp = self._bw, self._tmp
+        self._bw = None
+        try:
+            bw.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException as exc:
+            _remove_quietly(tmp)
+            self._tmp = None
+            if isinstance(exc, OSError):
+                raise PredictdError(f"cannot write bigWig file {self.path}: {exc.strerror or exc}") from exc
+            raise
+        self._tmp = None
+
+    def abort(self) -> None:
+        """Discard everything written so far; ``path`` is left untouched."""
+        bw, tmp = self._bw, self._tmp
+        self._bw = self._tmp = None
+        if bw is not None:
+            try:
+                bw.close()
+            except RuntimeError:
+                pass
+        if tmp is not None:
+            _remove_quietly(tmp)
+
+    def __enter__(self) -> "BigWigWriter":
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_bigwig(
+    path: str | os.PathLike,
+    chroms: Sequence[tuple[str, int]],
+    blocks: Iterable[tuple[str, int, np.ndarray]],
+    bin_size: int = DEFAULT_BIN_SIZE,
+    max_zooms: int = DEFAULT_MAX_ZOOMS,
+) -> Path:
+    """Write binned values to a bigWig, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file; replaced only once the new file is complete.
+    chroms : sequence of (str, int)
+        Header chromosomes and lengths, in the order the blocks follow. Chromosomes without
+        blocks are allowed (no data).
+    blocks : iterable of (chrom, start_bin, values)
+        Consecutive bin values, in header order; see :meth:`BigWigWriter.add_block`.
+    bin_size : int, default 25
+        Bases per bin.
+    max_zooms : int, default 10
+        Zoom levels to build.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    with BigWigWriter(path, chroms, bin_size=bin_size, max_zooms=max_zooms) as writer:
+        for chrom, start_bin, values in blocks:
+            writer.add_block(chrom, start_bin, values)
+    return Path(os.fspath(path))

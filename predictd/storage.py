@@ -1,0 +1,924 @@
+"""Where tracks, tensors and outputs live: local paths, ``file://``, ``http(s)://`` and ``s3://``.
+
+Every function takes a URI string (or a local path) and hides the transport. Writes are atomic:
+a local file is written beside its destination and renamed; an S3 object is written by one PUT or
+by a multipart upload that is completed only when every part is in (and aborted otherwise), so
+readers never see half a file. Downloads resume from a ``.part`` file and are skipped when the
+destination already holds the right bytes.
+
+S3 goes through boto3's default credential chain and honours ``AWS_ENDPOINT_URL`` /
+``AWS_ENDPOINT_URL_S3`` (botocore >= 1.31 reads them itself). Objects are private unless
+``public=True``: no ACL is sent by default, which keeps them private and also works on buckets
+with ACLs disabled (the S3 default since 2023), where even ``ACL="private"`` is refused.
+
+Examples
+--------
+>>> parse_uri("s3://bucket/runs/r1/model.json")
+('s3', 'bucket/runs/r1/model.json')
+>>> join("s3://bucket/runs/", "r1", "tracks/E003.H3K4me3.imputed.bw")
+'s3://bucket/runs/r1/tracks/E003.H3K4me3.imputed.bw'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from predictd.errors import PredictdError
+
+__all__ = [
+    "delete_prefix",
+    "download_file",
+    "exists",
+    "fetch_to_local",
+    "file_md5",
+    "is_remote",
+    "join",
+    "list_prefix",
+    "parse_uri",
+    "read_bytes",
+    "read_text",
+    "s3_client",
+    "upload_file",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Files larger than this go to S3 as multipart uploads.
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+#: Part size for multipart uploads (S3 allows 5 MiB .. 5 GiB and at most 10,000 parts).
+PART_SIZE = 8 * 1024 * 1024
+#: Parts uploaded concurrently (uploads are network-bound; each thread holds one part in memory).
+UPLOAD_THREADS = 4
+#: Download attempts after a dropped connection, each resuming where the last one stopped.
+DOWNLOAD_ATTEMPTS = 5
+#: Attempts per S3 request (botocore "standard" retry mode: backoff with jitter on throttling,
+#: 5xx and connection errors).
+S3_MAX_ATTEMPTS = 4
+HTTP_TIMEOUT = (15, 120)  # (connect, read) seconds
+
+_CHUNK = 1024 * 1024
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SECRET_PARAM_RE = re.compile(r"signature|credential|token|secret|password|key", re.IGNORECASE)
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+
+def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
+    """Split a URI into its scheme and location.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        A local path (``~`` expanded), ``file://`` URI, ``http(s)://`` URL or ``s3://bucket/key``.
+
+    Returns
+    -------
+    (str, str)
+        ``("file", local_path)`` for local files; otherwise the lower-case scheme and everything
+        after ``://`` (for S3, ``"bucket/key"``).
+
+    Raises
+    ------
+    PredictdError
+        For an unsupported scheme, a ``file://`` URI naming another host, or an S3 URI without a
+        bucket.
+
+    Examples
+    --------
+    >>> parse_uri("data/E003.bw")
+    ('file', 'data/E003.bw')
+    >>> parse_uri("file:///tmp/a%20b.bw")
+    ('file', '/tmp/a b.bw')
+    >>> parse_uri("HTTPS://example.org/x.bw")
+    ('https', 'example.org/x.bw')
+    """
+    if isinstance(uri, os.PathLike):
+        return "file", os.fspath(uri)
+    if not isinstance(uri, str) or not uri:
+        raise PredictdError(f"not a path or URI: {uri!r}")
+    m = _SCHEME_RE.match(uri)
+    if m is None:
+        return "file", os.path.expanduser(uri)
+    scheme = m.group(1).lower()
+    rest = uri[m.end():]
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise PredictdError(f"file:// URI names another host ({parts.netloc}): {uri}")
+        return "file", unquote(parts.path)
+    if scheme in ("http", "https"):
+        if not rest or rest.startswith("/"):
+            raise PredictdError(f"URL has no host: {_display(uri)}")
+        return scheme, rest
+    if scheme == "s3":
+        if not rest or rest.startswith("/"):
+            raise PredictdError(f"S3 URI has no bucket: {uri}")
+        return "s3", rest
+    raise PredictdError(
+        f"unsupported URI scheme {scheme!r} in {_display(uri)} (use a local path, file://, http(s):// or s3://)"
+    )
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for ``http(s)://`` and ``s3://`` URIs, False for local paths and ``file://``."""
+    return parse_uri(uri)[0] != "file"
+
+
+def join(prefix: str | os.PathLike, *parts: str) -> str:
+    """Append path components to a local path or a URI prefix.
+
+    Examples
+    --------
+    >>> join("out", "tracks", "a.bw")
+    'out/tracks/a.bw'
+    >>> join("s3://b/out", "/tracks/", "a.bw")
+    's3://b/out/tracks/a.bw'
+    """
+    scheme, location = parse_uri(prefix)
+    if scheme == "file" and _SCHEME_RE.match(os.fspath(prefix)) is None:
+        return os.path.join(os.fspath(prefix), *(p.strip("/") for p in parts))
+    base = os.fspath(prefix).rstrip("/")
+    tail = "/".join(p.strip("/") for p in parts if p.strip("/"))
+    return f"{base}/{tail}" if tail else base
+
+
+def _display(uri: str) -> str:
+    """The URI with any embedded password or signing parameters masked, for messages."""
+    if not isinstance(uri, str) or "://" not in uri:
+        return str(uri)
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_PARAM_RE.search(k) else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _s3_bucket_key(uri: str, need_key: bool = True) -> tuple[str, str]:
+    _, location = parse_uri(uri)
+    bucket, _, key = location.partition("/")
+    if need_key and not key:
+        raise PredictdError(f"S3 URI names a bucket but no object key: {uri}")
+    return bucket, key
+
+
+# --- local files -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _local_errors(path: str, action: str):
+    """Turn OSErrors on ``path`` into one-line PredictdErrors."""
+    try:
+        yield
+    except PredictdError:
+        raise
+    except FileNotFoundError as exc:
+        raise PredictdError(f"file not found: {exc.filename or path}") from exc
+    except IsADirectoryError as exc:
+        raise PredictdError(f"is a directory, not a file: {exc.filename or path}") from exc
+    except NotADirectoryError as exc:
+        raise PredictdError(f"not a directory: {exc.filename or path}") from exc
+    except PermissionError as exc:
+        raise PredictdError(f"permission denied {action} {exc.filename or path}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise PredictdError(f"no space left on device {action} {path}") from exc
+        raise PredictdError(f"error {action} {path}: {exc.strerror or exc}") from exc
+
+
+def _check_local_readable(path: str) -> None:
+    if not os.path.exists(path):
+        raise PredictdError(f"file not found: {path}")
+    if os.path.isdir(path):
+        raise PredictdError(f"is a directory, not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise PredictdError(f"permission denied reading {path}")
+
+
+def _atomic_local_write(path: str, write) -> None:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    with _local_errors(path, "writing"):
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """Hex MD5 of a local file, read in 1 MiB chunks."""
+    path = os.fspath(path)
+    digest = hashlib.md5(usedforsecurity=False)
+    with _local_errors(path, "reading"), open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- S3 --------------------------------------------------------------------------------------
+
+_client_lock = threading.Lock()
+_clients: dict[tuple, object] = {}
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_ACCESS_KEY_ID", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+)
+
+
+def s3_client():
+    """A boto3 S3 client from the default credential chain, shared within a process.
+
+    The client is rebuilt when the relevant ``AWS_*`` environment variables change (tests point
+    it at a local server) or after a fork (clients must not cross process boundaries).
+    """
+    key = (os.getpid(), S3_MAX_ATTEMPTS, HTTP_TIMEOUT) + tuple(os.environ.get(k) for k in _CLIENT_ENV)
+    client = _clients.get(key)
+    if client is None:
+        with _client_lock:
+            client = _clients.get(key)
+            if client is None:
+                import boto3
+                from botocore.config import Config
+
+                config = Config(
+                    retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+                    connect_timeout=HTTP_TIMEOUT[0],
+                    read_timeout=HTTP_TIMEOUT[1],
+                    max_pool_connections=max(10, UPLOAD_THREADS * 2),
+                )
+                # A fresh session per client: boto3's default session is not thread-safe to create.
+                client = boto3.session.Session().client("s3", config=config)
+                _clients.clear()
+                _clients[key] = client
+    return client
+
+
+_S3_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_S3_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"}
+_S3_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, action: str):
+    """Turn boto3/botocore failures into one-line PredictdErrors naming ``uri``.
+
+    Only the error code and the server's message are shown: they never contain credentials.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    try:
+        yield
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "")) or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        bucket = parse_uri(uri)[1].partition("/")[0]
+        if code == "NoSuchBucket":
+            msg = f"S3 bucket {bucket!r} does not exist ({action} {uri})"
+        elif code in _S3_NOT_FOUND:
+            msg = f"S3 object not found: {uri}"
+        elif code in _S3_DENIED:
+            msg = f"access denied {action} {uri} (check the AWS credentials and the bucket policy)"
+        elif code in _S3_BAD_CREDENTIALS:
+            msg = f"AWS credentials rejected ({code}) {action} {uri}"
+        elif code == "AccessControlListNotSupported":
+            msg = (f"bucket {bucket!r} has ACLs disabled, so {uri} cannot be made public per object; "
+                   "grant read access with a bucket policy instead")
+        else:
+            msg = f"S3 error {code or 'unknown'} {action} {uri}: {err.get('Message', '')}".rstrip(": ")
+        raise PredictdError(msg) from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise PredictdError(
+            f"no usable AWS credentials {action} {uri} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or an instance role)"
+        ) from exc
+    except EndpointConnectionError as exc:
+        raise PredictdError(f"cannot connect to the S3 endpoint {action} {uri}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise PredictdError(f"S3 request failed {action} {uri}: {exc}") from exc
+
+
+def _s3_head(uri: str) -> dict | None:
+    """head_object, or None if the object is missing (error if the bucket is missing)."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = _s3_bucket_key(uri)
+    client = s3_client()
+    with _s3_errors(uri, "reading"):
+        try:
+            return client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in _S3_NOT_FOUND:
+                raise
+        # HEAD has no body, so a missing bucket also reads as 404: tell the two apart.
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in _S3_NOT_FOUND | {"NoSuchBucket"}:
+                raise PredictdError(f"S3 bucket {bucket!r} does not exist (reading {uri})") from exc
+            raise
+    return None
+
+
+def _s3_extra_args(public: bool) -> dict:
+    return {"ACL": "public-read"} if public else {}
+
+
+def _s3_multipart_upload(local_path: str, uri: str, size: int, public: bool) -> None:
+    """Upload in parts; complete only if every part succeeded, abort on any failure."""
+    bucket, key = _s3_bucket_key(uri)
+    client = s3_client()
+    part_size = max(PART_SIZE, -(-size // 10_000))
+    n_parts = -(-size // part_size)
+    with _s3_errors(uri, "uploading to"):
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **_s3_extra_args(public))["UploadId"]
+
+    def send(number: int) -> dict:
+        offset = (number - 1) * part_size
+        with _local_errors(local_path, "reading"), open(local_path, "rb") as fh:
+            fh.seek(offset)
+            body = fh.read(min(part_size, size - offset))
+        resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+        part = {"PartNumber": number, "ETag": resp["ETag"]}
+        # botocore adds a checksum to each part by default; S3 wants it repeated on completion.
+        part.update({k: v for k, v in resp.items() if k.startswith("Checksum") and k != "ChecksumType"})
+        return part
+
+    pool = ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, n_parts), thread_name_prefix="s3-part")
+    try:
+        with _s3_errors(uri, "uploading to"):
+            futures = [pool.submit(send, n) for n in range(1, n_parts + 1)]
+            parts = [f.result() for f in futures]
+            pool.shutdown(wait=True)
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+    except BaseException:
+        # Stop queued parts and wait for running ones, so no part lands after the abort.
+        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:  # the original failure matters more; say what is left behind
+            logger.warning("could not abort multipart upload %s of %s: %s", upload_id, uri, exc)
+        raise
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def _http_error(uri: str, status: int, action: str) -> PredictdError:
+    if status in (404, 410):
+        return PredictdError(f"not found (HTTP {status}): {_display(uri)}")
+    if status in (401, 403):
+        return PredictdError(f"access denied (HTTP {status}) {action} {_display(uri)}")
+    return PredictdError(f"HTTP {status} {action} {_display(uri)}")
+
+
+@contextlib.contextmanager
+def _http_errors(uri: str, action: str):
+    import requests
+
+    try:
+        yield
+    except requests.exceptions.ConnectionError as exc:
+        raise PredictdError(f"cannot connect {action} {_display(uri)}: {type(exc).__name__}") from exc
+    except requests.exceptions.Timeout as exc:
+        raise PredictdError(f"timed out {action} {_display(uri)}") from exc
+    except requests.exceptions.RequestException as exc:
+        raise PredictdError(f"HTTP request failed {action} {_display(uri)}: {type(exc).__name__}") from exc
+
+
+def _http_probe(uri: str) -> tuple[int | None, str | None] | None:
+    """Size and validator of a URL, or None if it does not exist.
+
+    Uses a one-byte ranged GET rather than HEAD: pre-signed S3 URLs (where the ENCODE portal
+    redirects) are signed for GET only and refuse HEAD.
+    """
+    import requests
+
+    with _http_errors(uri, "reading"), requests.get(
+        uri, headers={"Range": "bytes=0-0"}, stream=True, timeout=HTTP_TIMEOUT
+    ) as resp:
+        if resp.status_code in (404, 410):
+            return None
+        if resp.status_code == 416:  # a zero-byte resource has no byte 0
+            return 0, _http_validator(resp)
+        if resp.status_code >= 400:
+            raise _http_error(uri, resp.status_code, "reading")
+        size = None
+        if resp.status_code == 206:
+            m = re.match(r"bytes \d+-\d+/(\d+)", resp.headers.get("Content-Range", ""))
+            size = int(m.group(1)) if m else None
+        elif resp.headers.get("Content-Length", "").isdigit() and "Content-Encoding" not in resp.headers:
+            size = int(resp.headers["Content-Length"])
+        return size, _http_validator(resp)
+
+
+def _http_validator(resp) -> str | None:
+    """A strong validator usable in If-Range (weak ETags are not allowed there)."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified")
+
+
+# --- generic reads and writes -------------------------------------------------------------------
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    """Whether a file/object exists. An S3 URI ending in ``/`` asks whether the prefix is non-empty."""
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        return os.path.exists(location)
+    if scheme == "s3":
+        bucket, key = _s3_bucket_key(uri, need_key=False)
+        if not key or key.endswith("/"):
+            with _s3_errors(uri, "listing"):
+                resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            return resp.get("KeyCount", 0) > 0
+        return _s3_head(uri) is not None
+    return _http_probe(uri) is not None
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """The whole content of a file, object or URL (use for small files: manifests, JSON, TOML)."""
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        with _local_errors(location, "reading"), open(location, "rb") as fh:
+            return fh.read()
+    if scheme == "s3":
+        bucket, key = _s3_bucket_key(uri)
+        with _s3_errors(uri, "reading"):
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    import requests
+
+    with _http_errors(uri, "reading"):
+        resp = requests.get(uri, timeout=HTTP_TIMEOUT)
+    if resp.status_code >= 400:
+        raise _http_error(uri, resp.status_code, "reading")
+    return resp.content
+
+
+def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """:func:`read_bytes` decoded as text."""
+    data = read_bytes(uri)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise PredictdError(f"not {encoding} text: {_display(os.fspath(uri))} (byte {exc.start})") from exc
+
+
+def write_bytes_atomic(uri: str | os.PathLike, data: bytes, public: bool = False) -> None:
+    """Write ``data`` so that readers see either the old content or all of the new.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        Local path (parents created) or ``s3://`` URI.
+    data : bytes
+        The content.
+    public : bool, default False
+        S3 only: grant public read (``public-read`` ACL). Objects are private otherwise.
+    """
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        _atomic_local_write(location, lambda fh: fh.write(data))
+    elif scheme == "s3":
+        bucket, key = _s3_bucket_key(uri)
+        with _s3_errors(uri, "writing"):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_s3_extra_args(public))
+    else:
+        raise PredictdError(f"cannot write to an {scheme} URL: {_display(os.fspath(uri))}")
+
+
+def write_text_atomic(uri: str | os.PathLike, text: str, public: bool = False, encoding: str = "utf-8") -> None:
+    """:func:`write_bytes_atomic` for text."""
+    write_bytes_atomic(uri, text.encode(encoding), public=public)
+
+
+def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: bool = False) -> None:
+    """Copy a local file to a local path or S3, atomically.
+
+    Files over :data:`MULTIPART_THRESHOLD` go to S3 as a multipart upload (parts sent in
+    parallel); on any failure, interrupts included, the upload is aborted so that no object and
+    no billable pending parts remain.
+
+    Parameters
+    ----------
+    local_path : str or os.PathLike
+        Source file.
+    uri : str or os.PathLike
+        Destination: local path or ``s3://bucket/key``.
+    public : bool, default False
+        S3 only: grant public read.
+    """
+    src = os.fspath(local_path)
+    _check_local_readable(src)
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        if os.path.exists(location) and os.path.samefile(src, location):
+            return
+        with _local_errors(src, "reading"), open(src, "rb") as fin:
+            _atomic_local_write(location, lambda fout: shutil.copyfileobj(fin, fout, _CHUNK))
+        return
+    if scheme != "s3":
+        raise PredictdError(f"cannot upload to an {scheme} URL: {_display(os.fspath(uri))}")
+    size = os.path.getsize(src)
+    if size > MULTIPART_THRESHOLD:
+        _s3_multipart_upload(src, os.fspath(uri), size, public)
+        return
+    bucket, key = _s3_bucket_key(uri)
+    with _local_errors(src, "reading"), open(src, "rb") as fh, _s3_errors(os.fspath(uri), "uploading to"):
+        s3_client().put_object(Bucket=bucket, Key=key, Body=fh, **_s3_extra_args(public))
+
+
+def list_prefix(uri: str | os.PathLike) -> list[tuple[str, int]]:
+    """Files under a directory or S3 prefix, as ``(relative key, size in bytes)``, sorted.
+
+    An S3 prefix is treated as a folder (``s3://b/out`` lists ``out/...``, not ``outside``).
+    A missing directory or prefix lists as empty.
+    """
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        if not os.path.isdir(location):
+            return []
+        found = []
+        with _local_errors(location, "listing"):
+            for root, _, files in os.walk(location):
+                for name in files:
+                    full = os.path.join(root, name)
+                    rel = os.path.relpath(full, location).replace(os.sep, "/")
+                    found.append((rel, os.path.getsize(full)))
+        return sorted(found)
+    if scheme != "s3":
+        raise PredictdError(f"cannot list an {scheme} URL: {_display(os.fspath(uri))}")
+    bucket, prefix = _s3_bucket_key(uri, need_key=False)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    found = []
+    with _s3_errors(os.fspath(uri), "listing"):
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found.extend((obj["Key"][len(prefix):], obj["Size"]) for obj in page.get("Contents", []))
+    return sorted(found)
+
+
+def delete_prefix(uri: str | os.PathLike) -> None:
+    """Delete a directory tree or every object under an S3 prefix (and its pending uploads).
+
+    Refuses a whole bucket or the filesystem root, to keep a typo from wiping them.
+    """
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        if os.path.abspath(location) in ("/", os.path.expanduser("~")) or not location:
+            raise PredictdError(f"refusing to delete {location!r}")
+        if not os.path.lexists(location):
+            return
+        with _local_errors(location, "deleting"):
+            if os.path.isdir(location) and not os.path.islink(location):
+                shutil.rmtree(location)
+            else:
+                os.remove(location)
+        return
+    if scheme != "s3":
+        raise PredictdError(f"cannot delete an {scheme} URL: {_display(os.fspath(uri))}")
+    bucket, prefix = _s3_bucket_key(uri, need_key=False)
+    if not prefix.strip("/"):
+        raise PredictdError(f"refusing to delete a whole bucket: {uri}")
+    if not prefix.endswith("/"):
+        prefix += "/"
+    client = s3_client()
+    with _s3_errors(os.fspath(uri), "deleting"):
+        keys = [
+            obj["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+        ]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            resp = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
+            )
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise PredictdError(
+                    f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                    f"({len(resp['Errors'])} objects not deleted)"
+                )
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            for up in page.get("Uploads", []):
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+
+
+# --- downloads -------------------------------------------------------------------------------
+
+
+def fetch_to_local(
+    uri: str | os.PathLike,
+    scratch_dir: str | os.PathLike,
+    md5: str | None = None,
+    progress: bool = False,
+) -> str:
+    """A local path holding the content of ``uri``, downloading into ``scratch_dir`` if needed.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        Local path, ``file://``, ``http(s)://`` or ``s3://``.
+    scratch_dir : str or os.PathLike
+        Cache directory for remote files (created if missing). Files are named
+        ``<12 hex of sha1(uri)>-<basename>`` so different URIs with the same basename never
+        collide, and a second call finds the first call's file.
+    md5 : str, optional
+        Expected hex MD5; checked for local files too.
+    progress : bool, default False
+        Show a tqdm progress bar on stderr while downloading.
+
+    Returns
+    -------
+    str
+        Local path: ``uri`` itself for local files, else the cached download.
+
+    Raises
+    ------
+    PredictdError
+        Missing/unreadable file or object, network failure, or ``md5 mismatch for <uri>: ...``.
+    """
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        _check_local_readable(location)
+        if md5:
+            _verify_md5(location, md5, os.fspath(uri))
+        return location
+    uri = os.fspath(uri)
+    name = os.path.basename(unquote(urlsplit(uri).path)) or "download"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-120:]
+    digest = hashlib.sha1(uri.encode(), usedforsecurity=False).hexdigest()[:12]
+    target = os.path.join(os.fspath(scratch_dir), f"{digest}-{name}")
+    return download_file(uri, target, progress=progress, md5=md5)
+
+
+def download_file(
+    uri: str | os.PathLike,
+    local_path: str | os.PathLike,
+    progress: bool = False,
+    md5: str | None = None,
+) -> str:
+    """Download ``uri`` to ``local_path``, resuming a partial download and skipping a complete one.
+
+    Bytes go to ``local_path + ".part"`` (with a small ``.part.json`` noting the remote version,
+    so a part of an older version is never continued) and are renamed into place once complete
+    and verified. A dropped connection is retried, resuming, up to :data:`DOWNLOAD_ATTEMPTS`
+    times. Concurrent calls for the same ``local_path`` (e.g. two tasks on one node) wait for
+    each other through a lock file.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        Source: local path, ``file://``, ``http(s)://`` or ``s3://``.
+    local_path : str or os.PathLike
+        Destination file; parent directories are created.
+    progress : bool, default False
+        Show a tqdm progress bar on stderr.
+    md5 : str, optional
+        Expected hex MD5 of the content; an existing ``local_path`` with this MD5 is kept.
+
+    Returns
+    -------
+    str
+        ``local_path``.
+    """
+    uri = os.fspath(uri)
+    local_path = os.fspath(local_path)
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        _check_local_readable(location)
+        if md5:
+            _verify_md5(location, md5, uri)
+        if os.path.exists(local_path) and (
+            os.path.samefile(location, local_path)
+            or (os.path.getsize(local_path) == os.path.getsize(location)
+                and (md5 is None or file_md5(local_path) == md5.lower()))
+        ):
+            return local_path
+        upload_file(location, local_path)
+        return local_path
+    directory = os.path.dirname(os.path.abspath(local_path))
+    with _local_errors(local_path, "writing"):
+        os.makedirs(directory, exist_ok=True)
+    with _file_lock(local_path + ".lock"):
+        _download_locked(uri, scheme, local_path, progress, md5.lower() if md5 else None)
+    return local_path
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock, downloads still work one at a time
+        yield
+        return
+    with _local_errors(path, "writing"):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _remote_info(uri: str, scheme: str) -> tuple[int | None, str | None]:
+    if scheme == "s3":
+        head = _s3_head(uri)
+        if head is None:
+            raise PredictdError(f"S3 object not found: {uri}")
+        return int(head["ContentLength"]), head.get("ETag")
+    info = _http_probe(uri)
+    if info is None:
+        raise PredictdError(f"not found (HTTP 404): {_display(uri)}")
+    return info
+
+
+def _download_locked(uri: str, scheme: str, local_path: str, progress: bool, md5: str | None) -> None:
+    size, version = _remote_info(uri, scheme)
+    if os.path.exists(local_path):
+        if md5 is not None:
+            if file_md5(local_path) == md5:
+                return
+        elif size is not None and os.path.getsize(local_path) == size:
+            return
+        logger.info("%s differs from %s; downloading again", local_path, _display(uri))
+
+    part, meta = local_path + ".part", local_path + ".part.json"
+    offset = 0
+    if os.path.exists(part):
+        offset = os.path.getsize(part)
+        try:
+            with open(meta) as fh:
+                same_version = json.load(fh) == {"uri": uri, "size": size, "version": version}
+        except (OSError, ValueError):
+            same_version = False
+        if not same_version or version is None or (size is not None and offset > size):
+            offset = 0  # a part of another version (or of unknown version) cannot be continued
+    if offset == 0:
+        stamp = json.dumps({"uri": uri, "size": size, "version": version}).encode()
+        _atomic_local_write(meta, lambda fh: fh.write(stamp))
+        with _local_errors(part, "writing"):
+            open(part, "wb").close()
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=os.path.basename(local_path), leave=False)
+    try:
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            offset = os.path.getsize(part)
+            if size is not None and offset >= size:
+                break
+            try:
+                if scheme == "s3":
+                    _s3_fetch_range(uri, part, offset, version, bar)
+                else:
+                    _http_fetch_range(uri, part, offset, version, bar)
+                if size is None or os.path.getsize(part) >= size:
+                    break
+            except _Retryable as exc:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise PredictdError(
+                        f"download of {_display(uri)} kept failing after {attempt} attempts: {exc}"
+                    ) from exc
+                logger.warning("download of %s interrupted (%s); resuming", _display(uri), exc)
+                time.sleep(min(2 ** attempt * 0.25, 10))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    got = os.path.getsize(part)
+    if size is not None and got != size:
+        raise PredictdError(f"incomplete download of {_display(uri)}: got {got} of {size} bytes")
+    if md5 is not None:
+        actual = file_md5(part)
+        if actual != md5:
+            for path in (part, meta):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            raise PredictdError(f"md5 mismatch for {_display(uri)}: expected {md5}, got {actual}")
+    with _local_errors(local_path, "writing"):
+        with open(part, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(part, local_path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(meta)
+
+
+class _Retryable(Exception):
+    """A transfer that broke off midway and may be resumed."""
+
+
+class _RestartFromZero(_Retryable):
+    """The server sent the whole file instead of the requested range."""
+
+
+def _append_stream(chunks, part: str, bar) -> None:
+    """Append ``chunks`` to ``part``; network errors from ``chunks`` propagate unchanged."""
+    with _local_errors(part, "writing"):
+        fh = open(part, "ab")
+    with fh:
+        for chunk in chunks:
+            if chunk:
+                with _local_errors(part, "writing"):
+                    fh.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+
+
+def _http_fetch_range(uri: str, part: str, offset: int, version: str | None, bar) -> None:
+    import requests
+
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if version:
+            headers["If-Range"] = version  # the whole file comes back if it changed meanwhile
+    try:
+        with _http_errors(uri, "downloading"):
+            resp = requests.get(uri, headers=headers, stream=True, timeout=HTTP_TIMEOUT)
+    except PredictdError as exc:
+        raise _Retryable(str(exc)) from exc
+    with resp:
+        if resp.status_code >= 400 and resp.status_code != 416:
+            raise _http_error(uri, resp.status_code, "downloading")
+        if resp.status_code == 416 or (offset and resp.status_code == 200):
+            # Range refused or ignored: start over rather than appending the whole file again.
+            with _local_errors(part, "writing"):
+                open(part, "wb").close()
+            if bar is not None:
+                bar.reset()
+            if resp.status_code == 416:
+                raise _RestartFromZero("server refused the byte range")
+        try:
+            _append_stream(resp.iter_content(_CHUNK), part, bar)
+        except requests.exceptions.RequestException as exc:
+            raise _Retryable(type(exc).__name__) from exc
+
+
+def _s3_fetch_range(uri: str, part: str, offset: int, version: str | None, bar) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    bucket, key = _s3_bucket_key(uri)
+    kwargs = {"Bucket": bucket, "Key": key}
+    if offset:
+        kwargs["Range"] = f"bytes={offset}-"
+    if version:
+        kwargs["IfMatch"] = version  # fail rather than splice two versions of the object
+    with _s3_errors(uri, "downloading"):
+        try:
+            body = s3_client().get_object(**kwargs)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                raise PredictdError(f"S3 object changed while downloading {uri}; run again") from exc
+            raise
+    try:
+        _append_stream(body.iter_chunks(_CHUNK), part, bar)
+    except (BotoCoreError, Urllib3Error, ConnectionError) as exc:
+        raise _Retryable(type(exc).__name__) from exc
+    finally:
+        body.close()
+
+
+def _verify_md5(path: str, expected: str, uri: str) -> None:
+    actual = file_md5(path)
+    if actual != expected.lower():
+        raise PredictdError(f"md5 mismatch for {_display(uri)}: expected {expected.lower()}, got {actual}")

@@ -392,11 +392,17 @@ class BigWigWriter:
         if not os.access(parent, os.W_OK):
             raise PredictdError(f"permission denied writing bigWig file: {self.path}")
         tmp = os.path.join(parent, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:12]}.tmp")
+        # Create the file first: pyBigWig crashes the process when it cannot create it itself.
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except OSError as exc:
+            raise PredictdError(f"cannot create bigWig file {self.path}: {exc.strerror or exc}") from exc
         try:
             bw = pyBigWig.open(tmp, "w")
-        except RuntimeError as exc:
-            raise PredictdError(f"cannot create bigWig file {self.path}") from exc
+        except RuntimeError:
+            bw = None
         if bw is None:
+            _remove_quietly(tmp)
             raise PredictdError(f"cannot create bigWig file {self.path}")
         self._bw, self._tmp = bw, tmp
         try:

@@ -185,23 +185,30 @@ def _s3_bucket_key(uri: str, need_key: bool = True) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def _local_errors(path: str, action: str):
-    """Turn OSErrors on ``path`` into one-line PredictdErrors."""
+    """Turn OSErrors on ``path`` into one-line PredictdErrors.
+
+    ``action`` is a gerund phrase ("reading", "writing", ...). When writing, messages name
+    ``path`` (the destination) rather than any temporary file the error came from.
+    """
     try:
         yield
     except PredictdError:
         raise
-    except FileNotFoundError as exc:
-        raise PredictdError(f"file not found: {exc.filename or path}") from exc
-    except IsADirectoryError as exc:
-        raise PredictdError(f"is a directory, not a file: {exc.filename or path}") from exc
-    except NotADirectoryError as exc:
-        raise PredictdError(f"not a directory: {exc.filename or path}") from exc
-    except PermissionError as exc:
-        raise PredictdError(f"permission denied {action} {exc.filename or path}") from exc
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise PredictdError(f"no space left on device {action} {path}") from exc
-        raise PredictdError(f"error {action} {path}: {exc.strerror or exc}") from exc
+        name = path if action == "writing" else (exc.filename or path)
+        if isinstance(exc, FileNotFoundError):
+            msg = f"file not found: {name}" if action != "writing" else f"cannot write {name}: {exc.strerror}"
+        elif isinstance(exc, IsADirectoryError):
+            msg = f"is a directory, not a file: {name}"
+        elif isinstance(exc, NotADirectoryError):
+            msg = f"a parent of {name} is not a directory"
+        elif isinstance(exc, PermissionError):
+            msg = f"permission denied {action} {name}"
+        elif exc.errno == errno.ENOSPC:
+            msg = f"no space left on device {action} {name}"
+        else:
+            msg = f"error {action} {name}: {exc.strerror or exc}"
+        raise PredictdError(msg) from exc
 
 
 def _check_local_readable(path: str) -> None:

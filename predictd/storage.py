@@ -435,7 +435,7 @@ def _http_probe(uri: str) -> tuple[int | None, str | None] | None:
     import requests
 
     with _http_errors(uri, "reading"), requests.get(
-        uri, headers={"Range": "bytes=0-0"}, stream=True, timeout=HTTP_TIMEOUT
+        uri, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"}, stream=True, timeout=HTTP_TIMEOUT
     ) as resp:
         if resp.status_code in (404, 410):
             return None

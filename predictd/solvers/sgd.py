@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from .objective import Factors, Penalties, minibatch_gradients
+from .objective import Factors, Penalties
 
 FACTOR_KEYS = ("C", "A", "bC", "bA")
 

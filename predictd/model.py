@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,17 +111,29 @@ class Model:
             with open(jpath) as fh:
                 doc = json.load(fh)
             with np.load(npath, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("C", "A", "bC", "bA", "mu")}
+                arrays = {k: np.asarray(z[k], dtype=np.float64)
+                          for k in ("C", "A", "bC", "bA", "mu")}
         except FileNotFoundError as e:
             raise PredictdError(f"model not found: {e.filename}") from None
-        except (ValueError, KeyError, OSError) as e:
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
             raise PredictdError(f"model in {directory} is unreadable: {e}") from None
-        if doc.get("format") != "predictd-model/1":
-            raise PredictdError(f"{jpath}: not a predictd model (format {doc.get('format')!r})")
-        m = cls(cell_types=doc["cell_types"], assays=doc["assays"], mu=float(arrays["mu"][0]),
-                bC=arrays["bC"], bA=arrays["bA"], C=arrays["C"], A=arrays["A"],
-                observed=[tuple(p) for p in doc.get("observed", [])], meta=doc.get("meta", {}))
-        if m.C.shape != (len(m.cell_types), m.latent_factors) or \
-                m.A.shape != (len(m.assays), m.latent_factors):
+        if not isinstance(doc, dict) or doc.get("format") != "predictd-model/1":
+            fmt = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise PredictdError(f"{jpath}: not a predictd model (format {fmt!r})")
+        try:
+            names_ok = all(isinstance(doc[k], list) and all(isinstance(x, str) for x in doc[k])
+                           for k in ("cell_types", "assays"))
+            if not names_ok:
+                raise TypeError("cell_types and assays must be lists of names")
+            m = cls(cell_types=doc["cell_types"], assays=doc["assays"],
+                    mu=float(arrays["mu"].ravel()[0]), bC=arrays["bC"], bA=arrays["bA"],
+                    C=arrays["C"], A=arrays["A"],
+                    observed=[tuple(p) for p in doc.get("observed", [])],
+                    meta=dict(doc.get("meta", {})))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise PredictdError(f"{jpath}: malformed model description ({e})") from None
+        if m.C.ndim != 2 or m.C.shape != (len(m.cell_types), m.latent_factors) or \
+                m.A.shape != (len(m.assays), m.latent_factors) or \
+                m.bC.shape != (len(m.cell_types),) or m.bA.shape != (len(m.assays),):
             raise PredictdError(f"{npath}: factor shapes do not match the names in {jpath}")
         return m

@@ -118,11 +118,7 @@ def test_npz_with_pickled_content_is_refused(tmp_path):
         Model.load(str(tmp_path))
 
 
-# Damaged files that Model.load does not yet turn into a PredictdError (model.py is not this
-# test file's owner's to change): strict xfails, so fixing model.py makes them fail loudly and
-# the markers can go.
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="model.py: zipfile.BadZipFile escapes Model.load")
+# Damaged files become one clear PredictdError.
 def test_truncated_npz(tmp_path):
     make_model().save(str(tmp_path))
     raw = (tmp_path / MODEL_NPZ).read_bytes()
@@ -131,9 +127,6 @@ def test_truncated_npz(tmp_path):
         Model.load(str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="model.py: JSON of the wrong shape raises AttributeError/KeyError/"
-                          "TypeError, not PredictdError")
 @pytest.mark.parametrize("text", ["[]", '{"format": "predictd-model/1"}',
                                   '{"format": "predictd-model/1", "cell_types": 3, '
                                   '"assays": []}'])

@@ -98,7 +98,8 @@ def example_regions(vectors: dict, width: int = 2000) -> list[dict]:
     return ex
 
 
-def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict]) -> str:
+def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict],
+                 public: bool = False) -> str:
     """Write OUT/report (locally, or built in a temp dir and uploaded for s3://)."""
     from .report import write_report as _write
 
@@ -109,7 +110,7 @@ def write_report(out: str, rows: list[dict], curves: dict | None, examples: list
         path = _write(os.path.join(tmp, "report"), rows, curves, examples)
         for name in sorted(os.listdir(os.path.join(tmp, "report"))):
             storage.upload_file(os.path.join(tmp, "report", name),
-                                storage.join(out, "report", name))
+                                storage.join(out, "report", name), public=public)
         return storage.join(out, "report", os.path.basename(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

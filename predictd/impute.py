@@ -100,7 +100,7 @@ def _solve_task(item, payload):
 
 
 def _write_task(group, payload):
-    out, gf_root, model, blocks, chroms, bin_size, transform, check = payload
+    out, gf_root, model, blocks, chroms, bin_size, transform, check, public = payload
     names = model.track_names()
     todo = [p for p in group if not storage.exists(track_uri(out, names[p]))]
     if not todo:
@@ -126,7 +126,7 @@ def _write_task(group, payload):
             w.close()
         if not local_out:
             for p, w in zip(todo, writers):
-                storage.upload_file(w.path, track_uri(out, names[p]))
+                storage.upload_file(w.path, track_uri(out, names[p]), public=public)
     except BaseException:
         for w in writers:
             w.abort()
@@ -149,8 +149,9 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
               (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty))
 
 
-def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg
-                 ) -> list[str]:
+def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
+                 public: bool = False) -> list[str]:
+    """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read."""
     n_tracks = len(model.cell_types) * len(model.assays)
     par = cfg.write_parallelism or (default_parallelism(sc) if sc is not None else 1)
     n_groups = max(1, min(n_tracks, par))
@@ -158,5 +159,5 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     chroms = [tuple(c) for c in header.genome["chroms"]]
     done = map_tasks(sc, _write_task, groups,
                      (out, gf_root, model, header.blocks(), chroms, header.bin_size,
-                      header.transform, cfg.output_dtype_check))
+                      header.transform, cfg.output_dtype_check, public))
     return [n for d in done for n in d]

@@ -201,7 +201,8 @@ class Run:
         t0 = time.perf_counter()
         solve_genome(self.sc, header, self.tensor_root, self.gf_root, model, self.cfg)
         t1 = time.perf_counter()
-        written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg)
+        written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
+                               public=self.public)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
                 "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
@@ -223,7 +224,8 @@ class Run:
             curves = {"iteration": [h["iteration"] for h in hist],
                       "train_mse": [h["train_mse"] for h in hist],
                       "valid_mse": [h["valid_mse"] for h in hist]}
-        evaluate.write_report(self.out, rows, curves, evaluate.example_regions(vec))
+        evaluate.write_report(self.out, rows, curves, evaluate.example_regions(vec),
+                              public=self.public)
         return {"tracks": len(self.holdout), "metrics": rows}
 
     # ------------------------------------------------------------------ model i/o

@@ -59,19 +59,21 @@ def _adam_step(p, g, m, v, t, opt: Adam):
     """In-place Adam update of array p; t may be per-row (then broadcast over columns).
 
     The bias corrections are folded into one per-row step size (``lr / (1 − β1^t)``) and one
-    per-row factor on v, which saves several full-size temporaries over the textbook form
-    (identical up to float rounding).
+    per-row factor on v, and the moment updates run in place, leaving two full-size
+    temporaries (the result equals the textbook form up to float rounding).
     """
     lr, b1 = opt.rates(t)
     step = lr / (1.0 - opt.beta1 ** t)
     vscale = 1.0 / (1.0 - opt.beta2 ** t)
     if np.ndim(t) and p.ndim == 2:
         b1, step, vscale = b1[:, None], step[:, None], vscale[:, None]
+    # m ← b1·m + (1 − b1)·g and v ← β2·v + (1 − β2)·g², in place
+    m -= g
     m *= b1
-    m += (1.0 - b1) * g
-    v *= opt.beta2
+    m += g
     g2 = g * g
-    g2 *= 1.0 - opt.beta2
+    v -= g2
+    v *= opt.beta2
     v += g2
     denom = np.multiply(v, vscale, out=g2)  # g2 is dead: reuse its memory
     np.sqrt(denom, out=denom)
@@ -150,6 +152,7 @@ def shard_steps(X, exp_cell, exp_assay, state: dict, f: Factors, moments: dict, 
     by_assay = sparse.csr_matrix((unit, (exp_assay, np.arange(E))), shape=(nA, E))
     batch_ptr = np.arange(B + 1)
     Z_aug = np.ones((E, L + 1))
+    rho = np.append(np.full(L, pen.rhoG), pen.rhoB)
     sse, count = 0.0, 0
     for s in range(n_steps):
         # sorting the draw groups the batch by bin (obs_flat is row-major); the set of entries,
@@ -181,8 +184,7 @@ def shard_steps(X, exp_cell, exp_assay, state: dict, f: Factors, moments: dict, 
         # the genome ridge, spread over a bin's entries: mult/E_i of it per batch
         mult = np.diff(np.append(starts, B))
         w = (2.0 * scale) * mult / row_counts[touched]
-        g_rows[:, :L] += (pen.rhoG * w)[:, None] * G_t[:, :L]
-        g_rows[:, L] += pen.rhoB * w * G_t[:, L]
+        g_rows += (w[:, None] * rho) * G_t
 
         # per-experiment sums Σ d·G_i and Σ d (the constant column) feed every small factor
         Gb[:, L] = 1.0

@@ -80,11 +80,18 @@ class Config:
     batch_size: int = _opt(4096, "SGD mini-batch size (observed entries)", lo=1)
     max_lr_drops: int = _opt(3, "SGD: on a stall halve the learning rate and roll back to the "
                              "best parameters up to this many times", lo=0, hi=20)
+    ensemble_size: int = _opt(3, "with --folds: models (seeds) trained per test fold and "
+                              "averaged", lo=1, hi=100)
     # imputation / output
     output_dtype_check: bool = _opt(True, "refuse NaN/inf in imputed values (should never "
                                     "happen; a guard)")
     write_parallelism: int = _opt(0, "track groups written in parallel (0 = Spark default "
                                   "parallelism)", lo=0)
+
+    def __post_init__(self):
+        # Config(...) built in code is held to the same rules as a TOML file
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _check("config", f.name, getattr(self, f.name), f))
 
     # ------------------------------------------------------------------ helpers
     def lambdas(self, n_cell_types: int, n_assays: int, n_bins: int) -> tuple[float, float, float]:

@@ -68,16 +68,25 @@ def collect(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Mod
 
 def score(vectors: dict, region_masks: dict | None = None) -> list[dict]:
     """metrics.tsv rows: one per held-out track and method (model, average)."""
+    return score_methods({h: {"y": y, "model": yhat, "average": base}
+                          for h, (y, yhat, base) in vectors.items()}, region_masks)
+
+
+def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict | None = None
+                  ) -> list[dict]:
+    """Rows for ``{track: {"y": observed, method: imputed, ...}}``; a method whose values are
+    not all finite where y is observed (e.g. no baseline source) is left out."""
     rows = []
-    for h, (y, yhat, base) in vectors.items():
+    for h, v in vectors.items():
         cell, assay = h.split(".", 1)
+        y = v["y"]
         ok = ~np.isnan(y)  # bins of chromosomes the observed track lacks are not scored
         masks = {k: m[ok] for k, m in region_masks.items()} if region_masks else None
-        rows.append({"cell_type": cell, "assay": assay, "method": "model",
-                     **score_track(y[ok], yhat[ok], masks)})
-        if np.isfinite(base[ok]).all():
-            rows.append({"cell_type": cell, "assay": assay, "method": "average",
-                         **score_track(y[ok], base[ok], masks)})
+        for method, yhat in v.items():
+            if method == "y" or not np.isfinite(yhat[ok]).all():
+                continue
+            rows.append({"cell_type": cell, "assay": assay, "method": method,
+                         **score_track(y[ok], yhat[ok], masks)})
     return rows
 
 

@@ -99,13 +99,40 @@ def _solve_task(item, payload):
     return 1
 
 
+def member_weights(n_members: int, todo: list[int], use: dict | None) -> np.ndarray:
+    """(members × tracks) averaging weights: each track averages the members ``use`` lists for
+    it (all members when absent)."""
+    W = np.zeros((n_members, len(todo)), dtype=np.float32)
+    for t, p in enumerate(todo):
+        idx = (use or {}).get(p) or range(n_members)
+        W[list(idx), t] = 1.0 / len(idx)
+    return W
+
+
+def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str, block: int,
+                    pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Model-space values of ``pairs`` for a block, averaged over ensemble members with the
+    weights W (members × pairs). A single model is the one-member case."""
+    Y = None
+    for m, (gf_root, model) in enumerate(members):
+        if not W[m].any():
+            continue
+        Ym = impute_values(read_gf(gf_uri(gf_root, chrom, block)), model, pairs)
+        if len(members) > 1:
+            Ym *= W[m][None, :]
+        Y = Ym if Y is None else Y + Ym
+    return Y
+
+
 def _write_task(group, payload):
-    out, gf_root, model, blocks, chroms, bin_size, transform, check, public = payload
+    out, members, use, blocks, chroms, bin_size, transform, check, public = payload
+    model = members[0][1]
     names = model.track_names()
     todo = [p for p in group if not storage.exists(track_uri(out, names[p]))]
     if not todo:
         return []
     pairs = [(p // len(model.assays), p % len(model.assays)) for p in todo]
+    W = member_weights(len(members), todo, use)
     local_out = not storage.is_remote(out)
     tmpdir = None if local_out else tempfile.mkdtemp(prefix="predictd-tracks-")
     writers = []
@@ -115,8 +142,7 @@ def _write_task(group, payload):
                 tmpdir, f"{names[p]}.imputed.bw")
             writers.append(BigWigWriter(dest, chroms, bin_size).open())
         for chrom, block, start, n in blocks:
-            GB = read_gf(gf_uri(gf_root, chrom, block))
-            Y = inverse(impute_values(GB, model, pairs), transform)
+            Y = inverse(ensemble_values(members, W, chrom, block, pairs), transform)
             if check and not np.isfinite(Y).all():
                 raise PredictdError(f"imputed values for block {chrom}:{block} are not finite "
                                     "(diverged model?)")
@@ -150,14 +176,19 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
 
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
-                 public: bool = False) -> list[str]:
-    """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read."""
+                 public: bool = False, members: list[tuple[str, Model]] | None = None,
+                 use: dict | None = None) -> list[str]:
+    """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read.
+
+    With ``members`` (an ensemble of (genome-factor root, model)), each track is the average of
+    the members ``use[track index]`` names (default: all)."""
+    members = members or [(gf_root, model)]
     n_tracks = len(model.cell_types) * len(model.assays)
     par = cfg.write_parallelism or (default_parallelism(sc) if sc is not None else 1)
     n_groups = max(1, min(n_tracks, par))
     groups = [list(range(g, n_tracks, n_groups)) for g in range(n_groups)]
     chroms = [tuple(c) for c in header.genome["chroms"]]
     done = map_tasks(sc, _write_task, groups,
-                     (out, gf_root, model, header.blocks(), chroms, header.bin_size,
+                     (out, members, use, header.blocks(), chroms, header.bin_size,
                       header.transform, cfg.output_dtype_check, public))
     return [n for d in done for n in d]

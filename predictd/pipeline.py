@@ -93,11 +93,13 @@ class Run:
     sc: object = None
     public: bool = False
     progress: bool = True
+    tensor_at: str | None = None  # fold models share their parent run's tensor
+    checked: list | None = field(default=None, repr=False)  # check_tracks' infos, once run
 
     # ------------------------------------------------------------------ paths
     @property
     def tensor_root(self) -> str:
-        return storage.join(self.out, "tensor")
+        return self.tensor_at or storage.join(self.out, "tensor")
 
     @property
     def model_dir(self) -> str:
@@ -119,10 +121,15 @@ class Run:
                 "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
 
     # ------------------------------------------------------------------ guard
-    def claim(self, overwrite: bool = False) -> None:
-        """Refuse an OUT that holds a different run; record this run's identity."""
+    def claim(self, overwrite: bool = False, folds: int = 0, dry_run: bool = False) -> None:
+        """Refuse an OUT that holds a different run; record this run's identity.
+
+        ``dry_run`` only refuses: nothing is cleared or written (used before the inputs are
+        checked, so a bad input leaves OUT untouched)."""
         uri = storage.join(self.out, "_predictd", "identity.json")
         ident = self.identity()
+        if folds:
+            ident["folds"] = folds
         if storage.exists(uri):
             old = json.loads(storage.read_text(uri))
             if old != ident:
@@ -131,18 +138,34 @@ class Run:
                     raise PredictdError(
                         f"{self.out} holds a different run ({', '.join(what)} changed); "
                         "use another --out or --overwrite to replace it")
-                self.clear()
+                if not dry_run:
+                    self.clear()
         elif storage.exists(storage.join(self.out, "run.json")) or \
                 storage.exists(storage.join(self.out, "tracks")):
             if not overwrite:
                 raise PredictdError(f"{self.out} holds outputs not made by this run; use another "
                                     "--out or --overwrite to replace it")
-            self.clear()
-        storage.write_text_atomic(uri, json.dumps(ident, sort_keys=True))
+            if not dry_run:
+                self.clear()
+        if not dry_run:
+            storage.write_text_atomic(uri, json.dumps(ident, sort_keys=True))
+
+    def check_inputs(self) -> None:
+        """Open every track (md5, bigWig structure, chromosome names, finite values) before
+        anything is written at OUT. Skipped when OUT already holds a complete ingest of these
+        tracks on this genome: a resume must not fetch them all again."""
+        uri = storage.join(self.out, "_predictd", "identity.json")
+        if self.done("ingest") is not None and storage.exists(uri):
+            old, mine = json.loads(storage.read_text(uri)), self.identity()
+            if all(old.get(k) == mine[k] for k in ("manifest", "genome")):
+                return
+        from .ingest import check_tracks
+        self.checked = check_tracks(self.sc, self.tracks, self.genome)
 
     def clear(self) -> None:
         log.warning("--overwrite: removing the previous run in %s", self.out)
-        for sub in ("_predictd", "tensor", "model", "tracks", "report", "work", "run.json"):
+        for sub in ("_predictd", "tensor", "model", "tracks", "report", "work", "folds",
+                    "run.json"):
             storage.delete_prefix(storage.join(self.out, sub))
 
     def done(self, stage: str) -> dict | None:
@@ -153,13 +176,13 @@ class Run:
         storage.write_text_atomic(self._marker(stage), json.dumps(info, sort_keys=True))
 
     # ------------------------------------------------------------------ stages
-    def run_stage(self, stage: str) -> dict:
+    def run_stage(self, stage: str, **kwargs) -> dict:
         prev = self.done(stage)
         if prev is not None:
             log.info("%s: already complete, skipped", stage)
             return {**prev, "skipped": True}
         t0 = time.perf_counter()
-        info = getattr(self, f"_{stage}")() or {}
+        info = getattr(self, f"_{stage}")(**kwargs) or {}
         info["seconds"] = round(time.perf_counter() - t0, 3)
         self.mark(stage, info)
         self.write_run_json()
@@ -168,7 +191,7 @@ class Run:
     def _ingest(self) -> dict:
         from .ingest import ingest
         header = ingest(self.sc, self.tracks, self.genome, self.cfg, self.tensor_root,
-                        self.manifest_sum)
+                        self.manifest_sum, checked=self.checked)
         bins = header.genome_obj.total_bins(header.bin_size)
         return {"tracks": len(header.experiments), "bins": bins,
                 "blocks": len(header.blocks())}
@@ -206,6 +229,10 @@ class Run:
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
                 "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
+
+    def _folds(self, folds: int) -> dict:
+        from .folds import run_folds
+        return run_folds(self, folds, self.cfg.ensemble_size)
 
     def _evaluate(self) -> dict:
         from . import evaluate
@@ -270,7 +297,7 @@ class Run:
             "holdout": self.holdout,
             "versions": versions(),
             "spark": _spark_info(self.sc),
-            "stages": {s: self.done(s) for s in STAGES},
+            "stages": {s: self.done(s) for s in (*STAGES, "folds")},
         }
         storage.write_text_atomic(storage.join(self.out, "run.json"),
                                   json.dumps(doc, indent=1, sort_keys=True, default=str))
@@ -335,10 +362,18 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
                progress=progress)
 
 
-def run_all(r: Run, overwrite: bool = False, stages=STAGES) -> dict:
-    r.claim(overwrite)
+def run_all(r: Run, overwrite: bool = False, stages=STAGES, folds: int = 0) -> dict:
+    """Run the stages (or, with ``folds`` >= 2, ingest then the cross-validated ensemble)."""
+    # refuse a different run, then check every input, and only then write anything at OUT
+    r.claim(overwrite, folds=folds, dry_run=True)
+    r.check_inputs()
+    r.claim(overwrite, folds=folds)
     r.write_run_json()
     results = {}
+    if folds:
+        results["ingest"] = r.run_stage("ingest")
+        results["folds"] = r.run_stage("folds", folds=folds)
+        return results
     for s in stages:
         results[s] = r.run_stage(s)
     return results

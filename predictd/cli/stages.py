@@ -28,24 +28,35 @@ def _summary(run, results):
             click.echo(f"  {stage:<9} skipped (already complete)")
         else:
             click.echo(f"  {stage:<9} {info.get('seconds', 0):8.1f} s")
-    ev = results.get("evaluate", {})
+    ev = results.get("evaluate") or results.get("folds") or {}
+    if "ensemble_mse_reduction" in ev:
+        click.echo(f"  mean over tracks: model mse {ev['model_mean_mse']:.4f}, ensemble mse "
+                   f"{ev['ensemble_mean_mse']:.4f} ({100 * ev['ensemble_mse_reduction']:.1f} % "
+                   f"lower), average mse {ev.get('average_mean_mse', float('nan')):.4f}")
     for row in ev.get("metrics", []):
         click.echo(f"  {row['cell_type']}.{row['assay']:<12} {row['method']:<8} "
                    f"mse {row['mse']:.4f}  gwcorr {row['gwcorr']:.3f}")
 
 
-def _stage_command(name, stages, doc):
+def _stage_command(name, stages, doc, with_folds=False):
     @cli.command(name=name, help=doc)
     @options.pipeline_options
+    @click.option("--folds", type=int, default=0, metavar="T",
+                  help="Cross-validate: T balanced test folds of tracks, `ensemble_size` models "
+                       "per fold, tracks imputed by the models that did not see them, and a "
+                       "report scoring every observed track (model, ensemble, average).",
+                  hidden=not with_folds)
     def command(manifest, genome, out, config_path, sets, holdout, master, no_spark, overwrite,
-                public):
+                public, folds):
+        if folds and holdout:
+            raise click.BadParameter("use either --folds or --holdout", param_hint="--folds")
         run = _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public)
-        results = pipeline.run_all(run, overwrite=overwrite, stages=stages)
+        results = pipeline.run_all(run, overwrite=overwrite, stages=stages, folds=folds)
         _summary(run, results)
     return command
 
 
-_stage_command("run", pipeline.STAGES, """Run the whole pipeline: ingest → train → impute →
+_stage_command("run", pipeline.STAGES, with_folds=True, doc="""Run the whole pipeline: ingest → train → impute →
 evaluate.
 
 \b
@@ -56,6 +67,7 @@ command resumes: completed stages, blocks and tracks are skipped.
 \b
 Example:
   predictd run -m tracks.tsv -g hg38 -o out/ --holdout E116:H3K4me3 --set latent_factors=30
+  predictd run -m tracks.tsv -g hg38 -o out/ --folds 5        # cross-validated ensemble
 """)
 _stage_command("ingest", ("ingest",), """Bin the manifest's bigWigs into the tensor (OUT/tensor,
 Parquet + header.json).""")

@@ -1,0 +1,144 @@
+"""Cross-validation folds over experiments and ensembles of fold models (DESIGN §5).
+
+``predictd run --folds T`` splits the observed experiments into T balanced test folds (every
+cell type and assay keeps training data in every fold). For each fold it trains
+``ensemble_size`` models (different seeds, hence different training subsets and starts) with
+that fold held out, and solves their genome factors. Then:
+
+* every observed track is imputed by the models that did not train on it (its own fold's
+  models, averaged) — an honest, genome-wide imputation of every observed experiment;
+* every never-observed pair is the average of all models;
+* every observed track is scored three ways: one model (``model``), its fold's ensemble
+  (``ensemble``) and the ``average`` baseline — so the report shows whether, and by how much,
+  the ensemble beats single models.
+"""
+
+from __future__ import annotations
+
+import logging
+import numpy as np
+
+from . import evaluate, storage, tensor
+from .errors import PredictdError
+from .impute import ensemble_values, member_weights, solve_genome, write_tracks
+
+log = logging.getLogger("predictd.folds")
+
+
+def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str]]:
+    """Balanced test folds of experiments; removing any one fold leaves every cell type and
+    assay with at least one training experiment. Deterministic for a seed."""
+    exps = sorted(experiments)
+    if n_folds < 2 or n_folds > len(exps):
+        raise PredictdError(f"--folds {n_folds}: need 2 <= folds <= {len(exps)} (the number of "
+                            "observed tracks)")
+    cells = {e.split(".", 1)[0] for e in exps}
+    assays = {e.split(".", 1)[1] for e in exps}
+    rng = np.random.default_rng([seed, 4242])
+    for _ in range(2000):
+        perm = rng.permutation(len(exps))
+        folds = [sorted(exps[i] for i in perm[f::n_folds]) for f in range(n_folds)]
+        ok = True
+        for fold in folds:
+            rest = [e for e in exps if e not in set(fold)]
+            if {e.split(".", 1)[0] for e in rest} != cells or \
+                    {e.split(".", 1)[1] for e in rest} != assays:
+                ok = False
+                break
+        if ok:
+            return folds
+    raise PredictdError(f"--folds {n_folds}: cannot split the tracks so that every cell type "
+                        "and assay keeps training data in each fold; use fewer folds")
+
+
+def member_out(out: str, fold: int, member: int) -> str:
+    return storage.join(out, "folds", f"fold{fold}", f"model{member}")
+
+
+def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
+    """Train fold × member models on the shared tensor, write ensemble tracks, score every
+    observed track. ``run`` is a claimed :class:`predictd.pipeline.Run` whose ingest is done."""
+    from .pipeline import Run
+    header = tensor.read_header(run.tensor_root)
+    folds = make_folds(header.experiments, n_folds, run.cfg.seed)
+    members = []   # (fold, member, gf_root, model)
+    for f, fold in enumerate(folds):
+        for m in range(ensemble_size):
+            sub = Run(out=member_out(run.out, f, m), cfg=run.cfg.replace(seed=run.cfg.seed + m),
+                      tracks=run.tracks, genome=run.genome, holdout=fold,
+                      manifest_uri=run.manifest_uri, manifest_sum=run.manifest_sum, sc=run.sc,
+                      progress=run.progress, tensor_at=run.tensor_root)
+            log.info("fold %d/%d, model %d/%d: holding out %s", f + 1, n_folds, m + 1,
+                     ensemble_size, ", ".join(fold))
+            sub.run_stage("train")
+            model = sub.load_model()
+            if sub.done("solve") is None:
+                solve_genome(run.sc, header, run.tensor_root, sub.gf_root, model, run.cfg)
+                sub.mark("solve", {})
+            members.append((f, m, sub.gf_root, model))
+    names = members[0][3].track_names()
+    fold_of = {e: f for f, fold in enumerate(folds) for e in fold}
+    use = {}
+    for p, name in enumerate(names):
+        if name in fold_of:
+            use[p] = [i for i, mem in enumerate(members) if mem[0] == fold_of[name]]
+    write_tracks(run.sc, header, run.out, None, members[0][3], run.cfg, public=run.public,
+                 members=[(mem[2], mem[3]) for mem in members], use=use)
+    vectors = collect(run.sc, header, run.tensor_root, members, folds)
+    rows = evaluate.score_methods(vectors)
+    evaluate.write_report(run.out, rows, None, evaluate.example_regions(
+        {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()}),
+        public=run.public)
+    summary = summarize(rows)
+    return {"folds": folds, "ensemble_size": ensemble_size, "metrics": rows, **summary}
+
+
+def _fold_eval_task(item, payload):
+    chrom, block, start, n = item
+    root, members, folds, exps = payload
+    _, X = tensor.read_block(root, chrom, block, exps)
+    ci = {e: i for i, e in enumerate(exps)}
+    out = {}
+    for f, fold in enumerate(folds):
+        mine = [(gf, model) for (ff, _m, gf, model) in members if ff == f]
+        model = mine[0][1]
+        pairs = [(model.cell_types.index(h.split(".", 1)[0]),
+                  model.assays.index(h.split(".", 1)[1])) for h in fold]
+        singles = ensemble_values(mine[:1], np.ones((1, len(pairs)), np.float32), chrom, block,
+                                  pairs)
+        W = member_weights(len(mine), list(range(len(pairs))), None)
+        ens = ensemble_values(mine, W, chrom, block, pairs)
+        train = [e for e in exps if e not in set(fold)]
+        for t, h in enumerate(fold):
+            cell, assay = h.split(".", 1)
+            src = [ci[e] for e in train if e.split(".", 1)[1] == assay
+                   and e.split(".", 1)[0] != cell]
+            base = X[:, src].mean(axis=1) if src else np.full(n, np.nan, np.float32)
+            out[h] = {"y": X[:, ci[h]], "model": singles[:, t], "ensemble": ens[:, t],
+                      "average": base}
+    return out
+
+
+def collect(sc, header, root, members, folds) -> dict[str, dict[str, np.ndarray]]:
+    from .spark import map_tasks
+    exps = list(header.experiments)
+    parts = map_tasks(sc, _fold_eval_task, header.blocks(), (root, members, folds, exps))
+    res = {}
+    for h in exps:
+        res[h] = {k: np.concatenate([p[h][k] for p in parts])
+                  for k in ("y", "model", "ensemble", "average")}
+    return res
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean MSE / Pearson per method, and the ensemble's gain over single models."""
+    out = {}
+    for method in ("model", "ensemble", "average"):
+        sel = [r for r in rows if r["method"] == method]
+        if sel:
+            out[f"{method}_mean_mse"] = float(np.mean([r["mse"] for r in sel]))
+            out[f"{method}_mean_gwcorr"] = float(np.nanmean([r["gwcorr"] for r in sel]))
+    if "model_mean_mse" in out and "ensemble_mean_mse" in out:
+        out["ensemble_mse_reduction"] = 1.0 - out["ensemble_mean_mse"] / out["model_mean_mse"]
+    return out
+

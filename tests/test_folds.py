@@ -1,0 +1,67 @@
+"""Cross-validation folds and the ensemble of fold models."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from predictd import pipeline
+from predictd.config import Config
+from predictd.errors import PredictdError
+from predictd.folds import make_folds
+from tests.conftest import CELLS, MARKS
+from tests.test_pipeline import write_roadmap_inputs
+
+EXPS = [f"{c}.{m}" for c in CELLS for m in MARKS]
+
+
+def test_folds_are_balanced_and_keep_every_cell_type_and_assay():
+    folds = make_folds(EXPS, 5, seed=3)
+    assert sorted(e for f in folds for e in f) == sorted(EXPS)
+    assert {len(f) for f in folds} == {4}
+    for fold in folds:
+        rest = set(EXPS) - set(fold)
+        assert {e.split(".")[0] for e in rest} == set(CELLS)
+        assert {e.split(".")[1] for e in rest} == set(MARKS)
+    assert make_folds(EXPS, 5, seed=3) == folds
+    assert make_folds(EXPS, 5, seed=4) != folds
+
+
+def test_impossible_folds_are_refused():
+    with pytest.raises(PredictdError, match="--folds 1"):
+        make_folds(EXPS, 1, 0)
+    # one track per assay: any fold that holds a track removes its assay entirely
+    with pytest.raises(PredictdError, match="cannot split"):
+        make_folds(["A.x", "A.y", "B.x"], 3, 0)
+
+
+def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(roadmap, tmp_path):
+    small = {k: v[:60_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
+    manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
+    cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=6, ensemble_size=2)
+    out = str(tmp_path / "out")
+    run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
+    res = pipeline.run_all(run, folds=3)["folds"]
+    assert len(res["folds"]) == 3 and sum(len(f) for f in res["folds"]) == 15
+    methods = {(r["cell_type"], r["assay"], r["method"]) for r in res["metrics"]}
+    assert len(methods) == 15 * 3  # model, ensemble, average for every observed track
+    assert len(os.listdir(os.path.join(out, "tracks"))) == 15
+    assert os.path.exists(os.path.join(out, "report", "index.html"))
+    # the written track of an observed experiment is its own fold's ensemble
+    import pyBigWig
+    from predictd.folds import member_out
+    name = res["folds"][0][0]
+    bw = pyBigWig.open(os.path.join(out, "tracks", f"{name}.imputed.bw"))
+    written = np.arcsinh(bw.values("pilot", 0, 25 * 1000, numpy=True)[::25])
+    bw.close()
+    from predictd.impute import ensemble_values, member_weights
+    from predictd.model import Model
+    members = [(os.path.join(member_out(out, 0, m), "model", "genome_factors"),
+                Model.load(os.path.join(member_out(out, 0, m), "model"))) for m in range(2)]
+    c, a = name.split(".")
+    pair = [(members[0][1].cell_types.index(c), members[0][1].assays.index(a))]
+    want = ensemble_values(members, member_weights(2, [0], None), "pilot", 0, pair)[:1000, 0]
+    np.testing.assert_allclose(written, np.maximum(want, 0), rtol=1e-4, atol=1e-5)
+    assert "ensemble_mse_reduction" in res

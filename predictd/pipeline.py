@@ -311,21 +311,19 @@ def _spark_info(sc) -> dict:
 
 
 def _region_masks(header: tensor.TensorHeader, cfg) -> dict | None:
-    """mseprom/msegene/mseenh masks when the genome is hg38 and the annotation BEDs exist."""
+    """mseprom/msegene/mseenh masks (whole-genome, bin-aligned) when the genome is hg38 and
+    the annotation BEDs are found ($PREDICTD_ANNOTATIONS or the shared data)."""
     if header.genome["name"] != "hg38":
         return None
-    from .annotations import region_masks
-    ann = os.environ.get("PREDICTD_ANNOTATIONS") or os.path.join(
-        os.environ.get("PREDICTD_SHARED", ""), "data", "annotations", "hg38")
-    genes = os.path.join(ann, "gencode.v29.genes.gtf.bed.gz")
-    enh = os.path.join(ann, "F5.hg38.enhancers.bed.gz")
-    if not os.path.exists(genes):
+    from .annotations import concat_chrom_masks, hg38_annotation_beds, region_masks
+    beds = hg38_annotation_beds(os.environ.get("PREDICTD_ANNOTATIONS"))
+    if "genes" not in beds:
+        log.warning("hg38 annotation BEDs not found: mseprom/msegene/mseenh not computed")
         return None
     chroms = [tuple(c) for c in header.genome["chroms"]]
-    per_chrom = region_masks(chroms, header.bin_size, genes_bed=genes,
-                             enhancers_bed=enh if os.path.exists(enh) else None)
-    import numpy as np
-    return {k: np.concatenate([v[c] for c, _ in chroms]) for k, v in per_chrom.items()}
+    per_chrom = region_masks(chroms, header.bin_size, genes_bed=beds["genes"],
+                             enhancers_bed=beds.get("enhancers"))
+    return concat_chrom_masks(per_chrom, [c for c, _ in chroms])
 
 
 def _progress_bar(total: int):

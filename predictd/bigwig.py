@@ -36,6 +36,7 @@ __all__ = [
     "BigWigWriter",
     "bigwig_chroms",
     "bin_means",
+    "header_summary",
     "open_bigwig",
     "read_binned",
     "write_bigwig",
@@ -53,6 +54,7 @@ DEFAULT_MAX_ZOOMS = 10
 _BIGWIG_MAGIC = 0x888FFC26
 _HEADER = struct.Struct("<IHHQQQHHQQIQ")  # the fixed 64-byte bbi header
 _ZOOM_HEADER = struct.Struct("<IIQQ")
+_SUMMARY = struct.Struct("<Qdddd")  # bases covered, min, max, sum, sum of squares
 
 
 def _check_readable_file(path: str) -> None:
@@ -103,6 +105,43 @@ def _check_bbi_structure(path: str) -> None:
         offsets += [z_data, z_index]
     if any(off >= size for off in offsets):
         raise PredictdError(f"truncated or corrupt bigWig file (offsets past end of file): {path}")
+
+
+def header_summary(path: str | os.PathLike) -> dict | None:
+    """The whole-file summary a bigWig's header points at, read straight from the file.
+
+    pyBigWig's ``header()`` converts the summary to Python ints and crashes the process when a
+    value is NaN or infinite, so the 40 bytes are decoded here instead. Call it on a file that
+    :func:`open_bigwig` accepted (the offset is then known to lie inside the file).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local bigWig file.
+
+    Returns
+    -------
+    dict or None
+        ``{"count", "min", "max", "sum", "sum_squares"}`` (count of bases covered, floats for the
+        rest), or None when the file has no summary (older writers) or it is cut short.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                return None
+            offset = _HEADER.unpack(head)[9]
+            if not offset:
+                return None
+            fh.seek(offset)
+            raw = fh.read(_SUMMARY.size)
+    except OSError as exc:
+        raise PredictdError(f"cannot read bigWig file {path}: {exc.strerror or exc}") from exc
+    if len(raw) < _SUMMARY.size:
+        return None
+    count, lo, hi, total, squares = _SUMMARY.unpack(raw)
+    return {"count": count, "min": lo, "max": hi, "sum": total, "sum_squares": squares}
 
 
 def open_bigwig(path: str | os.PathLike):
@@ -313,6 +352,15 @@ def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk
             raise PredictdError(
                 f"corrupt bigWig file {name}: cannot read {chrom}:{start}-{read_end}"
             ) from exc
+        if values.size != read_end - start:
+            # libBigWig answers an empty array for a file without any data (a legal, empty
+            # track); any other length means it could not make sense of the file
+            if values.size:
+                raise PredictdError(
+                    f"corrupt bigWig file {name}: {chrom}:{start}-{read_end} read as "
+                    f"{values.size} values"
+                )
+            values = np.zeros(read_end - start, dtype=np.float32)
         np.copyto(values, 0, where=np.isnan(values))
         if read_end < end:
             values = np.concatenate([values, np.zeros(end - read_end, dtype=values.dtype)])

@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 
 from . import storage, tensor
-from .bigwig import open_bigwig, read_binned
+from .bigwig import header_summary, open_bigwig, read_binned
 from .errors import PredictdError
 from .genome import Genome
 from .manifest import Track
@@ -83,6 +83,13 @@ def _check_task(track: Track, payload) -> dict:
             from None
     finally:
         bw.close()
+    # the header's summary covers every value, so NaN/inf are caught here instead of after
+    # hours of binning (the binning still refuses inf: old files may have no summary)
+    s = header_summary(path)
+    if s is not None and not np.isfinite([s["min"], s["max"], s["sum"]]).all():
+        raise PredictdError(f"{track.uri} (manifest row {track.row}): bigWig has NaN or infinite "
+                            f"values (header summary: min {s['min']}, max {s['max']}, sum "
+                            f"{s['sum']}); no-data stretches must be left out, not NaN")
     return {"chroms": chroms, "bytes": os.path.getsize(path)}
 
 
@@ -161,9 +168,11 @@ def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
 
 
 def ingest(sc, tracks: list[Track], genome: Genome, cfg, root: str,
-           manifest_checksum: str = "") -> tensor.TensorHeader:
-    """Build (or finish building) the tensor of ``tracks`` under ``root``."""
-    infos = check_tracks(sc, tracks, genome)
+           manifest_checksum: str = "", checked: list[dict] | None = None
+           ) -> tensor.TensorHeader:
+    """Build (or finish building) the tensor of ``tracks`` under ``root``; ``checked`` is
+    :func:`check_tracks`' result when the caller has already run it."""
+    infos = checked if checked is not None else check_tracks(sc, tracks, genome)
     experiments = [t.name for t in tracks]
     cell_types = sorted({t.cell_type for t in tracks})
     assays = sorted({t.assay for t in tracks})

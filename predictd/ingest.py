@@ -53,6 +53,12 @@ def md5_file(path: str, chunk: int = 8 << 20) -> str:
             h.update(b)
 
 
+def _shown(track: Track) -> str:
+    """The track's URI for messages and stored metadata: a pre-signed URL's signature and any
+    password are masked (they are credentials)."""
+    return storage._display(track.uri)
+
+
 def local_copy(track: Track) -> str:
     """A local path for the track's file (downloaded to scratch if remote), md5-checked."""
     if track.is_remote:
@@ -79,7 +85,7 @@ def _check_task(track: Track, payload) -> dict:
     try:
         chroms = dict(bw.chroms())
     except RuntimeError:
-        raise PredictdError(f"corrupt bigWig file {track.uri}: cannot read chromosome list") \
+        raise PredictdError(f"corrupt bigWig file {_shown(track)}: cannot read chromosome list") \
             from None
     finally:
         bw.close()
@@ -87,8 +93,8 @@ def _check_task(track: Track, payload) -> dict:
     # hours of binning (the binning still refuses inf: old files may have no summary)
     s = header_summary(path)
     if s is not None and not np.isfinite([s["min"], s["max"], s["sum"]]).all():
-        raise PredictdError(f"{track.uri} (manifest row {track.row}): bigWig has NaN or infinite "
-                            f"values (header summary: min {s['min']}, max {s['max']}, sum "
+        raise PredictdError(f"{_shown(track)} (manifest row {track.row}): bigWig has NaN or "
+                            f"infinite values (header summary: min {s['min']}, max {s['max']}, sum "
                             f"{s['sum']}); no-data stretches must be left out, not NaN")
     return {"chroms": chroms, "bytes": os.path.getsize(path)}
 
@@ -104,12 +110,12 @@ def _bin_task(item, payload) -> dict:
     if storage.exists(marker):
         return json.loads(storage.read_text(marker))
     path = local_copy(track)
-    values = read_binned(path, chrom, length, bin_size, source=track.uri)
+    values = read_binned(path, chrom, length, bin_size, source=_shown(track))
     if values is None:  # listed in the check, so the file changed under us
-        raise PredictdError(f"{track.uri}: chromosome {chrom} disappeared from the file")
+        raise PredictdError(f"{_shown(track)}: chromosome {chrom} disappeared from the file")
     y = forward(values, transform)
     if not np.isfinite(y).all():
-        raise PredictdError(f"{track.uri}: {chrom} has values that are not finite after the "
+        raise PredictdError(f"{_shown(track)}: {chrom} has values that are not finite after the "
                             f"{transform} transform")
     for b, start in enumerate(range(0, y.size, block_bins)):
         buf = io.BytesIO()
@@ -152,12 +158,12 @@ def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
         shared = [c for c in chroms if c in gsizes]
         if not shared:
             some = ", ".join(list(chroms)[:3])
-            raise PredictdError(f"{t.uri} (manifest row {t.row}): no chromosome name matches "
+            raise PredictdError(f"{_shown(t)} (manifest row {t.row}): no chromosome name matches "
                                 f"genome {genome.name} (file has {some}...; genome has "
                                 f"{', '.join(genome.names[:3])}...)")
         for c in shared:
             if chroms[c] > gsizes[c]:
-                raise PredictdError(f"chromosome size mismatch: {t.uri} has {c} of {chroms[c]} "
+                raise PredictdError(f"chromosome size mismatch: {_shown(t)} has {c} of {chroms[c]} "
                                     f"bp, genome {genome.name} says {gsizes[c]} bp "
                                     f"(wrong assembly?)")
         extra = [c for c in chroms if c not in gsizes]
@@ -196,12 +202,12 @@ def ingest(sc, tracks: list[Track], genome: Genome, cfg, root: str,
                                "chroms": sorted(s["chrom"] for s in mine)}
         if nz == 0:
             log.warning("%s (%s) is all zeros over the genome: kept, but check the file",
-                        t.name, t.uri)
+                        t.name, _shown(t))
     header = tensor.TensorHeader(
         experiments=experiments, cell_types=cell_types, assays=assays,
         genome={"name": genome.name, "chroms": [list(c) for c in genome.chroms]},
         bin_size=cfg.bin_size, block_bins=cfg.block_bins, transform=cfg.transform,
-        sources={t.name: {"uri": t.uri, "md5": t.md5, "bytes": i["bytes"]}
+        sources={t.name: {"uri": _shown(t), "md5": t.md5, "bytes": i["bytes"]}
                  for t, i in zip(tracks, infos)},
         track_stats=track_stats, manifest_checksum=manifest_checksum)
     tensor.write_header(root, header)

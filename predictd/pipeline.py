@@ -286,11 +286,13 @@ class Run:
     def write_run_json(self) -> None:
         doc = {
             "predictd": __version__,
-            "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+            # URIs go through storage._display: a pre-signed URL's signature must not be kept
+            "command": [os.path.basename(sys.argv[0]), *map(storage._display, sys.argv[1:])],
             "config": self.cfg.to_dict(),
             "config_checksum": self.cfg.checksum(),
-            "manifest": {"uri": self.manifest_uri, "checksum": self.manifest_sum,
-                         "tracks": [{"name": t.name, "uri": t.uri, "md5": t.md5,
+            "manifest": {"uri": storage._display(self.manifest_uri),
+                         "checksum": self.manifest_sum,
+                         "tracks": [{"name": t.name, "uri": storage._display(t.uri), "md5": t.md5,
                                      "accession": t.accession} for t in self.tracks]},
             "genome": {"name": self.genome.name, "chroms": len(self.genome.chroms),
                        "bp": sum(n for _, n in self.genome.chroms)},

@@ -63,7 +63,10 @@ def cli(debug: bool, quiet: bool):
         os.environ.setdefault("PREDICTD_SPARK_LOG_LEVEL", "WARN")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="predictd: %(message)s", stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    # Libraries' INFO chatter ("Found credentials in environment variables.") is not ours to
+    # show: it would read as predictd's own messages and bury one-line errors.
+    for name in ("py4j", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main():

@@ -311,7 +311,8 @@ def test_public_run_hub_and_http_download(inputs, s3, tmp_path_factory):
     for c in CELLS:
         for m in MARKS:
             assert (ALL_USERS, "READ") in grantees(f"pub/tracks/{c}.{m}.imputed.bw")
-    assert not any(g == ALL_USERS for g, _ in grantees("pub/run.json"))
+    for private in ("pub/run.json", "pub/model/model.json", "pub/tensor/header.json"):
+        assert not any(g == ALL_USERS for g, _ in grantees(private)), private
 
     p = cli("hub", out, "--genome", "hg19", "--public", scratch=scratch)
     assert p.returncode == 0, p.stderr

@@ -58,8 +58,12 @@ def list_command(source, cell_types, assays, include_model, as_json):
     total = dl.format_size(sum(sizes)) if None not in sizes else "size unknown"
     cells = sorted({f.cell_type for f in tracks})
     assay_names = sorted({f.assay for f in tracks})
-    click.echo(f"{len(tracks)} tracks ({total}): {len(cells)} cell types, "
-               f"{len(assay_names)} assays")
+    click.echo(f"{_n(len(tracks), 'track')} ({total}): {_n(len(cells), 'cell type')}, "
+               f"{_n(len(assay_names), 'assay')}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 @cli.command(name="download")

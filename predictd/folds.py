@@ -84,6 +84,8 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
             use[p] = [i for i, mem in enumerate(members) if mem[0] == fold_of[name]]
     write_tracks(run.sc, header, run.out, None, members[0][3], run.cfg, public=run.public,
                  members=[(mem[2], mem[3]) for mem in members], use=use)
+    from .download import write_track_index
+    write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds)
     rows = evaluate.score_methods(vectors)
     evaluate.write_report(run.out, rows, None, evaluate.example_regions(

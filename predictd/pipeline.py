@@ -162,6 +162,28 @@ class Run:
         from .ingest import check_tracks
         self.checked = check_tracks(self.sc, self.tracks, self.genome)
 
+    def sweep_temp_files(self) -> int:
+        """Delete the temporary files a killed run left under a local OUT.
+
+        Every atomic write makes a hidden ``.{name}.*.tmp`` file (the report: a ``.tmp-report-*``
+        directory) beside its destination and renames it when complete, so these are never
+        taken for outputs; but a ``kill -9`` leaves them behind (in tracks/ too). Only called
+        before any stage runs: no writer of this OUT is alive then.
+        """
+        if storage.is_remote(self.out) or not os.path.isdir(self.out):
+            return 0
+        stale = []
+        for root, dirs, files in os.walk(self.out):
+            stale += [os.path.join(root, f) for f in files
+                      if f.startswith(".") and f.endswith(".tmp")]
+            stale += [os.path.join(root, d) for d in dirs if d.startswith(".tmp-")]
+            dirs[:] = [d for d in dirs if not d.startswith(".tmp-")]
+        for path in stale:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if stale:
+            log.info("removed %d temporary file(s) left by an interrupted run", len(stale))
+        return len(stale)
+
     def clear(self) -> None:
         log.warning("--overwrite: removing the previous run in %s", self.out)
         for sub in ("_predictd", "tensor", "model", "tracks", "report", "work", "folds",
@@ -226,6 +248,8 @@ class Run:
         t1 = time.perf_counter()
         written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
                                public=self.public)
+        from .download import write_track_index
+        write_track_index(self.out, public=self.public, hash_local=False)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
                 "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
@@ -368,6 +392,7 @@ def run_all(r: Run, overwrite: bool = False, stages=STAGES, folds: int = 0) -> d
     r.claim(overwrite, folds=folds, dry_run=True)
     r.check_inputs()
     r.claim(overwrite, folds=folds)
+    r.sweep_temp_files()
     r.write_run_json()
     results = {}
     if folds:

@@ -56,9 +56,48 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
         if not sconf.contains(k):
             sconf.set(k, v)
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    _CONTEXT = SparkContext.getOrCreate(sconf)
+    gateway = None
+    if SparkContext._gateway is None and SparkContext._active_spark_context is None:
+        gateway = _quiet_gateway(sconf)
+    _CONTEXT = (SparkContext(conf=sconf, gateway=gateway) if gateway is not None
+                else SparkContext.getOrCreate(sconf))
     _CONTEXT.setLogLevel(os.environ.get("PREDICTD_SPARK_LOG_LEVEL", "ERROR"))
     return _CONTEXT
+
+
+# Start-up chatter of the driver JVM that is not about the user's run: Spark 4 always loads the
+# incubating vector module, and the JVM announces it on stderr before any logging is set up.
+_JVM_NOISE = (b"WARNING: Using incubator modules:",)
+
+
+def _quiet_gateway(sconf):
+    """Launch the driver JVM with its stderr passed through a filter that drops
+    :data:`_JVM_NOISE`, so a failed run still prints one line; None under spark-submit (the
+    JVM is already running)."""
+    import subprocess
+    import threading
+
+    from pyspark.java_gateway import launch_gateway
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        return None
+    gateway = launch_gateway(sconf, popen_kwargs={"stderr": subprocess.PIPE})
+    proc = getattr(gateway, "proc", None)
+    if proc is None or proc.stderr is None:
+        return gateway
+
+    def pump(stream):
+        # straight to file descriptor 2, where the JVM would have written: no Python-level
+        # stream (possibly replaced or closed by then) in the way
+        for line in iter(stream.readline, b""):
+            if not line.startswith(_JVM_NOISE):
+                try:
+                    os.write(2, line)
+                except OSError:
+                    pass
+
+    threading.Thread(target=pump, args=(proc.stderr,), daemon=True,
+                     name="predictd-jvm-stderr").start()
+    return gateway
 
 
 def stop_context() -> None:

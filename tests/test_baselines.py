@@ -1,0 +1,127 @@
+"""Reference imputers (average, plain CP-ALS) and the cross-cell-type stacking layer."""
+
+import numpy as np
+import pytest
+
+from predictd.solvers import baselines, stacking
+
+
+def low_rank_tensor(seed=0, n=3000, n_cell=4, n_assay=3, rank=2, noise=0.01):
+    rng = np.random.default_rng(seed)
+    C, A = rng.normal(size=(n_cell, rank)), rng.normal(size=(n_assay, rank))
+    G = rng.normal(size=(n, rank))
+    jj, kk = np.meshgrid(np.arange(n_cell), np.arange(n_assay), indexing="ij")
+    jj, kk = jj.ravel(), kk.ravel()
+    T = G @ (C[jj] * A[kk]).T + 0.3 * jj[None, :] - 0.2 * kk[None, :] + 1.0
+    T += noise * rng.normal(size=T.shape)
+    return T, jj, kk
+
+
+def test_average_baseline_ignores_the_target_cell_and_missing_values():
+    X = np.array([[1.0, 3.0, np.nan, 7.0],
+                  [2.0, np.nan, np.nan, 8.0]])
+    cell, assay = [0, 1, 2, 0], [0, 0, 0, 1]
+    out = baselines.average_baseline(X, cell, assay, [(3, 0), (0, 0), (1, 1)])
+    assert out[0, 0] == pytest.approx(2.0) and out[1, 0] == pytest.approx(2.0)
+    assert out[0, 1] == pytest.approx(3.0)          # own column excluded
+    assert np.isnan(out[1, 1])                       # its only source is missing in this bin
+    assert out[0, 2] == pytest.approx(7.0)
+
+
+def test_cp_als_recovers_a_held_out_pair_of_a_low_rank_tensor():
+    T, jj, kk = low_rank_tensor()
+    hold = 5
+    keep = np.setdiff1d(np.arange(T.shape[1]), [hold])
+    f = baselines.cp_als_baseline(T[:, keep], jj[keep], kk[keep], 4, 3, rank=2, ridge=1.0,
+                                  iters=200)
+    pred = baselines.impute_pairs(T[:, keep], jj[keep], kk[keep], f, 1.0,
+                                  [(jj[hold], kk[hold])])[:, 0]
+    y = T[:, hold]
+    assert np.mean((y - pred) ** 2) < 0.02 * y.var()
+    # a rank too small for the data cannot do this well
+    f1 = baselines.cp_als_baseline(T[:, keep], jj[keep], kk[keep], 4, 3, rank=1, iters=200)
+    pred1 = baselines.impute_pairs(T[:, keep], jj[keep], kk[keep], f1, 1.0,
+                                   [(jj[hold], kk[hold])])[:, 0]
+    assert np.mean((y - pred1) ** 2) > 5 * np.mean((y - pred) ** 2)
+
+
+def test_cp_als_is_deterministic_for_a_seed():
+    T, jj, kk = low_rank_tensor(n=500)
+    a = baselines.cp_als_baseline(T, jj, kk, 4, 3, rank=2, iters=20, seed=3)
+    b = baselines.cp_als_baseline(T, jj, kk, 4, 3, rank=2, iters=20, seed=3)
+    assert np.array_equal(a.C, b.C) and np.array_equal(a.bA, b.bA)
+
+
+def test_moving_mean_matches_a_direct_window_mean_with_nans():
+    rng = np.random.default_rng(0)
+    V = rng.normal(size=(50, 3))
+    V[rng.random(V.shape) < 0.2] = np.nan
+    V[10:20, 1] = np.nan
+    got = stacking.moving_mean(V, 5)
+    for i in range(50):
+        win = V[max(0, i - 2):i + 3]
+        cnt = (~np.isnan(win)).sum(axis=0)
+        want = np.where(cnt > 0, np.nansum(win, axis=0) / np.maximum(cnt, 1), np.nan)
+        np.testing.assert_allclose(got[i], want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(got[15, 1]) and np.isfinite(got[12, 0])
+
+
+def relation_tensor(seed=0, n=4000, n_cell=4):
+    """Assay 0 = 2·assay 1 − assay 2 + 0.5 in every cell type (plus noise): a relation the
+    stack can learn from some cell types and transfer to another."""
+    rng = np.random.default_rng(seed)
+    cols, cell, assay = [], [], []
+    for c in range(n_cell):
+        a1, a2 = rng.normal(size=n), rng.normal(size=n)
+        a0 = 2 * a1 - a2 + 0.5 + 0.05 * rng.normal(size=n)
+        for k, v in enumerate((a0, a1, a2)):
+            cols.append(v)
+            cell.append(c)
+            assay.append(k)
+    return np.stack(cols, axis=1), np.array(cell), np.array(assay)
+
+
+@pytest.mark.parametrize("windows", [(), (3,)])
+def test_stack_transfers_a_within_cell_relation_to_a_held_out_pair(windows):
+    X, cell, assay = relation_tensor()
+    hold = 0  # cell 0, assay 0
+    keep = np.arange(1, X.shape[1])
+    obs = np.zeros((4, 3), bool)
+    obs[cell[keep], assay[keep]] = True
+    st = stacking.sum_stack_stats([
+        stacking.stack_stats(X[:2000, keep], cell[keep], assay[keep], 4, 3, windows),
+        stacking.stack_stats(X[2000:, keep], cell[keep], assay[keep], 4, 3, windows)])
+    W = stacking.fit_stack(st, obs, ridge=1e-6, windows=windows)
+    fallback = np.full((X.shape[0], 1), -99.0)
+    pred = stacking.predict_pairs(X[:, keep], cell[keep], assay[keep], W, [(0, 0)], fallback,
+                                  windows)[:, 0]
+    assert np.mean((pred - X[:, hold]) ** 2) < 0.01
+    # the average of the other cell types knows nothing of this bin's relation
+    avg = baselines.average_baseline(X[:, keep], cell[keep], assay[keep], [(0, 0)])[:, 0]
+    assert np.mean((avg - X[:, hold]) ** 2) > 1.0
+
+
+def test_stack_falls_back_to_the_model_where_it_has_no_weights_or_features():
+    X, cell, assay = relation_tensor(n=500)
+    keep = np.flatnonzero(assay != 0)          # assay 0 observed nowhere: no training cell type
+    keep = np.append(keep, [0])                # ... except cell 0
+    obs = np.zeros((4, 3), bool)
+    obs[cell[keep], assay[keep]] = True
+    st = stacking.stack_stats(X[:, keep], cell[keep], assay[keep], 4, 3)
+    W = stacking.fit_stack(st, obs)
+    assert np.isnan(W[0, 0]).all() and np.isfinite(W[1, 0]).all()
+    Xb = X[:, keep].copy()
+    Xb[:10, np.flatnonzero((cell[keep] == 1) & (assay[keep] == 1))] = np.nan
+    fallback = np.full((500, 2), 7.0, np.float32)
+    out = stacking.predict_pairs(Xb, cell[keep], assay[keep], W, [(0, 0), (1, 0)], fallback)
+    assert (out[:, 0] == 7.0).all()              # no weights: the model's value
+    assert (out[:10, 1] == 7.0).all()            # a feature missing in these bins
+    assert not (out[10:, 1] == 7.0).any()
+
+
+def test_target_design_drops_feature_assays_no_training_cell_shares():
+    obs = np.array([[1, 1, 1, 1],     # target cell 0 has assays 1..3
+                    [1, 1, 0, 1],     # training cells share 1 and 3, not 2
+                    [1, 1, 0, 0]], bool)
+    train, feats = stacking.target_design(obs, 0, 0)
+    assert train == [1] and set(feats) == {0, 1 + 1, 1 + 3, 1 + 4 + 0}

@@ -27,7 +27,7 @@ from . import storage, tensor
 from .bigwig import BigWigWriter
 from .errors import PredictdError
 from .model import Model
-from .solvers.closed_form import solve_genome_factors
+from .solvers.closed_form import projection, solve_genome_factors
 from .spark import default_parallelism, map_tasks
 from .transform import inverse
 
@@ -55,36 +55,62 @@ def model_arrays(model: Model, experiments: list[str]):
 
 def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: float,
                 bias_ridge: float) -> np.ndarray:
-    """[G | bG] (float32, n × L+1) for a block of observed data."""
+    """[G | bG] (float32, n × L+1) for a block of observed data.
+
+    A block where every experiment is observed in every bin (the usual case) is one GEMM with
+    the experiment biases folded in — ``(X − b) Pᵀ = X Pᵀ − (P b)ᵀ`` saves a pass over the
+    block — computed as ``P Xᵀ``: measured here, OpenBLAS is ~3x faster for these skinny shapes
+    (n × E times E × L+1) with the long axis last. The result is the transposed view, so its
+    columns are contiguous. Blocks with missing entries are solved per observed pattern.
+    """
     Z, b = model_arrays(model, experiments)
+    if not np.isnan(X).any():
+        P = projection(Z, ridge, bias_ridge)
+        Pb = (P @ b).astype(np.float32)
+        GBt = P.astype(np.float32) @ np.asarray(X, dtype=np.float32).T
+        GBt -= Pb[:, None]
+        return GBt.T
     G, bG = solve_genome_factors(X - b.astype(np.float32)[None, :], Z, ridge, bias_ridge)
     return np.concatenate([G, bG[:, None]], axis=1)
 
 
 def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) -> np.ndarray:
-    """Model-space values of the given (cell type, assay) index pairs for a block (n × T)."""
+    """Model-space values of the given (cell type, assay) index pairs for a block (n × T).
+
+    One GEMM with the track biases folded in as an extra factor (a column of ones beside
+    ``[G | bG]``), computed with the long axis last (~3x faster here for these shapes) and
+    returned as the transposed view: each track's column is contiguous, ready for a writer.
+    """
     j = np.array([p[0] for p in pairs])
     k = np.array([p[1] for p in pairs])
     L = model.latent_factors
-    W = np.empty((L + 1, len(pairs)), dtype=np.float32)
-    W[:L] = (model.C[j] * model.A[k]).T
-    W[L] = 1.0
-    out = GB @ W
-    out += (model.mu + model.bC[j] + model.bA[k]).astype(np.float32)[None, :]
-    return out
+    n = GB.shape[0]
+    Wt = np.empty((len(pairs), L + 2), dtype=np.float32)
+    Wt[:, :L] = model.C[j] * model.A[k]
+    Wt[:, L] = 1.0
+    Wt[:, L + 1] = model.mu + model.bC[j] + model.bA[k]
+    H = np.empty((L + 2, n), dtype=np.float32)
+    H[:L + 1] = GB.T
+    H[L + 1] = 1.0
+    return (Wt @ H).T
 
 
 def write_gf(uri: str, GB: np.ndarray) -> None:
     cols = {f"g{l}": pa.array(GB[:, l]) for l in range(GB.shape[1] - 1)}
     cols["bG"] = pa.array(GB[:, -1])
     buf = io.BytesIO()
-    pq.write_table(pa.table(cols), buf, compression="zstd")
+    # no dictionary: factors are all distinct floats (it made this write 5x slower)
+    pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
 def read_gf(uri: str) -> np.ndarray:
     t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    return np.stack([c.to_numpy() for c in t.columns], axis=1).astype(np.float32, copy=False)
+    # built transposed: one contiguous row per column, the layout impute_values wants
+    GBt = np.empty((t.num_columns, t.num_rows), dtype=np.float32)
+    for i, c in enumerate(t.columns):
+        GBt[i] = c.to_numpy()
+    return GBt.T
 
 
 # --------------------------------------------------------------------------- tasks

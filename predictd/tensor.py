@@ -101,9 +101,14 @@ def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int)
     cols = {"bin": pa.array(bins), "start": pa.array(bins * bin_size)}
     for j, name in enumerate(names):
         col = np.ascontiguousarray(X[:, j], dtype=np.float32)
-        cols[name] = pa.array(col, mask=np.isnan(col))
+        nan = np.isnan(col)
+        cols[name] = pa.array(col, mask=nan if nan.any() else None)
     buf = io.BytesIO()
-    pq.write_table(pa.table(cols), buf, compression="zstd", row_group_size=1 << 20)
+    # Dictionary encoding is Parquet's default, but binned signal has too many distinct values
+    # for it: measured on the Roadmap tracks it made encoding 3x and decoding 2x slower for
+    # the same file size (and synthetic noise 28% larger than raw float32).
+    pq.write_table(pa.table(cols), buf, compression="zstd", row_group_size=1 << 20,
+                   use_dictionary=False)
     return buf.getvalue()
 
 

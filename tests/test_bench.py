@@ -1,0 +1,209 @@
+"""Benchmark machinery, synthetic Roadmap-shaped data, the imputation fast paths, scale-out.
+
+No timing is asserted here: benchmarks report times, tests check that the figures exist, are
+measured on the real code paths and that the results they compare agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from predictd import bench, impute, synthetic, tensor
+from predictd.model import Model
+from predictd.solvers.closed_form import solve_genome_factors
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _shared_or_skip() -> Path:
+    d = Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data"
+    if not (d / "roadmap_pilot").is_dir():
+        pytest.skip(f"shared data not found at {d} (set PREDICTD_SHARED)")
+    return d
+
+
+# --------------------------------------------------------------------------- synthetic data
+def test_roadmap_pattern_has_roadmaps_shape():
+    cells, assays, observed = synthetic.roadmap_pattern()
+    assert (len(cells), len(assays), len(observed)) == (127, 24, 1014)
+    assert len(set(observed)) == 1014
+    assert "E060" not in cells and "E064" not in cells
+    # every epigenome has the five core marks (the definition of a consolidated epigenome)
+    for c in cells:
+        for m in synthetic.ROADMAP_CORE:
+            assert (c, m) in set(observed)
+    # the pairs confirmed by the bundled manifest are all there
+    manifest = REPO / "data_manifests" / "roadmap_consolidated_pval.tsv"
+    if manifest.exists():
+        rows = [ln.split("\t")[:2] for ln in manifest.read_text().splitlines()[1:]]
+        assert {tuple(r) for r in rows} <= set(observed)
+    # every mark is observed somewhere, and the draw is reproducible but seed-dependent
+    assert {a for _, a in observed} == set(assays)
+    assert synthetic.roadmap_pattern(seed=0)[2] == observed
+    assert synthetic.roadmap_pattern(seed=1)[2] != observed
+
+
+def test_synthetic_tensor_is_realistic_and_reproducible(tmp_path):
+    cells, assays, observed = synthetic.roadmap_pattern()
+    obs = observed[:40]
+    h = synthetic.write_tensor(str(tmp_path / "a"), 5000, cells, assays, obs, block_bins=2048)
+    synthetic.write_tensor(str(tmp_path / "b"), 5000, cells, assays, obs, block_bins=2048)
+    assert h.experiments == [f"{c}.{a}" for c, a in obs]
+    assert [b[3] for b in h.blocks()] == [2048, 2048, 904]
+    back = tensor.read_header(str(tmp_path / "a"))
+    assert back.experiments == h.experiments and back.transform == "none"
+    Xs = [tensor.read_block(str(tmp_path / "a"), c, b, h.experiments)[1]
+          for c, b, _, _ in h.blocks()]
+    X = np.concatenate(Xs)
+    assert X.shape == (5000, 40) and np.isfinite(X).all()
+    # arcsinh units of -log10 p-values: non-negative, mean a few tenths, sparse peaks of several
+    assert X.min() == 0.0
+    assert 0.15 < X.mean() < 0.6
+    assert 2.5 < X.max() < 10
+    assert np.percentile(X, 99) > 4 * np.median(X)
+    for c, b, _, _ in h.blocks():
+        assert (tmp_path / "a" / f"chrom={c}" / f"block={b:06d}.parquet").read_bytes() == \
+            (tmp_path / "b" / f"chrom={c}" / f"block={b:06d}.parquet").read_bytes()
+
+
+def test_synthetic_signal_is_low_rank():
+    """Most of the (centred) variance lies in the generating rank."""
+    cells, assays, observed = synthetic.roadmap_pattern()
+    tracks = synthetic.synthetic_tracks(20000, cells, assays, observed[:60], rank=5)
+    X = np.stack(list(tracks.values()), axis=1).astype(np.float64)
+    s = np.linalg.svd(X - X.mean(axis=0), compute_uv=False)
+    share = (s[:5] ** 2).sum() / (s ** 2).sum()
+    assert share > 0.6
+
+
+# --------------------------------------------------------------------------- imputation math
+def _model(n_cell=4, n_assay=3, L=5, seed=0):
+    rng = np.random.default_rng(seed)
+    cells = [f"C{i}" for i in range(n_cell)]
+    assays = [f"A{i}" for i in range(n_assay)]
+    observed = [(c, a) for i, c in enumerate(cells) for j, a in enumerate(assays)
+                if (i + j) % 3 != 0]
+    return Model(cell_types=cells, assays=assays, mu=0.4, bC=rng.normal(size=n_cell) * 0.1,
+                 bA=rng.normal(size=n_assay) * 0.1, C=rng.normal(size=(n_cell, L)),
+                 A=rng.normal(size=(n_assay, L)), observed=observed)
+
+
+def test_solve_block_fast_path_matches_the_per_pattern_solve():
+    m = _model()
+    exps = [f"{c}.{a}" for c, a in m.observed]
+    X = np.random.default_rng(1).random((500, len(exps))).astype(np.float32)
+    GB = impute.solve_block(X, m, exps, 2.9, 0.0)
+    Z, b = impute.model_arrays(m, exps)
+    G, bG = solve_genome_factors(X.astype(np.float64) - b, Z, 2.9, 0.0, dtype=np.float64)
+    assert GB.shape == (500, m.latent_factors + 1)
+    np.testing.assert_allclose(GB[:, :-1], G, atol=2e-5)
+    np.testing.assert_allclose(GB[:, -1], bG, atol=2e-5)
+    # with a missing entry the block takes the per-pattern path; the complete rows agree
+    Xn = X.copy()
+    Xn[3, 1] = np.nan
+    GBn = impute.solve_block(Xn, m, exps, 2.9, 0.0)
+    np.testing.assert_allclose(np.delete(GBn, 3, axis=0), np.delete(GB, 3, axis=0), atol=2e-5)
+    assert not np.allclose(GBn[3], GB[3], atol=1e-4)
+
+
+def test_impute_values_is_the_model_prediction():
+    m = _model()
+    GB = np.random.default_rng(2).normal(size=(300, m.latent_factors + 1)).astype(np.float32)
+    pairs = [(0, 0), (3, 2), (1, 1)]
+    Y = impute.impute_values(GB, m, pairs)
+    for t, (j, k) in enumerate(pairs):
+        want = GB[:, :-1] @ (m.C[j] * m.A[k]) + GB[:, -1] + m.mu + m.bC[j] + m.bA[k]
+        np.testing.assert_allclose(Y[:, t], want, rtol=1e-5, atol=1e-5)
+        assert Y[:, t].flags["C_CONTIGUOUS"]  # a writer takes each track without a copy
+
+
+def test_gemm_fraction_measures_the_real_functions():
+    m = _model(n_cell=6, n_assay=5, L=8)
+    exps = [f"{c}.{a}" for c, a in m.observed]
+    X = np.random.default_rng(3).random((20000, len(exps))).astype(np.float32)
+    g = bench.gemm_fraction(X, m, exps, 2.9, repeats=2)
+    assert g["shape"] == {"bins": 20000, "experiments": len(exps), "factors_plus_bias": 9,
+                          "tracks": 30}
+    assert g["gflops"] == pytest.approx(2 * 20000 * 9 * (len(exps) + 30) / 1e9, abs=1e-3)
+    assert g["fraction"] > 0 and g["predictd_seconds"] > 0
+    assert set(g["layouts_seconds"]) == {"solve_row_major", "solve_col_major",
+                                         "impute_row_major", "impute_col_major"}
+
+
+# --------------------------------------------------------------------------- measurement tools
+def test_peak_memory_sees_this_process_and_its_children():
+    child = ("import numpy as np, time; a = np.ones(40_000_000); time.sleep(1.0); "
+             "print(a.sum())")
+    with bench.PeakMemory(interval=0.02) as mem:
+        big = np.ones(30_000_000)  # 240 MB here
+        subprocess.run([sys.executable, "-c", child], check=True, capture_output=True)
+        del big
+    assert mem.children_mb > 250  # the child's 320 MB array
+    assert mem.self_mb > 200
+    assert mem.total_mb >= mem.self_mb
+    with bench.PeakMemory() as small:
+        time.sleep(0.1)
+    assert small.children_mb < 50
+    if small.self_reset:  # the kernel let us reset the high-water mark
+        assert small.self_mb < mem.self_mb
+
+
+def test_blas_info_names_the_kernel_and_leaves_the_environment_alone():
+    before = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
+    info = bench.blas_info()
+    assert info["library"]
+    if "openblas" in info["library"].lower():
+        assert info["kernel"] and info["threads"] >= 1
+    assert info["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
+    assert {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")} == before
+
+
+# --------------------------------------------------------------------------- the benchmark
+def test_bench_run_reports_every_figure(tmp_path, spark):
+    _shared_or_skip()
+    res = bench.run(str(tmp_path), n_bins=1 << 15, spark=True, config={"max_iterations": 4})
+    for key in ("ingest_vs_pybigwig", "write_vs_pybigwig", "impute_gemm_fraction",
+                "spark_overhead", "ingest_inprocess_vs_pybigwig"):
+        assert np.isfinite(res[key]) and res[key] > 0, key
+    assert res["data"]["bins"] == 1 << 15 and res["data"]["tracks"] == 20
+    for stage in ("pybigwig_read", "ingest_inprocess", "train_inprocess", "solve_inprocess",
+                  "write_inprocess", "pybigwig_write", "ingest_spark", "train_spark",
+                  "solve_spark", "write_spark"):
+        assert res["seconds"][stage] > 0, stage
+        assert res["memory_mb"][stage]["total_mb"] > 50, stage
+    assert res["throughput"]["write_inprocess_bins_per_s"] > 0
+    assert res["spark"]["startup_seconds"] >= 0  # 0-ish here: the session's context is reused
+    assert res["machine"]["blas"]["library"]
+    # Spark and in-process runs of the same job give the same model and tracks
+    assert res["spark"]["model_max_abs_diff_vs_inprocess"] < 1e-9
+    assert res["spark"]["tracks_max_abs_diff_vs_inprocess"] < 1e-4
+    json.dumps(res)  # JSON-ready
+
+
+def test_bench_cli_rejects_bad_worker_counts():
+    from predictd.cli import bench as _  # noqa: F401 - registers the command
+    from predictd.cli.main import cli
+    r = CliRunner().invoke(cli, ["bench", "--workers", "one,two"])
+    assert r.exit_code == 2
+    assert "--workers" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):
+    """The same train + impute job on a 2-worker standalone cluster gives local mode's model
+    and tracks (the job runs in child processes: one SparkContext per process)."""
+    _shared_or_skip()
+    res = bench.scale_out(str(tmp_path), [2], n_bins=1 << 14)
+    run2 = res["runs"]["workers_2"]
+    assert run2["default_parallelism"] == 2
+    assert run2["equal_to_local"], run2
+    assert run2["solve_bins_per_s"] > 0 and run2["write_tracks_per_s"] > 0
+    assert res["runs"]["local"]["master"] == "local[*]"

@@ -60,6 +60,18 @@ class Config:
     ri2: float = _opt(2.9, "ridge of the closed-form genome-factor solve (imputation, ALS)",
                       lo=0.0)
     bias_penalty: float = _opt(0.0, "penalty on the bias terms", lo=0.0)
+    # stacking (predictd.solvers.stacking): a cross-cell-type transfer regression on the block's
+    # observed tracks and the `average` baseline, learned on the training cell types of each assay
+    stack: bool = _opt(True, "impute with the cross-cell-type transfer regression stacked on the "
+                       "model (pairs or bins it cannot serve keep the model's value)")
+    stack_window_short: int = _opt(5, "stacking: first genome-context window in bins (moving mean "
+                                   "of the features; 0 = none)", lo=0, hi=100_000)
+    stack_window_long: int = _opt(25, "stacking: second genome-context window in bins (0 = none)",
+                                  lo=0, hi=100_000)
+    stack_sample: float = _opt(0.02, "stacking: fraction of each block's bins summed into the "
+                               "regression's statistics", lo=0.0, hi=1.0, lo_open=True)
+    stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
+                              "number of training rows", lo=0.0)
     # optimisation
     max_iterations: int = _opt(60, "maximum training iterations (ALS: half-sweeps; SGD: "
                                "parameter-averaging rounds)", lo=1, hi=100_000)
@@ -99,6 +111,10 @@ class Config:
         L = self.latent_factors
         return (self.rc / (L * n_cell_types), self.ra / (L * n_assays),
                 self.ri / (L * max(n_bins, 1)))
+
+    def stack_windows(self) -> tuple[int, ...]:
+        """The stacking layer's genome-context windows (bins), zeros dropped."""
+        return tuple(w for w in (self.stack_window_short, self.stack_window_long) if w > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

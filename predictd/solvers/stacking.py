@@ -98,10 +98,11 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     D = n_features(n_assay, windows)
     gram = np.zeros((n_cell, D, D))
     for c in np.unique(np.asarray(exp_cell)):
-        V = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows)
+        # features in float32 over the whole block (context), the sampled rows' Gram in float64
+        V = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32)
         if rows is not None:
             V = V[rows]
-        V = V[~np.isnan(V).any(axis=1)]
+        V = V[~np.isnan(V).any(axis=1)].astype(np.float64)
         gram[c] = V.T @ V
     return {"gram": gram}
 

@@ -626,7 +626,7 @@ def _run_job(spec: dict) -> dict:
 
 
 def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
-              n_bins: int | None = None) -> dict:
+              n_bins: int | None = None, config: dict | None = None) -> dict:
     """The same train + impute job in local mode and on a standalone cluster of 1, 2, …
     workers (one core each, BLAS pinned to one thread per executor); reports throughputs and
     whether every result equals local mode's."""
@@ -638,7 +638,7 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
     say = say or (lambda msg: log.info("%s", msg))
     tracks, source = bench_tracks(n_bins or (1 << 18 if quick else None))
     n = next(iter(tracks.values())).size
-    cfg = bench_config(quick)
+    cfg = bench_config(quick, **(config or {}))
     base = os.path.join(workdir, "scaleout")
     shutil.rmtree(base, ignore_errors=True)
     manifest, sizes, _ = write_inputs(tracks, os.path.join(workdir, f"inputs-{n}"))
@@ -711,8 +711,14 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
     if latent_factors:
         overrides["latent_factors"] = latent_factors
     cfg = Config().replace(**overrides)
+    t_fit = time.perf_counter()
+
+    def progress(row):
+        say(f"train iteration {row['iteration']}: train mse {row['train_mse']:.4f}, valid mse "
+            f"{row['valid_mse']:.4f}, {time.perf_counter() - t_fit:.0f} s")
+
     model, fit_res = rec.run("train", train.train, None, header, root,
-                             os.path.join(base, "work"), cfg, [])
+                             os.path.join(base, "work"), cfg, [], progress=progress)
     model.save(os.path.join(base, "model"))
     model = Model.load(os.path.join(base, "model"))
     shutil.rmtree(os.path.join(base, "work"), ignore_errors=True)

@@ -201,7 +201,7 @@ def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):
     """The same train + impute job on a 2-worker standalone cluster gives local mode's model
     and tracks (the job runs in child processes: one SparkContext per process)."""
     _shared_or_skip()
-    res = bench.scale_out(str(tmp_path), [2], n_bins=1 << 14)
+    res = bench.scale_out(str(tmp_path), [2], n_bins=1 << 14, config={"max_iterations": 4})
     run2 = res["runs"]["workers_2"]
     assert run2["default_parallelism"] == 2
     assert run2["equal_to_local"], run2

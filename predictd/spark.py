@@ -176,6 +176,13 @@ class SparkBackend:
     Shards are loaded by ``loader(*key)`` for each key of ``shard_keys`` inside the executors
     (from the training-subset Parquet files), cached per Python worker. SGD states (each shard's
     G rows and their Adam moments) live in a persisted RDD, one element per shard.
+
+    Every 10 iterations the state is locally checkpointed (lineage cut, blocks kept on two
+    executors). A lost executor (a reclaimed spot node) is recomputed from lineage, so
+    everything a state still in use derives from stays available: the checkpoint it starts
+    from (unpersisted, it would leave "checkpoint block not found" as the only answer) and the
+    broadcast payloads of the iterations since (unpersisted, the Python worker finds its
+    broadcast file gone). Both are released once no state in use needs them.
     """
 
     def __init__(self, sc, loader, shard_keys: list[tuple]):
@@ -185,6 +192,10 @@ class SparkBackend:
         self.n = len(self.keys)
         self.state_rdd = None
         self._iter = 0
+        # id -> (state RDD in use, iteration of the checkpoint its lineage starts at; -1: init)
+        self._live: dict[int, tuple] = {}
+        self._checkpoints: dict[int, object] = {}  # iteration -> checkpointed state RDD
+        self._broadcasts: list[tuple] = []          # (iteration, payload broadcast)
 
     def _index_rdd(self):
         return self.sc.parallelize(list(enumerate(self.keys)), self.n)
@@ -206,10 +217,12 @@ class SparkBackend:
         rdd = self._index_rdd().map(
             lambda ik: (ik[0], ik[1], fn(_cached_shard(loader, ik[1]), bc.value, ik[0]), None))
         self.state_rdd = rdd.persist()
+        self._live[id(rdd)] = (rdd, -1)
+        self._broadcasts.append((0, bc))
         self.state_rdd.count()
-        bc.unpersist()
 
     def map_state(self, fn, payload):
+        from pyspark import StorageLevel
         bc = self.sc.broadcast(payload)
         loader = self.loader
 
@@ -218,15 +231,22 @@ class SparkBackend:
             new_st, res = fn(_cached_shard(loader, key), st, bc.value, i)
             return (i, key, new_st, res)
 
-        # elements carry (index, shard key, state, this iteration's result); the results are
-        # small (factors), so keeping them beside the state saves a second persisted RDD
-        out = self.state_rdd.map(step).persist()
         self._iter += 1
-        if self._iter % 10 == 0:
-            out.localCheckpoint()  # keep lineage short on long runs
+        checkpoint = self._iter % 10 == 0  # keep lineage short on long runs
+        # elements carry (index, shard key, state, this iteration's result); the results are
+        # small (factors), so keeping them beside the state saves a second persisted RDD.
+        # A checkpoint's blocks are the only copy of that state: two of them, on two executors.
+        out = self.state_rdd.map(step).persist(
+            StorageLevel.MEMORY_AND_DISK_2 if checkpoint else StorageLevel.MEMORY_ONLY)
+        if checkpoint:
+            out.localCheckpoint()
+            self._checkpoints[self._iter] = out
+        root = self._iter if checkpoint else self._live[id(self.state_rdd)][1]
+        self._live[id(out)] = (out, root)
+        self._broadcasts.append((self._iter, bc))
         results = out.map(lambda t: (t[0], t[3])).collect()
-        bc.unpersist()
         self.state_rdd = out
+        self._release_unneeded()
         results.sort(key=lambda t: t[0])
         return [r for _, r in results]
 
@@ -234,8 +254,30 @@ class SparkBackend:
         return self.state_rdd
 
     def restore(self, handle):
-        self.state_rdd = handle
+        prev, self.state_rdd = self.state_rdd, handle
+        self.release(prev)  # the abandoned state: the training loop never uses it again
 
     def release(self, handle):
-        if handle is not None and handle is not self.state_rdd:
+        if handle is None or handle is self.state_rdd:
+            return
+        self._live.pop(id(handle), None)
+        if all(handle is not c for c in self._checkpoints.values()):
             handle.unpersist()
+        self._release_unneeded()
+
+    def _release_unneeded(self) -> None:
+        """Unpersist checkpoints and broadcasts no state in use can need for a recomputation."""
+        roots = {root for _, root in self._live.values()}
+        for it, c in list(self._checkpoints.items()):
+            if it not in roots and id(c) not in self._live:
+                c.unpersist()
+                del self._checkpoints[it]
+        # a state rooted at checkpoint r recomputes with the broadcasts of iterations > r
+        oldest = min(roots, default=self._iter)
+        keep = []
+        for it, bc in self._broadcasts:
+            if it <= oldest:
+                bc.unpersist()
+            else:
+                keep.append((it, bc))
+        self._broadcasts = keep

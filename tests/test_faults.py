@@ -1,0 +1,179 @@
+"""Faults on a real Spark standalone cluster, and determinism across execution modes.
+
+A throw-away cluster on 127.0.0.1 (``tests/sparkcluster.py``: one master, two workers of one core
+each) runs the real CLI (``predictd run --master spark://...``) as a subprocess:
+
+- *a lost node*: once the ingest stage is complete (its tasks ran on every executor), a worker
+  is SIGKILLed together with its executor and Python workers, like a reclaimed spot instance.
+  Spark re-runs the lost tasks on the surviving executors (every task writes its outputs
+  atomically and skips what already exists, so a re-run task is harmless) and the run finishes
+  with tracks and model byte-identical to a local-mode run. Once with the ALS solver, killed
+  while the training subset is being sampled; once with SGD, killed after its first local
+  checkpoint, so the lost SGD state is recomputed from the checkpoint's replica;
+- *determinism*: the same inputs, config and seed give bit-identical factors (every array of
+  ``factors.npz``) and tracks in-process (``--no-spark``), in Spark local mode and on the
+  cluster — the training plan (shards, partitions) is fixed by the config, not by the scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.sparkcluster import FAST_JVM_OPTS, start_standalone_cluster
+from tests.test_resume import ARGS, write_inputs
+
+pytestmark = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
+                                reason="no Java runtime for a Spark cluster")
+
+# partitions and write_parallelism are pinned so every mode makes the same plan
+FIXED = [*ARGS, "--set", "max_iterations=6", "--set", "write_parallelism=2"]
+
+
+def env(extra_conf: dict | None = None) -> dict:
+    conf = {"spark.driver.defaultJavaOptions": FAST_JVM_OPTS, **(extra_conf or {})}
+    e = {**os.environ, "PREDICTD_DRIVER_MEMORY": "1g",
+         "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf '{k}={v}'" for k, v in conf.items())
+                                + " pyspark-shell"}
+    e.pop("PREDICTD_DEBUG", None)
+    return e
+
+
+def cluster_conf() -> dict:
+    return {
+        "spark.executor.memory": "512m",
+        "spark.executor.defaultJavaOptions": FAST_JVM_OPTS,
+        # start only once both executors are up, so both get work before the fault
+        "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+        "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
+    }
+
+
+def cmd(inputs, out, *extra):
+    m, g = inputs
+    return [sys.executable, "-m", "predictd.cli", "run", "-m", m, "-g", g, "-o", str(out),
+            *FIXED, *extra]
+
+
+def outputs(out: Path) -> dict:
+    got = {f"tracks/{f.name}": f.read_bytes() for f in sorted((out / "tracks").iterdir())}
+    with np.load(out / "model" / "factors.npz", allow_pickle=False) as z:
+        for k in z.files:
+            got[f"model/{k}"] = (z[k].dtype.str, z[k].shape, z[k].tobytes())
+    return got
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("faults-in"))
+
+
+@pytest.fixture(scope="module")
+def local_mode(inputs, tmp_path_factory):
+    """The Spark local-mode run every other mode must match."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    p = subprocess.run(cmd(inputs, out, "--master", "local[2]"), capture_output=True, text=True,
+                       env=env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return outputs(out)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    # three single-core workers: two are lost in turn, the last one carries on
+    c = start_standalone_cluster(n_workers=3, cores=1, memory="1g",
+                                 state_dir=tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+def test_in_process_equals_local_mode(inputs, local_mode, tmp_path):
+    p = subprocess.run(cmd(inputs, tmp_path / "out", "--no-spark"), capture_output=True,
+                       text=True, env=env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    got = outputs(tmp_path / "out")
+    assert got.keys() == local_mode.keys() and len(got) == 6 + 5
+    assert got == local_mode
+
+
+def test_cluster_run_is_deterministic(inputs, local_mode, cluster, tmp_path):
+    """Executors in other JVMs, tasks scheduled wherever: the same bytes as local mode."""
+    assert cluster.alive_workers() == 3
+    p = subprocess.run(cmd(inputs, tmp_path / "out", "--master", cluster.master_url),
+                       capture_output=True, text=True, env=env(cluster_conf()), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert outputs(tmp_path / "out") == local_mode
+
+
+def test_lost_worker_mid_run_still_gives_identical_output(inputs, local_mode, cluster,
+                                                          tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cmd(inputs, out, "--master", cluster.master_url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(cluster_conf()), start_new_session=True)
+    try:
+        # the first training piece: ingest is complete and the sampling job is under way
+        pieces = out / "work" / "training_subset"
+        deadline = time.monotonic() + 180
+        while not any(pieces.glob("*.parquet")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start on the cluster"
+            time.sleep(0.01)
+        # every executor took part before the fault
+        for i in (0, 1, 2):
+            assert list((cluster.state_dir / f"work-{i}").glob("app-*/*/stderr")), i
+        cluster.kill_worker(0)
+        n_pieces = len(list(pieces.glob("*.parquet")))
+        assert not (out / "_predictd" / "train.done.json").exists(), \
+            "the kill came too late to hit a running job"
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    print(f"\nworker 0 killed with {n_pieces} of 8 training pieces written")
+    assert cluster.workers[0].poll() is not None and cluster.workers[1].poll() is None
+    assert outputs(out) == local_mode
+
+
+SGD = ["--set", "solver=sgd", "--set", "max_iterations=14", "--set", "sgd_steps=20",
+       "--set", "patience=50"]
+
+
+def test_lost_worker_during_sgd_after_a_checkpoint(inputs, cluster, tmp_path):
+    """SGD keeps its state (genome factors and moments of each shard) in persisted RDDs that
+    are locally checkpointed every 10 iterations; losing a node after that must recompute the
+    lost partitions from the checkpoint, giving the same bytes as local mode."""
+    ref = tmp_path / "local"
+    p = subprocess.run(cmd(inputs, ref, "--master", "local[2]", *SGD), capture_output=True,
+                       text=True, env=env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert cluster.workers[1].poll() is None
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cmd(inputs, out, "--master", cluster.master_url, *SGD),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(cluster_conf()), start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stderr:  # the CLI logs every 10th iteration when not on a terminal
+            seen.append(line)
+            if "training iteration 10:" in line:
+                break
+        assert seen and "training iteration 10:" in seen[-1], "".join(seen)[-3000:]
+        cluster.kill_worker(1)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, ("".join(seen) + stderr)[-3000:]
+    assert cluster.workers[1].poll() is not None and cluster.workers[2].poll() is None
+    assert outputs(out) == outputs(ref)

@@ -105,6 +105,96 @@ def _check_bbi_structure(path: str) -> None:
         offsets += [z_data, z_index]
     if any(off >= size for off in offsets):
         raise PredictdError(f"truncated or corrupt bigWig file (offsets past end of file): {path}")
+    _check_trees(path, size, chrom_tree, data_off, index_off)
+
+
+_CHROM_TREE_MAGIC = 0x78CA8C91
+_INDEX_MAGIC = 0x2468ACE0
+_INDEX_LEAF = np.dtype([("start_chrom", "<u4"), ("start", "<u4"), ("end_chrom", "<u4"),
+                        ("end", "<u4"), ("offset", "<u8"), ("size", "<u8")])
+_INDEX_NODE = np.dtype([("start_chrom", "<u4"), ("start", "<u4"), ("end_chrom", "<u4"),
+                        ("end", "<u4"), ("child", "<u8")])
+
+
+def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off: int) -> None:
+    """Check the chromosome B+ tree and the data index (R-tree) that libBigWig follows blindly.
+
+    A damaged key size, node count or chromosome id in the chromosome tree crashes libBigWig
+    while opening the file; a damaged chromosome index in the data index silently hides a
+    block (its bins would read as "no data"). Both trees are small next to the data (one leaf
+    per chromosome, one per compressed block); their items are decoded with numpy.
+    """
+    def bad(what: str) -> PredictdError:
+        return PredictdError(f"corrupt bigWig file ({what}): {path}")
+
+    with open(path, "rb") as fh:
+        def read(off: int, n: int, what: str) -> bytes:
+            if off < 0 or off + n > size:
+                raise bad(what)
+            fh.seek(off)
+            return fh.read(n)
+
+        # chromosome tree: a header, then nodes; leaves are (name, chromosome id, length)
+        magic, block, key_size, val_size, n_chroms, _ = struct.unpack(
+            "<IIIIQQ", read(chrom_tree, 32, "chromosome tree"))
+        if (magic != _CHROM_TREE_MAGIC or val_size != 8 or not 1 <= key_size <= 255
+                or block < 1 or not 1 <= n_chroms <= size):
+            raise bad("chromosome tree header")
+        chroms = _tree_leaves(
+            read, chrom_tree + 32, block, "chromosome tree", bad,
+            np.dtype([("key", f"S{key_size}"), ("id", "<u4"), ("size", "<u4")]),
+            np.dtype([("key", f"S{key_size}"), ("child", "<u8")]))
+        ids = chroms["id"]
+        if (ids.size != n_chroms or (ids >= n_chroms).any() or np.unique(ids).size != ids.size
+                or (chroms["size"] == 0).any()):
+            raise bad("chromosome tree")
+
+        # data index: a header, then nodes; leaves point at the compressed data blocks. A
+        # file without data (legal: an empty track) has none and a block count of 0.
+        if index_off == 0:
+            if struct.unpack("<Q", read(data_off, 8, "data section"))[0] != 0:
+                raise bad("data without an index")
+            return
+        magic, block, n_blocks = struct.unpack("<IIQ", read(index_off, 16, "data index"))
+        if magic != _INDEX_MAGIC or block < 1 or n_blocks > size:
+            raise bad("data index header")
+        leaf = _tree_leaves(read, index_off + 48, block, "data index", bad, _INDEX_LEAF,
+                            _INDEX_NODE, allow_empty=n_blocks == 0)
+    start = leaf["start_chrom"].astype(np.uint64) << np.uint64(32) | leaf["start"]
+    end = leaf["end_chrom"].astype(np.uint64) << np.uint64(32) | leaf["end"]
+    if (leaf.size != n_blocks or (leaf["end_chrom"] >= n_chroms).any() or (start > end).any()
+            or (start[1:] < start[:-1]).any() or (leaf["size"] == 0).any()
+            or (leaf["offset"] < data_off).any()
+            or (leaf["offset"] + leaf["size"] > index_off).any()):
+        raise bad("data index")
+    # blocks must end inside their chromosomes: a damaged length would otherwise cut a track
+    length = np.zeros(int(n_chroms), dtype=np.uint64)
+    length[ids] = chroms["size"]
+    if ((leaf["start"] > length[leaf["start_chrom"]]).any()
+            or (leaf["end"] > length[leaf["end_chrom"]]).any()):
+        raise bad("data past the end of a chromosome")
+
+
+def _tree_leaves(read, root: int, block: int, what: str, bad, leaf_dt, node_dt,
+                 allow_empty: bool = False) -> np.ndarray:
+    """All leaf items of a bbi tree (B+ tree or R-tree) in order, walking it breadth first
+    (every leaf sits at the same depth). Nodes outside the file, visited twice, deeper than any
+    real tree or with impossible counts raise ``bad(what)``."""
+    leaves, queue, seen = [], [(root, 0)], set()
+    for off, depth in iter(lambda: queue.pop(0) if queue else None, None):
+        if off in seen or depth > 32:
+            raise bad(what)
+        seen.add(off)
+        is_leaf, _, count = struct.unpack("<BBH", read(off, 4, what))
+        if is_leaf > 1 or count > block or (count == 0 and not (allow_empty and depth == 0)):
+            raise bad(what)
+        dt = leaf_dt if is_leaf else node_dt
+        items = np.frombuffer(read(off + 4, count * dt.itemsize, what), dt)
+        if is_leaf:
+            leaves.append(items)
+        else:
+            queue.extend((int(c), depth + 1) for c in items["child"])
+    return np.concatenate(leaves) if leaves else np.zeros(0, leaf_dt)
 
 
 def header_summary(path: str | os.PathLike) -> dict | None:

@@ -162,20 +162,26 @@ def _resolve_uri(uri: str, base: str, where: str) -> str:
         path = unquote(parts.path)
         if not path:
             raise PredictdError(f"{where}uri {uri!r} has an empty path")
-        return _join_local(path, base)
+        return _join_local(path, base, where)
     if scheme:
         raise PredictdError(
             f"{where}uri {uri!r} has unsupported scheme {scheme!r} "
             "(allowed: local path, file://, http://, https://, s3://)"
         )
-    return _join_local(uri, base)
+    return _join_local(uri, base, where)
 
 
-def _join_local(path: str, base: str) -> str:
+def _join_local(path: str, base: str, where: str = "") -> str:
+    base_scheme = uri_scheme(base)
+    if base_scheme in REMOTE_SCHEMES and (os.path.isabs(path) or path.startswith("~")):
+        # a manifest fetched from elsewhere must not make predictd read this machine's files
+        raise PredictdError(
+            f"{where}uri {path!r} is a local path, but the manifest is remote ({base}): it may "
+            "name objects beside it (relative) or full http(s)/s3 URLs only"
+        )
     path = os.path.expanduser(path)
     if os.path.isabs(path):
         return os.path.normpath(path)
-    base_scheme = uri_scheme(base)
     if base_scheme in REMOTE_SCHEMES:
         # The manifest itself was remote: a relative entry names an object beside it.
         parts = urlsplit(base)

@@ -57,6 +57,10 @@ def test_base_override_local_and_remote(tmp_path):
     local = read_manifest(path, base=str(tmp_path / "elsewhere"))
     assert local[0].uri == str(tmp_path / "elsewhere" / "tracks" / "a.bw")
     assert local[1].uri == "/abs/b.bw"  # absolute paths ignore base
+    # a remote manifest may not name local files (see tests/test_security.py)
+    with pytest.raises(PredictdError, match=r"row 3: uri '/abs/b.bw' is a local path"):
+        read_manifest(path, base="s3://bucket/runs/m1/")
+    path = write(tmp_path, tsv(HEADER, ("E003", "H3K4me3", "tracks/a.bw")))
     remote = read_manifest(path, base="s3://bucket/runs/m1/")
     assert remote[0].uri == "s3://bucket/runs/m1/tracks/a.bw"
     assert remote[0].is_remote

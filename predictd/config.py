@@ -64,9 +64,9 @@ class Config:
     # observed tracks and the `average` baseline, learned on the training cell types of each assay
     stack: bool = _opt(True, "impute with the cross-cell-type transfer regression stacked on the "
                        "model (pairs or bins it cannot serve keep the model's value)")
-    stack_window_short: int = _opt(5, "stacking: first genome-context window in bins (moving mean "
+    stack_window_short: int = _opt(9, "stacking: first genome-context window in bins (moving mean "
                                    "of the features; 0 = none)", lo=0, hi=100_000)
-    stack_window_long: int = _opt(25, "stacking: second genome-context window in bins (0 = none)",
+    stack_window_long: int = _opt(51, "stacking: second genome-context window in bins (0 = none)",
                                   lo=0, hi=100_000)
     stack_sample: float = _opt(0.02, "stacking: fraction of each block's bins summed into the "
                                "regression's statistics", lo=0.0, hi=1.0, lo_open=True)

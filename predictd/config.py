@@ -38,7 +38,9 @@ class Config:
     block_bins: int = _opt(262_144, "bins per tensor block (Parquet partition, unit of Spark "
                            "work; memory per task grows with it)", lo=1_024, hi=16_777_216)
     # model
-    latent_factors: int = _opt(20, "number of latent factors L", lo=1, hi=1_000)
+    latent_factors: int = _opt(3, "number of latent factors L (tuned by leave-one-track-out on "
+                               "the 4 x 5 Roadmap data; larger compendia want more)", lo=1,
+                               hi=1_000)
     training_fraction: float = _opt(0.01, "fraction of genome bins sampled for training",
                                     lo=0.0, hi=1.0, lo_open=True)
     training_regions: str = _opt("", "optional BED of regions the training bins are drawn from "
@@ -54,10 +56,10 @@ class Config:
                      hi=2**31 - 1)
     init_scale: float = _opt(0.33, "factors start uniform in (-init_scale, init_scale)",
                              lo=0.0, hi=10.0, lo_open=True)
-    rc: float = _opt(3.66, "cell-type factor penalty; lambda_C = rc / (L * n_cell_types)", lo=0.0)
+    rc: float = _opt(0.0, "cell-type factor penalty; lambda_C = rc / (L * n_cell_types)", lo=0.0)
     ra: float = _opt(1.23e-7, "assay factor penalty; lambda_A = ra / (L * n_assays)", lo=0.0)
     ri: float = _opt(1.23e-5, "genome factor penalty (SGD); lambda_G = ri / (L * n_bins)", lo=0.0)
-    ri2: float = _opt(2.9, "ridge of the closed-form genome-factor solve (imputation, ALS)",
+    ri2: float = _opt(0.01, "ridge of the closed-form genome-factor solve (imputation, ALS)",
                       lo=0.0)
     bias_penalty: float = _opt(0.0, "penalty on the bias terms", lo=0.0)
     # stacking (predictd.solvers.stacking): a cross-cell-type transfer regression on the block's
@@ -68,15 +70,17 @@ class Config:
                                    "of the features; 0 = none)", lo=0, hi=100_000)
     stack_window_long: int = _opt(51, "stacking: second genome-context window in bins (0 = none)",
                                   lo=0, hi=100_000)
+    stack_window_wide: int = _opt(201, "stacking: third genome-context window in bins (0 = none)",
+                                  lo=0, hi=100_000)
     stack_sample: float = _opt(0.02, "stacking: fraction of each block's bins summed into the "
                                "regression's statistics", lo=0.0, hi=1.0, lo_open=True)
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
                               "number of training rows", lo=0.0)
     # optimisation
-    max_iterations: int = _opt(60, "maximum training iterations (ALS: half-sweeps; SGD: "
+    max_iterations: int = _opt(300, "maximum training iterations (ALS: half-sweeps; SGD: "
                                "parameter-averaging rounds)", lo=1, hi=100_000)
     check_every: int = _opt(1, "validate every this many iterations", lo=1)
-    patience: int = _opt(4, "stop (or drop the learning rate) after this many checks without a "
+    patience: int = _opt(30, "stop (or drop the learning rate) after this many checks without a "
                          "validation improvement", lo=1)
     min_improvement: float = _opt(1e-4, "relative validation-MSE improvement that counts",
                                   lo=0.0, hi=1.0)
@@ -114,7 +118,8 @@ class Config:
 
     def stack_windows(self) -> tuple[int, ...]:
         """The stacking layer's genome-context windows (bins), zeros dropped."""
-        return tuple(w for w in (self.stack_window_short, self.stack_window_long) if w > 0)
+        return tuple(w for w in (self.stack_window_short, self.stack_window_long,
+                                 self.stack_window_wide) if w > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 
 from . import storage, tensor
-from .impute import gf_uri, impute_values, read_gf
+from .impute import gf_uri, model_values, read_gf
 from .metrics import score_track
 from .model import Model
 from .spark import map_tasks
@@ -39,13 +39,14 @@ def baseline_sources(model: Model, holdout: list[str]) -> dict[str, list[str]]:
 def _eval_task(item, payload):
     chrom, block, start, n = item
     root, gf_root, model, holdout, sources = payload
-    cols = sorted(set(holdout) | {e for v in sources.values() for e in v})
+    obs = [f"{c}.{a}" for c, a in model.observed]
+    cols = sorted(set(holdout) | set(obs))
     _, X = tensor.read_block(root, chrom, block, cols)
     ci = {c: i for i, c in enumerate(cols)}
     GB = read_gf(gf_uri(gf_root, chrom, block))
     pairs = [(model.cell_types.index(h.split(".", 1)[0]), model.assays.index(h.split(".", 1)[1]))
              for h in holdout]
-    Yhat = impute_values(GB, model, pairs)
+    Yhat = model_values(model, GB, pairs, (cols, X))
     out = {}
     for t, h in enumerate(holdout):
         y = X[:, ci[h]]

@@ -83,7 +83,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
         if name in fold_of:
             use[p] = [i for i, mem in enumerate(members) if mem[0] == fold_of[name]]
     write_tracks(run.sc, header, run.out, None, members[0][3], run.cfg, public=run.public,
-                 members=[(mem[2], mem[3]) for mem in members], use=use)
+                 members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root)
     from .download import write_track_index
     write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds)
@@ -106,10 +106,11 @@ def _fold_eval_task(item, payload):
         model = mine[0][1]
         pairs = [(model.cell_types.index(h.split(".", 1)[0]),
                   model.assays.index(h.split(".", 1)[1])) for h in fold]
+        data = (exps, X)
         singles = ensemble_values(mine[:1], np.ones((1, len(pairs)), np.float32), chrom, block,
-                                  pairs)
+                                  pairs, data)
         W = member_weights(len(mine), list(range(len(pairs))), None)
-        ens = ensemble_values(mine, W, chrom, block, pairs)
+        ens = ensemble_values(mine, W, chrom, block, pairs, data)
         train = [e for e in exps if e not in set(fold)]
         for t, h in enumerate(fold):
             cell, assay = h.split(".", 1)

@@ -27,6 +27,7 @@ from . import storage, tensor
 from .bigwig import BigWigWriter
 from .errors import PredictdError
 from .model import Model
+from .solvers import stacking
 from .solvers.closed_form import projection, solve_genome_factors
 from .spark import default_parallelism, map_tasks
 from .transform import inverse
@@ -135,23 +136,48 @@ def member_weights(n_members: int, todo: list[int], use: dict | None) -> np.ndar
     return W
 
 
+def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
+                 block: tuple[list[str], np.ndarray] | None = None) -> np.ndarray:
+    """A model's values of ``pairs`` for a block: the factor model, with the stacked transfer
+    regression on top when the model has one (it needs the block's observed data: ``block`` =
+    (experiment names, bins × experiments))."""
+    Y = impute_values(GB, model, pairs)
+    if model.stack is None:
+        return Y
+    names, X = block
+    ci = {e: i for i, e in enumerate(names)}
+    obs = [f"{c}.{a}" for c, a in model.observed]
+    cidx = {c: i for i, c in enumerate(model.cell_types)}
+    aidx = {a: i for i, a in enumerate(model.assays)}
+    ec = np.array([cidx[c] for c, _ in model.observed])
+    ea = np.array([aidx[a] for _, a in model.observed])
+    return stacking.predict_pairs(X[:, [ci[e] for e in obs]], ec, ea, model.stack, pairs,
+                                  np.ascontiguousarray(Y), model.stack_windows)
+
+
+def needs_block(members: list[tuple[str, Model]]) -> bool:
+    return any(m.stack is not None for _, m in members)
+
+
 def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str, block: int,
-                    pairs: list[tuple[int, int]]) -> np.ndarray:
+                    pairs: list[tuple[int, int]],
+                    data: tuple[list[str], np.ndarray] | None = None) -> np.ndarray:
     """Model-space values of ``pairs`` for a block, averaged over ensemble members with the
-    weights W (members × pairs). A single model is the one-member case."""
+    weights W (members × pairs). A single model is the one-member case. ``data`` is the
+    block's observed tensor (names, values), needed by stacked models."""
     Y = None
     for m, (gf_root, model) in enumerate(members):
         if not W[m].any():
             continue
-        Ym = impute_values(read_gf(gf_uri(gf_root, chrom, block)), model, pairs)
+        Ym = model_values(model, read_gf(gf_uri(gf_root, chrom, block)), pairs, data)
         if len(members) > 1:
-            Ym *= W[m][None, :]
+            Ym = Ym * W[m][None, :]
         Y = Ym if Y is None else Y + Ym
     return Y
 
 
 def _write_task(group, payload):
-    out, members, use, blocks, chroms, bin_size, transform, check, public = payload
+    out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public = payload
     model = members[0][1]
     names = model.track_names()
     todo = [p for p in group if not storage.exists(track_uri(out, names[p]))]
@@ -168,7 +194,9 @@ def _write_task(group, payload):
                 tmpdir, f"{names[p]}.imputed.bw")
             writers.append(BigWigWriter(dest, chroms, bin_size).open())
         for chrom, block, start, n in blocks:
-            Y = inverse(ensemble_values(members, W, chrom, block, pairs), transform)
+            data = (exps, tensor.read_block(root, chrom, block, exps)[1]) \
+                if needs_block(members) else None
+            Y = inverse(ensemble_values(members, W, chrom, block, pairs, data), transform)
             if check and not np.isfinite(Y).all():
                 raise PredictdError(f"imputed values for block {chrom}:{block} are not finite "
                                     "(diverged model?)")
@@ -203,18 +231,22 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
                  public: bool = False, members: list[tuple[str, Model]] | None = None,
-                 use: dict | None = None) -> list[str]:
+                 use: dict | None = None, root: str | None = None) -> list[str]:
     """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read.
 
     With ``members`` (an ensemble of (genome-factor root, model)), each track is the average of
-    the members ``use[track index]`` names (default: all)."""
+    the members ``use[track index]`` names (default: all). ``root`` is the tensor, read again
+    per block by stacked models."""
     members = members or [(gf_root, model)]
+    if needs_block(members) and root is None:
+        raise ValueError("write_tracks: a stacked model needs the tensor root")
     n_tracks = len(model.cell_types) * len(model.assays)
     par = cfg.write_parallelism or (default_parallelism(sc) if sc is not None else 1)
     n_groups = max(1, min(n_tracks, par))
     groups = [list(range(g, n_tracks, n_groups)) for g in range(n_groups)]
     chroms = [tuple(c) for c in header.genome["chroms"]]
     done = map_tasks(sc, _write_task, groups,
-                     (out, members, use, header.blocks(), chroms, header.bin_size,
+                     (out, root, list(header.experiments), members, use, header.blocks(),
+                      chroms, header.bin_size,
                       header.transform, cfg.output_dtype_check, public))
     return [n for d in done for n in d]

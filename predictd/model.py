@@ -62,6 +62,10 @@ class Model:
     A: np.ndarray
     observed: list[tuple[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # the stacked transfer regression (predictd.solvers.stacking): weights per pair, NaN rows for
+    # pairs that keep the factor model's value; None = the plain factor model
+    stack: np.ndarray | None = None
+    stack_windows: tuple[int, ...] = ()
 
     @property
     def latent_factors(self) -> int:
@@ -85,8 +89,9 @@ class Model:
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{MODEL_NPZ}.tmp")
         with open(tmp, "wb") as fh:
+            extra = {} if self.stack is None else {"stack": self.stack}
             np.savez(fh, C=self.C, A=self.A, bC=self.bC, bA=self.bA,
-                     mu=np.array([self.mu], dtype=np.float64))
+                     mu=np.array([self.mu], dtype=np.float64), **extra)
         os.replace(tmp, os.path.join(directory, MODEL_NPZ))
         doc = {
             "format": "predictd-model/1",
@@ -95,6 +100,7 @@ class Model:
             "latent_factors": self.latent_factors,
             "mu": float(self.mu),
             "observed": [list(p) for p in self.observed],
+            "stack_windows": list(self.stack_windows),
             "meta": self.meta,
         }
         tmp = os.path.join(directory, f".{MODEL_JSON}.tmp")
@@ -113,6 +119,7 @@ class Model:
             with np.load(npath, allow_pickle=False) as z:
                 arrays = {k: np.asarray(z[k], dtype=np.float64)
                           for k in ("C", "A", "bC", "bA", "mu")}
+                stack = np.asarray(z["stack"], dtype=np.float64) if "stack" in z.files else None
         except FileNotFoundError as e:
             raise PredictdError(f"model not found: {e.filename}") from None
         except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -129,11 +136,14 @@ class Model:
                     mu=float(arrays["mu"].ravel()[0]), bC=arrays["bC"], bA=arrays["bA"],
                     C=arrays["C"], A=arrays["A"],
                     observed=[tuple(p) for p in doc.get("observed", [])],
-                    meta=dict(doc.get("meta", {})))
+                    meta=dict(doc.get("meta", {})), stack=stack,
+                    stack_windows=tuple(int(w) for w in doc.get("stack_windows", [])))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PredictdError(f"{jpath}: malformed model description ({e})") from None
         if m.C.ndim != 2 or m.C.shape != (len(m.cell_types), m.latent_factors) or \
                 m.A.shape != (len(m.assays), m.latent_factors) or \
                 m.bC.shape != (len(m.cell_types),) or m.bA.shape != (len(m.assays),):
             raise PredictdError(f"{npath}: factor shapes do not match the names in {jpath}")
+        if stack is not None and stack.shape[:2] != (len(m.cell_types), len(m.assays)):
+            raise PredictdError(f"{npath}: stacking weights do not match the names in {jpath}")
         return m

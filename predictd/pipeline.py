@@ -247,7 +247,7 @@ class Run:
         solve_genome(self.sc, header, self.tensor_root, self.gf_root, model, self.cfg)
         t1 = time.perf_counter()
         written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
-                               public=self.public)
+                               public=self.public, root=self.tensor_root)
         from .download import write_track_index
         write_track_index(self.out, public=self.public, hash_local=False)
         return {"solve_seconds": round(t1 - t0, 3),

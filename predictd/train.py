@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from . import storage, tensor
 from .errors import PredictdError
 from .model import Model
+from .solvers import stacking
 from .solvers.fit import FitResult, LocalBackend, Shard, fit
 from .spark import SparkBackend, default_parallelism, map_tasks
 
@@ -161,6 +162,44 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     return pieces
 
 
+def _stack_task(group, payload):
+    """Sum the stacking layer's Gram statistics over a group of blocks (a random
+    ``stack_sample`` of each block's bins, seeded per block)."""
+    root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index = payload
+    parts = []
+    for chrom, block, start, n in group:
+        _, X = tensor.read_block(root, chrom, block, list(exps))
+        rows = np.random.default_rng([seed, 17, chrom_index[chrom], block]).random(n) < frac
+        if rows.any():
+            parts.append(stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows))
+    return stacking.sum_stack_stats(parts) if parts else None
+
+
+def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[str], cfg
+                 ) -> np.ndarray:
+    """Learn the cross-cell-type transfer regression on the training experiments only (so a
+    held-out pair never trains its own weights). Returns the weights (n_cell × n_assay × D)."""
+    idx = {e: i for i, e in enumerate(header.experiments)}
+    ec = header.exp_cell[[idx[e] for e in experiments]]
+    ea = header.exp_assay[[idx[e] for e in experiments]]
+    n_cell, n_assay = len(header.cell_types), len(header.assays)
+    windows = cfg.stack_windows()
+    blocks = header.blocks()
+    n_groups = max(1, min(len(blocks), default_parallelism(sc) if sc is not None else 1))
+    groups = [blocks[g::n_groups] for g in range(n_groups)]
+    chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
+    parts = map_tasks(sc, _stack_task, groups,
+                      (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
+                       cfg.stack_sample, cfg.seed, chrom_index))
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise PredictdError("stacking: no bins sampled; raise stack_sample")
+    observed = np.zeros((n_cell, n_assay), dtype=bool)
+    observed[ec, ea] = True
+    return stacking.fit_stack(stacking.sum_stack_stats(parts), observed, cfg.stack_ridge,
+                              windows)
+
+
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
           progress=None) -> tuple[Model, FitResult]:
     """Sample the training subset into ``work`` and fit the model."""
@@ -190,4 +229,7 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
                         "shards": len(plan), "holdout": list(holdout),
                         "transform": header.transform, "bin_size": header.bin_size,
                         "ri2": cfg.ri2, "bias_penalty": cfg.bias_penalty})
+    if cfg.stack:
+        model.stack = fit_stacking(sc, header, root, experiments, cfg)
+        model.stack_windows = cfg.stack_windows()
     return model, res

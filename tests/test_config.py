@@ -14,7 +14,7 @@ def test_defaults_are_valid():
     assert from_dict({}) == cfg
     assert from_dict(cfg.to_dict()) == cfg  # every default passes its own checks
     assert load(None) == cfg
-    assert (cfg.transform, cfg.latent_factors, cfg.solver, cfg.ri2) == ("arcsinh", 20, "als", 2.9)
+    assert (cfg.transform, cfg.latent_factors, cfg.solver, cfg.ri2) == ("arcsinh", 3, "als", 0.01)
 
 
 def test_every_key_has_help_and_a_typed_default():

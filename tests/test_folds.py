@@ -62,6 +62,11 @@ def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(roadmap, 
                 Model.load(os.path.join(member_out(out, 0, m), "model"))) for m in range(2)]
     c, a = name.split(".")
     pair = [(members[0][1].cell_types.index(c), members[0][1].assays.index(a))]
-    want = ensemble_values(members, member_weights(2, [0], None), "pilot", 0, pair)[:1000, 0]
+    from predictd import tensor
+    header = tensor.read_header(os.path.join(out, "tensor"))
+    data = (header.experiments,
+            tensor.read_block(os.path.join(out, "tensor"), "pilot", 0, header.experiments)[1])
+    want = ensemble_values(members, member_weights(2, [0], None), "pilot", 0, pair,
+                           data)[:1000, 0]
     np.testing.assert_allclose(written, np.maximum(want, 0), rtol=1e-4, atol=1e-5)
     assert "ensemble_mse_reduction" in res

@@ -98,6 +98,9 @@ class Config:
                              "best parameters up to this many times", lo=0, hi=20)
     ensemble_size: int = _opt(3, "with --folds: models (seeds) trained per test fold and "
                               "averaged", lo=1, hi=100)
+    cp_reference: bool = _opt(True, "with --folds: also score a plain rank-4 CP-ALS with biases "
+                              "and ridge 1.0 (fitted on each fold's training subset) as a "
+                              "reference method 'cp_als4'")
     # imputation / output
     output_dtype_check: bool = _opt(True, "refuse NaN/inf in imputed values (should never "
                                     "happen; a guard)")

@@ -62,6 +62,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     header = tensor.read_header(run.tensor_root)
     folds = make_folds(header.experiments, n_folds, run.cfg.seed)
     members = []   # (fold, member, gf_root, model)
+    references = {}  # fold -> (gf_root, model) of the CP-ALS reference
     for f, fold in enumerate(folds):
         for m in range(ensemble_size):
             sub = Run(out=member_out(run.out, f, m), cfg=run.cfg.replace(seed=run.cfg.seed + m),
@@ -76,6 +77,8 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
                 solve_genome(run.sc, header, run.tensor_root, sub.gf_root, model, run.cfg)
                 sub.mark("solve", {})
             members.append((f, m, sub.gf_root, model))
+            if m == 0 and run.cfg.cp_reference:
+                references[f] = _reference(run, header, sub, fold)
     names = members[0][3].track_names()
     fold_of = {e: f for f, fold in enumerate(folds) for e in fold}
     use = {}
@@ -86,7 +89,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
                  members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root)
     from .download import write_track_index
     write_track_index(run.out, public=run.public, hash_local=False)
-    vectors = collect(run.sc, header, run.tensor_root, members, folds)
+    vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
     rows = evaluate.score_methods(vectors)
     evaluate.write_report(run.out, rows, None, evaluate.example_regions(
         {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()}),
@@ -95,9 +98,35 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     return {"folds": folds, "ensemble_size": ensemble_size, "metrics": rows, **summary}
 
 
+def _reference(run, header, sub, fold) -> tuple[str, object]:
+    """The plain rank-4 CP-ALS reference (biases, ridge 1.0 on C, A and G) fitted on a fold's
+    training subset, with its genome factors solved (ridge 1.0) for scoring."""
+    from .model import Model
+    from .solvers.baselines import cp_als_baseline
+    from .train import load_shard
+    exps = [e for e in header.experiments if e not in set(fold)]
+    pieces = tuple((storage.join(sub.work, key), 0, 1)
+                   for key, _ in sorted(storage.list_prefix(sub.work)) if key.endswith(".parquet"))
+    shard = load_shard(pieces, tuple(exps))
+    X = np.concatenate([shard.X, shard.V])
+    idx = {e: i for i, e in enumerate(header.experiments)}
+    ec = header.exp_cell[[idx[e] for e in exps]]
+    ea = header.exp_assay[[idx[e] for e in exps]]
+    f = cp_als_baseline(X, ec, ea, len(header.cell_types), len(header.assays), rank=4,
+                        ridge=1.0, seed=run.cfg.seed)
+    model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
+                  bC=f.bC, bA=f.bA, C=f.C, A=f.A, observed=[tuple(e.split(".", 1)) for e in exps])
+    gf_root = storage.join(sub.out, "reference_cp_als4", "genome_factors")
+    if sub.done("reference") is None:
+        solve_genome(run.sc, header, run.tensor_root, gf_root, model,
+                     run.cfg.replace(ri2=1.0, bias_penalty=0.0))
+        sub.mark("reference", {})
+    return gf_root, model
+
+
 def _fold_eval_task(item, payload):
     chrom, block, start, n = item
-    root, members, folds, exps = payload
+    root, members, folds, exps, references = payload
     _, X = tensor.read_block(root, chrom, block, exps)
     ci = {e: i for i, e in enumerate(exps)}
     out = {}
@@ -111,6 +140,10 @@ def _fold_eval_task(item, payload):
                                   pairs, data)
         W = member_weights(len(mine), list(range(len(pairs))), None)
         ens = ensemble_values(mine, W, chrom, block, pairs, data)
+        ref = None
+        if f in references:
+            ref = ensemble_values([references[f]], np.ones((1, len(pairs)), np.float32), chrom,
+                                  block, pairs, data)
         train = [e for e in exps if e not in set(fold)]
         for t, h in enumerate(fold):
             cell, assay = h.split(".", 1)
@@ -119,24 +152,25 @@ def _fold_eval_task(item, payload):
             base = X[:, src].mean(axis=1) if src else np.full(n, np.nan, np.float32)
             out[h] = {"y": X[:, ci[h]], "model": singles[:, t], "ensemble": ens[:, t],
                       "average": base}
+            if ref is not None:
+                out[h]["cp_als4"] = ref[:, t]
     return out
 
 
-def collect(sc, header, root, members, folds) -> dict[str, dict[str, np.ndarray]]:
+def collect(sc, header, root, members, folds, references=None
+            ) -> dict[str, dict[str, np.ndarray]]:
     from .spark import map_tasks
     exps = list(header.experiments)
-    parts = map_tasks(sc, _fold_eval_task, header.blocks(), (root, members, folds, exps))
-    res = {}
-    for h in exps:
-        res[h] = {k: np.concatenate([p[h][k] for p in parts])
-                  for k in ("y", "model", "ensemble", "average")}
-    return res
+    parts = map_tasks(sc, _fold_eval_task, header.blocks(),
+                      (root, members, folds, exps, references or {}))
+    return {h: {k: np.concatenate([p[h][k] for p in parts]) for k in parts[0][h]}
+            for h in exps}
 
 
 def summarize(rows: list[dict]) -> dict:
     """Mean MSE / Pearson per method, and the ensemble's gain over single models."""
     out = {}
-    for method in ("model", "ensemble", "average"):
+    for method in ("model", "ensemble", "average", "cp_als4"):
         sel = [r for r in rows if r["method"] == method]
         if sel:
             out[f"{method}_mean_mse"] = float(np.mean([r["mse"] for r in sel]))

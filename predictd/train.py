@@ -162,6 +162,9 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     return pieces
 
 
+STACK_GROUPS = 16
+
+
 def _stack_task(group, payload):
     """Sum the stacking layer's Gram statistics over a group of blocks (a random
     ``stack_sample`` of each block's bins, seeded per block)."""
@@ -185,7 +188,9 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     n_cell, n_assay = len(header.cell_types), len(header.assays)
     windows = cfg.stack_windows()
     blocks = header.blocks()
-    n_groups = max(1, min(len(blocks), default_parallelism(sc) if sc is not None else 1))
+    # a fixed grouping (not the cluster's parallelism): the sums, hence the weights, are then
+    # bit-identical in-process, in local mode and on any cluster
+    n_groups = max(1, min(len(blocks), STACK_GROUPS))
     groups = [blocks[g::n_groups] for g in range(n_groups)]
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
     parts = map_tasks(sc, _stack_task, groups,

@@ -46,7 +46,7 @@ def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(roadmap, 
     res = pipeline.run_all(run, folds=3)["folds"]
     assert len(res["folds"]) == 3 and sum(len(f) for f in res["folds"]) == 15
     methods = {(r["cell_type"], r["assay"], r["method"]) for r in res["metrics"]}
-    assert len(methods) == 15 * 3  # model, ensemble, average for every observed track
+    assert len(methods) == 15 * 4  # model, ensemble, average, cp_als4 for every observed track
     assert len(os.listdir(os.path.join(out, "tracks"))) == 15
     assert os.path.exists(os.path.join(out, "report", "index.html"))
     # the written track of an observed experiment is its own fold's ensemble

@@ -217,7 +217,13 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         Wj = np.stack([weights[pairs[t]] for t in cols], axis=1).astype(np.float32)  # D × T
         V = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32)
         missing = np.isnan(V)
-        pred = np.where(missing, 0.0, V) @ Wj
+        Vz = np.where(missing, np.float32(0.0), V)
+        # one matrix-vector product per target, not one GEMM for the group: the value of a
+        # track must not depend on which other tracks share its task (GEMM blocking, hence
+        # rounding, changes with the number of columns)
+        pred = np.empty((n, len(cols)), dtype=np.float32)
+        for t in range(len(cols)):
+            pred[:, t] = Vz @ Wj[:, t]
         if missing.any():
             bad = missing.astype(np.float32) @ (Wj != 0).astype(np.float32) > 0
             pred = np.where(bad, out[:, cols], pred)

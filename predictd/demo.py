@@ -20,8 +20,20 @@ CHROM = "pilot"
 DEFAULT_HOLDOUT = "E116:H3K4me3"
 
 
-def demo_tracks() -> dict[str, np.ndarray]:
-    """Experiment name -> arcsinh-space float32 values (the bundled slice)."""
+def demo_tracks(pilot_dir: str | None = None) -> dict[str, np.ndarray]:
+    """Experiment name -> arcsinh-space float32 values: the bundled slice, or with
+    ``pilot_dir`` the full shared Roadmap pilot arrays (``{EID}.{mark}.pilot.arcsinh.npz``)."""
+    if pilot_dir:
+        import glob
+        out = {}
+        for path in sorted(glob.glob(os.path.join(pilot_dir, "*.pilot.arcsinh.npz"))):
+            name = os.path.basename(path).split(".pilot.")[0]
+            with np.load(path, allow_pickle=False) as z:
+                out[name] = z["arr_0"].astype(np.float32)
+        if not out:
+            from .errors import PredictdError
+            raise PredictdError(f"--pilot-dir {pilot_dir}: no *.pilot.arcsinh.npz files")
+        return out
     with np.load(DATA, allow_pickle=False) as z:
         return {k: z[k].astype(np.float32) / 1000.0 for k in z.files}
 
@@ -33,13 +45,14 @@ def demo_config(**overrides) -> Config:
     return Config(**base)
 
 
-def write_inputs(directory: str, bin_size: int = 25) -> tuple[str, str]:
+def write_inputs(directory: str, bin_size: int = 25, pilot_dir: str | None = None
+                 ) -> tuple[str, str]:
     """Write the demo bigWigs, a manifest and a chrom.sizes file into ``directory``.
 
     Returns (manifest path, chrom.sizes path). Existing complete files are kept.
     """
     os.makedirs(directory, exist_ok=True)
-    tracks = demo_tracks()
+    tracks = demo_tracks(pilot_dir)
     n = next(iter(tracks.values())).size
     length = n * bin_size
     sizes = os.path.join(directory, "pilot.chrom.sizes")

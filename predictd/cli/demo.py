@@ -20,7 +20,11 @@ from .main import cli
 @options.master
 @options.no_spark
 @options.overwrite
-def demo_command(out, holdout, sets, master, no_spark, overwrite):
+@click.option("--pilot-dir", metavar="DIR", help="Use the full shared Roadmap pilot arrays "
+              "(../shared/data/roadmap_pilot: 1.13 M bins) instead of the bundled slice.")
+@click.option("--inputs-only", is_flag=True, help="Only write the bigWigs, manifest and "
+              "chrom.sizes to OUT/inputs (e.g. for `predictd run --folds`).")
+def demo_command(out, holdout, sets, master, no_spark, overwrite, pilot_dir, inputs_only):
     """Run ingest → train → impute → evaluate on a bundled slice of real Roadmap data.
 
     \b
@@ -32,8 +36,12 @@ def demo_command(out, holdout, sets, master, no_spark, overwrite):
     if inputs is None:
         raise click.BadParameter("the demo writes its inputs locally; give a local --out",
                                  param_hint="--out")
-    manifest, sizes = demo_mod.write_inputs(inputs)
-    cfg = demo_mod.demo_config()
+    manifest, sizes = demo_mod.write_inputs(inputs, pilot_dir=pilot_dir)
+    if inputs_only:
+        click.echo(f"wrote {manifest} and {sizes}")
+        return
+    cfg = demo_mod.demo_config(**({"block_bins": 262_144, "training_fraction": 0.01}
+                                  if pilot_dir else {}))
     if sets:
         cfg = cfg.replace(**options.load_config(None, sets).to_dict() | {
             k: v for k, v in cfg.to_dict().items() if not any(s.startswith(k + "=")

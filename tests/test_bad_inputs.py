@@ -395,8 +395,6 @@ def test_missing_s3_object(inputs, tmp_path, s3_endpoint):
     assert not out.exists()
     print(f"\n| missing_s3_object | exit {p.returncode} | {errors[0]} |")
     # botocore's INFO chatter ("Found credentials in environment variables.") must not reach the
-    # user: the CLI sets the root logger to INFO and does not quiet botocore yet
+    # user: the CLI keeps third-party loggers at WARNING
     other = [ln for ln in p.stderr.splitlines() if not ln.startswith("predictd: error:")]
-    if other:
-        pytest.xfail(f"third-party log lines on stderr (cli/main.py should set botocore's "
-                     f"loggers to WARNING): {other}")
+    assert other == [], other

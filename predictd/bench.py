@@ -466,7 +466,8 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     model_l = Model.load(os.path.join(local, "model"))  # the float64 round trip impute sees
     gf_l = os.path.join(local, "gf")
     rec.run("solve_inprocess", impute.solve_genome, None, header, root, gf_l, model_l, cfg)
-    rec.run("write_inprocess", impute.write_tracks, None, header, local, gf_l, model_l, cfg)
+    rec.run("write_inprocess", impute.write_tracks, None, header, local, gf_l, model_l, cfg,
+            root=root)
     n_tracks = len(model_l.cell_types) * len(model_l.assays)
 
     # ---- the write limit: pyBigWig writing the very arrays predictd wrote
@@ -551,7 +552,7 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     model_s = Model.load(os.path.join(sp, "model"))
     gf_s = os.path.join(sp, "gf")
     rec.run("solve_spark", impute.solve_genome, sc, header, root, gf_s, model_s, cfg)
-    rec.run("write_spark", impute.write_tracks, sc, header, sp, gf_s, model_s, cfg)
+    rec.run("write_spark", impute.write_tracks, sc, header, sp, gf_s, model_s, cfg, root=root)
 
     t_spark = sum(rec.seconds(s) for s in ("train_spark", "solve_spark", "write_spark"))
     t_local = sum(rec.seconds(s) for s in ("train_inprocess", "solve_inprocess",
@@ -604,7 +605,7 @@ def _job(spec: dict) -> dict:
     gf = os.path.join(out, "gf")
     impute.solve_genome(sc, header, spec["tensor"], gf, model, cfg)
     t3 = time.perf_counter()
-    impute.write_tracks(sc, header, out, gf, model, cfg)
+    impute.write_tracks(sc, header, out, gf, model, cfg, root=spec["tensor"])
     t4 = time.perf_counter()
     par = sc.defaultParallelism
     stop_context()
@@ -729,7 +730,7 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
     sub = Model(cell_types=model.cell_types[:k], assays=model.assays, mu=model.mu,
                 bC=model.bC[:k], bA=model.bA, C=model.C[:k], A=model.A, observed=model.observed,
                 meta=model.meta)
-    rec.run("write", impute.write_tracks, None, header, base, gf, sub, cfg)
+    rec.run("write", impute.write_tracks, None, header, base, gf, sub, cfg, root=root)
     n_written = k * len(assays)
     t_train, t_solve, t_write = (rec.seconds(s) for s in ("train", "solve", "write"))
     blas_threads = blas_info().get("threads") or 1

@@ -16,7 +16,6 @@ The header is written last: its presence means the tensor is complete.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -43,16 +42,6 @@ def scratch_dir() -> str:
     return d
 
 
-def md5_file(path: str, chunk: int = 8 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
 def _shown(track: Track) -> str:
     """The track's URI for messages and stored metadata: a pre-signed URL's signature and any
     password are masked (they are credentials)."""
@@ -71,7 +60,7 @@ def local_copy(track: Track) -> str:
     if not os.access(path, os.R_OK):
         raise PredictdError(f"manifest row {track.row} ({track.name}): permission denied: {path}")
     if track.md5:
-        got = md5_file(path)
+        got = storage.file_md5(path)
         if got != track.md5.lower():
             raise PredictdError(f"md5 mismatch for {path} (manifest row {track.row}): "
                                 f"expected {track.md5}, got {got}")

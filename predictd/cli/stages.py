@@ -14,7 +14,7 @@ from .main import cli
 def _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public):
     cfg = options.load_config(config_path, sets)
     run = pipeline.open_run(manifest, genome, out, cfg, holdout, public=public,
-                            progress=sys.stderr.isatty() or True)
+                            progress=True)
     if not no_spark:
         from ..spark import get_context
         run.sc = get_context(master)

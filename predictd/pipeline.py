@@ -163,14 +163,20 @@ class Run:
         self.checked = check_tracks(self.sc, self.tracks, self.genome)
 
     def sweep_temp_files(self) -> int:
-        """Delete the temporary files a killed run left under a local OUT.
+        """Delete the temporary files a killed run left under OUT (on S3: its unfinished
+        multipart uploads).
 
         Every atomic write makes a hidden ``.{name}.*.tmp`` file (the report: a ``.tmp-report-*``
         directory) beside its destination and renames it when complete, so these are never
         taken for outputs; but a ``kill -9`` leaves them behind (in tracks/ too). Only called
         before any stage runs: no writer of this OUT is alive then.
         """
-        if storage.is_remote(self.out) or not os.path.isdir(self.out):
+        if storage.is_remote(self.out):
+            n = storage.abort_pending_uploads(self.out)
+            if n:
+                log.info("aborted %d unfinished upload(s) left by an interrupted run", n)
+            return n
+        if not os.path.isdir(self.out):
             return 0
         stale = []
         for root, dirs, files in os.walk(self.out):

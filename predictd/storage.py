@@ -641,9 +641,28 @@ def delete_prefix(uri: str | os.PathLike) -> None:
                     f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
                     f"({len(resp['Errors'])} objects not deleted)"
                 )
-        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+    abort_pending_uploads(uri)
+
+
+def abort_pending_uploads(uri: str | os.PathLike) -> int:
+    """Abort the unfinished S3 multipart uploads under a prefix (a killed writer's leftovers:
+    they are invisible as objects but are billed). Returns how many; 0 for local paths."""
+    scheme, _ = parse_uri(uri)
+    if scheme != "s3":
+        return 0
+    bucket, prefix = _s3_bucket_key(os.fspath(uri), need_key=False)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    client = s3_client()
+    n = 0
+    with _s3_errors(os.fspath(uri), "cleaning up uploads under"):
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket,
+                                                                           Prefix=prefix):
             for up in page.get("Uploads", []):
-                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"],
+                                              UploadId=up["UploadId"])
+                n += 1
+    return n
 
 
 # --- downloads -------------------------------------------------------------------------------

@@ -472,3 +472,18 @@ def test_s3_fetch_md5_cache_and_resume(bucket, tmp_path, monkeypatch):
     assert ranges[0] is None and ranges[1] == f"bytes={storage._CHUNK}-"
     assert storage.fetch_to_local(uri, tmp_path / "s", md5=md5) == local
     assert len(ranges) == 2  # cached
+
+
+def test_abort_pending_uploads_cleans_a_killed_writers_leftovers(bucket):
+    """A writer killed mid multipart upload leaves an invisible, billed upload; resume aborts
+    the ones under the run's prefix and leaves other prefixes alone."""
+    client = storage.s3_client()
+    for key in ("run/tracks/A.x.imputed.bw", "run/model/factors.npz", "other/x.bw"):
+        up = client.create_multipart_upload(Bucket=bucket, Key=key)
+        client.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=1,
+                           Body=b"partial")
+    assert storage.abort_pending_uploads(f"s3://{bucket}/run") == 2
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["other/x.bw"]
+    assert storage.list_prefix(f"s3://{bucket}/run") == []  # nothing half-written appeared
+    assert storage.abort_pending_uploads("/tmp/not-s3") == 0

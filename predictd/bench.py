@@ -725,12 +725,11 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
     shutil.rmtree(os.path.join(base, "work"), ignore_errors=True)
     gf = os.path.join(base, "gf")
     rec.run("solve", impute.solve_genome, None, header, root, gf, model, cfg)
-    # write a subset of cell types through the real path; the full 3,048 follow linearly
+    # write a subset of cell types through the real path (factor model + stacked transfer
+    # regression); the full 3,048 follow linearly
     k = max(1, min(write_cell_types, len(cells)))
-    sub = Model(cell_types=model.cell_types[:k], assays=model.assays, mu=model.mu,
-                bC=model.bC[:k], bA=model.bA, C=model.C[:k], A=model.A, observed=model.observed,
-                meta=model.meta)
-    rec.run("write", impute.write_tracks, None, header, base, gf, sub, cfg, root=root)
+    rec.run("write", impute.write_tracks, None, header, base, gf, model, cfg, root=root,
+            only=list(range(k * len(assays))))
     n_written = k * len(assays)
     t_train, t_solve, t_write = (rec.seconds(s) for s in ("train", "solve", "write"))
     blas_threads = blas_info().get("threads") or 1

@@ -58,21 +58,27 @@ def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: floa
                 bias_ridge: float) -> np.ndarray:
     """[G | bG] (float32, n × L+1) for a block of observed data.
 
-    A block where every experiment is observed in every bin (the usual case) is one GEMM with
-    the experiment biases folded in — ``(X − b) Pᵀ = X Pᵀ − (P b)ᵀ`` saves a pass over the
-    block — computed as ``P Xᵀ``: measured here, OpenBLAS is ~3x faster for these skinny shapes
-    (n × E times E × L+1) with the long axis last. The result is the transposed view, so its
-    columns are contiguous. Blocks with missing entries are solved per observed pattern.
+    Every bin is first solved as if all experiments were observed — one GEMM with the
+    experiment biases folded in (``(X − b) Pᵀ = X Pᵀ − (P b)ᵀ`` saves a pass over the block),
+    computed as ``P Xᵀ``: measured here, OpenBLAS is ~3x faster for these skinny shapes
+    (n × E times E × L+1) with the long axis last. A missing (NaN) entry makes its bin's row
+    of the product NaN, so the bins with missing entries are found from the small result, not
+    by a second pass over the block, and only they are solved again per observed pattern.
+    The result is the transposed view, so its columns are contiguous.
     """
     Z, b = model_arrays(model, experiments)
-    if not np.isnan(X).any():
-        P = projection(Z, ridge, bias_ridge)
-        Pb = (P @ b).astype(np.float32)
-        GBt = P.astype(np.float32) @ np.asarray(X, dtype=np.float32).T
-        GBt -= Pb[:, None]
-        return GBt.T
-    G, bG = solve_genome_factors(X - b.astype(np.float32)[None, :], Z, ridge, bias_ridge)
-    return np.concatenate([G, bG[:, None]], axis=1)
+    P = projection(Z, ridge, bias_ridge)
+    Pb = (P @ b).astype(np.float32)
+    X = np.asarray(X, dtype=np.float32)
+    GBt = P.astype(np.float32) @ X.T
+    GBt -= Pb[:, None]
+    holes = np.flatnonzero(np.isnan(GBt).any(axis=0))
+    if holes.size:
+        G, bG = solve_genome_factors(X[holes] - b.astype(np.float32)[None, :], Z, ridge,
+                                     bias_ridge)
+        GBt[:-1, holes] = G.T
+        GBt[-1, holes] = bG
+    return GBt.T
 
 
 def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) -> np.ndarray:
@@ -231,8 +237,11 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
                  public: bool = False, members: list[tuple[str, Model]] | None = None,
-                 use: dict | None = None, root: str | None = None) -> list[str]:
+                 use: dict | None = None, root: str | None = None,
+                 only: list[int] | None = None) -> list[str]:
     """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read.
+    ``only`` restricts the run to these track indices (cell-type-major, as
+    :meth:`Model.track_names`).
 
     With ``members`` (an ensemble of (genome-factor root, model)), each track is the average of
     the members ``use[track index]`` names (default: all). ``root`` is the tensor, read again
@@ -240,10 +249,14 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     members = members or [(gf_root, model)]
     if needs_block(members) and root is None:
         raise ValueError("write_tracks: a stacked model needs the tensor root")
-    n_tracks = len(model.cell_types) * len(model.assays)
+    tracks = np.arange(len(model.cell_types) * len(model.assays))
+    if only is not None:
+        tracks = tracks[np.isin(tracks, only)]
     par = cfg.write_parallelism or (default_parallelism(sc) if sc is not None else 1)
-    n_groups = max(1, min(n_tracks, par))
-    groups = [list(range(g, n_tracks, n_groups)) for g in range(n_groups)]
+    n_groups = max(1, min(tracks.size, par))
+    # contiguous runs of tracks (cell-type-major): a stacked model builds each cell type's
+    # features once per block, so a task should see as few cell types as possible
+    groups = [list(map(int, g)) for g in np.array_split(tracks, n_groups) if g.size]
     chroms = [tuple(c) for c in header.genome["chroms"]]
     done = map_tasks(sc, _write_task, groups,
                      (out, root, list(header.experiments), members, use, header.blocks(),

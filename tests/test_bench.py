@@ -113,6 +113,15 @@ def test_solve_block_fast_path_matches_the_per_pattern_solve():
     GBn = impute.solve_block(Xn, m, exps, 2.9, 0.0)
     np.testing.assert_allclose(np.delete(GBn, 3, axis=0), np.delete(GB, 3, axis=0), atol=2e-5)
     assert not np.allclose(GBn[3], GB[3], atol=1e-4)
+    # ... and the bins with missing entries are solved from their observed experiments only;
+    # a bin with nothing observed gets zeros
+    Xn[7] = np.nan
+    GBn = impute.solve_block(Xn, m, exps, 2.9, 0.0)
+    Gm, bGm = solve_genome_factors(Xn[[3]].astype(np.float64) - b, Z, 2.9, 0.0,
+                                   dtype=np.float64)
+    np.testing.assert_allclose(GBn[3, :-1], Gm[0], atol=2e-5)
+    np.testing.assert_allclose(GBn[3, -1], bGm[0], atol=2e-5)
+    assert (GBn[7] == 0).all() and np.isfinite(GBn).all()
 
 
 def test_impute_values_is_the_model_prediction():

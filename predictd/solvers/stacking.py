@@ -50,41 +50,146 @@ def moving_mean(V: np.ndarray, width: int) -> np.ndarray:
     return np.divide(tot, cnt, out=np.full(tot.shape, np.nan), where=cnt > 0).astype(V.dtype)
 
 
-def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, windows=(),
-                 dtype=np.float64) -> np.ndarray:
-    """``v_ci`` for every bin of a block (n × :func:`n_features`).
+def assay_sums(X: np.ndarray, exp_assay, n_assay: int, chunk: int = 16_384
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-assay sums and counts of the observed values of a block over *all* its columns
+    (float64, n × n_assay each). Every cell type's ``average`` features follow from these by
+    subtracting its own columns, so a block costs one pass over X, not one per cell type.
+    Rows are processed in chunks to bound the temporaries."""
+    X = np.asarray(X)
+    exp_assay = np.asarray(exp_assay)
+    n = X.shape[0]
+    onehot = np.zeros((exp_assay.size, n_assay), dtype=np.float32)
+    onehot[np.arange(exp_assay.size), exp_assay] = 1.0
+    tot = np.empty((n, n_assay))
+    cnt = np.empty((n, n_assay))
+    for s in range(0, n, chunk):
+        part = np.asarray(X[s:s + chunk], dtype=np.float32)
+        obs = ~np.isnan(part)
+        # float32 GEMMs (exact for the counts; sums of ≤ a few hundred arcsinh values)
+        tot[s:s + chunk] = np.where(obs, part, np.float32(0.0)) @ onehot
+        cnt[s:s + chunk] = obs.astype(np.float32) @ onehot
+    return tot, cnt
 
-    Layout: ``[1, x_c1 … x_cK, avg_1(c) … avg_K(c)]`` followed by the same 2K columns smoothed
-    by :func:`moving_mean` over each width in ``windows`` (bins; the genome context). Unobserved
-    experiments of the cell type, and averages of assays that no other cell type has, are 0
-    (constant columns the fit never selects); NaN means missing in that bin.
+
+def _padded_cumsum(A: np.ndarray, pad: int) -> np.ndarray:
+    """Cumulative sums along axis 1 of A (float64; rows are series, bins run along a row)
+    with ``pad`` columns of 0 before and ``pad`` copies of the total after: column ``pad + i``
+    is the sum of the first i bins, and a window's sum is a difference of two slices whatever
+    its truncation at the block's ends."""
+    n = A.shape[1]
+    C = np.empty((A.shape[0], n + 1 + 2 * pad))
+    C[:, :pad + 1] = 0.0
+    np.cumsum(A, axis=1, out=C[:, pad + 1:pad + 1 + n])
+    C[:, pad + 1 + n:] = C[:, pad + n:pad + n + 1]
+    return C
+
+
+def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
+    """Sums over the centred windows [i − h, i + h] ∩ [0, n) of every bin i (or of ``rows``)
+    from :func:`_padded_cumsum` output (series × bins)."""
+    if rows is None:
+        return C[:, pad + h + 1:pad + h + 1 + n] - C[:, pad - h:pad - h + n]
+    return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
+
+
+class BlockContext:
+    """What every cell type's feature vectors of one block share: the per-assay sums and
+    counts over all experiments (:func:`assay_sums`), their window sums at every context
+    width, and the resulting all-experiment averages (a cell type's averages differ only in the
+    assays it has itself), all evaluated at ``rows`` (None = every bin) and stored assay-major
+    (n_assay × bins), the layout the feature matrices are built in."""
+
+    def __init__(self, X: np.ndarray, exp_assay, n_assay: int, windows=(), rows=None,
+                 dtype=np.float32):
+        self.n = X.shape[0]
+        self.windows = tuple(int(w) for w in windows)
+        self.pad = max([w // 2 for w in self.windows], default=0)
+        if rows is not None:
+            rows = np.asarray(rows)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        self.rows = rows
+        present = np.bincount(np.asarray(exp_assay), minlength=n_assay) > 0
+        tot, cnt = assay_sums(X, exp_assay, n_assay)
+        TC = np.ascontiguousarray(np.concatenate([tot, cnt], axis=1).T)  # 2K × n
+        segs = [TC if rows is None else TC[:, rows]]
+        if self.windows:
+            C = _padded_cumsum(TC, self.pad)
+            segs += [_window_sum(C, self.pad, w // 2, self.n, rows) for w in self.windows]
+        # per segment (bins, then each window): sums, counts, and their ratio
+        self.segments = []
+        for S in segs:
+            t, c = S[:n_assay], S[n_assay:]
+            avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(dtype)
+            avg[~present] = 0.0
+            self.segments.append((t, c, avg))
+
+
+def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, windows=(),
+                 dtype=np.float64, rows=None, context: BlockContext | None = None
+                 ) -> np.ndarray:
+    """``v_ci`` for the bins of a block (n × :func:`n_features`, or len(rows) × …; a
+    transposed view of a feature-major array).
+
+    Layout: ``[1, x_c1 … x_cK, avg_1(c) … avg_K(c)]`` followed by the same 2K columns averaged
+    over the centred window of each width in ``windows`` (bins; the genome context, truncated at
+    the block's ends): a window's own-assay value is the mean of the observed values in it
+    (:func:`moving_mean`), its average is Σ(other cell types' values) / Σ(their count) over
+    the window — the mean of the per-bin averages wherever nothing is missing, and cheap: it
+    comes from per-assay window sums every cell type shares (:class:`BlockContext`).
+    Unobserved experiments of the cell type, and averages of assays that no other cell type
+    has, are 0 (constant columns the fit never selects); NaN means missing in that bin.
+
+    ``rows`` (indices or a boolean mask) returns only those bins, the context still taken from
+    the whole block. ``context`` is the block's :class:`BlockContext` for the same windows and
+    rows (built here when absent).
     """
     X = np.asarray(X)
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
-    n = X.shape[0]
-    base = np.zeros((n, 2 * n_assay), dtype=dtype)
+    ctx = context if context is not None else BlockContext(X, exp_assay, n_assay, windows, rows,
+                                                          dtype)
+    if ctx.windows != tuple(int(w) for w in windows):
+        raise ValueError(f"context has windows {ctx.windows}, not {tuple(windows)}")
+    r = ctx.rows
     own = np.flatnonzero(exp_cell == cell)
-    base[:, exp_assay[own]] = X[:, own]
-    other = exp_cell != cell
-    obs = ~np.isnan(X[:, other])
-    xz = np.where(obs, X[:, other], 0.0)
-    a = exp_assay[other]
-    # per-assay sums and counts over the other cell types, as two small GEMMs
-    onehot = np.zeros((a.size, n_assay), dtype=dtype)
-    onehot[np.arange(a.size), a] = 1.0
-    tot = xz.astype(dtype) @ onehot
-    cnt = obs.astype(dtype) @ onehot
-    has_source = np.bincount(a, minlength=n_assay) > 0
-    avg = np.divide(tot, cnt, out=np.full_like(tot, np.nan), where=cnt > 0)
-    avg[:, ~has_source] = 0.0
-    base[:, n_assay:] = avg
-    V = np.empty((n, n_features(n_assay, windows)), dtype=dtype)
-    V[:, 0] = 1.0
-    V[:, 1:1 + 2 * n_assay] = base
-    for s, w in enumerate(windows, 1):
-        V[:, 1 + 2 * n_assay * s:1 + 2 * n_assay * (s + 1)] = moving_mean(base, int(w))
-    return V
+    a_own = exp_assay[own]
+    k = own.size
+    xs = np.ascontiguousarray(X[:, own].T, dtype=np.float64)  # own experiments × bins
+    seen = ~np.isnan(xs)
+    XS = np.empty((2 * k, ctx.n))
+    np.copyto(XS[:k], np.where(seen, xs, 0.0))
+    XS[k:] = seen
+    has_source = np.bincount(exp_assay[exp_cell != cell], minlength=n_assay) > 0
+    m = ctx.n if r is None else r.size
+    Vt = np.zeros((n_features(n_assay, windows), m), dtype=dtype)
+    Vt[0] = 1.0
+
+    def fill(seg, S, own_values=None):
+        # one segment: own assays' values (or window means), then the averages over the
+        # other cell types — the all-experiment average, except in the cell type's own
+        # assays: (all − own) / (count − own count)
+        lo = 1 + 2 * n_assay * seg
+        t, c, avg = ctx.segments[seg]
+        own_sum, own_cnt = S[:k], S[k:]
+        if own_values is not None:
+            Vt[lo + a_own] = own_values
+        else:
+            Vt[lo + a_own] = np.divide(own_sum, own_cnt, out=np.full(own_sum.shape, np.nan),
+                                       where=own_cnt > 0.5)
+        Vt[lo + n_assay:lo + 2 * n_assay] = avg
+        t_o = t[a_own] - own_sum
+        c_o = c[a_own] - own_cnt
+        a_o = np.divide(t_o, c_o, out=np.full(t_o.shape, np.nan), where=c_o > 0.5)
+        a_o[~has_source[a_own]] = 0.0
+        Vt[lo + n_assay + a_own] = a_o
+
+    fill(0, XS if r is None else XS[:, r], own_values=xs if r is None else xs[:, r])
+    if ctx.windows:
+        C = _padded_cumsum(XS, ctx.pad)
+        for s, w in enumerate(ctx.windows, 1):
+            fill(s, _window_sum(C, ctx.pad, w // 2, ctx.n, r))
+    return Vt.T
 
 
 def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, windows=(),
@@ -93,17 +198,18 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     bins where every feature of cell type c is present (float64, n_cell × D × D).
 
     With context ``windows`` the block must be contiguous bins (a tensor block), not a random
-    sample: the features are computed on the whole block and ``rows`` (a boolean mask or index
-    array, e.g. the block's training sample) then selects the bins that are summed."""
+    sample: the context comes from the whole block and ``rows`` (a boolean mask or index
+    array, e.g. the block's training sample) selects the bins whose features are built and
+    summed."""
     D = n_features(n_assay, windows)
     gram = np.zeros((n_cell, D, D))
+    ctx = BlockContext(X, exp_assay, n_assay, windows, rows)
     for c in np.unique(np.asarray(exp_cell)):
-        # features in float32 over the whole block (context), the sampled rows' Gram in float64
-        V = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32)
-        if rows is not None:
-            V = V[rows]
-        V = V[~np.isnan(V).any(axis=1)].astype(np.float64)
-        gram[c] = V.T @ V
+        # features in float32 (as at prediction), the sampled rows' Gram in float64
+        Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32,
+                          context=ctx).T
+        Vt = Vt[:, ~np.isnan(Vt).any(axis=0)].astype(np.float64)
+        gram[c] = Vt @ Vt.T
     return {"gram": gram}
 
 
@@ -206,26 +312,35 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
     -------
     (n, T) float32 array
     """
-    n = X.shape[0]
     n_assay = weights.shape[1]
-    out = np.array(fallback, dtype=np.float32, copy=True)
+    # built track-major and returned as its transpose: each track's column is contiguous
+    outT = np.array(np.asarray(fallback).T, dtype=np.float32, order="C", copy=True)
     pairs = [(int(j), int(k)) for j, k in pairs]
+    ctx = None  # what every target cell type of the block shares
     for j in sorted({p[0] for p in pairs}):
-        cols = [t for t, p in enumerate(pairs) if p[0] == j and np.isfinite(weights[p]).all()]
-        if not cols:
+        # one GEMM over *all* the cell type's fitted targets, whichever of them are asked
+        # for: a track's value (GEMM blocking, hence rounding, depends on the shape) is then
+        # the same whatever other tracks share its task
+        fitted = [k for k in range(n_assay) if np.isfinite(weights[j, k]).all()]
+        want = [(t, fitted.index(k)) for t, (jj, k) in enumerate(pairs)
+                if jj == j and k in fitted]
+        if not want:
             continue
-        Wj = np.stack([weights[pairs[t]] for t in cols], axis=1).astype(np.float32)  # D × T
-        V = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32)
-        missing = np.isnan(V)
-        Vz = np.where(missing, np.float32(0.0), V)
-        # one matrix-vector product per target, not one GEMM for the group: the value of a
-        # track must not depend on which other tracks share its task (GEMM blocking, hence
-        # rounding, changes with the number of columns)
-        pred = np.empty((n, len(cols)), dtype=np.float32)
-        for t in range(len(cols)):
-            pred[:, t] = Vz @ Wj[:, t]
-        if missing.any():
-            bad = missing.astype(np.float32) @ (Wj != 0).astype(np.float32) > 0
-            pred = np.where(bad, out[:, cols], pred)
-        out[:, cols] = pred
-    return out
+        if ctx is None:
+            ctx = BlockContext(X, exp_assay, n_assay, windows)
+        Wt = np.ascontiguousarray(weights[j, fitted], dtype=np.float32)  # targets × D
+        Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
+                          context=ctx).T
+        missing = np.isnan(Vt)
+        holes = np.flatnonzero(missing.any(axis=0))
+        np.copyto(Vt, 0.0, where=missing)
+        pred = Wt @ Vt  # targets × bins
+        ts = [t for t, _ in want]
+        fs = [f for _, f in want]
+        if holes.size:
+            # a bin missing one of a target's (non-zero-weight) features keeps the fallback
+            bad = (Wt[fs] != 0).astype(np.float32) @ missing[:, holes].astype(np.float32) > 0
+            sub = pred[np.ix_(fs, holes)]
+            pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], sub)
+        outT[ts] = pred[fs]
+    return outT.T

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .closed_form import solve_genome_factors
+from .closed_form import projection, solve_genome_factors
 from .objective import Factors, Penalties
 
 
@@ -27,50 +27,69 @@ def shard_genome_factors(X, exp_cell, exp_assay, f: Factors, pen: Penalties):
     return solve_genome_factors(R, Z, pen.rhoG, pen.rhoB, dtype=np.float64)
 
 
-def shard_stats(X, exp_cell, exp_assay, f: Factors, pen: Penalties, which: str) -> dict:
+def shard_stats(X, exp_cell, exp_assay, f: Factors, pen: Penalties, which: str,
+                chunk: int = 128) -> dict:
     """Sufficient statistics of one shard for updating ``which`` ∈ {"C", "A"}.
 
     Returns ``S_all`` ((L+1)², over all bins), ``S_missing`` {e: (L+1)²} for experiments with
     missing bins in this shard, ``t`` ((L+1) × E), and the shard's training SSE and entry count
     under the current factors (with the G just solved).
+
+    The shard is processed ``chunk`` bins at a time in reused float64 buffers: at Roadmap scale
+    a shard is ~0.5 GB in float64 and whole-shard temporaries made every pass a trip to memory
+    (and fresh allocations page faults); chunks stay in cache. Genome factors are one GEMM with the shared projection;
+    bins with missing entries (NaN rows of that product) are solved again per observed pattern.
     """
-    G, bG = shard_genome_factors(X, exp_cell, exp_assay, f, pen)
-    n, L = G.shape
-    obs = ~np.isnan(X)
-    H = np.empty((n, L + 1))
-    H[:, :L] = G
-    H[:, L] = 1.0
-    # The elementwise passes below run in place: at Roadmap scale a shard's temporaries are
-    # ~0.5 GB each, and a fresh allocation per expression cost more (page faults) than the
-    # arithmetic. Same operations in the same order, so the results are bit-identical.
-    Xd = X.astype(np.float64)
-    np.copyto(Xd, 0.0, where=~obs)
-    if which == "C":
-        base = f.mu + f.bA[exp_assay]
-    elif which == "A":
-        base = f.mu + f.bC[exp_cell]
-    else:
+    if which not in ("C", "A"):
         raise ValueError(which)
-    r = Xd - base[None, :]
-    r -= bG[:, None]
-    r *= obs
-    t = H.T @ r
-    del r
-    S_all = H.T @ H
-    S_missing = {}
-    for e in np.flatnonzero(~obs.all(axis=0)):
-        Hm = H[~obs[:, e]]
-        S_missing[int(e)] = Hm.T @ Hm
+    X = np.asarray(X)
+    n, E = X.shape
+    L = f.C.shape[1]
     Z = f.C[exp_cell] * f.A[exp_assay]
-    pred = G @ Z.T
-    pred += bG[:, None]
-    pred += (f.mu + f.bC[exp_cell] + f.bA[exp_assay])[None, :]
-    np.subtract(Xd, pred, out=pred)
-    pred *= obs
-    np.square(pred, out=pred)
-    sse = float(np.sum(pred))
-    return {"S_all": S_all, "S_missing": S_missing, "t": t, "sse": sse,
-            "count": int(obs.sum()), "g2": float(np.sum(G ** 2))}
+    b = f.mu + f.bC[exp_cell] + f.bA[exp_assay]
+    # r = x − base − bG with base = μ + bA (C update) or μ + bC (A update): r = (x − b) + own − bG
+    own = f.bC[exp_cell] if which == "C" else f.bA[exp_assay]
+    P = projection(Z, pen.rhoG, pen.rhoB)
+    t = np.zeros((L + 1, E))
+    S_all = np.zeros((L + 1, L + 1))
+    S_missing: dict[int, np.ndarray] = {}
+    sse, count, g2 = 0.0, 0, 0.0
+    Rbuf = np.empty((min(chunk, n), E))
+    Dbuf = np.empty((min(chunk, n), E))
+    for s in range(0, n, chunk):
+        Xc = X[s:s + chunk]
+        m = Xc.shape[0]
+        R, D = Rbuf[:m], Dbuf[:m]
+        np.subtract(Xc, b[None, :], out=R)
+        GB = R @ P.T
+        holes = np.flatnonzero(np.isnan(GB[:, L]))  # a missing entry makes its row NaN
+        full = holes.size == 0
+        if not full:
+            missing = np.isnan(R)
+            Gh, bGh = solve_genome_factors(R[holes], Z, pen.rhoG, pen.rhoB, dtype=np.float64)
+            GB[holes, :L], GB[holes, L] = Gh, bGh
+        G, bG = GB[:, :L], GB[:, L]
+        H = np.empty((m, L + 1))
+        H[:, :L] = G
+        H[:, L] = 1.0
+        R -= bG[:, None]                     # x − b − bG: the residual before G Zᵀ
+        np.matmul(G, Z.T, out=D)
+        np.subtract(R, D, out=D)             # x − prediction
+        R += own[None, :]                    # r
+        if not full:
+            np.copyto(D, 0.0, where=missing)
+            np.copyto(R, 0.0, where=missing)
+            for e in np.flatnonzero(missing.any(axis=0)):
+                Hm = H[missing[:, e]]
+                S_missing[int(e)] = S_missing.get(int(e), 0.0) + Hm.T @ Hm
+        t += H.T @ R
+        S_all += H.T @ H
+        np.square(D, out=D)
+        sse += float(D.sum())
+        count += m * E - (0 if full else int(missing.sum()))
+        g2 += float(np.sum(G ** 2))
+    return {"S_all": S_all, "S_missing": S_missing, "t": t, "sse": sse, "count": count,
+            "g2": g2}
 
 
 def sum_stats(parts: list[dict]) -> dict:

@@ -41,6 +41,11 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
         "spark.rdd.compress": "false",
         "spark.driver.maxResultSize": "8g",
     }
+    # one BLAS thread per task slot: Spark already runs a Python worker per core, and each
+    # worker's OpenBLAS spinning up a thread per core as well oversubscribes the machine
+    task_cpus = sconf.get("spark.task.cpus", "1")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        defaults[f"spark.executorEnv.{var}"] = task_cpus
     m = sconf.get("spark.master", "")
     if m.startswith("local") or m.startswith("spark://127.") or m.startswith("spark://localhost"):
         # a laptop or a loopback test cluster: never bind or advertise another interface

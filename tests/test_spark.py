@@ -25,6 +25,16 @@ def test_map_tasks_keeps_order_and_reraises_input_errors(spark):
         map_tasks(spark, _square, [1, -2, 3], 0)
 
 
+def _blas_env(x, payload):
+    import os
+    return os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def test_python_workers_get_one_blas_thread_per_task_slot(spark):
+    # two workers on two cores, each with a BLAS thread per core, would oversubscribe
+    assert set(map_tasks(spark, _blas_env, [0, 1, 2])) == {"1"}
+
+
 @pytest.mark.parametrize("solver", ["als", "sgd"])
 def test_training_through_spark_equals_in_process(roadmap, spark, tmp_path, solver):
     small = {k: v[:40_000] for k, v in roadmap.items()}

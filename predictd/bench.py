@@ -322,12 +322,25 @@ def _write_job(args):
     return _plain_write(path, chrom, length, np.load(npy))
 
 
+def _noop(x):
+    return x
+
+
 def _pool_map(fn, jobs, processes: int):
     if processes <= 1:
         return [fn(j) for j in jobs]
-    import multiprocessing
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as ex:
+    with _warm_pool(processes) as ex:
         return list(ex.map(fn, jobs))
+
+
+def _warm_pool(processes: int) -> ProcessPoolExecutor:
+    """A process pool whose workers are already running (their start-up, like Spark's, is not
+    part of the measurement). Forkserver, not fork: the benchmark process may hold a live Spark
+    gateway whose sockets a forked child must not inherit."""
+    import multiprocessing
+    ex = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
+    list(ex.map(_noop, range(4 * processes)))
+    return ex
 
 
 def gemm_fraction(X: np.ndarray, model, experiments: list[str], ridge: float,
@@ -542,7 +555,8 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     par = default_parallelism(sc)
     # warm the Python workers: their start-up is part of Spark start-up, not of ingest
     rec.run("spark_warmup", lambda: sc.parallelize(range(par), par).map(lambda x: x).collect())
-    rec.run("pybigwig_read_parallel", _pool_map, _read_job, jobs, par)
+    with _warm_pool(par) as pool:
+        rec.run("pybigwig_read_parallel", lambda: list(pool.map(_read_job, jobs)))
     header = rec.run("ingest_spark", ingest.ingest, sc, tr, genome, cfg,
                      os.path.join(sp, "tensor"))
     root = os.path.join(sp, "tensor")

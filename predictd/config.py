@@ -86,6 +86,9 @@ class Config:
                                   lo=0.0, hi=1.0)
     partitions: int = _opt(0, "Spark partitions of the training bins (0 = 2 x default "
                            "parallelism)", lo=0, hi=100_000)
+    driver_fit_max_mb: int = _opt(256, "fit in the Spark driver when the training subset is at "
+                                  "most this many MB: each iteration is then a function call, "
+                                  "not a Spark job (0 = always fit on the executors)", lo=0)
     learning_rate: float = _opt(0.005, "SGD (Adam) learning rate", lo=0.0, lo_open=True, hi=10.0)
     beta1: float = _opt(0.9, "Adam beta1", lo=0.0, hi=1.0)
     beta2: float = _opt(0.999, "Adam beta2", lo=0.0, hi=1.0)

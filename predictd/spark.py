@@ -139,10 +139,14 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) ->
     if sc is None:
         return [fn(it, payload) for it in items]
     bc = sc.broadcast(payload)
-    n = n_slices or len(items)
+    n = min(n_slices or len(items), len(items))
     indexed = list(enumerate(items))
+    if n < len(items):
+        # parallelize cuts the list into contiguous slices: deal the items round-robin so
+        # every slice gets a share of the (often size-sorted) items
+        indexed = [indexed[i] for s in range(n) for i in range(s, len(indexed), n)]
     try:
-        out = (sc.parallelize(indexed, min(n, len(items)))
+        out = (sc.parallelize(indexed, n)
                .map(lambda it: (it[0], _guarded(fn, it[1], bc.value)))
                .collect())
     finally:

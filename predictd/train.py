@@ -216,7 +216,13 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
     idx = {e: i for i, e in enumerate(header.experiments)}
     exp_cell = header.exp_cell[[idx[e] for e in experiments]]
     exp_assay = header.exp_assay[[idx[e] for e in experiments]]
-    if sc is None:
+    subset_mb = sum(n for _, n in pieces) * len(exps) * 4 / 2**20
+    if sc is None or subset_mb <= cfg.driver_fit_max_mb:
+        # small subsets train in the driver: on Spark every iteration is a job whose latency
+        # (~0.1-0.3 s) would exceed the work; the shards and the sums are the same
+        if sc is not None:
+            log.info("training subset %.0f MB <= driver_fit_max_mb: fitting in the driver",
+                     subset_mb)
         backend = LocalBackend([load_shard(p, exps) for p in plan])
     else:
         backend = SparkBackend(sc, load_shard, [(p, exps) for p in plan])

@@ -33,8 +33,10 @@ from tests.test_resume import ARGS, write_inputs
 pytestmark = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
                                 reason="no Java runtime for a Spark cluster")
 
-# partitions and write_parallelism are pinned so every mode makes the same plan
-FIXED = [*ARGS, "--set", "max_iterations=6", "--set", "write_parallelism=2"]
+# partitions and write_parallelism are pinned so every mode makes the same plan; training
+# stays on the executors (these small subsets would otherwise be fitted in the driver)
+FIXED = [*ARGS, "--set", "max_iterations=6", "--set", "write_parallelism=2",
+         "--set", "driver_fit_max_mb=0"]
 
 
 def env(extra_conf: dict | None = None) -> dict:

@@ -40,13 +40,18 @@ def test_training_through_spark_equals_in_process(roadmap, spark, tmp_path, solv
     small = {k: v[:40_000] for k, v in roadmap.items()}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     cfg = Config(solver=solver, training_fraction=0.25, block_bins=8192, max_iterations=4,
-                 latent_factors=4, sgd_steps=20, batch_size=512, partitions=3)
+                 latent_factors=4, sgd_steps=20, batch_size=512, partitions=3,
+                 driver_fit_max_mb=0)
     factors = {}
-    for name, sc in (("spark", spark), ("local", None)):
-        run = pipeline.open_run(manifest, sizes, str(tmp_path / name), cfg, sc=sc,
+    # executors; in process; and on Spark with the small subset fitted in the driver
+    runs = (("spark", spark, cfg), ("local", None, cfg),
+            ("driver", spark, cfg.replace(driver_fit_max_mb=256)))
+    for name, sc, c in runs:
+        run = pipeline.open_run(manifest, sizes, str(tmp_path / name), c, sc=sc,
                                 progress=False)
         pipeline.run_all(run, stages=("ingest", "train"))
         m = run.load_model()
         factors[name] = (m.C, m.A, m.bC, m.bA, m.mu)
-    for a, b in zip(factors["spark"], factors["local"]):
-        np.testing.assert_array_equal(a, b)
+    for other in ("local", "driver"):
+        for a, b in zip(factors["spark"], factors[other]):
+            np.testing.assert_array_equal(a, b)

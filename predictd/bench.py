@@ -326,6 +326,14 @@ def _noop(x):
     return x
 
 
+def _warm_worker(x):
+    import predictd.impute  # noqa: F401  (pulls in numpy, pyarrow, pyBigWig)
+    import predictd.ingest  # noqa: F401
+    import predictd.train  # noqa: F401
+    time.sleep(0.05)  # hold the slot so every concurrent worker gets a task
+    return x
+
+
 def _pool_map(fn, jobs, processes: int):
     if processes <= 1:
         return [fn(j) for j in jobs]
@@ -460,7 +468,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     chrom, length = genome.chroms[0]
     bin_size = cfg.bin_size
 
-    for sub in ("local", "spark", "limits"):
+    for sub in ("local", "local_factor", "spark", "limits"):
         shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
     local = os.path.join(workdir, "local")
 
@@ -496,6 +504,12 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     arrays = [(p, c, L, np.load(f)) for p, c, L, f in wjobs]
     rec.run("pybigwig_write", lambda: [_plain_write(*a) for a in arrays])
     del arrays
+    # the same write with the factor model alone (stack = false): what the stacked transfer
+    # regression adds on top of writing is the difference
+    import dataclasses
+    plain = dataclasses.replace(model_l, stack=None, stack_windows=())
+    rec.run("write_factor_model_inprocess", impute.write_tracks, None, header,
+            os.path.join(workdir, "local_factor"), gf_l, plain, cfg)
 
     # ---- the math against bare GEMMs
     _, X = tensor.read_block(root, *header.blocks()[0][:2], header.experiments)
@@ -508,6 +522,9 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     res.update({
         "ingest_inprocess_vs_pybigwig": round(rec.seconds("ingest_inprocess") / t_read, 3),
         "write_vs_pybigwig": round(t_imp_l / t_write_lim, 3),
+        "write_vs_pybigwig_factor_model": round(
+            (rec.seconds("solve_inprocess") + rec.seconds("write_factor_model_inprocess")) /
+            t_write_lim, 3),
         "impute_gemm_fraction": gf["fraction"],
         "gemm": gf,
         "throughput": {
@@ -553,8 +570,10 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     sp = os.path.join(workdir, "spark")
     sc = rec.run("spark_startup", get_context, master or "local[*]")
     par = default_parallelism(sc)
-    # warm the Python workers: their start-up is part of Spark start-up, not of ingest
-    rec.run("spark_warmup", lambda: sc.parallelize(range(par), par).map(lambda x: x).collect())
+    # warm the Python workers — fork them and import the library (numpy, pyarrow, pyBigWig),
+    # as any first job on a fresh cluster does: Spark start-up, not ingest
+    rec.run("spark_warmup", lambda: sc.parallelize(range(4 * par), 4 * par)
+            .map(_warm_worker).collect())
     with _warm_pool(par) as pool:
         rec.run("pybigwig_read_parallel", lambda: list(pool.map(_read_job, jobs)))
     header = rec.run("ingest_spark", ingest.ingest, sc, tr, genome, cfg,

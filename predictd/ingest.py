@@ -138,16 +138,16 @@ def _assemble_task(item, payload) -> int:
 
 
 # --------------------------------------------------------------------------- the stage
-def _slices(sc) -> int | None:
+def _slices(sc, per_core: int = 2) -> int | None:
     """Tasks per ingest job: a few per core. A task per file and chromosome made Spark's
     per-task latency (tens of ms) rival the ~0.1 s of reading a track; the work items keep
     their own resume markers, so coarser tasks lose nothing on a retry."""
-    return None if sc is None else 4 * default_parallelism(sc)
+    return None if sc is None else per_core * default_parallelism(sc)
 
 
 def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
     """Validate every track (job 1). Returns per-track info; raises on the first problem."""
-    infos = map_tasks(sc, _check_task, tracks, n_slices=_slices(sc))
+    infos = map_tasks(sc, _check_task, tracks, n_slices=_slices(sc, 1))
     gsizes = genome.sizes
     for t, info in zip(tracks, infos):
         chroms = info["chroms"]

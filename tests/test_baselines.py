@@ -66,6 +66,54 @@ def test_moving_mean_matches_a_direct_window_mean_with_nans():
     assert np.isnan(got[15, 1]) and np.isfinite(got[12, 0])
 
 
+def _direct_features(X, cell, assay, n_assay, c, windows):
+    """cell_vectors by definition, one bin at a time over windows: own values, averages over
+    the other cell types, and per window the own mean and Σ others / count others."""
+    n = X.shape[0]
+    own = {int(a): X[:, j] for j, a in enumerate(assay) if cell[j] == c}
+    others = {k: X[:, (cell != c) & (assay == k)] for k in range(n_assay)}
+    D = stacking.n_features(n_assay, windows)
+    V = np.zeros((n, D))
+    V[:, 0] = 1.0
+    for s, w in enumerate((1, *windows)):
+        h = w // 2
+        lo = 1 + 2 * n_assay * s
+        for i in range(n):
+            sl = slice(max(0, i - h), i + h + 1)
+            for k in range(n_assay):
+                if k in own:
+                    x = own[k][sl]
+                    V[i, lo + k] = np.nanmean(x) if np.isfinite(x).any() else np.nan
+                o = others[k][sl]
+                if o.shape[1]:
+                    cnt = np.isfinite(o).sum()
+                    V[i, lo + n_assay + k] = np.nansum(o) / cnt if cnt else np.nan
+    return V
+
+
+def test_cell_vectors_match_their_definition_and_rows_select_bins():
+    rng = np.random.default_rng(4)
+    cell = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3])
+    assay = np.array([0, 1, 2, 0, 2, 0, 1, 2, 1])
+    X = rng.random((120, 9)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[30:60, 3] = np.nan                     # a stretch where cell 1 lacks assay 0
+    X[70:75, [0, 3, 5]] = np.nan             # ... and where nobody has it
+    windows = (3, 11)
+    rows = np.sort(rng.choice(120, 25, replace=False))
+    for c in range(4):
+        want = _direct_features(X.astype(np.float64), cell, assay, 3, c, windows)
+        got = stacking.cell_vectors(X, cell, assay, 3, c, windows)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+        sub = stacking.cell_vectors(X, cell, assay, 3, c, windows, rows=rows)
+        np.testing.assert_array_equal(sub, got[rows])
+    # shared block context: the same features for every cell type
+    ctx = stacking.BlockContext(X, assay, 3, windows, dtype=np.float64)
+    np.testing.assert_array_equal(
+        stacking.cell_vectors(X, cell, assay, 3, 2, windows, context=ctx),
+        stacking.cell_vectors(X, cell, assay, 3, 2, windows))
+
+
 def relation_tensor(seed=0, n=4000, n_cell=4):
     """Assay 0 = 2·assay 1 − assay 2 + 0.5 in every cell type (plus noise): a relation the
     stack can learn from some cell types and transfer to another."""
@@ -125,3 +173,20 @@ def test_target_design_drops_feature_assays_no_training_cell_shares():
                     [1, 1, 0, 0]], bool)
     train, feats = stacking.target_design(obs, 0, 0)
     assert train == [1] and set(feats) == {0, 1 + 1, 1 + 3, 1 + 4 + 0}
+
+
+def test_a_tracks_stacked_values_do_not_depend_on_the_tracks_beside_it():
+    # write tasks group tracks differently on different clusters; a track's bytes must not
+    X, cell, assay = relation_tensor(n=3000)
+    X = X.astype(np.float32)
+    X[100:110, 4] = np.nan
+    obs = np.ones((4, 3), bool)
+    windows = (3, 11)
+    W = stacking.fit_stack(stacking.stack_stats(X, cell, assay, 4, 3, windows), obs,
+                           windows=windows)
+    fb = np.zeros((3000, 4), np.float32)
+    everything = stacking.predict_pairs(X, cell, assay, W, [(0, 0), (1, 2), (1, 0), (3, 1)],
+                                        fb, windows)
+    alone = stacking.predict_pairs(X, cell, assay, W, [(1, 0)], fb[:, :1], windows)
+    np.testing.assert_array_equal(everything[:, 2], alone[:, 0])
+    assert np.isfinite(everything).all()

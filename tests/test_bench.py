@@ -216,3 +216,20 @@ def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):
     assert run2["equal_to_local"], run2
     assert run2["solve_bins_per_s"] > 0 and run2["write_tracks_per_s"] > 0
     assert res["runs"]["local"]["master"] == "local[*]"
+
+
+def test_write_tracks_only_writes_the_tracks_asked_for(tmp_path):
+    # the roadmap-scale benchmark writes a subset of the 3,048 tracks through the real path
+    from predictd.config import Config
+    m = _model()
+    root = str(tmp_path / "tensor")
+    header = synthetic.write_tensor(root, 5000, m.cell_types, m.assays, m.observed,
+                                    block_bins=2048)
+    cfg = Config(block_bins=2048, transform="none")
+    gf = str(tmp_path / "gf")
+    impute.solve_genome(None, header, root, gf, m, cfg)
+    names = m.track_names()
+    done = impute.write_tracks(None, header, str(tmp_path / "out"), gf, m, cfg, only=[1, 7])
+    assert sorted(done) == sorted([names[1], names[7]])
+    assert sorted(p.name for p in (tmp_path / "out" / "tracks").iterdir()) == sorted(
+        f"{names[i]}.imputed.bw" for i in (1, 7))

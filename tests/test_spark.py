@@ -21,6 +21,9 @@ def _square(x, payload):
 def test_map_tasks_keeps_order_and_reraises_input_errors(spark):
     assert map_tasks(spark, _square, list(range(7)), 1) == [x * x + 1 for x in range(7)]
     assert map_tasks(None, _square, [3], 0) == [9]
+    # fewer tasks than items (items dealt round-robin): still in item order
+    assert map_tasks(spark, _square, list(range(11)), 2, n_slices=3) == [x * x + 2
+                                                                         for x in range(11)]
     with pytest.raises(PredictdError, match="negative item -2"):
         map_tasks(spark, _square, [1, -2, 3], 0)
 

@@ -337,16 +337,18 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         Wt = np.ascontiguousarray(weights[j, fitted], dtype=np.float32)  # targets × D
         Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
                           context=ctx).T
-        missing = np.isnan(Vt)
-        holes = np.flatnonzero(missing.any(axis=0))
-        np.copyto(Vt, 0.0, where=missing)
         pred = Wt @ Vt  # targets × bins
         ts = [t for t, _ in want]
         fs = [f for _, f in want]
+        # a missing feature makes its bin's column of the product NaN (even under a zero
+        # weight), so the bins to look at closely are found from the small result
+        holes = np.flatnonzero(np.isnan(pred).any(axis=0))
         if holes.size:
+            Vh = Vt[:, holes]
+            missing = np.isnan(Vh)
+            np.copyto(Vh, 0.0, where=missing)
             # a bin missing one of a target's (non-zero-weight) features keeps the fallback
-            bad = (Wt[fs] != 0).astype(np.float32) @ missing[:, holes].astype(np.float32) > 0
-            sub = pred[np.ix_(fs, holes)]
-            pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], sub)
+            bad = (Wt[fs] != 0).astype(np.float32) @ missing.astype(np.float32) > 0
+            pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], (Wt @ Vh)[fs])
         outT[ts] = pred[fs]
     return outT.T

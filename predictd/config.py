@@ -74,6 +74,9 @@ class Config:
                                   lo=0, hi=100_000)
     stack_sample: float = _opt(0.02, "stacking: fraction of each block's bins summed into the "
                                "regression's statistics", lo=0.0, hi=1.0, lo_open=True)
+    stack_blend: bool = _opt(True, "stacking: shrink each target's regression towards the "
+                             "average baseline by how well regressions learned on other cell "
+                             "types predict that cell type's own observed assays")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
                               "number of training rows", lo=0.0)
     # optimisation

@@ -201,8 +201,14 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
     observed = np.zeros((n_cell, n_assay), dtype=bool)
     observed[ec, ea] = True
-    return stacking.fit_stack(stacking.sum_stack_stats(parts), observed, cfg.stack_ridge,
-                              windows)
+    stats = stacking.sum_stack_stats(parts)
+    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows)
+    if cfg.stack_blend:
+        W, alpha = stacking.blend_with_average(stats, observed, W)
+        log.info("stacking: blend with the average, alpha per cell type %s",
+                 np.round(np.nanmean(np.where(np.isnan(alpha), np.nan, alpha), axis=1), 2)
+                 if np.isfinite(alpha).any() else "n/a")
+    return W
 
 
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],

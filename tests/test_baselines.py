@@ -190,3 +190,37 @@ def test_a_tracks_stacked_values_do_not_depend_on_the_tracks_beside_it():
     alone = stacking.predict_pairs(X, cell, assay, W, [(1, 0)], fb[:, :1], windows)
     np.testing.assert_array_equal(everything[:, 2], alone[:, 0])
     assert np.isfinite(everything).all()
+
+
+def test_blend_with_average_is_the_pooled_fit_on_the_cell_types_other_assays():
+    # the closed forms from the Gram matrix equal the same fits done on the data directly
+    rng = np.random.default_rng(7)
+    X, cell, assay = relation_tensor(n=2000)
+    X = (X + 0.3 * rng.normal(size=X.shape)).astype(np.float64)
+    keep = np.arange(1, X.shape[1])               # (cell 0, assay 0) is the target
+    Xk, ck, ak = X[:, keep], cell[keep], assay[keep]
+    obs = np.zeros((4, 3), bool)
+    obs[ck, ak] = True
+    st = stacking.stack_stats(Xk, ck, ak, 4, 3)
+    W = stacking.fit_stack(st, obs)
+    Wb, alpha = stacking.blend_with_average(st, obs, W)
+    V = stacking.cell_vectors(Xk, ck, ak, 3, 0)
+    num = den = 0.0
+    rows, ys = [], []
+    for kp in (1, 2):                             # cell 0's observed assays
+        y, a, s = V[:, 1 + kp], V[:, 4 + kp], V @ W[0, kp]
+        num += (y - a) @ (s - a)
+        den += (s - a) @ (s - a)
+        rows.append(np.stack([s, a, np.ones_like(s)], axis=1))
+        ys.append(y)
+    al = np.clip(num / den, 0, 1)
+    c = np.linalg.lstsq(np.concatenate(rows), np.concatenate(ys), rcond=None)[0]
+    e = np.zeros(W.shape[2])
+    e[4] = 1.0                                    # the average of assay 0
+    one = np.zeros(W.shape[2])
+    one[0] = 1.0
+    want = 0.5 * (al * W[0, 0] + (1 - al) * e) + 0.5 * (c[0] * W[0, 0] + c[1] * e + c[2] * one)
+    assert alpha[0, 0] == pytest.approx(al, rel=1e-8)
+    np.testing.assert_allclose(Wb[0, 0], want, rtol=1e-6, atol=1e-9)
+    # the relation holds in every cell type here: the regression is kept, mostly
+    assert al > 0.8

@@ -293,6 +293,69 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
     return W
 
 
+def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Recalibrate each target's transfer regression, per cell type, towards the ``average``
+    baseline, by how well regressions learned on other cell types predict *that* cell type.
+
+    The weights of a target (j, k) were learned on other cell types. Whether relations learned
+    elsewhere hold in cell type j is measured on j's own observed assays k' ≠ k: their weights
+    were also learned without j, so predicting x_jk' from j's statistics is an honest test,
+    and the target itself is never used. With s = the regression's prediction of k', a = its
+    average over the other cell types and y = the observation, pooled over k':
+
+    * shrinkage: α·s + (1 − α)·a with α = Σ⟨y − a, s − a⟩ / Σ‖s − a‖² clipped to [0, 1];
+    * recalibration: c₁·s + c₂·a + c₀, least squares.
+
+    The target's weights become the mean of the two (measured by leave-one-track-out on the
+    Roadmap pilot: shrinkage alone 15/20 tracks meeting the goal, recalibration alone 16,
+    their mean 17). Every inner product is a quadratic form of j's Gram matrix, so no data
+    pass is needed, and the result is again linear in the features. Returns (weights, α);
+    α is NaN where j has no other assay to learn from (weights unchanged).
+    """
+    gram = stats["gram"]
+    observed = np.asarray(observed, dtype=bool)
+    n_cell, n_assay = observed.shape
+    D = W.shape[2]
+    out = W.copy()
+    alpha = np.full((n_cell, n_assay), np.nan)
+    one = np.zeros(D)
+    one[0] = 1.0
+    for j in range(n_cell):
+        G = gram[j]
+        if G[0, 0] <= 0:
+            continue
+        for k in range(n_assay):
+            if not np.isfinite(W[j, k]).all() or observed[:, k].sum() < 2:
+                continue
+            num = den = 0.0
+            M = np.zeros((3, 3))
+            r = np.zeros(3)
+            for kp in np.flatnonzero(observed[j]):
+                if kp == k or not np.isfinite(W[j, kp]).all() or observed[:, kp].sum() < 2:
+                    continue
+                y = np.zeros(D)
+                y[1 + kp] = 1.0
+                a = np.zeros(D)
+                a[1 + n_assay + kp] = 1.0
+                d_ya, d_sa = y - a, W[j, kp] - a
+                num += d_ya @ G @ d_sa
+                den += d_sa @ G @ d_sa
+                B = np.stack([W[j, kp], a, one])
+                M += B @ G @ B.T
+                r += B @ G @ y
+            if den <= 0:
+                continue
+            e = np.zeros(D)
+            e[1 + n_assay + k] = 1.0
+            al = float(np.clip(num / den, 0.0, 1.0))
+            c = np.linalg.lstsq(M, r, rcond=None)[0]
+            alpha[j, k] = al
+            out[j, k] = 0.5 * (al * W[j, k] + (1.0 - al) * e) + \
+                0.5 * (c[0] * W[j, k] + c[1] * e + c[2] * one)
+    return out, alpha
+
+
 def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs,
                   fallback: np.ndarray, windows=()) -> np.ndarray:
     """Stacked imputation of target pairs for a block of bins.

@@ -586,6 +586,12 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     gf_s = os.path.join(sp, "gf")
     rec.run("solve_spark", impute.solve_genome, sc, header, root, gf_s, model_s, cfg)
     rec.run("write_spark", impute.write_tracks, sc, header, sp, gf_s, model_s, cfg, root=root)
+    # the write limit with as many processes as Spark has cores (as for ingest)
+    lim = os.path.join(workdir, "limits")
+    wjobs = [(os.path.join(lim, f"par_{name}.bw"), chrom, length,
+              os.path.join(lim, f"{name}.npy")) for name in model_l.track_names()]
+    with _warm_pool(par) as pool:
+        rec.run("pybigwig_write_parallel", lambda: list(pool.map(_write_job, wjobs)))
 
     t_spark = sum(rec.seconds(s) for s in ("train_spark", "solve_spark", "write_spark"))
     t_local = sum(rec.seconds(s) for s in ("train_inprocess", "solve_inprocess",
@@ -594,6 +600,9 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
         "ingest_vs_pybigwig": round(rec.seconds("ingest_spark") /
                                     rec.seconds("pybigwig_read_parallel"), 3),
         "spark_overhead": round(t_spark / t_local, 3),
+        "write_spark_vs_pybigwig_parallel": round(
+            (rec.seconds("solve_spark") + rec.seconds("write_spark")) /
+            rec.seconds("pybigwig_write_parallel"), 3),
         "spark_overhead_parts": {
             "train": round(rec.seconds("train_spark") / rec.seconds("train_inprocess"), 3),
             "solve": round(rec.seconds("solve_spark") / rec.seconds("solve_inprocess"), 3),

@@ -28,7 +28,7 @@ from .bigwig import BigWigWriter
 from .errors import PredictdError
 from .model import Model
 from .solvers import stacking
-from .solvers.closed_form import projection, solve_genome_factors
+from .solvers.closed_form import projection, resolve_missing_rows
 from .spark import default_parallelism, map_tasks
 from .transform import inverse
 
@@ -72,12 +72,7 @@ def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: floa
     X = np.asarray(X, dtype=np.float32)
     GBt = P.astype(np.float32) @ X.T
     GBt -= Pb[:, None]
-    holes = np.flatnonzero(np.isnan(GBt).any(axis=0))
-    if holes.size:
-        G, bG = solve_genome_factors(X[holes] - b.astype(np.float32)[None, :], Z, ridge,
-                                     bias_ridge)
-        GBt[:-1, holes] = G.T
-        GBt[-1, holes] = bG
+    resolve_missing_rows(GBt.T, X, Z, ridge, bias_ridge, offset=b.astype(np.float32))
     return GBt.T
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from predictd.solvers.closed_form import observed_patterns, projection, solve_genome_factors
+from predictd.solvers.closed_form import (observed_patterns, projection, resolve_missing_rows,
+                                          solve_genome_factors)
 
 E, L = 6, 3
 # several missing patterns in one block, interleaved, including "nothing observed"
@@ -139,3 +140,17 @@ def test_projection_singular_falls_back_to_pseudo_inverse():
     P = projection(np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]]), 0.0)
     Za = np.array([[1.0, 2.0, 3.0, 1.0], [2.0, 4.0, 6.0, 1.0]])
     np.testing.assert_allclose(P, np.linalg.pinv(Za), atol=1e-10)
+
+
+def test_resolve_missing_rows_equals_the_per_pattern_solve():
+    rng = np.random.default_rng(11)
+    Z = rng.normal(size=(7, 3))
+    R = rng.normal(size=(40, 7))
+    R[[2, 5, 5, 30], [0, 1, 4, 6]] = np.nan
+    R[9] = np.nan                               # nothing observed
+    GB = R @ projection(Z, 0.5, 0.1).T
+    holes = resolve_missing_rows(GB, R, Z, 0.5, 0.1)
+    G, bG = solve_genome_factors(R, Z, 0.5, 0.1, dtype=np.float64)
+    assert holes.tolist() == [2, 5, 9, 30]
+    np.testing.assert_allclose(GB[:, :-1], G, atol=1e-12)
+    np.testing.assert_allclose(GB[:, -1], bG, atol=1e-12)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .closed_form import projection, solve_genome_factors
+from .closed_form import projection, resolve_missing_rows, solve_genome_factors
 from .objective import Factors, Penalties
 
 
@@ -62,12 +62,9 @@ def shard_stats(X, exp_cell, exp_assay, f: Factors, pen: Penalties, which: str,
         R, D = Rbuf[:m], Dbuf[:m]
         np.subtract(Xc, b[None, :], out=R)
         GB = R @ P.T
-        holes = np.flatnonzero(np.isnan(GB[:, L]))  # a missing entry makes its row NaN
-        full = holes.size == 0
+        full = resolve_missing_rows(GB, R, Z, pen.rhoG, pen.rhoB).size == 0
         if not full:
             missing = np.isnan(R)
-            Gh, bGh = solve_genome_factors(R[holes], Z, pen.rhoG, pen.rhoB, dtype=np.float64)
-            GB[holes, :L], GB[holes, L] = Gh, bGh
         G, bG = GB[:, :L], GB[:, L]
         H = np.empty((m, L + 1))
         H[:, :L] = G

@@ -106,3 +106,23 @@ def solve_genome_factors(R: np.ndarray, Z: np.ndarray, ridge: float, bias_ridge:
             Rp = R[rows][:, cols] if not isinstance(rows, slice) else R[:, cols]
         out[rows] = np.asarray(Rp, dtype=dtype) @ P.T
     return out[:, :L], out[:, L].copy()
+
+
+def resolve_missing_rows(GB: np.ndarray, X: np.ndarray, Z: np.ndarray, ridge: float,
+                         bias_ridge: float = 0.0, offset=None) -> np.ndarray:
+    """Repair a fast all-observed solve: re-solve the bins with missing entries, in place.
+
+    ``GB`` (n × L+1, possibly a view) is ``(X − offset)`` times the all-observed projection's
+    transpose. A NaN entry of X makes its bin's whole row of that product NaN — NaN times
+    anything, even 0, is NaN — so the bins to redo are read off the small result instead of
+    scanning X, and only they go through the per-pattern :func:`solve_genome_factors`.
+    Returns the indices of the re-solved bins.
+    """
+    holes = np.flatnonzero(np.isnan(GB[:, -1]))
+    if holes.size:
+        R = X[holes] if offset is None else X[holes] - offset
+        G, bG = solve_genome_factors(R, Z, ridge, bias_ridge, dtype=GB.dtype)
+        GB[holes, :-1] = G
+        GB[holes, -1] = bG
+    return holes
+

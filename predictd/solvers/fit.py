@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import als, sgd
-from .closed_form import projection, solve_genome_factors
+from .closed_form import projection, resolve_missing_rows
 from .objective import Factors, Penalties, penalties
 
 
@@ -81,11 +81,7 @@ def validation_sse(shard: Shard, exp_cell, exp_assay, exp_group, f: Factors, pen
             R = V[rows[s:s + chunk]] - b[None, :]
             Rin, target = R[:, keep], R[:, hide]
             GB = Rin @ Pk.T
-            holes = np.flatnonzero(np.isnan(GB[:, L]))  # a missing input makes its row NaN
-            if holes.size:
-                Gh, bGh = solve_genome_factors(Rin[holes], Zk, pen.rhoG, pen.rhoB,
-                                               dtype=np.float64)
-                GB[holes, :L], GB[holes, L] = Gh, bGh
+            resolve_missing_rows(GB, Rin, Zk, pen.rhoG, pen.rhoB)
             G, bG = GB[:, :L], GB[:, L]
             pred = G @ Zh.T + bG[:, None]
             ok = ~np.isnan(target)

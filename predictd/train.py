@@ -205,9 +205,10 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows)
     if cfg.stack_blend:
         W, alpha = stacking.blend_with_average(stats, observed, W)
-        log.info("stacking: blend with the average, alpha per cell type %s",
-                 np.round(np.nanmean(np.where(np.isnan(alpha), np.nan, alpha), axis=1), 2)
-                 if np.isfinite(alpha).any() else "n/a")
+        ok = np.isfinite(alpha)
+        per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
+        log.info("stacking: blend with the average, mean alpha per cell type %s",
+                 np.round(per_cell, 2))
     return W
 
 

@@ -321,30 +321,28 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
     alpha = np.full((n_cell, n_assay), np.nan)
     one = np.zeros(D)
     one[0] = 1.0
+    usable = np.isfinite(W).all(axis=2) & (observed.sum(axis=0) >= 2)[None, :]
     for j in range(n_cell):
         G = gram[j]
         if G[0, 0] <= 0:
             continue
-        for k in range(n_assay):
-            if not np.isfinite(W[j, k]).all() or observed[:, k].sum() < 2:
-                continue
-            num = den = 0.0
-            M = np.zeros((3, 3))
-            r = np.zeros(3)
-            for kp in np.flatnonzero(observed[j]):
-                if kp == k or not np.isfinite(W[j, kp]).all() or observed[:, kp].sum() < 2:
-                    continue
-                y = np.zeros(D)
-                y[1 + kp] = 1.0
-                a = np.zeros(D)
-                a[1 + n_assay + kp] = 1.0
-                d_ya, d_sa = y - a, W[j, kp] - a
-                num += d_ya @ G @ d_sa
-                den += d_sa @ G @ d_sa
-                B = np.stack([W[j, kp], a, one])
-                M += B @ G @ B.T
-                r += B @ G @ y
-            if den <= 0:
+        # each of j's own assays' contribution once; a target sums all but its own
+        parts = {}
+        for kp in np.flatnonzero(observed[j] & usable[j]):
+            y = np.zeros(D)
+            y[1 + kp] = 1.0
+            a = np.zeros(D)
+            a[1 + n_assay + kp] = 1.0
+            d_ya, d_sa = y - a, W[j, kp] - a
+            B = np.stack([W[j, kp], a, one])
+            parts[kp] = (d_ya @ G @ d_sa, d_sa @ G @ d_sa, B @ G @ B.T, B @ G @ y)
+        if not parts:
+            continue
+        total = [sum(p[i] for p in parts.values()) for i in range(4)]
+        for k in np.flatnonzero(usable[j]):
+            num, den, M, r = (t - parts[k][i] if k in parts else t
+                              for i, t in enumerate(total))
+            if len(parts) - (k in parts) == 0 or den <= 0:
                 continue
             e = np.zeros(D)
             e[1 + n_assay + k] = 1.0

@@ -334,13 +334,6 @@ def _warm_worker(x):
     return x
 
 
-def _pool_map(fn, jobs, processes: int):
-    if processes <= 1:
-        return [fn(j) for j in jobs]
-    with _warm_pool(processes) as ex:
-        return list(ex.map(fn, jobs))
-
-
 def _warm_pool(processes: int) -> ProcessPoolExecutor:
     """A process pool whose workers are already running (their start-up, like Spark's, is not
     part of the measurement). Forkserver, not fork: the benchmark process may hold a live Spark
@@ -474,7 +467,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
 
     # ---- ingest: the limit, then predictd in this process
     jobs = [(p, chrom, length, bin_size) for p in paths]
-    rec.run("pybigwig_read", _pool_map, _read_job, jobs, 1)
+    rec.run("pybigwig_read", lambda: [_read_job(j) for j in jobs])
     header = rec.run("ingest_inprocess", ingest.ingest, None, tr, genome, cfg,
                      os.path.join(local, "tensor"))
     root = os.path.join(local, "tensor")

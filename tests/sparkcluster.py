@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from predictd import localcluster
+from predictd.localcluster import free_port
 
 __all__ = ["Cluster", "ClusterError", "spark_home", "free_port", "start_standalone_cluster"]
 
@@ -46,29 +48,8 @@ class ClusterError(RuntimeError):
 
 
 def spark_home() -> Path:
-    """Directory of the installed pyspark, which doubles as SPARK_HOME (it ships bin/ and jars/).
-
-    Returns
-    -------
-    pathlib.Path
-        The pyspark package directory.
-    """
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago.
-
-    Returns
-    -------
-    int
-        Port number chosen by the kernel.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Directory of the installed pyspark, which doubles as SPARK_HOME (it ships bin/ and jars/)."""
+    return Path(localcluster.spark_home())
 
 
 def _get_json(url: str, timeout: float = 2.0) -> dict | None:

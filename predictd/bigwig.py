@@ -355,8 +355,10 @@ def read_binned(
     chunk_bins: int = DEFAULT_CHUNK_BINS,
     *,
     source: str | None = None,
+    bins: tuple[int, int] | None = None,
 ) -> np.ndarray | None:
-    """Read one chromosome of a bigWig as per-bin means, a chunk at a time.
+    """Read one chromosome of a bigWig (or a range of its bins) as per-bin means, a chunk at a
+    time.
 
     Parameters
     ----------
@@ -373,6 +375,8 @@ def read_binned(
         Bins fetched per read; bounds memory to ``chunk_bins * bin_size`` float32 bases.
     source : str, optional
         Name used in error messages when a handle is passed (e.g. the track's URI).
+    bins : (int, int), optional
+        Only bins ``[first, stop)`` of the chromosome (one tensor block); default all of them.
 
     Returns
     -------
@@ -404,13 +408,14 @@ def read_binned(
         bw = path_or_bw
         name = source or "bigWig"
     try:
-        return _read_binned(bw, name, chrom, int(chrom_len), bin_size, chunk_bins)
+        return _read_binned(bw, name, chrom, int(chrom_len), bin_size, chunk_bins, bins)
     finally:
         if own_handle:
             bw.close()
 
 
-def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk_bins: int):
+def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk_bins: int,
+                 bins: tuple[int, int] | None = None):
     try:
         file_len = bw.chroms(chrom)
     except RuntimeError as exc:
@@ -422,17 +427,20 @@ def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk
             f"chromosome size mismatch: file {name} has {chrom} of {file_len} bp, "
             f"genome says {chrom_len} bp (wrong assembly?)"
         )
-    if file_len < chrom_len:
+    n_bins = -(-chrom_len // bin_size)
+    lo, hi = (0, n_bins) if bins is None else (int(bins[0]), int(bins[1]))
+    if not 0 <= lo <= hi <= n_bins:
+        raise ValueError(f"bins {lo}-{hi} outside {chrom}'s {n_bins} bins")
+    if file_len < chrom_len and lo == 0:
         logger.warning(
             "%s: %s is %d bp in the file but %d bp in the genome; bases past %d count as no data",
             name, chrom, file_len, chrom_len, file_len,
         )
-    n_bins = -(-chrom_len // bin_size)
-    out = np.zeros(n_bins, dtype=np.float32)
-    last_bin_with_data = -(-file_len // bin_size)
+    out = np.zeros(hi - lo, dtype=np.float32)
+    last_bin_with_data = min(hi, -(-file_len // bin_size))
     step = chunk_bins
-    for b0 in range(0, last_bin_with_data, step):
-        b1 = min(n_bins, b0 + step)
+    for b0 in range(lo, last_bin_with_data, step):
+        b1 = min(hi, b0 + step)
         start = b0 * bin_size
         end = min(chrom_len, b1 * bin_size)
         read_end = min(end, file_len)
@@ -462,7 +470,7 @@ def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk
                 f"bigWig file {name} has infinite values in {chrom} near "
                 f"{chrom}:{bad * bin_size}-{min(chrom_len, (bad + 1) * bin_size)}"
             )
-        out[b0:b1] = means
+        out[b0 - lo:b1 - lo] = means
     return out
 
 

@@ -1,22 +1,21 @@
 """Ingest: bigWig tracks of a manifest → the binned, transformed tensor (Parquet + header).
 
-Three Spark jobs, each idempotent and resumable:
+Two Spark jobs, each idempotent and resumable:
 
 1. *check* — one task per track: fetch (http/s3) or locate the file, verify its md5 when the
    manifest gives one, open it and list its chromosomes. Every problem is reported before any
    heavy work starts.
-2. *bin* — one task per (track, chromosome): read the chromosome in chunks, bin to ``bin_size``
-   (DESIGN §1: mean over the bin's bases, no data = 0), transform, and stage the values per
-   tensor block. A small JSON marker per task records completion and the track's statistics.
-3. *assemble* — one task per (chromosome, block): gather the staged pieces of every track into
-   one Parquet block (a genome chromosome missing from a track stays missing, not zero).
+2. *build* — one task per tensor block (chromosome, bin range): read that range of every track
+   in chunks, bin to ``bin_size`` (DESIGN §1: mean over the bin's bases, no data = 0),
+   transform, and write the Parquet block (a genome chromosome missing from a track stays
+   missing, not zero). A small JSON marker per block records completion and the per-track
+   statistics. Block-major, so nothing is staged: each value is read once and written once.
 
 The header is written last: its presence means the tensor is complete.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -88,53 +87,51 @@ def _check_task(track: Track, payload) -> dict:
     return {"chroms": chroms, "bytes": os.path.getsize(path)}
 
 
-def _staging(root: str, exp: str, chrom: str) -> str:
-    return storage.join(root, "_staging", exp, chrom)
+def _marker(root: str, chrom: str, block: int) -> str:
+    return storage.join(root, "_staging", f"chrom={chrom}", f"block={block:06d}.json")
 
 
-def _bin_task(item, payload) -> dict:
-    track, chrom, length = item
-    root, bin_size, block_bins, transform = payload
-    marker = _staging(root, track.name, chrom) + ".json"
+# Each worker process remembers the tracks it has located (and, for remote ones, fetched and
+# verified) so that a task of many blocks does not hash or HEAD every file once per block.
+_LOCATED: dict[str, str] = {}
+
+
+def _located(track: Track) -> str:
+    path = _LOCATED.get(track.uri)
+    if path is None or not os.path.exists(path):
+        path = _LOCATED[track.uri] = local_copy(track)
+    return path
+
+
+def _block_task(item, payload) -> list[dict]:
+    """Read, bin and transform one genome block of every track, and write it as one Parquet
+    block; then a small marker with the block's per-track statistics (its presence means the
+    block is done)."""
+    chrom, length, block, start, n = item
+    root, tracks, listed, bin_size, transform = payload
+    marker = _marker(root, chrom, block)
     if storage.exists(marker):
         return json.loads(storage.read_text(marker))
-    path = local_copy(track)
-    values = read_binned(path, chrom, length, bin_size, source=_shown(track))
-    if values is None:  # listed in the check, so the file changed under us
-        raise PredictdError(f"{_shown(track)}: chromosome {chrom} disappeared from the file")
-    y = forward(values, transform)
-    if not np.isfinite(y).all():
-        raise PredictdError(f"{_shown(track)}: {chrom} has values that are not finite after the "
-                            f"{transform} transform")
-    for b, start in enumerate(range(0, y.size, block_bins)):
-        buf = io.BytesIO()
-        np.save(buf, y[start:start + block_bins], allow_pickle=False)
-        storage.write_bytes_atomic(storage.join(_staging(root, track.name, chrom),
-                                                f"block={b:06d}.npy"), buf.getvalue())
-    stats = {"exp": track.name, "chrom": chrom, "bins": int(y.size),
-             "sum": float(y.sum(dtype=np.float64)), "max": float(y.max(initial=0.0)),
-             "nonzero": int(np.count_nonzero(y))}
+    X = np.full((n, len(tracks)), np.nan, dtype=np.float32)
+    stats = []
+    for j, track in enumerate(tracks):
+        if chrom not in listed[j]:
+            continue  # a genome chromosome the track lacks stays missing, not zero
+        values = read_binned(_located(track), chrom, length, bin_size, source=_shown(track),
+                             bins=(start, start + n))
+        if values is None:  # listed in the check, so the file changed under us
+            raise PredictdError(f"{_shown(track)}: chromosome {chrom} disappeared from the file")
+        y = forward(values, transform)
+        if not np.isfinite(y).all():
+            raise PredictdError(f"{_shown(track)}: {chrom} has values that are not finite after "
+                                f"the {transform} transform")
+        X[:, j] = y
+        stats.append({"exp": track.name, "chrom": chrom, "bins": int(n),
+                      "sum": float(y.sum(dtype=np.float64)), "max": float(y.max(initial=0.0)),
+                      "nonzero": int(np.count_nonzero(y))})
+    tensor.write_block(root, chrom, block, start, X, [t.name for t in tracks], bin_size)
     storage.write_text_atomic(marker, json.dumps(stats))
     return stats
-
-
-def _assemble_task(item, payload) -> int:
-    chrom, block, start, n = item
-    root, experiments, present, bin_size = payload
-    uri = tensor.block_uri(root, chrom, block)
-    if storage.exists(uri):
-        return 0
-    X = np.full((n, len(experiments)), np.nan, dtype=np.float32)
-    for j, exp in enumerate(experiments):
-        if (exp, chrom) not in present:
-            continue
-        piece = storage.join(_staging(root, exp, chrom), f"block={block:06d}.npy")
-        arr = np.load(io.BytesIO(storage.read_bytes(piece)), allow_pickle=False)
-        if arr.shape != (n,):
-            raise PredictdError(f"staged piece {piece} has {arr.shape[0]} bins, expected {n}")
-        X[:, j] = arr
-    tensor.write_block(root, chrom, block, start, X, experiments, bin_size)
-    return 1
 
 
 # --------------------------------------------------------------------------- the stage
@@ -178,26 +175,27 @@ def ingest(sc, tracks: list[Track], genome: Genome, cfg, root: str,
     experiments = [t.name for t in tracks]
     cell_types = sorted({t.cell_type for t in tracks})
     assays = sorted({t.assay for t in tracks})
-    items = [(t, c, n) for t, info in zip(tracks, infos) for c, n in genome.chroms
-             if c in info["chroms"]]
-    # big chromosomes first so the tail of the job is short
-    items.sort(key=lambda it: -it[2])
-    stats = map_tasks(sc, _bin_task, items, (root, cfg.bin_size, cfg.block_bins, cfg.transform),
-                      n_slices=_slices(sc))
-    present = {(s["exp"], s["chrom"]) for s in stats}
-    blocks = tensor.genome_blocks(genome, cfg.bin_size, cfg.block_bins)
-    map_tasks(sc, _assemble_task, blocks, (root, experiments, present, cfg.bin_size),
-              n_slices=_slices(sc))
+    listed = [frozenset(info["chroms"]) for info in infos]
+    sizes = genome.sizes
+    blocks = [(chrom, sizes[chrom], b, start, n)
+              for chrom, b, start, n in tensor.genome_blocks(genome, cfg.bin_size, cfg.block_bins)]
+    # big blocks first (a chromosome's last block is short) so the tail of the job is short
+    blocks.sort(key=lambda it: -it[4])
+    stats = [s for per_block in map_tasks(sc, _block_task, blocks,
+                                          (root, tracks, listed, cfg.bin_size, cfg.transform),
+                                          n_slices=_slices(sc))
+             for s in per_block]
     track_stats = {}
     for t in tracks:
         mine = [s for s in stats if s["exp"] == t.name]
         bins = sum(s["bins"] for s in mine)
+        chroms = sorted({s["chrom"] for s in mine})
         total = sum(s["sum"] for s in mine)
         nz = sum(s["nonzero"] for s in mine)
         track_stats[t.name] = {"bins": bins, "mean": total / max(bins, 1),
                                "max": max((s["max"] for s in mine), default=0.0),
                                "nonzero_fraction": nz / max(bins, 1),
-                               "chroms": sorted(s["chrom"] for s in mine)}
+                               "chroms": chroms}
         if nz == 0:
             log.warning("%s (%s) is all zeros over the genome: kept, but check the file",
                         t.name, _shown(t))

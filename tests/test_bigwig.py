@@ -134,6 +134,26 @@ def test_read_binned_chunking_does_not_change_result(tmp_path, chunk_bins):
                                    brute_bins(per_base(entries, "chrA", length), 10), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_bins", [2, 64])
+def test_read_binned_bin_range_equals_slice_of_whole(tmp_path, chunk_bins):
+    """A block's range reads the same values as the whole chromosome sliced (ingest reads one
+    tensor block of every track at a time), including ranges past a short file's end."""
+    rng = np.random.default_rng(11)
+    file_len, genome_len = 2_990, 3_333  # the file's chromosome is shorter than the genome's
+    cuts = np.unique(rng.integers(0, file_len, size=60))
+    entries = [("chrA", int(s), int(e), float(rng.normal(3, 2)))
+               for s, e in zip(cuts[:-1], cuts[1:]) if rng.random() < 0.7]
+    path = make_bw(tmp_path / "r.bw", [("chrA", file_len)], entries)
+    whole = read_binned(path, "chrA", genome_len, chunk_bins=chunk_bins)
+    n = whole.size
+    for lo, hi in [(0, n), (0, 7), (5, 6), (13, 100), (100, 120), (119, n), (n, n), (130, n)]:
+        part = read_binned(path, "chrA", genome_len, chunk_bins=chunk_bins, bins=(lo, hi))
+        np.testing.assert_array_equal(part, whole[lo:hi], err_msg=f"bins {lo}-{hi}")
+    assert whole[-14:].sum() == 0 and whole[:100].sum() != 0  # past the file's end: no data
+    with pytest.raises(ValueError):
+        read_binned(path, "chrA", genome_len, bins=(10, n + 1))
+
+
 def test_read_binned_shorter_file_pads_and_warns(tmp_path, caplog):
     path = make_bw(tmp_path / "short.bw", [("chrM", 40)], [("chrM", 0, 40, 5.0)])
     with caplog.at_level(logging.WARNING, logger="predictd.bigwig"):

@@ -3,14 +3,14 @@
 Two ways of killing the real CLI process:
 
 - *at a chosen write* (``--no-spark``): the CLI runs under a small launcher that wraps
-  ``os.replace`` — the last step of every atomic write in predictd (staged ingest pieces, tensor
+  ``os.replace`` — the last step of every atomic write in predictd (ingest block markers, tensor
   blocks, headers, training pieces, the model, genome factors, bigWigs, markers, run.json, the
   report). When the N-th rename whose destination matches a pattern is about to happen, the
   process SIGKILLs itself: the complete temporary file is left behind and the destination is not
   published (``before``), or the kill comes right after the rename (``after``). This reaches every
   stage boundary and the middle of every stage deterministically.
-- *from outside at a moment seen on disk* (Spark local): the test polls OUT for progress (staged
-  ingest pieces, training pieces, genome factors) and ``kill -9``s the driver.
+- *from outside at a moment seen on disk* (Spark local): the test polls OUT for progress (ingest
+  block markers, training pieces, genome factors) and ``kill -9``s the driver.
 
 After each kill the same command is run again; it must exit 0 and give tracks, model and report
 metrics byte-identical to an uninterrupted run, with no temporary files left in OUT.
@@ -66,7 +66,7 @@ main()
 
 # (name, destination pattern, N-th match, before/after the rename)
 KILL_POINTS = [
-    ("ingest: first staged piece, unpublished", r"/_staging/.*\.npy$", 1, "before"),
+    ("ingest: first block marker, unpublished", r"/_staging/.*\.json$", 1, "before"),
     ("ingest: second tensor block, unpublished", r"/tensor/chrom=.*\.parquet$", 2, "before"),
     ("ingest: done marker, unpublished", r"/_predictd/ingest\.done\.json$", 1, "before"),
     ("train: third training piece, unpublished", r"/work/training_subset/.*\.parquet$", 3,

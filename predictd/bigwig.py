@@ -1,6 +1,6 @@
 """Read bigWig tracks into 25 bp bins and write binned tracks back out.
 
-Everything here works on local files through pyBigWig; fetching remote tracks is
+Reading goes through pyBigWig, writing through :mod:`predictd.bbi`; fetching remote tracks is
 :mod:`predictd.storage`'s job. Bin values follow the binning contract (DESIGN §1): bin ``i`` of a
 chromosome covers ``[bin_size*i, bin_size*i + bin_size)`` and holds the mean signal over its bases,
 bases without data counting as 0; the last, partial bin is the mean over its own bases.
@@ -31,6 +31,7 @@ import numpy as np
 import pyBigWig
 
 from predictd.errors import PredictdError
+from predictd.bbi import BigWigFile
 
 __all__ = [
     "BigWigWriter",
@@ -538,24 +539,13 @@ class BigWigWriter:
         if not os.access(parent, os.W_OK):
             raise PredictdError(f"permission denied writing bigWig file: {self.path}")
         tmp = os.path.join(parent, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:12]}.tmp")
-        # Create the file first: pyBigWig crashes the process when it cannot create it itself.
         try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except OSError as exc:
-            raise PredictdError(f"cannot create bigWig file {self.path}: {exc.strerror or exc}") from exc
-        try:
-            bw = pyBigWig.open(tmp, "w")
-        except RuntimeError:
-            bw = None
-        if bw is None:
+            self._bw = BigWigFile(tmp, self.chroms, self.bin_size, self.max_zooms)
+        except (OSError, UnicodeEncodeError, struct.error) as exc:
             _remove_quietly(tmp)
-            raise PredictdError(f"cannot create bigWig file {self.path}")
-        self._bw, self._tmp = bw, tmp
-        try:
-            bw.addHeader(self.chroms, maxZooms=self.max_zooms)
-        except (RuntimeError, TypeError, OverflowError) as exc:
-            self.abort()
-            raise PredictdError(f"cannot write bigWig header for {self.path}: {exc}") from exc
+            raise PredictdError(f"cannot create bigWig file {self.path}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from exc
+        self._tmp = tmp
         return self
 
     def add_block(self, chrom: str, start_bin: int, values: np.ndarray) -> None:
@@ -594,25 +584,11 @@ class BigWigWriter:
             )
         if not np.isfinite(vals).all():
             raise ValueError(f"block {chrom}:bin {start_bin} for {self.path} has NaN/inf values")
-        # A fixed-step entry spans whole bins, so a partial last bin of the chromosome is
-        # written as its own interval ending exactly at the chromosome end.
-        n_fixed = vals.size
-        partial_last = start_bin + vals.size == n_bins and chrom_len % self.bin_size != 0
-        if partial_last:
-            n_fixed -= 1
         try:
-            if n_fixed:
-                self._bw.addEntries(
-                    chrom, start_bin * self.bin_size, values=vals[:n_fixed],
-                    span=self.bin_size, step=self.bin_size,
-                )
-            if partial_last:
-                self._bw.addEntries(
-                    [chrom], [(n_bins - 1) * self.bin_size], ends=[chrom_len],
-                    values=[float(vals[-1])],
-                )
-        except RuntimeError as exc:
-            raise PredictdError(f"cannot write {chrom}:bin {start_bin} to {self.path}: {exc}") from exc
+            self._bw.add(ci, start_bin, vals)
+        except OSError as exc:
+            raise PredictdError(f"cannot write {chrom}:bin {start_bin} to {self.path}: "
+                                f"{exc.strerror or exc}") from exc
         self._pos = (ci, start_bin + vals.size)
 
     def close(self) -> None:
@@ -622,12 +598,11 @@ class BigWigWriter:
         bw, tmp = self._bw, self._tmp
         self._bw = None
         try:
-            bw.close()
-            fd = os.open(tmp, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                bw.close()
+                os.fsync(bw.fileno())
             finally:
-                os.close(fd)
+                bw.discard()
             os.replace(tmp, self.path)
         except BaseException as exc:
             _remove_quietly(tmp)
@@ -642,10 +617,7 @@ class BigWigWriter:
         bw, tmp = self._bw, self._tmp
         self._bw = self._tmp = None
         if bw is not None:
-            try:
-                bw.close()
-            except RuntimeError:
-                pass
+            bw.discard()
         if tmp is not None:
             _remove_quietly(tmp)
 

@@ -23,7 +23,8 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "moto[server]>=5", "psutil>=5"],
+        "test": ["pytest>=7", "hypothesis>=6", "moto[server]>=5", "psutil>=5",
+                 "pybbi>=0.4"],  # UCSC kent library: reads the bigWigs predictd writes
     },
     entry_points={"console_scripts": ["predictd=predictd.cli.main:main"]},
 )

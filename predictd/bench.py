@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import synthetic, tensor
-from .bigwig import BigWigWriter, read_binned
+from .bigwig import BigWigWriter, read_binned, write_bigwig
 from .config import Config
 from .errors import PredictdError
 
@@ -496,6 +496,10 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
         wjobs.append((os.path.join(lim, f"{name}.bw"), chrom, length, npy))
     arrays = [(p, c, L, np.load(f)) for p, c, L, f in wjobs]
     rec.run("pybigwig_write", lambda: [_plain_write(*a) for a in arrays])
+    # predictd's own bigWig writer (predictd.bbi) on the very same arrays, nothing else
+    rec.run("bigwig_write", lambda: [write_bigwig(p[:-3] + ".predictd.bw", [(c, L)],
+                                                  [(c, 0, y)], bin_size=bin_size)
+                                     for p, c, L, y in arrays])
     del arrays
     # the same write with the factor model alone (stack = false): what the stacked transfer
     # regression adds on top of writing is the difference
@@ -518,6 +522,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
         "write_vs_pybigwig_factor_model": round(
             (rec.seconds("solve_inprocess") + rec.seconds("write_factor_model_inprocess")) /
             t_write_lim, 3),
+        "bigwig_write_vs_pybigwig": round(rec.seconds("bigwig_write") / t_write_lim, 3),
         "impute_gemm_fraction": gf["fraction"],
         "gemm": gf,
         "throughput": {

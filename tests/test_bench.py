@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyBigWig
 import pytest
 from click.testing import CliRunner
 
@@ -181,11 +182,11 @@ def test_bench_run_reports_every_figure(tmp_path, spark):
     _shared_or_skip()
     res = bench.run(str(tmp_path), n_bins=1 << 15, spark=True, config={"max_iterations": 4})
     for key in ("ingest_vs_pybigwig", "write_vs_pybigwig", "impute_gemm_fraction",
-                "spark_overhead", "ingest_inprocess_vs_pybigwig"):
+                "spark_overhead", "ingest_inprocess_vs_pybigwig", "bigwig_write_vs_pybigwig"):
         assert np.isfinite(res[key]) and res[key] > 0, key
     assert res["data"]["bins"] == 1 << 15 and res["data"]["tracks"] == 20
     for stage in ("pybigwig_read", "ingest_inprocess", "train_inprocess", "solve_inprocess",
-                  "write_inprocess", "pybigwig_write", "ingest_spark", "train_spark",
+                  "write_inprocess", "pybigwig_write", "bigwig_write", "ingest_spark", "train_spark",
                   "solve_spark", "write_spark"):
         assert res["seconds"][stage] > 0, stage
         assert res["memory_mb"][stage]["total_mb"] > 50, stage
@@ -195,6 +196,16 @@ def test_bench_run_reports_every_figure(tmp_path, spark):
     # Spark and in-process runs of the same job give the same model and tracks
     assert res["spark"]["model_max_abs_diff_vs_inprocess"] < 1e-9
     assert res["spark"]["tracks_max_abs_diff_vs_inprocess"] < 1e-4
+    # the bare-writer figure wrote the very arrays the pyBigWig limit wrote
+    from predictd.bigwig import read_binned
+    lim = tmp_path / "limits"
+    written = sorted(lim.glob("*.predictd.bw"))
+    assert len(written) == 20
+    for ours in written[:3]:
+        theirs = lim / ours.name.replace(".predictd.bw", ".bw")
+        (chrom, length), = pyBigWig.open(str(theirs)).chroms().items()
+        np.testing.assert_array_equal(read_binned(str(ours), chrom, length),
+                                      read_binned(str(theirs), chrom, length))
     json.dumps(res)  # JSON-ready
 
 

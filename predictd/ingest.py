@@ -1,10 +1,11 @@
 """Ingest: bigWig tracks of a manifest → the binned, transformed tensor (Parquet + header).
 
-Two Spark jobs, each idempotent and resumable:
+Two steps, each idempotent and resumable:
 
-1. *check* — one task per track: fetch (http/s3) or locate the file, verify its md5 when the
-   manifest gives one, open it and list its chromosomes. Every problem is reported before any
-   heavy work starts.
+1. *check* — per track: fetch (http/s3) or locate the file, verify its md5 when the manifest
+   gives one, open it and list its chromosomes. Every problem is reported before any heavy work
+   starts. A Spark job of one task per track; under a local master with local files, the driver
+   checks them itself (a file takes ~1 ms, a Spark job ~0.1 s).
 2. *build* — one task per tensor block (chromosome, bin range): read that range of every track
    in chunks, bin to ``bin_size`` (DESIGN §1: mean over the bin's bases, no data = 0),
    transform, and write the Parquet block (a genome chromosome missing from a track stays

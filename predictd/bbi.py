@@ -85,7 +85,6 @@ class BigWigFile:
     :class:`predictd.bigwig.BigWigWriter`)."""
 
     def __init__(self, path: str, chroms, bin_size: int, max_zooms: int = MAX_ZOOMS):
-        self.path = path
         self.chroms = [(str(c), int(n)) for c, n in chroms]
         self.bin_size = int(bin_size)
         self.reductions = zoom_reductions(self.chroms, self.bin_size, max_zooms)
@@ -164,12 +163,13 @@ class BigWigFile:
         bases = np.full(v.size, self.bin_size, np.int64)
         if start_bin + v.size == n_bins:
             bases[-1] = chrom_len - (n_bins - 1) * self.bin_size
+        w = bases * v  # each bin's sum over its bases
         t = self._total
         t[0] += int(bases.sum())
         t[1] = min(t[1], float(v.min()))
         t[2] = max(t[2], float(v.max()))
-        t[3] += float(bases @ v)
-        t[4] += float(bases @ (v * v))
+        t[3] += float(w.sum())
+        t[4] += float(w @ v)
         # first-level records: bins start_bin.. grouped by bin // ZOOM_BINS
         first = start_bin // ZOOM_BINS
         cut = np.arange(first * ZOOM_BINS, start_bin + v.size, ZOOM_BINS) - start_bin
@@ -179,8 +179,8 @@ class BigWigFile:
         e.n[rec] += np.add.reduceat(bases, cut)
         e.lo[rec] = np.minimum(e.lo[rec], np.minimum.reduceat(v, cut))
         e.hi[rec] = np.maximum(e.hi[rec], np.maximum.reduceat(v, cut))
-        e.s[rec] += np.add.reduceat(bases * v, cut)
-        e.ss[rec] += np.add.reduceat(bases * v * v, cut)
+        e.s[rec] += np.add.reduceat(w, cut)
+        e.ss[rec] += np.add.reduceat(w * v, cut)
 
     def _end_chrom(self) -> None:
         """Finish the current chromosome: last section, then its zoom records."""
@@ -224,8 +224,7 @@ class BigWigFile:
     def close(self) -> None:
         self._end_chrom()
         fh = self._fh
-        data_end = fh.tell()
-        index_offset = data_end
+        index_offset = fh.tell()  # the data end here
         fh.write(_rtree(self._sections, index_offset, SECTION_ITEMS))
         zoom_headers = []
         for level, r in enumerate(self.reductions):
@@ -298,12 +297,9 @@ def _rtree(items: list[tuple[int, int, int, int, int]], offset: int, per_slot: i
         last = np.minimum(g + TREE_BLOCK, below.size) - 1
         up["c1"], up["e"] = below["c1"][last], below["e"][last]
         levels.append(up)
-    top = _RTREE_HEADER.size
-    # node sizes per level (top first) to place the children
-    order = levels[::-1]
-    node_counts = [-(-max(lv.size, 1) // TREE_BLOCK) for lv in order]
-    sizes = [_NODE.size * nc + lv.size * lv.dtype.itemsize for nc, lv in zip(node_counts, order)]
-    starts = np.cumsum([offset + top] + sizes[:-1])
+    order = levels[::-1]  # written root first; each level's nodes placed after the one above
+    starts = np.cumsum([offset + _RTREE_HEADER.size] + [int(_node_sizes(lv).sum())
+                                                        for lv in order[:-1]])
     out = [_RTREE_HEADER.pack(
         CIRTREE_MAGIC, TREE_BLOCK, n,
         int(leaves["c0"][0]) if n else 0, int(leaves["s"][0]) if n else 0,
@@ -324,7 +320,8 @@ def _rtree(items: list[tuple[int, int, int, int, int]], offset: int, per_slot: i
 
 
 def _node_sizes(level: np.ndarray) -> np.ndarray:
-    counts = np.diff(np.append(np.arange(0, level.size, TREE_BLOCK), level.size))
+    """Bytes of each node of a tree level (an empty level is one empty node)."""
+    counts = np.diff(np.append(np.arange(0, max(level.size, 1), TREE_BLOCK), level.size))
     return _NODE.size + counts * level.dtype.itemsize
 
 

@@ -14,6 +14,7 @@ setup(
         "scipy>=1.10",
         "pyspark>=3.5",
         "pyBigWig>=0.3.22",
+        "isal>=1.5",
         "pyarrow>=14",
         "click>=8.1",
         "tqdm>=4.60",

@@ -5,7 +5,9 @@ the same number of processes:
 
 * ``ingest_vs_pybigwig`` — ingest through local Spark (start-up excluded) / a plain pyBigWig
   read + 25 bp binning loop over the same files, spread over as many processes as Spark has
-  cores. ``ingest_inprocess_vs_pybigwig`` is the same in one process (``sc=None``).
+  cores. ``ingest_inprocess_vs_pybigwig`` is the same in one process (``sc=None``);
+  ``bigwig_read_vs_pybigwig`` is predictd's reader alone (:func:`predictd.bigwig.read_binned`,
+  which decodes the data sections itself) against that limit.
 * ``write_vs_pybigwig`` — imputation (solve the genome factors, compute every track, write the
   bigWigs) in one process / pyBigWig writing the same float32 arrays alone in one process.
 * ``impute_gemm_fraction`` — FLOP/s of predictd's imputation math (``solve_block`` +
@@ -468,6 +470,8 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     # ---- ingest: the limit, then predictd in this process
     jobs = [(p, chrom, length, bin_size) for p in paths]
     rec.run("pybigwig_read", lambda: [_read_job(j) for j in jobs])
+    # predictd's reader alone (the section decoder of predictd.bigwig) on the same files
+    rec.run("bigwig_read", lambda: [read_binned(p, c, L, b) for p, c, L, b in jobs])
     header = rec.run("ingest_inprocess", ingest.ingest, None, tr, genome, cfg,
                      os.path.join(local, "tensor"))
     root = os.path.join(local, "tensor")
@@ -518,6 +522,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     t_imp_l = rec.seconds("solve_inprocess") + rec.seconds("write_inprocess")
     res.update({
         "ingest_inprocess_vs_pybigwig": round(rec.seconds("ingest_inprocess") / t_read, 3),
+        "bigwig_read_vs_pybigwig": round(rec.seconds("bigwig_read") / t_read, 3),
         "write_vs_pybigwig": round(t_imp_l / t_write_lim, 3),
         "write_vs_pybigwig_factor_model": round(
             (rec.seconds("solve_inprocess") + rec.seconds("write_factor_model_inprocess")) /

@@ -1,15 +1,20 @@
 """Read bigWig tracks into 25 bp bins and write binned tracks back out.
 
-Reading goes through pyBigWig, writing through :mod:`predictd.bbi`; fetching remote tracks is
-:mod:`predictd.storage`'s job. Bin values follow the binning contract (DESIGN §1): bin ``i`` of a
-chromosome covers ``[bin_size*i, bin_size*i + bin_size)`` and holds the mean signal over its bases,
-bases without data counting as 0; the last, partial bin is the mean over its own bases.
+Reading decodes the files' data sections here (numpy + ISA-L inflate), writing goes through
+:mod:`predictd.bbi`; fetching remote tracks is :mod:`predictd.storage`'s job. Bin values follow
+the binning contract (DESIGN §1): bin ``i`` of a chromosome covers ``[bin_size*i, bin_size*i +
+bin_size)`` and holds the mean signal over its bases, bases without data counting as 0; the last,
+partial bin is the mean over its own bases.
 
-Reading goes through ``bigWig.values(..., numpy=True)`` one chunk of bins at a time. Measured on this
-project's machine that is the fastest of pyBigWig's three read paths on real and synthetic files
-(``intervals()`` is as fast for sparse ENCODE-style files but 4x slower for 25 bp fixed-step files
-and 15x slower for per-base files; ``stats(type="sum", exact=True)`` is ~100x slower), and chunks
-of 2**16 bins (1.6 Mbp) beat larger ones because they stay in cache.
+A bigWig stores runs of (start, end, value) records; :func:`read_binned` bins the records
+themselves (each adds value x overlap to the bins it touches) instead of expanding every base as
+libBigWig's ``values()`` does, and places grid-aligned fixed-step runs (predictd's own files)
+straight into their bins. Measured here it reads the Roadmap pilot tracks ~4.5x and the real
+ENCODE file ~3x faster than ``values()`` + binning, with identical bins (tests compare the two on
+every section type). The structure of a file (header, chromosome tree, data index) is validated
+before anything is read from it. A handle from :func:`open_bigwig` is read through pyBigWig's
+``values()``, one chunk of 2**16 bins at a time (the fastest of its read paths measured here), as is
+a file whose records overlap (malformed, but libBigWig gives such files a meaning).
 
 Examples
 --------
@@ -24,8 +29,10 @@ import logging
 import os
 import struct
 import uuid
+import zlib
+from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pyBigWig
@@ -68,7 +75,15 @@ def _check_readable_file(path: str) -> None:
         raise PredictdError(f"permission denied reading bigWig file: {path}")
 
 
-def _check_bbi_structure(path: str) -> None:
+class _Layout(NamedTuple):
+    """What :func:`_check_bbi_structure` learned of a file: enough to read its data sections."""
+    size: int
+    uncompress: int  # uncompressBufSize: 0 means the data blocks are stored raw
+    chroms: dict  # name -> (chromosome id, length)
+    leaves: np.ndarray  # data-index leaves (_INDEX_LEAF), in file order
+
+
+def _check_bbi_structure(path: str) -> _Layout:
     """Reject files that are not bigWigs or are truncated, before libBigWig sees them.
 
     libBigWig trusts the offsets in the header and crashes the whole process (segfault) on some
@@ -95,7 +110,8 @@ def _check_bbi_structure(path: str) -> None:
         raise PredictdError(f"not a bigWig file (bad magic number): {path}")
     if tail != head[:4]:
         raise PredictdError(f"truncated or corrupt bigWig file (no end marker): {path}")
-    (_, _, _, chrom_tree, data_off, index_off, _, _, _, total_summary, _, _) = _HEADER.unpack(head)
+    (_, _, _, chrom_tree, data_off, index_off, _, _, _, total_summary, uncompress,
+     _) = _HEADER.unpack(head)
     offsets = [chrom_tree, data_off, index_off]
     if total_summary:
         offsets.append(total_summary)
@@ -106,7 +122,8 @@ def _check_bbi_structure(path: str) -> None:
         offsets += [z_data, z_index]
     if any(off >= size for off in offsets):
         raise PredictdError(f"truncated or corrupt bigWig file (offsets past end of file): {path}")
-    _check_trees(path, size, chrom_tree, data_off, index_off)
+    chroms, leaves = _check_trees(path, size, chrom_tree, data_off, index_off)
+    return _Layout(size, uncompress, chroms, leaves)
 
 
 _CHROM_TREE_MAGIC = 0x78CA8C91
@@ -117,8 +134,10 @@ _INDEX_NODE = np.dtype([("start_chrom", "<u4"), ("start", "<u4"), ("end_chrom", 
                         ("end", "<u4"), ("child", "<u8")])
 
 
-def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off: int) -> None:
-    """Check the chromosome B+ tree and the data index (R-tree) that libBigWig follows blindly.
+def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off: int
+                 ) -> tuple[dict, np.ndarray]:
+    """Check the chromosome B+ tree and the data index (R-tree) that libBigWig follows blindly;
+    returns ``({name: (id, length)}, data-index leaves)``.
 
     A damaged key size, node count or chromosome id in the chromosome tree crashes libBigWig
     while opening the file; a damaged chromosome index in the data index silently hides a
@@ -149,13 +168,15 @@ def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off
         if (ids.size != n_chroms or (ids >= n_chroms).any() or np.unique(ids).size != ids.size
                 or (chroms["size"] == 0).any()):
             raise bad("chromosome tree")
+        named = {k.rstrip(b"\0").decode("utf-8", "replace"): (int(i), int(n))
+                 for k, i, n in zip(chroms["key"], ids, chroms["size"])}
 
         # data index: a header, then nodes; leaves point at the compressed data blocks. A
         # file without data (legal: an empty track) has none and a block count of 0.
         if index_off == 0:
             if struct.unpack("<Q", read(data_off, 8, "data section"))[0] != 0:
                 raise bad("data without an index")
-            return
+            return named, np.zeros(0, _INDEX_LEAF)
         magic, block, n_blocks = struct.unpack("<IIQ", read(index_off, 16, "data index"))
         if magic != _INDEX_MAGIC or block < 1 or n_blocks > size:
             raise bad("data index header")
@@ -174,6 +195,7 @@ def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off
     if ((leaf["start"] > length[leaf["start_chrom"]]).any()
             or (leaf["end"] > length[leaf["end_chrom"]]).any()):
         raise bad("data past the end of a chromosome")
+    return named, leaf
 
 
 def _tree_leaves(read, root: int, block: int, what: str, bad, leaf_dt, node_dt,
@@ -401,18 +423,226 @@ def read_binned(
         raise ValueError(f"chunk_bins must be >= 1, got {chunk_bins}")
     if bin_size < 1:
         raise ValueError(f"bin_size must be >= 1, got {bin_size}")
-    own_handle = not hasattr(path_or_bw, "values")
-    if own_handle:
-        name = os.fspath(path_or_bw)
-        bw = open_bigwig(name)
-    else:
-        bw = path_or_bw
-        name = source or "bigWig"
-    try:
-        return _read_binned(bw, name, chrom, int(chrom_len), bin_size, chunk_bins, bins)
-    finally:
-        if own_handle:
+    if not hasattr(path_or_bw, "values"):
+        path = os.fspath(path_or_bw)
+        out = _read_binned_native(path, source or path, chrom, int(chrom_len), bin_size, bins)
+        if out is not _UNSORTED:
+            return out
+        bw = open_bigwig(path)  # overlapping records: libBigWig's last-one-wins reading
+        try:
+            return _read_binned(bw, source or path, chrom, int(chrom_len), bin_size, chunk_bins,
+                                bins)
+        finally:
             bw.close()
+    return _read_binned(path_or_bw, source or "bigWig", chrom, int(chrom_len), bin_size,
+                        chunk_bins, bins)
+
+
+# --------------------------------------------------------------------------- native reading
+# read_binned decodes a file's data sections itself instead of asking libBigWig for per-base
+# values: a section is a run of (start, end, value) records, and a bin's sum is the sum of
+# value x overlap over the records that touch it -- computed on the records, never on 25
+# expanded bases each. Layouts (validated trees) are cached per file version.
+try:  # ISA-L's inflate: the same DEFLATE streams, decoded ~1.9x faster than zlib (measured)
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _isal_error
+    _INFLATE_ERRORS: tuple = (zlib.error, _isal_error)
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    _inflate = zlib.decompress
+    _INFLATE_ERRORS = (zlib.error,)
+_LAYOUTS: "OrderedDict[tuple, _Layout]" = OrderedDict()
+_LAYOUT_CACHE = 32
+_UNSORTED = object()  # records overlap: let libBigWig decide which value a base has
+_BEDGRAPH = np.dtype([("start", "<u4"), ("end", "<u4"), ("value", "<f4")])
+_VARSTEP = np.dtype([("start", "<u4"), ("value", "<f4")])
+_SECTION = struct.Struct("<IIIIIBBH")  # chrom id, start, end, step, span, type, -, count
+
+
+def _layout(path: str) -> _Layout:
+    _check_readable_file(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise PredictdError(f"cannot read bigWig file {path}: {exc.strerror or exc}") from exc
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        hit = _LAYOUTS[key] = _check_bbi_structure(path)
+        while len(_LAYOUTS) > _LAYOUT_CACHE:
+            _LAYOUTS.popitem(last=False)
+    else:
+        _LAYOUTS.move_to_end(key)
+    return hit
+
+
+def _section_records(path: str, name: str, chrom: str, lay: _Layout, cid: int, lo_bp: int,
+                     hi_bp: int, bin_size: int):
+    """The records of chromosome ``cid`` in the data blocks that overlap ``[lo_bp, hi_bp)``:
+    ``(starts, ends, values)`` (int64, int64, float64) in file order, and apart from them the
+    fixed-step sections laid on the bin grid (step = span = ``bin_size``, starting on a bin
+    boundary; what predictd writes) as ``[(start, float32 values)]``, which need no binning."""
+    leaf = lay.leaves
+    key_s = leaf["start_chrom"].astype(np.uint64) << np.uint64(32) | leaf["start"]
+    key_e = leaf["end_chrom"].astype(np.uint64) << np.uint64(32) | leaf["end"]
+    base = np.uint64(cid) << np.uint64(32)
+    hit = leaf[(key_s < base | np.uint64(hi_bp)) & (key_e > base | np.uint64(lo_bp))]
+    empty = np.zeros(0, np.int64)
+    if not hit.size:
+        return empty, empty, np.zeros(0), []
+    off = hit["offset"].astype(np.int64)
+    size = hit["size"].astype(np.int64)
+    first, stop = int(off.min()), int((off + size).max())
+    starts, ends, values, dense = [], [], [], []
+    where = [f"{chrom}:{a}-{b} (data block at byte {o})"
+             for a, b, o in zip(hit["start"].tolist(), hit["end"].tolist(), off.tolist())]
+    with open(path, "rb") as fh:
+        # a chromosome's blocks lie back to back: one read unless they are scattered
+        whole = stop - first <= 2 * int(size.sum()) + (1 << 20)
+        if whole:
+            fh.seek(first)
+            buf = fh.read(stop - first)
+        for o, n, at in zip(off.tolist(), size.tolist(), where):
+            bad = PredictdError(f"corrupt bigWig file {name}: cannot read {at}")
+            if whole:
+                raw = buf[o - first:o - first + n]
+            else:
+                fh.seek(o)
+                raw = fh.read(n)
+            if len(raw) != n:
+                raise bad
+            try:
+                data = _inflate(raw) if lay.uncompress else raw
+            except _INFLATE_ERRORS:
+                raise bad from None
+            if len(data) < _SECTION.size:
+                raise bad
+            chrom_id, start, _end, step, span, kind, _, count = _SECTION.unpack_from(data)
+            if chrom_id != cid:
+                continue
+            item = {1: _BEDGRAPH, 2: _VARSTEP, 3: np.dtype("<f4")}.get(kind)
+            if item is None or len(data) < _SECTION.size + count * item.itemsize:
+                raise bad
+            rec = np.frombuffer(data, item, count, _SECTION.size)
+            if kind == 1:
+                s, e, v = rec["start"], rec["end"], rec["value"]
+            elif kind == 2:
+                s, v = rec["start"].astype(np.int64), rec["value"]
+                e = s + span
+            elif step == span == bin_size and start % bin_size == 0:
+                dense.append((start, rec))
+                continue
+            else:
+                s = start + step * np.arange(count, dtype=np.int64)
+                e, v = s + span, rec
+            starts.append(s)
+            ends.append(e)
+            values.append(v)
+    if not starts:
+        return empty, empty, np.zeros(0), dense
+    return (np.concatenate(starts).astype(np.int64, copy=False),
+            np.concatenate(ends).astype(np.int64, copy=False),
+            np.concatenate(values).astype(np.float64), dense)
+
+
+def _bin_records(s: np.ndarray, e: np.ndarray, v: np.ndarray, lo_bp: int, hi_bp: int,
+                 bin_size: int) -> np.ndarray:
+    """Per-bin sums (float64) of non-overlapping records over bins ``[lo_bp, hi_bp)``
+    (``lo_bp`` on a bin boundary): each record adds value x overlap to the one or two bins its
+    ends fall in, and value x ``bin_size`` to every bin it covers whole."""
+    n = -(-(hi_bp - lo_bp) // bin_size)
+    s = np.maximum(s, lo_bp) - lo_bp
+    e = np.minimum(e, hi_bp) - lo_bp
+    keep = e > s
+    if not keep.all():
+        s, e, v = s[keep], e[keep], v[keep]
+    first = s // bin_size
+    last = (e - 1) // bin_size
+    head = np.minimum(e, (first + 1) * bin_size) - s
+    # (float64 even when there are no records: bincount of nothing answers int64)
+    sums = np.bincount(first, weights=v * head, minlength=n).astype(np.float64, copy=False)
+    cross = last > first
+    if cross.any():
+        lc, vc = last[cross], v[cross]
+        sums += np.bincount(lc, weights=vc * (e[cross] - lc * bin_size), minlength=n)
+        inner = lc - first[cross] - 1  # bins covered whole
+        wide = inner > 0
+        if wide.any():
+            k, fw, vw = inner[wide], first[cross][wide] + 1, vc[wide]
+            shift = np.repeat(fw - (np.cumsum(k) - k), k)
+            idx = shift + np.arange(int(k.sum()))
+            sums[idx] += np.repeat(vw * bin_size, k)
+    return sums
+
+
+def _read_binned_native(path: str, name: str, chrom: str, chrom_len: int, bin_size: int,
+                        bins: tuple[int, int] | None):
+    lay = _layout(path)
+    if chrom not in lay.chroms:
+        return None
+    cid, file_len = lay.chroms[chrom]
+    if file_len > chrom_len:
+        raise PredictdError(
+            f"chromosome size mismatch: file {name} has {chrom} of {file_len} bp, "
+            f"genome says {chrom_len} bp (wrong assembly?)"
+        )
+    n_bins = -(-chrom_len // bin_size)
+    lo, hi = (0, n_bins) if bins is None else (int(bins[0]), int(bins[1]))
+    if not 0 <= lo <= hi <= n_bins:
+        raise ValueError(f"bins {lo}-{hi} outside {chrom}'s {n_bins} bins")
+    if file_len < chrom_len and lo == 0:
+        logger.warning(
+            "%s: %s is %d bp in the file but %d bp in the genome; bases past %d count as no data",
+            name, chrom, file_len, chrom_len, file_len,
+        )
+    lo_bp, hi_bp = lo * bin_size, min(chrom_len, hi * bin_size)
+    read_end = min(hi_bp, file_len)
+    if read_end <= lo_bp:
+        return np.zeros(hi - lo, dtype=np.float32)
+    s, e, v, dense = _section_records(path, name, chrom, lay, cid, lo_bp, read_end, bin_size)
+    # grid-aligned fixed-step runs go straight into their bins; a run's records that start
+    # before the window or end past it (a file cut mid-bin) join the general records
+    runs, extra = [], []
+    for start, vals in dense:
+        i0 = max(0, -(-(lo_bp - start) // bin_size))
+        i1 = max(i0, min(vals.size, (read_end - start) // bin_size))
+        if i1 > i0:
+            runs.append(((start - lo_bp) // bin_size + i0, vals[i0:i1]))
+        if i1 < vals.size:
+            rs = start + bin_size * np.arange(i1, vals.size, dtype=np.int64)
+            extra.append((rs, rs + bin_size, vals[i1:].astype(np.float64)))
+    if extra:
+        s = np.concatenate([s, *(x[0] for x in extra)])
+        e = np.concatenate([e, *(x[1] for x in extra)])
+        v = np.concatenate([v, *(x[2] for x in extra)])
+    # records must not overlap (bedGraphToBigWig refuses such input); where they do, the
+    # value of a base is whichever libBigWig meets last, so libBigWig reads the file
+    ks = np.concatenate([s, [lo_bp + b * bin_size for b, _ in runs]]).astype(np.int64)
+    ke = np.concatenate([e, [lo_bp + (b + r.size) * bin_size for b, r in runs]]).astype(np.int64)
+    if ks.size > 1 and (ks[1:] < ke[:-1]).any():
+        order = np.argsort(ks, kind="stable")
+        if (ks[order][1:] < ke[order][:-1]).any():
+            return _UNSORTED
+    v = np.where(np.isnan(v), 0.0, v)  # a stored NaN counts as no data, as in libBigWig's values
+    sums = _bin_records(s, e, v, lo_bp, read_end, bin_size)
+    for b, r in runs:
+        # r * bin_size / bin_size is r exactly in float64; NaN stored in a run is no data
+        r = r.astype(np.float64)
+        if np.isnan(r).any():
+            r[np.isnan(r)] = 0.0
+        r *= bin_size
+        sums[b:b + r.size] += r
+    out = np.zeros(hi - lo, dtype=np.float32)
+    means = sums / bin_size
+    if hi == n_bins and chrom_len % bin_size and sums.size == hi - lo:
+        means[-1] = sums[-1] / (chrom_len % bin_size)  # the partial last bin: its own bases
+    out[:means.size] = means
+    if not np.isfinite(means).all():
+        bad = lo + int(np.flatnonzero(~np.isfinite(means))[0])
+        raise PredictdError(
+            f"bigWig file {name} has infinite values in {chrom} near "
+            f"{chrom}:{bad * bin_size}-{min(chrom_len, (bad + 1) * bin_size)}"
+        )
+    return out
 
 
 def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk_bins: int,

@@ -114,7 +114,8 @@ def _block_task(item, payload) -> list[dict]:
     marker = _marker(root, chrom, block)
     if storage.exists(marker):
         return json.loads(storage.read_text(marker))
-    X = np.full((n, len(tracks)), np.nan, dtype=np.float32)
+    # column-major: each track fills, and Parquet encodes, one contiguous column
+    X = np.full((n, len(tracks)), np.nan, dtype=np.float32, order="F")
     stats = []
     for j, track in enumerate(tracks):
         if chrom not in listed[j]:

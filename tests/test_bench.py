@@ -182,12 +182,13 @@ def test_bench_run_reports_every_figure(tmp_path, spark):
     _shared_or_skip()
     res = bench.run(str(tmp_path), n_bins=1 << 15, spark=True, config={"max_iterations": 4})
     for key in ("ingest_vs_pybigwig", "write_vs_pybigwig", "impute_gemm_fraction",
-                "spark_overhead", "ingest_inprocess_vs_pybigwig", "bigwig_write_vs_pybigwig"):
+                "spark_overhead", "ingest_inprocess_vs_pybigwig", "bigwig_write_vs_pybigwig",
+                "bigwig_read_vs_pybigwig"):
         assert np.isfinite(res[key]) and res[key] > 0, key
     assert res["data"]["bins"] == 1 << 15 and res["data"]["tracks"] == 20
-    for stage in ("pybigwig_read", "ingest_inprocess", "train_inprocess", "solve_inprocess",
-                  "write_inprocess", "pybigwig_write", "bigwig_write", "ingest_spark", "train_spark",
-                  "solve_spark", "write_spark"):
+    for stage in ("pybigwig_read", "bigwig_read", "ingest_inprocess", "train_inprocess",
+                  "solve_inprocess", "write_inprocess", "pybigwig_write", "bigwig_write",
+                  "ingest_spark", "train_spark", "solve_spark", "write_spark"):
         assert res["seconds"][stage] > 0, stage
         assert res["memory_mb"][stage]["total_mb"] > 50, stage
     assert res["throughput"]["write_inprocess_bins_per_s"] > 0

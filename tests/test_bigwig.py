@@ -363,3 +363,163 @@ def test_uncreatable_destination_is_an_error_not_a_crash():
     # pyBigWig segfaults when it cannot create its output; /proc refuses new files even for root
     with pytest.raises(PredictdError, match="cannot create bigWig file /proc/predictd-test.bw"):
         write_bigwig("/proc/predictd-test.bw", [("chr1", 10)], [])
+
+
+# --- the native section decoder against libBigWig -----------------------------------------------
+# read_binned(path) decodes data sections itself; read_binned(handle) asks libBigWig for
+# per-base values. The two must agree on every layout a writer can produce.
+
+
+def _both(path, chrom, length, bin_size=25, bins=None):
+    native = read_binned(path, chrom, length, bin_size, bins=bins)
+    with open_bigwig(path) as bw:
+        lib = read_binned(bw, chrom, length, bin_size, bins=bins)
+    return native, lib
+
+
+def test_native_reader_equals_libbigwig_on_real_encode_file(real_bw):
+    native, lib = _both(real_bw, "chr22", REAL_CHR22_LEN)
+    np.testing.assert_array_equal(native, lib)
+    assert np.count_nonzero(native) > 100_000
+    rng = np.random.default_rng(5)
+    n_bins = native.size
+    for lo in [0, n_bins - 1, *rng.integers(0, n_bins, 6).tolist()]:
+        hi = min(n_bins, lo + int(rng.integers(1, 300_000)))
+        got, _ = _both(real_bw, "chr22", REAL_CHR22_LEN, bins=(lo, hi))
+        np.testing.assert_array_equal(got, native[lo:hi])
+    # another bin size: records and bins no longer line up the same way
+    native, lib = _both(real_bw, "chr22", REAL_CHR22_LEN, bin_size=200)
+    np.testing.assert_allclose(native, lib, rtol=1e-6, atol=1e-7)
+
+
+def _layouts(tmp_path):
+    """Files of every section type libBigWig writes: bedGraph (spans crossing bins, gaps),
+    variable step, fixed step off the grid, fixed step on the 25 bp grid; two chromosomes, the
+    second with a partial last bin and ending before the genome's chromosome does."""
+    rng = np.random.default_rng(11)
+    chroms = [("c1", 40_000), ("c2", 30_013)]
+    files = {}
+    # bedGraph: random spans 1..300 bp with random gaps
+    bg = tmp_path / "bedgraph.bw"
+    bw = pyBigWig.open(str(bg), "w")
+    bw.addHeader(chroms, maxZooms=0)
+    for c, n in chroms:
+        pos, starts, ends = 3, [], []
+        while True:
+            s = pos + int(rng.integers(0, 40))
+            e = s + int(rng.integers(1, 300))
+            if e > n - 7:
+                break
+            starts.append(s)
+            ends.append(e)
+            pos = e
+        vals = rng.normal(2, 3, len(starts)).astype(np.float32)
+        vals[::17] = np.nan  # stored NaN reads as no data
+        bw.addEntries([c] * len(starts), starts, ends=ends, values=vals.tolist())
+    bw.close()
+    files["bedgraph"] = bg
+    # variable step: sorted distinct starts, one span
+    vs = tmp_path / "varstep.bw"
+    bw = pyBigWig.open(str(vs), "w")
+    bw.addHeader(chroms, maxZooms=0)
+    for c, n in chroms:
+        starts = np.sort(rng.choice(np.arange(0, n - 60, 60), 300, replace=False)) + 7
+        bw.addEntries(c, starts.tolist(), values=rng.random(300).tolist(), span=37)
+    bw.close()
+    files["varstep"] = vs
+    # fixed step off the bin grid (span < step, odd start) and on it (span = step = 25)
+    for name, start, step, span in [("fixed_off", 13, 30, 11), ("fixed_grid", 50, 25, 25)]:
+        path = tmp_path / f"{name}.bw"
+        bw = pyBigWig.open(str(path), "w")
+        bw.addHeader(chroms, maxZooms=0)
+        for c, n in chroms:
+            count = (n - start - span) // step
+            bw.addEntries(c, start, values=rng.normal(0, 5, count).tolist(), span=span, step=step)
+        bw.close()
+        files[name] = path
+    return files, chroms
+
+
+@pytest.mark.parametrize("bin_size", [25, 10, 7])
+def test_native_reader_equals_libbigwig_on_every_section_type(tmp_path, bin_size):
+    files, chroms = _layouts(tmp_path)
+    rng = np.random.default_rng(bin_size)
+    for kind, path in files.items():
+        for c, n in chroms:
+            genome_len = n + 1_000 if c == "c2" else n  # c2 ends early in the file
+            native, lib = _both(path, c, genome_len, bin_size)
+            np.testing.assert_allclose(native, lib, rtol=1e-6, atol=1e-6, err_msg=f"{kind} {c}")
+            assert np.count_nonzero(native) > native.size // 10, kind
+            n_bins = native.size
+            for _ in range(4):
+                lo = int(rng.integers(0, n_bins))
+                hi = int(rng.integers(lo, n_bins + 1))
+                got, _ = _both(path, c, genome_len, bin_size, bins=(lo, hi))
+                np.testing.assert_array_equal(got, native[lo:hi], err_msg=f"{kind} {c} {lo}-{hi}")
+
+
+def test_native_reader_on_predictd_files_is_exact(tmp_path):
+    """predictd's own files (grid-aligned fixed-step runs, a bedGraph record for the partial
+    last bin) read back bit for bit, whole and by block, including a file cut mid-bin."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(0, 10, 50_001).astype(np.float32)
+    length = 50_001 * 25 - 12
+    out = tmp_path / "p.bw"
+    write_bigwig(out, [("chrA", length)], [("chrA", 0, y)])
+    native, lib = _both(out, "chrA", length)
+    np.testing.assert_array_equal(native, y)
+    np.testing.assert_array_equal(lib, y)
+    for lo, hi in [(0, 1), (4095, 4097), (12_000, 50_001), (50_000, 50_001), (7, 7)]:
+        np.testing.assert_array_equal(read_binned(out, "chrA", length, bins=(lo, hi)), y[lo:hi])
+    # the genome's chromosome is longer: the file's last (partial) bin is a genome bin of 25 bp
+    native, lib = _both(out, "chrA", length + 100)
+    np.testing.assert_array_equal(native, lib)
+    assert native[50_000] == pytest.approx(y[-1] * 13 / 25, rel=1e-6)
+    assert not native[50_001:].any()
+
+
+def test_native_reader_uncompressed_file(tmp_path, monkeypatch):
+    """Data blocks stored raw (uncompressBufSize 0, as `bedGraphToBigWig -unc` writes)."""
+    from predictd import bbi
+
+    class Raw:
+        error = Exception
+
+        @staticmethod
+        def compress(data, level=None):
+            return bytes(data)
+
+    monkeypatch.setattr(bbi, "zlib", Raw)
+    monkeypatch.setattr(bbi, "UNCOMPRESS_BUF", 0)
+    y = np.random.default_rng(4).random(10_000).astype(np.float32)
+    out = tmp_path / "raw.bw"
+    write_bigwig(out, [("chrA", 250_000)], [("chrA", 0, y)])
+    with open(out, "rb") as fh:
+        assert int.from_bytes(fh.read(64)[52:56], "little") == 0  # uncompressBufSize
+    native, lib = _both(out, "chrA", 250_000)
+    np.testing.assert_array_equal(lib, y)  # libBigWig reads it as raw too
+    np.testing.assert_array_equal(native, y)
+
+
+def test_native_reader_overlapping_records_read_as_libbigwig_does(tmp_path, monkeypatch):
+    """Overlapping records are malformed (UCSC's tools refuse them) but exist in the wild:
+    such a file is read the way libBigWig reads it, not by summing the overlaps."""
+    import predictd.bigwig as bwmod
+    a = tmp_path / "a.bw"
+    make_bw(a, [("c", 1000)], [("c", 0, 100, 1.0), ("c", 300, 400, 5.0)])
+    # the decoder sees every record twice, the second copy shifted by 50 bp onto the first
+    real = bwmod._section_records
+
+    def doubled(*args):
+        s, e, v, dense = real(*args)
+        return (np.concatenate([s, s + 50]), np.concatenate([e, e + 50]),
+                np.concatenate([v, v * 2]), dense)
+
+    monkeypatch.setattr(bwmod, "_section_records", doubled)
+    calls = []
+    real_open = bwmod.open_bigwig
+    monkeypatch.setattr(bwmod, "open_bigwig", lambda p: calls.append(p) or real_open(p))
+    got = read_binned(a, "c", 1000)
+    assert calls == [os.fspath(a)]  # handed to libBigWig
+    with real_open(a) as bw:
+        np.testing.assert_array_equal(got, read_binned(bw, "c", 1000))

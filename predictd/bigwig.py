@@ -425,7 +425,8 @@ def read_binned(
         raise ValueError(f"bin_size must be >= 1, got {bin_size}")
     if not hasattr(path_or_bw, "values"):
         path = os.fspath(path_or_bw)
-        out = _read_binned_native(path, source or path, chrom, int(chrom_len), bin_size, bins)
+        out = _read_binned_native(path, source or path, chrom, int(chrom_len), bin_size,
+                                  chunk_bins, bins)
         if out is not _UNSORTED:
             return out
         bw = open_bigwig(path)  # overlapping records: libBigWig's last-one-wins reading
@@ -575,7 +576,7 @@ def _bin_records(s: np.ndarray, e: np.ndarray, v: np.ndarray, lo_bp: int, hi_bp:
 
 
 def _read_binned_native(path: str, name: str, chrom: str, chrom_len: int, bin_size: int,
-                        bins: tuple[int, int] | None):
+                        chunk_bins: int, bins: tuple[int, int] | None):
     lay = _layout(path)
     if chrom not in lay.chroms:
         return None
@@ -594,10 +595,31 @@ def _read_binned_native(path: str, name: str, chrom: str, chrom_len: int, bin_si
             "%s: %s is %d bp in the file but %d bp in the genome; bases past %d count as no data",
             name, chrom, file_len, chrom_len, file_len,
         )
-    lo_bp, hi_bp = lo * bin_size, min(chrom_len, hi * bin_size)
-    read_end = min(hi_bp, file_len)
-    if read_end <= lo_bp:
-        return np.zeros(hi - lo, dtype=np.float32)
+    out = np.zeros(hi - lo, dtype=np.float32)
+    # a chunk of bins at a time: memory stays bounded on per-base files too
+    for b0 in range(lo, min(hi, -(-file_len // bin_size)), chunk_bins):
+        b1 = min(hi, b0 + chunk_bins)
+        lo_bp, read_end = b0 * bin_size, min(chrom_len, b1 * bin_size, file_len)
+        sums = _chunk_sums(path, name, chrom, lay, cid, lo_bp, read_end, bin_size)
+        if sums is _UNSORTED:
+            return _UNSORTED
+        means = sums / bin_size
+        if b1 == n_bins and chrom_len % bin_size and sums.size == b1 - b0:
+            means[-1] = sums[-1] / (chrom_len % bin_size)  # the partial last bin: its own bases
+        if not np.isfinite(means).all():
+            bad = b0 + int(np.flatnonzero(~np.isfinite(means))[0])
+            raise PredictdError(
+                f"bigWig file {name} has infinite values in {chrom} near "
+                f"{chrom}:{bad * bin_size}-{min(chrom_len, (bad + 1) * bin_size)}"
+            )
+        out[b0 - lo:b0 - lo + means.size] = means
+    return out
+
+
+def _chunk_sums(path: str, name: str, chrom: str, lay: _Layout, cid: int, lo_bp: int,
+                read_end: int, bin_size: int):
+    """Per-bin sums of signal x bases over ``[lo_bp, read_end)`` (``lo_bp`` on a bin boundary),
+    or ``_UNSORTED`` when the records there overlap."""
     s, e, v, dense = _section_records(path, name, chrom, lay, cid, lo_bp, read_end, bin_size)
     # grid-aligned fixed-step runs go straight into their bins; a run's records that start
     # before the window or end past it (a file cut mid-bin) join the general records
@@ -631,18 +653,7 @@ def _read_binned_native(path: str, name: str, chrom: str, chrom_len: int, bin_si
             r[np.isnan(r)] = 0.0
         r *= bin_size
         sums[b:b + r.size] += r
-    out = np.zeros(hi - lo, dtype=np.float32)
-    means = sums / bin_size
-    if hi == n_bins and chrom_len % bin_size and sums.size == hi - lo:
-        means[-1] = sums[-1] / (chrom_len % bin_size)  # the partial last bin: its own bases
-    out[:means.size] = means
-    if not np.isfinite(means).all():
-        bad = lo + int(np.flatnonzero(~np.isfinite(means))[0])
-        raise PredictdError(
-            f"bigWig file {name} has infinite values in {chrom} near "
-            f"{chrom}:{bad * bin_size}-{min(chrom_len, (bad + 1) * bin_size)}"
-        )
-    return out
+    return sums
 
 
 def _read_binned(bw, name: str, chrom: str, chrom_len: int, bin_size: int, chunk_bins: int,

@@ -77,6 +77,8 @@ class Config:
     stack_blend: bool = _opt(True, "stacking: shrink each target's regression towards the "
                              "average baseline by how well regressions learned on other cell "
                              "types predict that cell type's own observed assays")
+    stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
+                                "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
                               "number of training rows", lo=0.0)
     # optimisation

@@ -202,7 +202,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     observed = np.zeros((n_cell, n_assay), dtype=bool)
     observed[ec, ea] = True
     stats = stacking.sum_stack_stats(parts)
-    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows)
+    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell)
     if cfg.stack_blend:
         W, alpha = stacking.blend_with_average(stats, observed, W)
         ok = np.isfinite(alpha)

@@ -224,3 +224,42 @@ def test_blend_with_average_is_the_pooled_fit_on_the_cell_types_other_assays():
     np.testing.assert_allclose(Wb[0, 0], want, rtol=1e-6, atol=1e-9)
     # the relation holds in every cell type here: the regression is kept, mostly
     assert al > 0.8
+
+
+def test_fit_stack_per_cell_is_the_mean_of_each_training_cells_own_regression():
+    # from the Gram matrices equals ridge regressions done on each cell type's data directly;
+    # pooled (per_cell=False) is one regression on all training cell types' bins
+    rng = np.random.default_rng(3)
+    X, cell, assay = relation_tensor(n=1500)
+    X = (X + 0.4 * rng.normal(size=X.shape)).astype(np.float64)
+    X[:, cell == 2] *= 1.7                        # cell types relate the assays differently
+    keep = np.arange(1, X.shape[1])               # target: cell 0, assay 0
+    Xk, ck, ak = X[:, keep], cell[keep], assay[keep]
+    obs = np.zeros((4, 3), bool)
+    obs[ck, ak] = True
+    st = stacking.stack_stats(Xk, ck, ak, 4, 3)
+    ridge = 1e-2
+    train, feats = stacking.target_design(obs, 0, 0)
+    assert train == [1, 2, 3]
+
+    def ridge_fit(cells):
+        A = np.concatenate([stacking.cell_vectors(Xk, ck, ak, 3, c)[:, feats] for c in cells])
+        y = np.concatenate([stacking.cell_vectors(Xk, ck, ak, 3, c)[:, 1 + 0] for c in cells])
+        pen = np.full(len(feats), ridge * A.shape[0])
+        pen[0] = 0.0                              # the constant is not penalised
+        w = np.zeros(stacking.n_features(3))
+        w[feats] = np.linalg.solve(A.T @ A + np.diag(pen), A.T @ y)
+        return w
+
+    per_cell = stacking.fit_stack(st, obs, ridge=ridge)
+    pooled = stacking.fit_stack(st, obs, ridge=ridge, per_cell=False)
+    np.testing.assert_allclose(per_cell[0, 0], np.mean([ridge_fit([c]) for c in train], axis=0),
+                               rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(pooled[0, 0], ridge_fit(train), rtol=1e-8, atol=1e-10)
+    assert np.abs(per_cell[0, 0] - pooled[0, 0]).max() > 1e-3   # they are different estimators
+    # a cell type with too few rows for its weights sits out of the mean
+    thin = {"gram": st["gram"].copy()}
+    thin["gram"][3] *= 1e-3
+    np.testing.assert_allclose(stacking.fit_stack(thin, obs, ridge=ridge)[0, 0],
+                               np.mean([ridge_fit([c]) for c in (1, 2)], axis=0),
+                               rtol=1e-8, atol=1e-10)

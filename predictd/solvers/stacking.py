@@ -11,8 +11,9 @@ with K ⊆ the other assays observed in cell type j, and ``avg_k(j)`` the ``aver
 (x_ck', avg_k(c)) are regressed on the observed track x_ck, and the target's weights are the
 mean of these per-cell-type regressions (or one regression on their pooled bins) — so the
 regression transfers "how assay k relates to the other assays of a cell" across cell types,
-and a held-out pair never contributes to its own weights. It is the PARAFAC model's fall-back companion: targets with no
-training cell type, and bins where a feature is missing, take the model's value.
+and a held-out pair never contributes to its own weights. It is the PARAFAC model's fall-back
+companion: targets with no training cell type, and bins where a feature is missing, take the
+model's value.
 
 Everything is computed from per-cell-type Gram matrices of the vectors::
 
@@ -331,8 +332,9 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
 
     The target's weights become the mean of the two (measured by leave-one-track-out on the
     Roadmap pilot, pooled regressions: shrinkage alone 15/20 tracks meeting the goal,
-    recalibration alone 16, their mean 17; per-cell-type regressions: 16, 17, 18). Every inner product is a quadratic form of j's Gram matrix, so no data
-    pass is needed, and the result is again linear in the features. Returns (weights, α);
+    recalibration alone 16, their mean 17; per-cell-type regressions: 16, 17, 18). Every inner
+    product is a quadratic form of j's Gram matrix, so no data pass is needed, and the result
+    is again linear in the features. Returns (weights, α);
     α is NaN where j has no other assay to learn from (weights unchanged).
     """
     gram = stats["gram"]

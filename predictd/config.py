@@ -77,6 +77,9 @@ class Config:
     stack_blend: bool = _opt(True, "stacking: shrink each target's regression towards the "
                              "average baseline by how well regressions learned on other cell "
                              "types predict that cell type's own observed assays")
+    stack_blend_context: int = _opt(2, "stacking: how many context windows (short, long, wide, "
+                                    "in that order) add their averages to the blend's "
+                                    "recalibration, besides the bin's own", lo=0, hi=3)
     stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
                                 "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "

@@ -204,7 +204,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     stats = stacking.sum_stack_stats(parts)
     W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell)
     if cfg.stack_blend:
-        W, alpha = stacking.blend_with_average(stats, observed, W)
+        W, alpha = stacking.blend_with_average(
+            stats, observed, W, min(cfg.stack_blend_context, len(windows)))
         ok = np.isfinite(alpha)
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",

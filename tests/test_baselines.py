@@ -263,3 +263,51 @@ def test_fit_stack_per_cell_is_the_mean_of_each_training_cells_own_regression():
     np.testing.assert_allclose(stacking.fit_stack(thin, obs, ridge=ridge)[0, 0],
                                np.mean([ridge_fit([c]) for c in (1, 2)], axis=0),
                                rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("context", [1, 2])
+def test_blend_recalibration_with_context_averages_is_the_fit_on_the_data(context):
+    # with context windows, the recalibration's basis adds the target assay's average over the
+    # first `context` windows; the closed form equals the least-squares fit on the data
+    rng = np.random.default_rng(8)
+    windows = (3, 7)
+    X, cell, assay = relation_tensor(n=2000)
+    X = (X + 0.3 * rng.normal(size=X.shape)).astype(np.float64)
+    keep = np.arange(1, X.shape[1])               # (cell 0, assay 0) is the target
+    Xk, ck, ak = X[:, keep], cell[keep], assay[keep]
+    obs = np.zeros((4, 3), bool)
+    obs[ck, ak] = True
+    st = stacking.stack_stats(Xk, ck, ak, 4, 3, windows)
+    W = stacking.fit_stack(st, obs, windows=windows)
+    Wb, alpha = stacking.blend_with_average(st, obs, W, context=context)
+    V = stacking.cell_vectors(Xk, ck, ak, 3, 0, windows)
+    V = V[~np.isnan(V).any(axis=1)]
+    D = W.shape[2]
+
+    def avg_cols(k):                              # the bin's own average, then each window's
+        return [1 + 2 * 3 * seg + 3 + k for seg in range(1 + context)]
+
+    num = den = 0.0
+    rows, ys = [], []
+    for kp in (1, 2):
+        y, s = V[:, 1 + kp], V @ W[0, kp]
+        a = V[:, avg_cols(kp)]
+        num += (y - a[:, 0]) @ (s - a[:, 0])
+        den += (s - a[:, 0]) @ (s - a[:, 0])
+        rows.append(np.column_stack([s, a, np.ones_like(s)]))
+        ys.append(y)
+    al = np.clip(num / den, 0, 1)
+    c = np.linalg.lstsq(np.concatenate(rows), np.concatenate(ys), rcond=None)[0]
+    basis = np.zeros((2 + context + 1, D))
+    basis[0] = W[0, 0]
+    for i, col in enumerate(avg_cols(0)):
+        basis[1 + i, col] = 1.0
+    basis[-1, 0] = 1.0
+    want = 0.5 * (al * W[0, 0] + (1 - al) * basis[1]) + 0.5 * (c @ basis)
+    assert alpha[0, 0] == pytest.approx(al, rel=1e-8)
+    np.testing.assert_allclose(Wb[0, 0], want, rtol=1e-6, atol=1e-9)
+    # the window averages really take part: the result differs from context 0
+    W0, _ = stacking.blend_with_average(st, obs, W, context=0)
+    assert np.abs(W0[0, 0] - Wb[0, 0]).max() > 1e-6
+    with pytest.raises(ValueError, match="context 3"):
+        stacking.blend_with_average(st, obs, W, context=3)

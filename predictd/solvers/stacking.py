@@ -316,7 +316,7 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
     return W
 
 
-def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
+def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Recalibrate each target's transfer regression, per cell type, towards the ``average``
     baseline, by how well regressions learned on other cell types predict *that* cell type.
@@ -328,23 +328,39 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
     average over the other cell types and y = the observation, pooled over k':
 
     * shrinkage: α·s + (1 − α)·a with α = Σ⟨y − a, s − a⟩ / Σ‖s − a‖² clipped to [0, 1];
-    * recalibration: c₁·s + c₂·a + c₀, least squares.
+    * recalibration: c₁·s + c₂·a + c₃·a⁽¹⁾ + … + c₀, least squares, where a⁽ⁱ⁾ is the average
+      over the i-th context window (the first ``context`` windows of the statistics; 0 = the
+      bin's own average only).
 
     The target's weights become the mean of the two (measured by leave-one-track-out on the
     Roadmap pilot, pooled regressions: shrinkage alone 15/20 tracks meeting the goal,
-    recalibration alone 16, their mean 17; per-cell-type regressions: 16, 17, 18). Every inner
+    recalibration alone 16, their mean 17; per-cell-type regressions: 16, 17, 18; with the
+    9- and 51-bin window averages in the recalibration, ``context = 2``: 19). Every inner
     product is a quadratic form of j's Gram matrix, so no data pass is needed, and the result
-    is again linear in the features. Returns (weights, α);
-    α is NaN where j has no other assay to learn from (weights unchanged).
+    is again linear in the features. Returns (weights, α); α is NaN where j has no other assay
+    to learn from (weights unchanged).
     """
     gram = stats["gram"]
     observed = np.asarray(observed, dtype=bool)
     n_cell, n_assay = observed.shape
     D = W.shape[2]
+    n_windows = (D - 1) // (2 * n_assay) - 1
+    if not 0 <= context <= n_windows:
+        raise ValueError(f"context {context}: the statistics have {n_windows} context windows")
     out = W.copy()
     alpha = np.full((n_cell, n_assay), np.nan)
     one = np.zeros(D)
     one[0] = 1.0
+
+    def unit(i: int) -> np.ndarray:
+        e = np.zeros(D)
+        e[i] = 1.0
+        return e
+
+    def averages(k: int) -> list[np.ndarray]:
+        # assay k's average over the other cell types: the bin's own, then each context window
+        return [unit(1 + 2 * n_assay * seg + n_assay + k) for seg in range(1 + context)]
+
     usable = np.isfinite(W).all(axis=2) & (observed.sum(axis=0) >= 2)[None, :]
     for j in range(n_cell):
         G = gram[j]
@@ -353,12 +369,10 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
         # each of j's own assays' contribution once; a target sums all but its own
         parts = {}
         for kp in np.flatnonzero(observed[j] & usable[j]):
-            y = np.zeros(D)
-            y[1 + kp] = 1.0
-            a = np.zeros(D)
-            a[1 + n_assay + kp] = 1.0
-            d_ya, d_sa = y - a, W[j, kp] - a
-            B = np.stack([W[j, kp], a, one])
+            y = unit(1 + kp)
+            avgs = averages(kp)
+            d_ya, d_sa = y - avgs[0], W[j, kp] - avgs[0]
+            B = np.stack([W[j, kp], *avgs, one])
             parts[kp] = (d_ya @ G @ d_sa, d_sa @ G @ d_sa, B @ G @ B.T, B @ G @ y)
         if not parts:
             continue
@@ -368,13 +382,12 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray
                               for i, t in enumerate(total))
             if len(parts) - (k in parts) == 0 or den <= 0:
                 continue
-            e = np.zeros(D)
-            e[1 + n_assay + k] = 1.0
+            avgs = averages(k)
             al = float(np.clip(num / den, 0.0, 1.0))
             c = np.linalg.lstsq(M, r, rcond=None)[0]
             alpha[j, k] = al
-            out[j, k] = 0.5 * (al * W[j, k] + (1.0 - al) * e) + \
-                0.5 * (c[0] * W[j, k] + c[1] * e + c[2] * one)
+            out[j, k] = 0.5 * (al * W[j, k] + (1.0 - al) * avgs[0]) + \
+                0.5 * (c @ np.stack([W[j, k], *avgs, one]))
     return out, alpha
 
 

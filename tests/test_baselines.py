@@ -192,15 +192,21 @@ def test_a_tracks_stacked_values_do_not_depend_on_the_tracks_beside_it():
     assert np.isfinite(everything).all()
 
 
-def test_blend_with_average_is_the_pooled_fit_on_the_cell_types_other_assays():
-    # the closed forms from the Gram matrix equal the same fits done on the data directly
-    rng = np.random.default_rng(7)
+def noisy_target_held_out(seed: int):
+    """The relation tensor with noise, (cell 0, assay 0) held out: (X, cells, assays, observed)."""
+    rng = np.random.default_rng(seed)
     X, cell, assay = relation_tensor(n=2000)
     X = (X + 0.3 * rng.normal(size=X.shape)).astype(np.float64)
     keep = np.arange(1, X.shape[1])               # (cell 0, assay 0) is the target
     Xk, ck, ak = X[:, keep], cell[keep], assay[keep]
     obs = np.zeros((4, 3), bool)
     obs[ck, ak] = True
+    return Xk, ck, ak, obs
+
+
+def test_blend_with_average_is_the_pooled_fit_on_the_cell_types_other_assays():
+    # the closed forms from the Gram matrix equal the same fits done on the data directly
+    Xk, ck, ak, obs = noisy_target_held_out(seed=7)
     st = stacking.stack_stats(Xk, ck, ak, 4, 3)
     W = stacking.fit_stack(st, obs)
     Wb, alpha = stacking.blend_with_average(st, obs, W)
@@ -269,14 +275,8 @@ def test_fit_stack_per_cell_is_the_mean_of_each_training_cells_own_regression():
 def test_blend_recalibration_with_context_averages_is_the_fit_on_the_data(context):
     # with context windows, the recalibration's basis adds the target assay's average over the
     # first `context` windows; the closed form equals the least-squares fit on the data
-    rng = np.random.default_rng(8)
     windows = (3, 7)
-    X, cell, assay = relation_tensor(n=2000)
-    X = (X + 0.3 * rng.normal(size=X.shape)).astype(np.float64)
-    keep = np.arange(1, X.shape[1])               # (cell 0, assay 0) is the target
-    Xk, ck, ak = X[:, keep], cell[keep], assay[keep]
-    obs = np.zeros((4, 3), bool)
-    obs[ck, ak] = True
+    Xk, ck, ak, obs = noisy_target_held_out(seed=8)
     st = stacking.stack_stats(Xk, ck, ak, 4, 3, windows)
     W = stacking.fit_stack(st, obs, windows=windows)
     Wb, alpha = stacking.blend_with_average(st, obs, W, context=context)

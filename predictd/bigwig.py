@@ -77,10 +77,11 @@ def _check_readable_file(path: str) -> None:
 
 class _Layout(NamedTuple):
     """What :func:`_check_bbi_structure` learned of a file: enough to read its data sections."""
-    size: int
     uncompress: int  # uncompressBufSize: 0 means the data blocks are stored raw
     chroms: dict  # name -> (chromosome id, length)
     leaves: np.ndarray  # data-index leaves (_INDEX_LEAF), in file order
+    starts: np.ndarray  # each leaf's (chromosome id << 32 | start), uint64
+    ends: np.ndarray  # each leaf's (chromosome id << 32 | end), uint64
 
 
 def _check_bbi_structure(path: str) -> _Layout:
@@ -122,8 +123,7 @@ def _check_bbi_structure(path: str) -> _Layout:
         offsets += [z_data, z_index]
     if any(off >= size for off in offsets):
         raise PredictdError(f"truncated or corrupt bigWig file (offsets past end of file): {path}")
-    chroms, leaves = _check_trees(path, size, chrom_tree, data_off, index_off)
-    return _Layout(size, uncompress, chroms, leaves)
+    return _Layout(uncompress, *_check_trees(path, size, chrom_tree, data_off, index_off))
 
 
 _CHROM_TREE_MAGIC = 0x78CA8C91
@@ -135,9 +135,10 @@ _INDEX_NODE = np.dtype([("start_chrom", "<u4"), ("start", "<u4"), ("end_chrom", 
 
 
 def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off: int
-                 ) -> tuple[dict, np.ndarray]:
+                 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """Check the chromosome B+ tree and the data index (R-tree) that libBigWig follows blindly;
-    returns ``({name: (id, length)}, data-index leaves)``.
+    returns ``({name: (id, length)}, data-index leaves, their start keys, their end keys)``
+    (a key is chromosome id << 32 | position).
 
     A damaged key size, node count or chromosome id in the chromosome tree crashes libBigWig
     while opening the file; a damaged chromosome index in the data index silently hides a
@@ -176,7 +177,7 @@ def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off
         if index_off == 0:
             if struct.unpack("<Q", read(data_off, 8, "data section"))[0] != 0:
                 raise bad("data without an index")
-            return named, np.zeros(0, _INDEX_LEAF)
+            return named, np.zeros(0, _INDEX_LEAF), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
         magic, block, n_blocks = struct.unpack("<IIQ", read(index_off, 16, "data index"))
         if magic != _INDEX_MAGIC or block < 1 or n_blocks > size:
             raise bad("data index header")
@@ -195,7 +196,7 @@ def _check_trees(path: str, size: int, chrom_tree: int, data_off: int, index_off
     if ((leaf["start"] > length[leaf["start_chrom"]]).any()
             or (leaf["end"] > length[leaf["end_chrom"]]).any()):
         raise bad("data past the end of a chromosome")
-    return named, leaf
+    return named, leaf, start, end
 
 
 def _tree_leaves(read, root: int, block: int, what: str, bad, leaf_dt, node_dt,
@@ -457,6 +458,7 @@ _UNSORTED = object()  # records overlap: let libBigWig decide which value a base
 _BEDGRAPH = np.dtype([("start", "<u4"), ("end", "<u4"), ("value", "<f4")])
 _VARSTEP = np.dtype([("start", "<u4"), ("value", "<f4")])
 _SECTION = struct.Struct("<IIIIIBBH")  # chrom id, start, end, step, span, type, -, count
+_ITEMS = {1: _BEDGRAPH, 2: _VARSTEP, 3: np.dtype("<f4")}  # bedGraph, varStep, fixedStep
 
 
 def _layout(path: str) -> _Layout:
@@ -482,11 +484,8 @@ def _section_records(path: str, name: str, chrom: str, lay: _Layout, cid: int, l
     ``(starts, ends, values)`` (int64, int64, float64) in file order, and apart from them the
     fixed-step sections laid on the bin grid (step = span = ``bin_size``, starting on a bin
     boundary; what predictd writes) as ``[(start, float32 values)]``, which need no binning."""
-    leaf = lay.leaves
-    key_s = leaf["start_chrom"].astype(np.uint64) << np.uint64(32) | leaf["start"]
-    key_e = leaf["end_chrom"].astype(np.uint64) << np.uint64(32) | leaf["end"]
     base = np.uint64(cid) << np.uint64(32)
-    hit = leaf[(key_s < base | np.uint64(hi_bp)) & (key_e > base | np.uint64(lo_bp))]
+    hit = lay.leaves[(lay.starts < base | np.uint64(hi_bp)) & (lay.ends > base | np.uint64(lo_bp))]
     empty = np.zeros(0, np.int64)
     if not hit.size:
         return empty, empty, np.zeros(0), []
@@ -522,7 +521,7 @@ def _section_records(path: str, name: str, chrom: str, lay: _Layout, cid: int, l
             chrom_id, start, _end, step, span, kind, _, count = _SECTION.unpack_from(data)
             if chrom_id != cid:
                 continue
-            item = {1: _BEDGRAPH, 2: _VARSTEP, 3: np.dtype("<f4")}.get(kind)
+            item = _ITEMS.get(kind)
             if item is None or len(data) < _SECTION.size + count * item.itemsize:
                 raise bad(i)
             rec = np.frombuffer(data, item, count, _SECTION.size)

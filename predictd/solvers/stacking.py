@@ -349,13 +349,13 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
         raise ValueError(f"context {context}: the statistics have {n_windows} context windows")
     out = W.copy()
     alpha = np.full((n_cell, n_assay), np.nan)
-    one = np.zeros(D)
-    one[0] = 1.0
 
     def unit(i: int) -> np.ndarray:
         e = np.zeros(D)
         e[i] = 1.0
         return e
+
+    one = unit(0)
 
     def averages(k: int) -> list[np.ndarray]:
         # assay k's average over the other cell types: the bin's own, then each context window

@@ -91,33 +91,123 @@ def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict 
     return rows
 
 
-def example_regions(vectors: dict, width: int = 2000) -> list[dict]:
-    """A window around each held-out track's strongest observed signal, for the report plots."""
-    ex = []
-    for h, (y, yhat, base) in vectors.items():
-        ok = ~np.isnan(y)
-        y, yhat, base = y[ok], yhat[ok], base[ok]
-        if y.size == 0:
+def _segments(n: int, chroms, bin_size: int) -> list[tuple[str, int, int, int]]:
+    """(chrom, first genome-wide bin, number of bins, length in bp) of each chromosome of the
+    genome-ordered vectors (every chromosome's bins end to end, as :func:`collect` concatenates
+    the tensor's blocks); one unnamed segment when ``chroms`` is None."""
+    if chroms is None:
+        return [("", 0, n, n * bin_size)]
+    out, o = [], 0
+    for name, length in chroms:
+        nb = -(-int(length) // bin_size)
+        out.append((str(name), o, nb, int(length)))
+        o += nb
+    if o != n:
+        raise ValueError(f"vectors have {n} bins, the genome {o} at {bin_size} bp")
+    return out
+
+
+def _best_window(v: np.ndarray, segments, width: int) -> tuple[int, int] | None:
+    """(first bin, number of bins) of the window of ``width`` bins with the largest sum of
+    ``v`` (NaN counted as 0) that lies within one chromosome — the whole chromosome when it is
+    shorter; None if no window has a positive sum. One cumulative sum per chromosome."""
+    best, where = 0.0, None
+    for _, o, nb, _ in segments:
+        if nb == 0:
             continue
-        # the densest window of observed signal, so the plot shows peaks, not a flat line
-        w = min(width, y.size)
-        cs = np.concatenate([[0.0], np.cumsum(y, dtype=np.float64)])
-        s = int(np.argmax(cs[w:] - cs[:-w]))
-        ex.append({"track": h, "chrom": "", "start_bin": s, "observed": y[s:s + w],
-                   "imputed": yhat[s:s + w], "baseline": base[s:s + w]})
-    return ex
+        w = min(width, nb)
+        cs = np.concatenate([[0.0], np.cumsum(np.nan_to_num(v[o:o + nb]), dtype=np.float64)])
+        sums = cs[w:] - cs[:-w]
+        i = int(np.argmax(sums))
+        if sums[i] > best:
+            best, where = float(sums[i]), (o + i, w)
+    return where
+
+
+def _region(segments, start: int, width: int, bin_size: int) -> tuple[str, int, str]:
+    """Chromosome, bin within it, and ``chrom:start-end`` (bp, end clipped to the chromosome)
+    of ``width`` bins from a genome-wide bin."""
+    for name, o, nb, length in segments:
+        if o <= start < o + nb:
+            b = start - o
+            end = min((b + width) * bin_size, length)
+            return name, b, f"{name}:{b * bin_size:,}-{end:,}"
+    raise ValueError(f"bin {start} is outside the genome")
+
+
+def error_profile(y: np.ndarray, yhat: np.ndarray, segments, width: int) -> dict:
+    """Where a track's squared error sits: the share of the whole error in its worst 1 % of
+    bins, and the window of ``width`` bins (within one chromosome) holding the most of it, with
+    that window's share and mean squared error and the MSE of every other bin. Bins where y is
+    NaN are not scored. A model whose error is a few regions' (a cell-type-specific domain no
+    training cell type has) reads differently from one that is a little off everywhere."""
+    se = (np.asarray(yhat, dtype=np.float64) - y) ** 2  # NaN where y is
+    ok = ~np.isnan(se)
+    n = int(ok.sum())
+    total = float(se[ok].sum())
+    out = {"bins": n, "mse": total / n if n else float("nan"), "top1_share": float("nan"),
+           "worst": None, "worst_share": float("nan"), "worst_mse": float("nan"),
+           "rest_mse": float("nan")}
+    if n == 0 or total <= 0:
+        return out
+    k = max(1, n // 100)
+    out["top1_share"] = float(np.partition(se[ok], n - k)[n - k:].sum() / total)
+    win = _best_window(se, segments, width)
+    if win is not None:
+        s, w = win
+        part = se[s:s + w]
+        m = int((~np.isnan(part)).sum())
+        in_sum = float(np.nansum(part))
+        out.update(worst=win, worst_share=in_sum / total, worst_mse=in_sum / m,
+                   rest_mse=(total - in_sum) / (n - m) if n > m else float("nan"))
+    return out
+
+
+def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int = 2000,
+                    error_width: int = 10_000) -> tuple[list[dict], list[dict]]:
+    """Report material for each held-out track: the signal plots' regions and where its error
+    sits.
+
+    ``vectors`` maps a track to its genome-wide (observed, imputed, baseline) vectors, the
+    chromosomes of ``chroms`` ([(name, length), ...], the tensor's order) end to end. Each
+    track gets two plot regions of ``width`` bins, each within one chromosome and named by its
+    real coordinates: its densest observed signal (so the plot shows peaks, not a flat line),
+    and the densest squared error of the model (where it misses most) when that window is not
+    the first. The second list has one :func:`error_profile` row per track, its worst window
+    ``error_width`` bins wide (250 kb at 25 bp), as chrom:start-end.
+    """
+    examples, errors = [], []
+    for h, (y, yhat, base) in vectors.items():
+        segs = _segments(y.size, chroms, bin_size)
+        wins = []
+        dense = _best_window(y, segs, width)
+        if dense is not None:
+            wins.append(("densest observed signal", dense))
+        worst = _best_window((yhat - y) ** 2, segs, width)
+        if worst is not None and (dense is None or abs(worst[0] - dense[0]) >= width // 2):
+            wins.append(("largest error of the model", worst))
+        for label, (s, w) in wins:
+            chrom, b, _ = _region(segs, s, w, bin_size)
+            examples.append({"track": h, "chrom": chrom, "start_bin": b, "label": label,
+                             "observed": y[s:s + w], "imputed": yhat[s:s + w],
+                             "baseline": base[s:s + w]})
+        prof = error_profile(y, yhat, segs, error_width)
+        if prof["worst"] is not None:
+            prof["worst"] = _region(segs, *prof["worst"], bin_size)[2]
+        errors.append({"track": h, **prof})
+    return examples, errors
 
 
 def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict],
-                 public: bool = False) -> str:
+                 public: bool = False, errors: list[dict] | None = None) -> str:
     """Write OUT/report (locally, or built in a temp dir and uploaded for s3://)."""
     from .report import write_report as _write
 
     if not storage.is_remote(out):
-        return _write(os.path.join(out, "report"), rows, curves, examples)
+        return _write(os.path.join(out, "report"), rows, curves, examples, errors=errors)
     tmp = tempfile.mkdtemp(prefix="predictd-report-")
     try:
-        path = _write(os.path.join(tmp, "report"), rows, curves, examples)
+        path = _write(os.path.join(tmp, "report"), rows, curves, examples, errors=errors)
         for name in sorted(os.listdir(os.path.join(tmp, "report"))):
             storage.upload_file(os.path.join(tmp, "report", name),
                                 storage.join(out, "report", name), public=public)

@@ -91,9 +91,10 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
     rows = evaluate.score_methods(vectors)
-    evaluate.write_report(run.out, rows, None, evaluate.example_regions(
-        {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()}),
-        public=run.public)
+    examples, errors = evaluate.example_regions(
+        {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()},
+        header.genome["chroms"], header.bin_size)
+    evaluate.write_report(run.out, rows, None, examples, public=run.public, errors=errors)
     summary = summarize(rows)
     return {"folds": folds, "ensemble_size": ensemble_size, "metrics": rows, **summary}
 

@@ -281,8 +281,10 @@ class Run:
             curves = {"iteration": [h["iteration"] for h in hist],
                       "train_mse": [h["train_mse"] for h in hist],
                       "valid_mse": [h["valid_mse"] for h in hist]}
-        evaluate.write_report(self.out, rows, curves, evaluate.example_regions(vec),
-                              public=self.public)
+        examples, errors = evaluate.example_regions(vec, header.genome["chroms"],
+                                                    header.bin_size)
+        evaluate.write_report(self.out, rows, curves, examples, public=self.public,
+                              errors=errors)
         return {"tracks": len(self.holdout), "metrics": rows}
 
     # ------------------------------------------------------------------ model i/o

@@ -450,7 +450,8 @@ def plot_signal(
     """Observed, imputed and baseline signal of one track over one or more regions (one panel each).
 
     Each example needs ``chrom``, ``start_bin``, ``observed``, ``imputed`` and may have
-    ``baseline`` and ``bin_size`` (default ``bin_size``).
+    ``baseline``, ``bin_size`` (default ``bin_size``) and ``label`` (why the region is shown,
+    printed beside its coordinates).
     """
     n = len(examples)
     fig = Figure(figsize=(10, 0.6 + 2.3 * n), layout="constrained")
@@ -474,7 +475,10 @@ def plot_signal(
         start_bp, end_bp = start_bin * bs, (start_bin + nb) * bs
         ax.set_xlim(start_bp, end_bp)
         ax.set_ylim(bottom=0 if np.nanmin(np.concatenate(list(arrays.values()))) >= 0 else None)
-        ax.set_title(f"{track}   {ex['chrom']}:{start_bp:,}-{end_bp:,}", fontsize=10, loc="left")
+        where = f"{ex['chrom']}:{start_bp:,}-{end_bp:,}" if ex["chrom"] else \
+            f"bins {start_bin:,}-{start_bin + nb:,}"
+        label = f"   ({ex['label']})" if ex.get("label") else ""
+        ax.set_title(f"{track}   {where}{label}", fontsize=10, loc="left")
         ax.set_ylabel("signal")
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         ax.xaxis.set_major_formatter(_bp_formatter())
@@ -609,6 +613,23 @@ def _track_table(rows, metrics: list[str], methods: list[str]) -> str:
     return "".join(out)
 
 
+def _error_table(errors: Sequence[Mapping[str, Any]]) -> str:
+    out = ['<div class="scroll"><table><tr><th class="key">track</th><th>MSE</th>'
+           "<th>share in worst 1 % of bins</th><th class=\"key\">worst window</th>"
+           "<th>share there</th><th>MSE there</th><th>MSE elsewhere</th></tr>"]
+    for e in errors:
+        def pct(v):
+            return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f} %"
+        out.append(
+            f'<tr><td class="key">{html.escape(str(e["track"]))}</td><td>{_fmt(e.get("mse", np.nan))}</td>'
+            f"<td>{pct(e.get('top1_share'))}</td>"
+            f'<td class="key">{html.escape(str(e.get("worst") or "n/a"))}</td>'
+            f"<td>{pct(e.get('worst_share'))}</td><td>{_fmt(e.get('worst_mse', np.nan))}</td>"
+            f"<td>{_fmt(e.get('rest_mse', np.nan))}</td></tr>")
+    out.append("</table></div>")
+    return "".join(out)
+
+
 def _img(path: Path, caption: str, css_class: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     img = f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
@@ -629,6 +650,7 @@ def _render_html(
     bar_files: list[tuple[str, Path]],
     curves_file: Path | None,
     signal_files: list[tuple[str, Path]],
+    errors: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_tracks = len(_track_order(rows))
@@ -653,6 +675,17 @@ def _render_html(
         ]
     else:
         parts.append("<p>No evaluated tracks (no held-out experiments were scored).</p>")
+    if errors:
+        parts += [
+            "<h2>Where the model's error is</h2>",
+            _error_table(errors),
+            "<p class='note'>The model's squared error of each track: the share of it in the "
+            "track's worst 1 % of bins, and the window (250 kb at 25 bp bins) holding the most "
+            "of it. A large share in one window is a region unlike anything the training cell "
+            "types show there (a cell-type-specific domain); a small one, an error spread "
+            "over the genome. The second signal panel of a track shows where it misses "
+            "most.</p>",
+        ]
     if bar_files:
         # Two plots a row when each stays legible at half the page (>= ~80 % of natural size).
         horizontal, width, _h = _bar_layout(n_tracks, len(methods))
@@ -698,6 +731,7 @@ def write_report(
     *,
     title: str = "predictd evaluation report",
     bin_size: int = 25,
+    errors: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Write the evaluation report into a local directory.
 
@@ -719,6 +753,9 @@ def write_report(
         Page title.
     bin_size : int
         Bin width in bp for the signal plots' coordinates (an example's own ``bin_size`` wins).
+    errors : sequence of mapping, optional
+        Where each track's error sits (:func:`predictd.evaluate.error_profile` rows with a
+        ``track``): a table on the page.
 
     Returns
     -------
@@ -745,6 +782,9 @@ def write_report(
     for i, ex in enumerate(examples or []):
         _example_arrays(ex, i)
         by_track.setdefault(str(ex["track"]), []).append(ex)
+    for i, e in enumerate(errors or []):
+        if not isinstance(e, Mapping) or "track" not in e:
+            raise PredictdError(f"error row {i}: missing 'track'")
 
     report_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-report-", dir=report_dir))
@@ -770,7 +810,8 @@ def write_report(
             p = tmp / f"signal_{name}.png"
             plot_signal(p, track, exs, bin_size=bin_size)
             signal_files.append((track, p))
-        page = _render_html(title, rows, metrics, methods, bar_files, curves_file, signal_files)
+        page = _render_html(title, rows, metrics, methods, bar_files, curves_file, signal_files,
+                            errors)
         (tmp / "index.html").write_text(page, encoding="utf-8")
         # index.html last: its presence means every other file is complete.
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == "index.html"):

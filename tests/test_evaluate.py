@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from predictd import evaluate
 from predictd.genome import load_genome
@@ -38,3 +39,69 @@ def test_region_metrics_on_hg38():
     yhat = np.where(sub["prom"], 1.0, 0.0).astype(np.float32)
     rows = evaluate.score_methods({"A.x": {"y": y, "model": yhat}}, sub)
     assert rows[0]["mseprom"] == 1.0 and rows[0]["mseenh"] < 1.0
+
+
+# two chromosomes of 1,000 bp (40 bins) and 330 bp (14 bins, the last one partial) at 25 bp
+CHROMS = [["a", 1000], ["b", 330]]
+
+
+def _vectors():
+    y = np.zeros(54)
+    yhat = np.zeros(54)
+    y[5:9] = 2.0            # a's strongest signal, predicted exactly
+    yhat[5:9] = 2.0
+    y[44:47] = 1.0          # b: observed 1, predicted 0 -> the error sits here
+    y[40] = np.nan          # b's first bin not observed
+    return y, yhat
+
+
+def test_error_profile_hand_computed():
+    y, yhat = _vectors()
+    segs = evaluate._segments(54, CHROMS, 25)
+    assert [s[:3] for s in segs] == [("a", 0, 40), ("b", 40, 14)]
+    p = evaluate.error_profile(y, yhat, segs, width=4)
+    # 53 scored bins, squared error 1 in three of them
+    assert p["bins"] == 53 and abs(p["mse"] - 3 / 53) < 1e-12
+    # worst 1 % of 53 bins is one bin: 1 of the total 3
+    assert abs(p["top1_share"] - 1 / 3) < 1e-12
+    # the worst 4-bin window within one chromosome holds all of it
+    assert p["worst"][0] in (43, 44) and p["worst"][1] == 4
+    assert p["worst_share"] == 1.0 and p["worst_mse"] == 0.75 and p["rest_mse"] == 0.0
+
+
+def test_error_profile_window_never_straddles_chromosomes():
+    y = np.zeros(54)
+    yhat = np.zeros(54)
+    yhat[37:43] = 1.0  # error across the a|b boundary: 3 bins each side
+    y[40] = np.nan
+    segs = evaluate._segments(54, CHROMS, 25)
+    p = evaluate.error_profile(y, yhat, segs, width=6)
+    s, w = p["worst"]
+    assert (s + w <= 40) or s >= 40  # inside one chromosome
+    assert abs(p["worst_share"] - 3 / 5) < 1e-12  # a's 3 of the 5 scored error bins
+    # a perfect model: no window, no shares
+    p = evaluate.error_profile(y, y, segs, width=6)
+    assert p["mse"] == 0.0 and p["worst"] is None and np.isnan(p["top1_share"])
+
+
+def test_example_regions_name_real_coordinates():
+    y, yhat = _vectors()
+    base = np.full(54, 0.5)
+    examples, errors = evaluate.example_regions({"E1.m": (y, yhat, base)}, CHROMS, 25,
+                                                width=4, error_width=14)
+    assert [e["label"] for e in examples] == ["densest observed signal",
+                                              "largest error of the model"]
+    dense, worst = examples
+    assert dense["chrom"] == "a" and dense["start_bin"] == 5
+    np.testing.assert_array_equal(dense["observed"], [2.0] * 4)
+    # the error window is on chromosome b, in b's own bin numbers
+    assert worst["chrom"] == "b" and 0 <= worst["start_bin"] <= 4
+    assert worst["observed"].size == 4
+    # the worst window is the whole of the short chromosome b, its end its length
+    (row,) = errors
+    assert row["track"] == "E1.m" and row["worst"] == "b:0-330" and row["worst_share"] == 1.0
+    # no chromosome list: one unnamed segment, positions are bins
+    examples, _ = evaluate.example_regions({"E1.m": (y, yhat, base)}, None, 25, width=4)
+    assert examples[0]["chrom"] == "" and examples[0]["start_bin"] == 5
+    with pytest.raises(ValueError, match="54 bins"):
+        evaluate.example_regions({"E1.m": (y, yhat, base)}, [["a", 1000]], 25)

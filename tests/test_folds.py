@@ -48,7 +48,10 @@ def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(roadmap, 
     methods = {(r["cell_type"], r["assay"], r["method"]) for r in res["metrics"]}
     assert len(methods) == 15 * 4  # model, ensemble, average, cp_als4 for every observed track
     assert len(os.listdir(os.path.join(out, "tracks"))) == 15
-    assert os.path.exists(os.path.join(out, "report", "index.html"))
+    page = open(os.path.join(out, "report", "index.html")).read()
+    # every track's error profile, its worst window named on the pilot's coordinates
+    table = page.split("error is</h2>")[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + 15 and table.count("pilot:") == 15
     # the written track of an observed experiment is its own fold's ensemble
     import pyBigWig
     from predictd.folds import member_out

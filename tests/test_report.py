@@ -170,6 +170,8 @@ def test_input_errors_name_the_culprit(tmp_path):
                                               "observed": [1, 2], "imputed": [1, 2, 3]}])
     with pytest.raises(PredictdError, match="'mse': not a number"):
         R.write_report(tmp_path, [dict(rows[0], mse="abc")])
+    with pytest.raises(PredictdError, match="error row 0: missing 'track'"):
+        R.write_report(tmp_path, rows, errors=[{"mse": 0.1}])
     assert not list(tmp_path.iterdir())  # nothing written on bad input
     (tmp_path / "afile").write_text("x")
     with pytest.raises(PredictdError, match="is a file"):
@@ -190,3 +192,23 @@ def test_failed_write_leaves_previous_report_intact(tmp_path, monkeypatch):
         R.write_report(tmp_path, changed, CURVES)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before  # no half-written files, no temp directory left
+
+
+def test_error_table_and_region_labels(tmp_path):
+    rows = make_rows()
+    ex = make_examples()
+    ex[1]["label"] = "largest error of the model"
+    errors = [{"track": "E003.H3K4me3", "mse": 0.25, "top1_share": 0.474,
+               "worst": "chr7:27,100,000-27,350,000", "worst_share": 0.17, "worst_mse": 6.16,
+               "rest_mse": 0.27},
+              {"track": "E116.H3K27me3", "mse": 0.0, "top1_share": float("nan"), "worst": None,
+               "worst_share": float("nan"), "worst_mse": float("nan"),
+               "rest_mse": float("nan")}]
+    page = open(R.write_report(tmp_path, rows, None, ex, errors=errors)).read()
+    assert "Where the model&#x27;s error is" in page or "Where the model's error is" in page
+    table = page.split("error is</h2>")[1].split("</table>")[0]
+    assert "chr7:27,100,000-27,350,000" in table and "47.4 %" in table and "17.0 %" in table
+    assert "6.16" in table and table.count("n/a") == 5  # the perfect track: nothing to show
+    # without error rows the section is absent
+    page = open(R.write_report(tmp_path / "b", rows, None, ex)).read()
+    assert "error is</h2>" not in page

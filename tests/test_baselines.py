@@ -52,20 +52,6 @@ def test_cp_als_is_deterministic_for_a_seed():
     assert np.array_equal(a.C, b.C) and np.array_equal(a.bA, b.bA)
 
 
-def test_moving_mean_matches_a_direct_window_mean_with_nans():
-    rng = np.random.default_rng(0)
-    V = rng.normal(size=(50, 3))
-    V[rng.random(V.shape) < 0.2] = np.nan
-    V[10:20, 1] = np.nan
-    got = stacking.moving_mean(V, 5)
-    for i in range(50):
-        win = V[max(0, i - 2):i + 3]
-        cnt = (~np.isnan(win)).sum(axis=0)
-        want = np.where(cnt > 0, np.nansum(win, axis=0) / np.maximum(cnt, 1), np.nan)
-        np.testing.assert_allclose(got[i], want, rtol=1e-12, equal_nan=True)
-    assert np.isnan(got[15, 1]) and np.isfinite(got[12, 0])
-
-
 def _direct_features(X, cell, assay, n_assay, c, windows):
     """cell_vectors by definition, one bin at a time over windows: own values, averages over
     the other cell types, and per window the own mean and Σ others / count others."""

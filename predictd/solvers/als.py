@@ -16,15 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .closed_form import projection, resolve_missing_rows, solve_genome_factors
+from .closed_form import projection, resolve_missing_rows
 from .objective import Factors, Penalties
-
-
-def shard_genome_factors(X, exp_cell, exp_assay, f: Factors, pen: Penalties):
-    """Closed-form G, bG of a shard's bins for the current factors."""
-    Z = f.C[exp_cell] * f.A[exp_assay]
-    R = X - (f.mu + f.bC[exp_cell] + f.bA[exp_assay])[None, :].astype(X.dtype)
-    return solve_genome_factors(R, Z, pen.rhoG, pen.rhoB, dtype=np.float64)
 
 
 def shard_stats(X, exp_cell, exp_assay, f: Factors, pen: Penalties, which: str,

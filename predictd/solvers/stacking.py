@@ -34,24 +34,6 @@ def n_features(n_assay: int, windows=()) -> int:
     return 1 + 2 * n_assay * (1 + len(windows))
 
 
-def moving_mean(V: np.ndarray, width: int) -> np.ndarray:
-    """Centred moving mean over ``width`` bins along axis 0, ignoring NaNs (windows are
-    truncated at the block's ends; all-NaN windows give NaN). Cumulative sums: O(n) per column
-    whatever the width."""
-    n = V.shape[0]
-    h = width // 2
-    ok = ~np.isnan(V)
-    cs = np.zeros((n + 1,) + V.shape[1:], dtype=np.float64)
-    np.cumsum(np.where(ok, V, 0.0), axis=0, out=cs[1:])
-    cc = np.zeros((n + 1,) + V.shape[1:], dtype=np.float64)
-    np.cumsum(ok, axis=0, out=cc[1:])
-    lo = np.clip(np.arange(n) - h, 0, n)
-    hi = np.clip(np.arange(n) + h + 1, 0, n)
-    tot = cs[hi] - cs[lo]
-    cnt = cc[hi] - cc[lo]
-    return np.divide(tot, cnt, out=np.full(tot.shape, np.nan), where=cnt > 0).astype(V.dtype)
-
-
 def assay_sums(X: np.ndarray, exp_assay, n_assay: int, chunk: int = 16_384
                ) -> tuple[np.ndarray, np.ndarray]:
     """Per-assay sums and counts of the observed values of a block over *all* its columns
@@ -139,7 +121,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     Layout: ``[1, x_c1 … x_cK, avg_1(c) … avg_K(c)]`` followed by the same 2K columns averaged
     over the centred window of each width in ``windows`` (bins; the genome context, truncated at
     the block's ends): a window's own-assay value is the mean of the observed values in it
-    (:func:`moving_mean`), its average is Σ(other cell types' values) / Σ(their count) over
+    (NaNs skipped), its average is Σ(other cell types' values) / Σ(their count) over
     the window — the mean of the per-bin averages wherever nothing is missing, and cheap: it
     comes from per-assay window sums every cell type shares (:class:`BlockContext`).
     Unobserved experiments of the cell type, and averages of assays that no other cell type

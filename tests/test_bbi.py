@@ -6,12 +6,17 @@ multi-level R-trees, a multi-level chromosome B+ tree and many zoom blocks."""
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
+
 import numpy as np
 import pyBigWig
 import pytest
 
 from predictd import bbi as bbi_writer
-from predictd.bigwig import BigWigWriter, read_binned
+from predictd.bbi import _ZOOM_RECORD
+from predictd.bigwig import BigWigWriter, _check_trees, read_binned
 
 kent = pytest.importorskip("bbi", reason="pybbi (UCSC's kent bigWig library) is not installed")
 
@@ -143,3 +148,64 @@ def test_file_without_data_opens(tmp_path):
         assert bw.chroms() == {"chr1": 1000, "chr2": 50}
         assert bw.header()["nBasesCovered"] == 0
     assert np.isnan(kent.fetch(path, "chr1", 0, 1000, missing=np.nan)).all()
+
+
+def _zoom_records(path):
+    """Every zoom level's records, decoded here from the file's bytes: {reduction: records}."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    n_levels = struct.unpack_from("<H", raw, 6)[0]
+    out = {}
+    for z in range(n_levels):
+        red, _, data_off, index_off = struct.unpack_from("<IIQQ", raw, 64 + 24 * z)
+        assert struct.unpack_from("<I", raw, index_off)[0] == 0x2468ACE0  # R-tree magic
+        leaves = []
+
+        def walk(off):
+            is_leaf, _, count = struct.unpack_from("<BBH", raw, off)
+            for i in range(count):
+                if is_leaf:
+                    leaves.append(struct.unpack_from("<IIIIQQ", raw, off + 4 + 32 * i)[4:])
+                else:
+                    walk(struct.unpack_from("<IIIIQ", raw, off + 4 + 24 * i)[4])
+
+        walk(index_off + 48)
+        recs = np.concatenate([np.frombuffer(zlib.decompress(raw[o:o + n]), _ZOOM_RECORD)
+                               for o, n in leaves])
+        assert recs.size == struct.unpack_from("<I", raw, data_off)[0]
+        out[red] = recs
+    return out
+
+
+def test_zoom_records_are_exact_on_their_grid(tmp_path, small_structures):
+    """Each zoom record, decoded from the bytes, against the data it summarises: start and end
+    on the level's grid (clipped to the chromosome), bases with data, min, max, sum, sum of
+    squares; windows without data have no record."""
+    rng = np.random.default_rng(11)
+    chroms, blocks, values = _layout(rng)
+    path = str(tmp_path / "z.bw")
+    _write(path, chroms, blocks)
+    with open(path, "rb") as fh:
+        raw = fh.read(64)
+    chrom_tree, data_off, index_off = struct.unpack_from("<QQQ", raw, 8)
+    named = _check_trees(path, os.path.getsize(path), chrom_tree, data_off, index_off)[0]
+    zooms = _zoom_records(path)
+    assert len(zooms) >= 3
+    for red, recs in zooms.items():
+        want = []
+        for c, n in chroms:
+            pb = _per_base(values[c], n)
+            for s in range(0, n, red):
+                w = pb[s:s + red]
+                w = w[~np.isnan(w)]
+                if w.size:
+                    want.append((named[c][0], s, min(s + red, n), w.size, w.min(), w.max(),
+                                 w.sum(), (w * w).sum()))
+        want = np.array(want)
+        got = recs[np.lexsort((recs["start"], recs["chrom"]))]
+        want = want[np.lexsort((want[:, 1], want[:, 0]))]
+        assert got.size == len(want), red
+        for i, f in enumerate(("chrom", "start", "end", "n")):
+            np.testing.assert_array_equal(got[f], want[:, i].astype(np.int64), err_msg=(red, f))
+        for i, f in enumerate(("min", "max", "sum", "sumsq"), 4):
+            np.testing.assert_allclose(got[f], want[:, i], rtol=1e-6, err_msg=(red, f))

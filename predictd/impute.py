@@ -97,22 +97,61 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
     return (Wt @ H).T
 
 
-def write_gf(uri: str, GB: np.ndarray) -> None:
+SUM_COLUMN, COUNT_COLUMN = "stack_sum_", "stack_count_"
+
+
+def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> None:
+    """A block's genome factors (columns g0…, bG) and, for a stacked model, the per-assay sums
+    and counts of its observed values (``stack_sum_k``, ``stack_count_k`` for assay index k:
+    what every cell type's averages are built from, so writing tracks does not read the whole
+    tensor block again). The sums are float32 GEMM results and the counts small integers, so
+    float32 holds both exactly."""
     cols = {f"g{l}": pa.array(GB[:, l]) for l in range(GB.shape[1] - 1)}
     cols["bG"] = pa.array(GB[:, -1])
+    if sums is not None:
+        tot, cnt = sums
+        for k in range(tot.shape[1]):
+            cols[f"{SUM_COLUMN}{k}"] = pa.array(tot[:, k].astype(np.float32))
+        for k in range(cnt.shape[1]):
+            cols[f"{COUNT_COLUMN}{k}"] = pa.array(cnt[:, k].astype(np.float32))
     buf = io.BytesIO()
     # no dictionary: factors are all distinct floats (it made this write 5x slower)
     pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
-def read_gf(uri: str) -> np.ndarray:
-    t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+def read_gf_parts(uri: str, sums: bool = True
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``[G | bG]`` of a block (bins × L+1) and, when asked for and stored, the stacked
+    model's per-assay sums and counts (float64, bins × assays each; None when absent — files
+    written before they were stored)."""
+    pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
+    names = pf.schema_arrow.names
+    gcols = [c for c in names if not c.startswith((SUM_COLUMN, COUNT_COLUMN))]
+    scols = [c for c in names if c.startswith(SUM_COLUMN)] if sums else []
+    ccols = [c for c in names if c.startswith(COUNT_COLUMN)] if sums else []
+    t = pf.read(columns=gcols + scols + ccols)
     # built transposed: one contiguous row per column, the layout impute_values wants
-    GBt = np.empty((t.num_columns, t.num_rows), dtype=np.float32)
-    for i, c in enumerate(t.columns):
-        GBt[i] = c.to_numpy()
-    return GBt.T
+    GBt = np.empty((len(gcols), t.num_rows), dtype=np.float32)
+    for i, c in enumerate(gcols):
+        GBt[i] = t.column(c).to_numpy()
+    if not scols or len(scols) != len(ccols):
+        return GBt.T, None
+
+    def stacked(cols, prefix):
+        order = sorted(cols, key=lambda c: int(c[len(prefix):]))
+        A = np.empty((t.num_rows, len(order)))
+        for k, c in enumerate(order):
+            A[:, k] = t.column(c).to_numpy()
+        return A
+
+    return GBt.T, (stacked(scols, SUM_COLUMN), stacked(ccols, COUNT_COLUMN))
+
+
+def read_gf(uri: str) -> np.ndarray:
+    """``[G | bG]`` of a block (bins × L+1)."""
+    return read_gf_parts(uri, sums=False)[0]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -123,7 +162,12 @@ def _solve_task(item, payload):
     if storage.exists(uri):
         return 0
     _, X = tensor.read_block(root, chrom, block, experiments)
-    write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge))
+    sums = None
+    if model.stack is not None:
+        # the stacked regression's averages over all training experiments, once per block
+        aidx = {a: i for i, a in enumerate(model.assays)}
+        sums = stacking.assay_sums(X, [aidx[a] for _, a in model.observed], len(model.assays))
+    write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums)
     return 1
 
 
@@ -138,10 +182,13 @@ def member_weights(n_members: int, todo: list[int], use: dict | None) -> np.ndar
 
 
 def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
-                 block: tuple[list[str], np.ndarray] | None = None) -> np.ndarray:
+                 block: tuple[list[str], np.ndarray] | None = None,
+                 sums: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A model's values of ``pairs`` for a block: the factor model, with the stacked transfer
-    regression on top when the model has one (it needs the block's observed data: ``block`` =
-    (experiment names, bins × experiments))."""
+    regression on top when the model has one. That needs the block's observed data, ``block``
+    = (experiment names, bins × experiments): every training experiment of the model, or —
+    with the block's stored per-assay ``sums`` (:func:`read_gf_parts`) — only those of the
+    target cell types."""
     Y = impute_values(GB, model, pairs)
     if model.stack is None:
         return Y
@@ -152,8 +199,18 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     aidx = {a: i for i, a in enumerate(model.assays)}
     ec = np.array([cidx[c] for c, _ in model.observed])
     ea = np.array([aidx[a] for _, a in model.observed])
-    return stacking.predict_pairs(X[:, [ci[e] for e in obs]], ec, ea, model.stack, pairs,
-                                  np.ascontiguousarray(Y), model.stack_windows)
+    context = None
+    if sums is not None:
+        context = stacking.BlockContext(None, ea, len(model.assays), model.stack_windows,
+                                        sums=sums)
+        # only the target cell types' own columns are read from the block
+        keep = np.isin(ec, [j for j, _ in pairs])
+        obs = [e for e, k in zip(obs, keep) if k]
+        ec, ea = ec[keep], ea[keep]
+    idx = [ci[e] for e in obs]
+    Xm = X if idx == list(range(X.shape[1])) else X[:, idx]
+    return stacking.predict_pairs(Xm, ec, ea, model.stack, pairs, np.ascontiguousarray(Y),
+                                  model.stack_windows, context=context)
 
 
 def needs_block(members: list[tuple[str, Model]]) -> bool:
@@ -162,15 +219,19 @@ def needs_block(members: list[tuple[str, Model]]) -> bool:
 
 def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str, block: int,
                     pairs: list[tuple[int, int]],
-                    data: tuple[list[str], np.ndarray] | None = None) -> np.ndarray:
+                    data: tuple[list[str], np.ndarray] | None = None,
+                    factors: list | None = None) -> np.ndarray:
     """Model-space values of ``pairs`` for a block, averaged over ensemble members with the
     weights W (members × pairs). A single model is the one-member case. ``data`` is the
-    block's observed tensor (names, values), needed by stacked models."""
+    block's observed tensor (names, values), needed by stacked models; ``factors`` the
+    members' :func:`read_gf_parts` of the block when already read."""
     Y = None
     for m, (gf_root, model) in enumerate(members):
         if not W[m].any():
             continue
-        Ym = model_values(model, read_gf(gf_uri(gf_root, chrom, block)), pairs, data)
+        GB, sums = factors[m] if factors is not None else read_gf_parts(
+            gf_uri(gf_root, chrom, block), sums=model.stack is not None)
+        Ym = model_values(model, GB, pairs, data, sums)
         if len(members) > 1:
             Ym = Ym * W[m][None, :]
         Y = Ym if Y is None else Y + Ym
@@ -194,10 +255,21 @@ def _write_task(group, payload):
             dest = track_uri(out, names[p]) if local_out else os.path.join(
                 tmpdir, f"{names[p]}.imputed.bw")
             writers.append(BigWigWriter(dest, chroms, bin_size).open())
+        targets = {model.cell_types[j] for j, _ in pairs}
+        mine = [e for e in exps if e.split(".", 1)[0] in targets]
         for chrom, block, start, n in blocks:
-            data = (exps, tensor.read_block(root, chrom, block, exps)[1]) \
-                if needs_block(members) else None
-            Y = inverse(ensemble_values(members, W, chrom, block, pairs, data), transform)
+            factors = [read_gf_parts(gf_uri(r, chrom, block), sums=m.stack is not None)
+                       for r, m in members]
+            data = None
+            if needs_block(members):
+                # with the stored per-assay sums, only the target cell types' own columns of
+                # the tensor are read (at Roadmap scale a few dozen of a thousand)
+                whole = any(m.stack is not None and f[1] is None
+                            for (_, m), f in zip(members, factors))
+                cols = exps if whole else mine
+                data = (cols, tensor.read_block(root, chrom, block, cols)[1])
+            Y = inverse(ensemble_values(members, W, chrom, block, pairs, data, factors),
+                        transform)
             if check and not np.isfinite(Y).all():
                 raise PredictdError(f"imputed values for block {chrom}:{block} are not finite "
                                     "(diverged model?)")

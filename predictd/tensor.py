@@ -112,10 +112,12 @@ def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int)
     return buf.getvalue()
 
 
-def decode_block(data: bytes, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(bins, X) from Parquet bytes; X is float32 bins × columns with NaN for null."""
+def decode_block(data, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, X) from Parquet bytes (or an open Arrow file: only the requested columns'
+    chunks are read); X is float32 bins × columns with NaN for null."""
     try:
-        t = pq.read_table(io.BytesIO(data), columns=["bin", *columns])
+        t = pq.read_table(io.BytesIO(data) if isinstance(data, bytes) else data,
+                          columns=["bin", *columns])
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
     bins = t.column("bin").to_numpy()
@@ -134,7 +136,15 @@ def write_block(root: str, chrom: str, block: int, start_bin: int, X: np.ndarray
 def read_block(root: str, chrom: str, block: int, columns: list[str]
                ) -> tuple[np.ndarray, np.ndarray]:
     uri = block_uri(root, chrom, block)
-    return decode_block(storage.read_bytes(uri), columns, uri)
+    if storage.is_remote(uri):
+        return decode_block(storage.read_bytes(uri), columns, uri)
+    # a local block is read in place: a task that needs a few of its columns (writing a few
+    # cell types' tracks) reads only theirs, not the whole file
+    path = storage.parse_uri(uri)[1]
+    with storage._local_errors(path, "reading"):
+        fh = pa.memory_map(path, "r")
+    with fh:
+        return decode_block(fh, columns, uri)
 
 
 def write_header(root: str, header: TensorHeader) -> None:

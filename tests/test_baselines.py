@@ -178,6 +178,31 @@ def test_a_tracks_stacked_values_do_not_depend_on_the_tracks_beside_it():
     assert np.isfinite(everything).all()
 
 
+def test_stored_sums_and_only_the_target_columns_give_the_same_values():
+    # writing tracks reads the per-assay sums stored with the genome factors and only the
+    # target cell types' columns of the block: the values must not change by a bit
+    X, cell, assay = relation_tensor(n=3000)
+    X = X.astype(np.float32)
+    X[100:110, 4] = np.nan
+    X[2000:2400, 7] = np.nan
+    windows = (3, 11)
+    W = stacking.fit_stack(stacking.stack_stats(X, cell, assay, 4, 3, windows),
+                           np.ones((4, 3), bool), windows=windows)
+    fb = np.arange(3000 * 3, dtype=np.float32).reshape(3000, 3)
+    pairs = [(1, 0), (1, 2), (3, 1)]
+    whole = stacking.predict_pairs(X, cell, assay, W, pairs, fb, windows)
+    ctx = stacking.BlockContext(None, assay, 3, windows, sums=stacking.assay_sums(X, assay, 3))
+    keep = np.isin(cell, [1, 3])
+    part = stacking.predict_pairs(X[:, keep], cell[keep], assay[keep], W, pairs, fb, windows,
+                                  context=ctx)
+    np.testing.assert_array_equal(part, whole)
+    assert not np.array_equal(whole, fb)  # the regressions did replace the fallback
+    with pytest.raises(ValueError, match="windows"):
+        stacking.predict_pairs(X, cell, assay, W, pairs, fb, (3,), context=ctx)
+    with pytest.raises(ValueError, match="not bins × 3"):
+        stacking.BlockContext(None, assay, 3, sums=(np.zeros((5, 2)), np.zeros((5, 2))))
+
+
 def noisy_target_held_out(seed: int):
     """The relation tensor with noise, (cell 0, assay 0) held out: (X, cells, assays, observed)."""
     rng = np.random.default_rng(seed)

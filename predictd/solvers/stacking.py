@@ -82,19 +82,31 @@ class BlockContext:
     counts over all experiments (:func:`assay_sums`), their window sums at every context
     width, and the resulting all-experiment averages (a cell type's averages differ only in the
     assays it has itself), all evaluated at ``rows`` (None = every bin) and stored assay-major
-    (n_assay × bins), the layout the feature matrices are built in."""
+    (n_assay × bins), the layout the feature matrices are built in.
 
-    def __init__(self, X: np.ndarray, exp_assay, n_assay: int, windows=(), rows=None,
-                 dtype=np.float32):
-        self.n = X.shape[0]
+    ``sums`` — the block's :func:`assay_sums` computed earlier (the imputation stores them with
+    the genome factors) — replaces the pass over X, which may then be None; ``exp_assay`` still
+    lists the assay of every experiment, whose counts tell which averages exist."""
+
+    def __init__(self, X: np.ndarray | None, exp_assay, n_assay: int, windows=(), rows=None,
+                 dtype=np.float32, sums: tuple[np.ndarray, np.ndarray] | None = None):
+        if sums is None:
+            tot, cnt = assay_sums(X, exp_assay, n_assay)
+        else:
+            tot, cnt = sums
+            if tot.shape != cnt.shape or tot.ndim != 2 or tot.shape[1] != n_assay:
+                raise ValueError(f"sums of shape {tot.shape} / {cnt.shape}, not bins × {n_assay}")
+        self.n = tot.shape[0]
+        # experiments per assay: an average over the other cell types exists for a cell type
+        # unless it has the assay's only experiment(s)
+        self.assay_count = np.bincount(np.asarray(exp_assay), minlength=n_assay)
         self.windows = tuple(int(w) for w in windows)
         self.pad = max([w // 2 for w in self.windows], default=0)
         if rows is not None:
             rows = np.asarray(rows)
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows
         self.rows = rows
-        present = np.bincount(np.asarray(exp_assay), minlength=n_assay) > 0
-        tot, cnt = assay_sums(X, exp_assay, n_assay)
+        present = self.assay_count > 0
         TC = np.ascontiguousarray(np.concatenate([tot, cnt], axis=1).T)  # 2K × n
         # the windows' sums are differences of float64 cumulative sums; once taken, float32
         # holds them (and halves the memory traffic of every cell type's features)
@@ -129,7 +141,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
     ``rows`` (indices or a boolean mask) returns only those bins, the context still taken from
     the whole block. ``context`` is the block's :class:`BlockContext` for the same windows and
-    rows (built here when absent).
+    rows (built here when absent); with it, X need only hold the columns of ``cell`` (all of
+    them), the averages coming from the context.
     """
     X = np.asarray(X)
     exp_cell = np.asarray(exp_cell)
@@ -147,7 +160,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     XS = np.empty((2 * k, ctx.n), dtype=np.float32)
     np.copyto(XS[:k], np.where(seen, xs, np.float32(0.0)))
     XS[k:] = seen
-    has_source = np.bincount(exp_assay[exp_cell != cell], minlength=n_assay) > 0
+    has_source = ctx.assay_count - np.bincount(a_own, minlength=n_assay) > 0
     m = ctx.n if r is None else r.size
     Vt = np.zeros((n_features(n_assay, windows), m), dtype=dtype)
     Vt[0] = 1.0
@@ -374,7 +387,8 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
 
 
 def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs,
-                  fallback: np.ndarray, windows=()) -> np.ndarray:
+                  fallback: np.ndarray, windows=(), context: BlockContext | None = None
+                  ) -> np.ndarray:
     """Stacked imputation of target pairs for a block of bins.
 
     Parameters
@@ -393,6 +407,10 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
     windows : sequence of int
         The context widths the weights were fitted with. ``X`` must then be contiguous bins
         (a tensor block); windows are truncated at its ends, as in training.
+    context : BlockContext, optional
+        The block's context over *all* training experiments, e.g. from stored sums
+        (``BlockContext(None, every experiment's assay, …, sums=…)``); X then needs only the
+        columns of the target cell types. Built from X when absent.
 
     Returns
     -------
@@ -402,7 +420,9 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
     # built track-major and returned as its transpose: each track's column is contiguous
     outT = np.array(np.asarray(fallback).T, dtype=np.float32, order="C", copy=True)
     pairs = [(int(j), int(k)) for j, k in pairs]
-    ctx = None  # what every target cell type of the block shares
+    ctx = context  # what every target cell type of the block shares
+    if ctx is not None and ctx.windows != tuple(int(w) for w in windows):
+        raise ValueError(f"context has windows {ctx.windows}, not {tuple(windows)}")
     for j in sorted({p[0] for p in pairs}):
         # one GEMM over *all* the cell type's fitted targets, whichever of them are asked
         # for: a track's value (GEMM blocking, hence rounding, depends on the shape) is then

@@ -1,0 +1,87 @@
+"""Writing tracks of a stacked model: the per-assay sums stored with the genome factors let a
+write task read only its target cell types' columns of each tensor block."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from predictd import impute, pipeline, tensor
+from predictd.config import Config
+from tests.conftest import CELLS
+from tests.test_pipeline import write_roadmap_inputs
+
+
+def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path, monkeypatch):
+    small = {k: v[:80_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
+    manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
+    cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
+                 write_parallelism=2)
+    out = str(tmp_path / "out")
+    run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
+    pipeline.run_all(run, stages=("ingest", "train", "impute"))
+    model = run.load_model()
+    assert model.stack is not None
+    gf = os.path.join(out, "model", "genome_factors")
+    files = sorted(glob.glob(os.path.join(gf, "chrom=pilot", "*.parquet")))
+    assert len(files) == 5  # 80,000 bins in blocks of 16,384
+    n_assay = len(model.assays)
+    header = tensor.read_header(run.tensor_root)
+    aidx = {a: i for i, a in enumerate(model.assays)}
+    ea = [aidx[a] for _, a in model.observed]
+    for f in files:
+        names = pq.read_schema(f).names
+        assert names[:model.latent_factors + 1] == [
+            *(f"g{i}" for i in range(model.latent_factors)), "bG"]
+        assert sum(c.startswith("stack_") for c in names) == 2 * n_assay
+    # the stored sums are those of the block's observed values, exactly
+    block = int(files[2].split("block=")[1][:6])
+    GB, (tot, cnt) = impute.read_gf_parts(files[2])
+    _, X = tensor.read_block(run.tensor_root, "pilot", block,
+                             [f"{c}.{a}" for c, a in model.observed])
+    want_t, want_c = impute.stacking.assay_sums(X, ea, n_assay)
+    np.testing.assert_array_equal(tot, want_t)
+    np.testing.assert_array_equal(cnt, want_c)
+    np.testing.assert_array_equal(GB, impute.read_gf(files[2]))
+
+    # genome factors written before the sums were stored: the whole block is read
+    legacy = str(tmp_path / "legacy_gf")
+    shutil.copytree(gf, legacy)
+    for f in glob.glob(os.path.join(legacy, "chrom=pilot", "*.parquet")):
+        t = pq.read_table(f)
+        keep = [c for c in t.column_names if not c.startswith("stack_")]
+        buf = io.BytesIO()
+        pq.write_table(t.select(keep), buf)
+        with open(f, "wb") as fh:
+            fh.write(buf.getvalue())
+    assert impute.read_gf_parts(os.path.join(legacy, "chrom=pilot",
+                                             os.path.basename(files[0])))[1] is None
+
+    asked = []
+    real = tensor.read_block
+
+    def spy(root, chrom, blk, columns):
+        asked.append(list(columns))
+        return real(root, chrom, blk, columns)
+
+    monkeypatch.setattr(impute.tensor, "read_block", spy)
+    again = str(tmp_path / "again")
+    impute.write_tracks(None, header, again, gf, model, cfg, root=run.tensor_root)
+    # two write tasks: the first has cell types 0-1 (8 tracks of 15), the second 1-2
+    firsts = {tuple(a) for a in asked}
+    assert len(firsts) == 2 and all(len(a) < len(header.experiments) for a in firsts)
+    for cols in firsts:
+        assert len({c.split(".")[0] for c in cols}) == 2
+    asked.clear()
+    old = str(tmp_path / "old")
+    impute.write_tracks(None, header, old, legacy, model, cfg, root=run.tensor_root)
+    assert {tuple(a) for a in asked} == {tuple(header.experiments)}
+    for name in model.track_names():
+        a = open(impute.track_uri(out, name), "rb").read()
+        assert a == open(impute.track_uri(again, name), "rb").read(), name
+        assert a == open(impute.track_uri(old, name), "rb").read(), name

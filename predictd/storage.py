@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -319,6 +320,8 @@ def _s3_errors(uri: str, action: str):
             msg = f"access denied {action} {uri} (check the AWS credentials and the bucket policy)"
         elif code in _S3_BAD_CREDENTIALS:
             msg = f"AWS credentials rejected ({code}) {action} {uri}"
+        elif code in ("PreconditionFailed", "412"):
+            msg = f"S3 object changed while it was being read: {uri}"
         elif code == "AccessControlListNotSupported":
             msg = (f"bucket {bucket!r} has ACLs disabled, so {uri} cannot be made public per object; "
                    "grant read access with a bucket policy instead")
@@ -495,6 +498,62 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     if resp.status_code >= 400:
         raise _http_error(uri, resp.status_code, "reading")
     return resp.content
+
+
+class S3RangeReader(io.RawIOBase):
+    """A seekable, read-only view of one S3 object that fetches only the byte ranges read.
+
+    For formats read in pieces (a Parquet tensor block: its footer, then the column chunks
+    asked for) this downloads a fraction of the object. Every request is pinned to the ETag
+    seen when opening, so an object replaced mid-read is an error, not a mix of two versions.
+    """
+
+    def __init__(self, uri: str):
+        super().__init__()
+        head = _s3_head(uri)
+        if head is None:
+            raise PredictdError(f"S3 object not found: {uri}")
+        self.uri = uri
+        self._bucket, self._key = _s3_bucket_key(uri)
+        self._etag = head.get("ETag")
+        self.size = int(head["ContentLength"])
+        self._pos = 0
+        self.requests = 0   # range GETs made, and the bytes they returned
+        self.fetched = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self._pos)
+        if n <= 0:
+            return 0
+        extra = {"IfMatch": self._etag} if self._etag else {}
+        with _s3_errors(self.uri, "reading"):
+            body = s3_client().get_object(
+                Bucket=self._bucket, Key=self._key,
+                Range=f"bytes={self._pos}-{self._pos + n - 1}", **extra)["Body"].read()
+        self.requests += 1
+        self.fetched += len(body)
+        if len(body) != n:
+            raise PredictdError(f"S3 returned {len(body)} bytes for a {n}-byte range of "
+                                f"{self.uri}")
+        memoryview(buf)[:n] = body
+        self._pos += n
+        return n
 
 
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:

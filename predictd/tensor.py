@@ -136,7 +136,12 @@ def write_block(root: str, chrom: str, block: int, start_bin: int, X: np.ndarray
 def read_block(root: str, chrom: str, block: int, columns: list[str]
                ) -> tuple[np.ndarray, np.ndarray]:
     uri = block_uri(root, chrom, block)
-    if storage.is_remote(uri):
+    scheme = storage.parse_uri(uri)[0]
+    if scheme == "s3":
+        # ranged reads: the footer, then only the requested columns' chunks
+        with storage.S3RangeReader(uri) as fh:
+            return decode_block(fh, columns, uri)
+    if scheme != "file":
         return decode_block(storage.read_bytes(uri), columns, uri)
     # a local block is read in place: a task that needs a few of its columns (writing a few
     # cell types' tracks) reads only theirs, not the whole file

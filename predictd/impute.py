@@ -98,6 +98,17 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
 
 
 SUM_COLUMN, COUNT_COLUMN = "stack_sum_", "stack_count_"
+# The sums (2 columns per assay) are stored when the block has at least this many times as many
+# columns: then they save a write task most of the block's columns (Roadmap: 48 against
+# 1,014). On a small compendium (the 4 × 5 pilot: 10 against 20) reading the block whole is as
+# cheap, and storing them would only slow the solve.
+SUMS_MIN_RATIO = 4
+
+
+def stores_sums(model: Model) -> bool:
+    """Whether the solve stores the block's per-assay sums with a model's genome factors."""
+    return (model.stack is not None
+            and len(model.observed) >= SUMS_MIN_RATIO * 2 * len(model.assays))
 
 
 def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None
@@ -163,7 +174,7 @@ def _solve_task(item, payload):
         return 0
     _, X = tensor.read_block(root, chrom, block, experiments)
     sums = None
-    if model.stack is not None:
+    if stores_sums(model):
         # the stacked regression's averages over all training experiments, once per block
         aidx = {a: i for i, a in enumerate(model.assays)}
         sums = stacking.assay_sums(X, [aidx[a] for _, a in model.observed], len(model.assays))
@@ -258,13 +269,14 @@ def _write_task(group, payload):
         targets = {model.cell_types[j] for j, _ in pairs}
         mine = [e for e in exps if e.split(".", 1)[0] in targets]
         for chrom, block, start, n in blocks:
+            # the members this task's tracks average (a fold's tracks use its own models)
             factors = [read_gf_parts(gf_uri(r, chrom, block), sums=m.stack is not None)
-                       for r, m in members]
+                       if W[i].any() else None for i, (r, m) in enumerate(members)]
             data = None
             if needs_block(members):
                 # with the stored per-assay sums, only the target cell types' own columns of
                 # the tensor are read (at Roadmap scale a few dozen of a thousand)
-                whole = any(m.stack is not None and f[1] is None
+                whole = any(f is not None and m.stack is not None and f[1] is None
                             for (_, m), f in zip(members, factors))
                 cols = exps if whole else mine
                 data = (cols, tensor.read_block(root, chrom, block, cols)[1])

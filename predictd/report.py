@@ -613,18 +613,20 @@ def _track_table(rows, metrics: list[str], methods: list[str]) -> str:
     return "".join(out)
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f} %"
+
+
 def _error_table(errors: Sequence[Mapping[str, Any]]) -> str:
     out = ['<div class="scroll"><table><tr><th class="key">track</th><th>MSE</th>'
            "<th>share in worst 1 % of bins</th><th class=\"key\">worst window</th>"
            "<th>share there</th><th>MSE there</th><th>MSE elsewhere</th></tr>"]
     for e in errors:
-        def pct(v):
-            return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f} %"
         out.append(
-            f'<tr><td class="key">{html.escape(str(e["track"]))}</td><td>{_fmt(e.get("mse", np.nan))}</td>'
-            f"<td>{pct(e.get('top1_share'))}</td>"
+            f'<tr><td class="key">{html.escape(str(e["track"]))}</td>'
+            f"<td>{_fmt(e.get('mse', np.nan))}</td><td>{_pct(e.get('top1_share'))}</td>"
             f'<td class="key">{html.escape(str(e.get("worst") or "n/a"))}</td>'
-            f"<td>{pct(e.get('worst_share'))}</td><td>{_fmt(e.get('worst_mse', np.nan))}</td>"
+            f"<td>{_pct(e.get('worst_share'))}</td><td>{_fmt(e.get('worst_mse', np.nan))}</td>"
             f"<td>{_fmt(e.get('rest_mse', np.nan))}</td></tr>")
     out.append("</table></div>")
     return "".join(out)

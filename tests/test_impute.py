@@ -20,13 +20,18 @@ from tests.test_pipeline import write_roadmap_inputs
 def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path, monkeypatch):
     small = {k: v[:80_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
+    # 15 experiments of 5 assays: too few for the sums to pay off by default
+    monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
                  write_parallelism=2)
     out = str(tmp_path / "out")
     run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
     pipeline.run_all(run, stages=("ingest", "train", "impute"))
     model = run.load_model()
-    assert model.stack is not None
+    assert model.stack is not None and impute.stores_sums(model)
+    monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 4)
+    assert not impute.stores_sums(model)  # 15 < 4 x 10 columns of sums
+    monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
     gf = os.path.join(out, "model", "genome_factors")
     files = sorted(glob.glob(os.path.join(gf, "chrom=pilot", "*.parquet")))
     assert len(files) == 5  # 80,000 bins in blocks of 16,384

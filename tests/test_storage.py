@@ -524,7 +524,8 @@ def test_tensor_block_on_s3_is_read_by_column_ranges(bucket, monkeypatch):
     X[rng.random(X.shape) < 0.01] = np.nan
     root = f"s3://{bucket}/tensor"
     tensor.write_block(root, "chr1", 0, 0, X, names, 25)
-    size = storage.s3_client().head_object(Bucket=bucket, Key="tensor/chrom=chr1/block=000000.parquet")["ContentLength"]
+    size = storage.s3_client().head_object(
+        Bucket=bucket, Key="tensor/chrom=chr1/block=000000.parquet")["ContentLength"]
     readers = []
     real = storage.S3RangeReader
 

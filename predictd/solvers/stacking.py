@@ -95,7 +95,8 @@ class BlockContext:
         else:
             tot, cnt = sums
             if tot.shape != cnt.shape or tot.ndim != 2 or tot.shape[1] != n_assay:
-                raise ValueError(f"sums of shape {tot.shape} / {cnt.shape}, not bins × {n_assay}")
+                raise ValueError(f"sums of shape {tot.shape} / {cnt.shape}, "
+                                 f"not bins × {n_assay}")
         self.n = tot.shape[0]
         # experiments per assay: an average over the other cell types exists for a cell type
         # unless it has the assay's only experiment(s)

@@ -135,13 +135,13 @@ def _region(segments, start: int, width: int, bin_size: int) -> tuple[str, int, 
     raise ValueError(f"bin {start} is outside the genome")
 
 
-def error_profile(y: np.ndarray, yhat: np.ndarray, segments, width: int) -> dict:
-    """Where a track's squared error sits: the share of the whole error in its worst 1 % of
-    bins, and the window of ``width`` bins (within one chromosome) holding the most of it, with
-    that window's share and mean squared error and the MSE of every other bin. Bins where y is
-    NaN are not scored. A model whose error is a few regions' (a cell-type-specific domain no
-    training cell type has) reads differently from one that is a little off everywhere."""
-    se = (np.asarray(yhat, dtype=np.float64) - y) ** 2  # NaN where y is
+def error_profile(se: np.ndarray, segments, width: int) -> dict:
+    """Where a track's squared error ``se`` (per bin; NaN where the track is not observed,
+    those bins not scored) sits: the share of the whole error in its worst 1 % of bins, and the
+    window of ``width`` bins (within one chromosome) holding the most of it, with that window's
+    share and mean squared error and the MSE of every other bin. A model whose error is a few
+    regions' (a cell-type-specific domain no training cell type has) reads differently from one
+    that is a little off everywhere."""
     ok = ~np.isnan(se)
     n = int(ok.sum())
     total = float(se[ok].sum())
@@ -179,11 +179,12 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
     examples, errors = [], []
     for h, (y, yhat, base) in vectors.items():
         segs = _segments(y.size, chroms, bin_size)
+        se = (np.asarray(yhat, dtype=np.float64) - y) ** 2  # NaN where y is
         wins = []
         dense = _best_window(y, segs, width)
         if dense is not None:
             wins.append(("densest observed signal", dense))
-        worst = _best_window((yhat - y) ** 2, segs, width)
+        worst = _best_window(se, segs, width)
         if worst is not None and (dense is None or abs(worst[0] - dense[0]) >= width // 2):
             wins.append(("largest error of the model", worst))
         for label, (s, w) in wins:
@@ -191,7 +192,7 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
             examples.append({"track": h, "chrom": chrom, "start_bin": b, "label": label,
                              "observed": y[s:s + w], "imputed": yhat[s:s + w],
                              "baseline": base[s:s + w]})
-        prof = error_profile(y, yhat, segs, error_width)
+        prof = error_profile(se, segs, error_width)
         if prof["worst"] is not None:
             prof["worst"] = _region(segs, *prof["worst"], bin_size)[2]
         errors.append({"track": h, **prof})

@@ -556,6 +556,25 @@ class S3RangeReader(io.RawIOBase):
         return n
 
 
+@contextlib.contextmanager
+def open_random_access(uri: str | os.PathLike):
+    """A seekable binary file over a file, object or URL, for formats read in pieces (a Parquet
+    tensor block: its footer, then the column chunks asked for): a local file memory-mapped, an
+    S3 object through ranged GETs (:class:`S3RangeReader`), a URL read whole."""
+    scheme, location = parse_uri(uri)
+    if scheme == "file":
+        import pyarrow as pa
+
+        with _local_errors(location, "reading"):
+            fh = pa.memory_map(location, "r")
+    elif scheme == "s3":
+        fh = S3RangeReader(os.fspath(uri))
+    else:
+        fh = io.BytesIO(read_bytes(uri))
+    with fh:
+        yield fh
+
+
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     """:func:`read_bytes` decoded as text."""
     data = read_bytes(uri)

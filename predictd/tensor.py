@@ -112,12 +112,11 @@ def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int)
     return buf.getvalue()
 
 
-def decode_block(data, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(bins, X) from Parquet bytes (or an open Arrow file: only the requested columns'
-    chunks are read); X is float32 bins × columns with NaN for null."""
+def decode_block(source, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, X) from a block's Parquet (an open seekable file or Arrow buffer: only the
+    requested columns' chunks are read); X is float32 bins × columns with NaN for null."""
     try:
-        t = pq.read_table(io.BytesIO(data) if isinstance(data, bytes) else data,
-                          columns=["bin", *columns])
+        t = pq.read_table(source, columns=["bin", *columns])
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
     bins = t.column("bin").to_numpy()
@@ -136,19 +135,9 @@ def write_block(root: str, chrom: str, block: int, start_bin: int, X: np.ndarray
 def read_block(root: str, chrom: str, block: int, columns: list[str]
                ) -> tuple[np.ndarray, np.ndarray]:
     uri = block_uri(root, chrom, block)
-    scheme = storage.parse_uri(uri)[0]
-    if scheme == "s3":
-        # ranged reads: the footer, then only the requested columns' chunks
-        with storage.S3RangeReader(uri) as fh:
-            return decode_block(fh, columns, uri)
-    if scheme != "file":
-        return decode_block(storage.read_bytes(uri), columns, uri)
-    # a local block is read in place: a task that needs a few of its columns (writing a few
-    # cell types' tracks) reads only theirs, not the whole file
-    path = storage.parse_uri(uri)[1]
-    with storage._local_errors(path, "reading"):
-        fh = pa.memory_map(path, "r")
-    with fh:
+    # read in place (memory-mapped, or by byte ranges on S3): a task that needs a few of the
+    # columns (writing a few cell types' tracks) reads only theirs, not the whole block
+    with storage.open_random_access(uri) as fh:
         return decode_block(fh, columns, uri)
 
 

@@ -59,7 +59,7 @@ def test_error_profile_hand_computed():
     y, yhat = _vectors()
     segs = evaluate._segments(54, CHROMS, 25)
     assert [s[:3] for s in segs] == [("a", 0, 40), ("b", 40, 14)]
-    p = evaluate.error_profile(y, yhat, segs, width=4)
+    p = evaluate.error_profile((yhat - y) ** 2, segs, width=4)
     # 53 scored bins, squared error 1 in three of them
     assert p["bins"] == 53 and abs(p["mse"] - 3 / 53) < 1e-12
     # worst 1 % of 53 bins is one bin: 1 of the total 3
@@ -75,12 +75,12 @@ def test_error_profile_window_never_straddles_chromosomes():
     yhat[37:43] = 1.0  # error across the a|b boundary: 3 bins each side
     y[40] = np.nan
     segs = evaluate._segments(54, CHROMS, 25)
-    p = evaluate.error_profile(y, yhat, segs, width=6)
+    p = evaluate.error_profile((yhat - y) ** 2, segs, width=6)
     s, w = p["worst"]
     assert (s + w <= 40) or s >= 40  # inside one chromosome
     assert abs(p["worst_share"] - 3 / 5) < 1e-12  # a's 3 of the 5 scored error bins
     # a perfect model: no window, no shares
-    p = evaluate.error_profile(y, y, segs, width=6)
+    p = evaluate.error_profile((y - y) ** 2, segs, width=6)
     assert p["mse"] == 0.0 and p["worst"] is None and np.isnan(p["top1_share"])
 
 

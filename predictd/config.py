@@ -80,6 +80,14 @@ class Config:
     stack_blend_context: int = _opt(2, "stacking: how many context windows (short, long, wide, "
                                     "in that order) add their averages to the blend's "
                                     "recalibration, besides the bin's own", lo=0, hi=3)
+    stack_similar: int = _opt(1001, "stacking: weigh the other cell types' values of the target "
+                              "assay by how much each resembles the target cell type locally "
+                              "(correlation of their shared other assays over this many bins "
+                              "around the bin), instead of the plain average; 0 = the plain "
+                              "average", lo=0, hi=100_000)
+    stack_similar_tau: float = _opt(0.2, "stacking: temperature of the resemblance weights "
+                                     "exp(-(1 - r)/tau): smaller follows the most similar cell "
+                                     "type more closely", lo=0.0, lo_open=True, hi=100.0)
     stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
                                 "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
@@ -134,6 +142,10 @@ class Config:
         """The stacking layer's genome-context windows (bins), zeros dropped."""
         return tuple(w for w in (self.stack_window_short, self.stack_window_long,
                                  self.stack_window_wide) if w > 0)
+
+    def stack_similarity(self) -> tuple[int, float] | None:
+        """(width, tau) of the stacking layer's similarity-weighted averages, or None."""
+        return (self.stack_similar, self.stack_similar_tau) if self.stack_similar > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

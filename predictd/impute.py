@@ -107,7 +107,8 @@ SUMS_MIN_RATIO = 4
 
 def stores_sums(model: Model) -> bool:
     """Whether the solve stores the block's per-assay sums with a model's genome factors."""
-    return (model.stack is not None
+    # the similarity-weighted averages need every column of the block anyway
+    return (model.stack is not None and model.stack_similar is None
             and len(model.observed) >= SUMS_MIN_RATIO * 2 * len(model.assays))
 
 
@@ -211,7 +212,7 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     ec = np.array([cidx[c] for c, _ in model.observed])
     ea = np.array([aidx[a] for _, a in model.observed])
     context = None
-    if sums is not None:
+    if sums is not None and model.stack_similar is None:
         context = stacking.BlockContext(None, ea, len(model.assays), model.stack_windows,
                                         sums=sums)
         # only the target cell types' own columns are read from the block
@@ -221,7 +222,8 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     idx = [ci[e] for e in obs]
     Xm = X if idx == list(range(X.shape[1])) else X[:, idx]
     return stacking.predict_pairs(Xm, ec, ea, model.stack, pairs, np.ascontiguousarray(Y),
-                                  model.stack_windows, context=context)
+                                  model.stack_windows, context=context,
+                                  similar=model.stack_similar)
 
 
 def needs_block(members: list[tuple[str, Model]]) -> bool:
@@ -275,8 +277,10 @@ def _write_task(group, payload):
             data = None
             if needs_block(members):
                 # with the stored per-assay sums, only the target cell types' own columns of
-                # the tensor are read (at Roadmap scale a few dozen of a thousand)
-                whole = any(f is not None and m.stack is not None and f[1] is None
+                # the tensor are read (at Roadmap scale a few dozen of a thousand); the
+                # similarity-weighted averages need them all
+                whole = any(f is not None and m.stack is not None
+                            and (f[1] is None or m.stack_similar is not None)
                             for (_, m), f in zip(members, factors))
                 cols = exps if whole else mine
                 data = (cols, tensor.read_block(root, chrom, block, cols)[1])

@@ -49,6 +49,15 @@ def predict(G: np.ndarray, bG: np.ndarray, Z: np.ndarray, b_exp: np.ndarray) -> 
     return out
 
 
+def _similar(value) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    width, tau = value  # a malformed value raises TypeError / ValueError: a malformed model
+    if int(width) < 1 or not float(tau) > 0:
+        raise ValueError(f"stack_similar {value!r}")
+    return int(width), float(tau)
+
+
 @dataclass
 class Model:
     """Fitted cell-type/assay factors and biases, with the names that index them."""
@@ -66,6 +75,8 @@ class Model:
     # pairs that keep the factor model's value; None = the plain factor model
     stack: np.ndarray | None = None
     stack_windows: tuple[int, ...] = ()
+    # (width, tau) of the similarity-weighted averages the stack was fitted with, or None
+    stack_similar: tuple[int, float] | None = None
 
     @property
     def latent_factors(self) -> int:
@@ -101,6 +112,7 @@ class Model:
             "mu": float(self.mu),
             "observed": [list(p) for p in self.observed],
             "stack_windows": list(self.stack_windows),
+            "stack_similar": None if self.stack_similar is None else list(self.stack_similar),
             "meta": self.meta,
         }
         tmp = os.path.join(directory, f".{MODEL_JSON}.tmp")
@@ -137,7 +149,8 @@ class Model:
                     C=arrays["C"], A=arrays["A"],
                     observed=[tuple(p) for p in doc.get("observed", [])],
                     meta=dict(doc.get("meta", {})), stack=stack,
-                    stack_windows=tuple(int(w) for w in doc.get("stack_windows", [])))
+                    stack_windows=tuple(int(w) for w in doc.get("stack_windows", [])),
+                    stack_similar=_similar(doc.get("stack_similar")))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PredictdError(f"{jpath}: malformed model description ({e})") from None
         if m.C.ndim != 2 or m.C.shape != (len(m.cell_types), m.latent_factors) or \

@@ -168,13 +168,14 @@ STACK_GROUPS = 16
 def _stack_task(group, payload):
     """Sum the stacking layer's Gram statistics over a group of blocks (a random
     ``stack_sample`` of each block's bins, seeded per block)."""
-    root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index = payload
+    root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar = payload
     parts = []
     for chrom, block, start, n in group:
         _, X = tensor.read_block(root, chrom, block, list(exps))
         rows = np.random.default_rng([seed, 17, chrom_index[chrom], block]).random(n) < frac
         if rows.any():
-            parts.append(stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows))
+            parts.append(stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,
+                                              similar=similar))
     return stacking.sum_stack_stats(parts) if parts else None
 
 
@@ -195,17 +196,19 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
     parts = map_tasks(sc, _stack_task, groups,
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
-                       cfg.stack_sample, cfg.seed, chrom_index))
+                       cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity()))
     parts = [p for p in parts if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
     observed = np.zeros((n_cell, n_assay), dtype=bool)
     observed[ec, ea] = True
     stats = stacking.sum_stack_stats(parts)
-    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell)
+    similar = cfg.stack_similarity() is not None
+    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell,
+                           similar)
     if cfg.stack_blend:
         W, alpha = stacking.blend_with_average(
-            stats, observed, W, min(cfg.stack_blend_context, len(windows)))
+            stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar)
         ok = np.isfinite(alpha)
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",
@@ -251,4 +254,5 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
     if cfg.stack:
         model.stack = fit_stacking(sc, header, root, experiments, cfg)
         model.stack_windows = cfg.stack_windows()
+        model.stack_similar = cfg.stack_similarity()
     return model, res

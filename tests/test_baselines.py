@@ -322,3 +322,188 @@ def test_blend_recalibration_with_context_averages_is_the_fit_on_the_data(contex
     assert np.abs(W0[0, 0] - Wb[0, 0]).max() > 1e-6
     with pytest.raises(ValueError, match="context 3"):
         stacking.blend_with_average(st, obs, W, context=3)
+
+
+def _window_corr(x, y, i, h):
+    """Pearson r of x and y over the window [i − h, i + h] (truncated), NaN as 0; 0 when one
+    of them is constant there."""
+    sl = slice(max(0, i - h), i + h + 1)
+    a, b = np.nan_to_num(x[sl]), np.nan_to_num(y[sl])
+    if a.std() < 1e-6 or b.std() < 1e-6:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_coarse_means_average_cells_of_bins_missing_as_zero():
+    X = np.arange(22, dtype=np.float32).reshape(11, 2)
+    X[3, 0] = np.nan
+    got = stacking.coarse_means(X.T, 4)
+    want = np.array([[(0 + 2 + 4) / 4, (8 + 10 + 12 + 14) / 4, (16 + 18 + 20) / 3],
+                     [(1 + 3 + 5 + 7) / 4, (9 + 11 + 13 + 15) / 4, (17 + 19 + 21) / 3]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert stacking.similarity_step(1001) == 10 and stacking.similarity_step(150) == 1
+
+
+def test_local_correlations_match_the_windowed_pearson_r():
+    rng = np.random.default_rng(11)
+    n = 80
+    x = rng.random(n)
+    Y = np.stack([x + 0.3 * rng.random(n), -x, rng.random(n), rng.random(n)])
+    Y[2, 20:50] = 1.5                # constant stretch: r = 0 inside it
+    Y[3, rng.random(n) < 0.2] = np.nan
+    for width in (7, 11):
+        got = stacking.local_correlations(x, Y, width, chunk=3)   # chunks of the rows too
+        want = np.array([[_window_corr(x, y, i, width // 2) for i in range(n)] for y in Y])
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert np.allclose(stacking.local_correlations(x, Y[1:2], 7), -1.0, atol=1e-5)
+    assert np.all(stacking.local_correlations(x, Y[2:3], 7)[0, 24:46] == 0.0)
+
+
+def _direct_similar(X, cell, assay, n_assay, c, width, tau):
+    """similar_averages by definition, one bin at a time: resemblance from the tracks' means
+    over cells of `step` bins (NaN as 0), correlated over the cells of the window."""
+    n = X.shape[0]
+    step = max(1, width // 100)
+    h = (width // step) // 2
+    Z = np.nan_to_num(X)
+    coarse = np.stack([Z[g * step:(g + 1) * step].mean(axis=0)
+                       for g in range(-(-n // step))], axis=1)       # experiments × cells
+    col = {(int(a), int(b)): j for j, (a, b) in enumerate(zip(cell, assay))}
+    out = np.zeros((n_assay, n))
+    for k in range(n_assay):
+        others = sorted(o for (o, kk) in col if kk == k and o != c)
+        if not others:
+            continue
+        for i in range(n):
+            d, v = [], []
+            for o in others:
+                x = X[i, col[(o, k)]]
+                if np.isnan(x):
+                    continue
+                shared = [m for m in range(n_assay)
+                          if m != k and (c, m) in col and (o, m) in col]
+                r = np.mean([_window_corr(coarse[col[(c, m)]], coarse[col[(o, m)]],
+                                          i // step, h) for m in shared]) if shared else 0.0
+                d.append(1 - r)
+                v.append(x)
+            if not v:
+                out[k, i] = np.nan
+                continue
+            w = np.exp(-np.array(d) / tau)
+            out[k, i] = w @ np.array(v) / w.sum()
+    return out
+
+
+def test_similar_averages_match_their_definition():
+    rng = np.random.default_rng(12)
+    cell = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
+    assay = np.array([0, 1, 2, 0, 2, 0, 1, 2, 1, 2])     # cell 1 lacks 1, cell 3 lacks 0
+    X = rng.random((90, 10))
+    X[:, 5] = X[:, 0] + 0.1 * rng.random(90)              # cell 2 resembles cell 0 ...
+    X[:, 6] = X[:, 1] + 0.1 * rng.random(90)
+    X[40:60, 4] = np.nan                                 # cell 1's assay 2 missing a while
+    X[10:15, [3, 5]] = np.nan                            # nobody else has assay 0 here
+    for c in range(4):
+        # windows of 9 and 21 bins: resemblance bin by bin
+        for width, tau in ((9, 0.2), (21, 1.0)):
+            got = stacking.similar_averages(X.T, cell, assay, 3, c, width, tau)
+            want = _direct_similar(X, cell, assay, 3, c, width, tau)
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, equal_nan=True)
+    # 300 and 450 bins: on cells of 3 and 4 bins (a partial one at the end)
+    Xl = rng.random((250, 10))
+    Xl[:, 5] = Xl[:, 0] + 0.1 * rng.random(250)
+    Xl[100:130, 4] = np.nan
+    for c in (0, 3):
+        for width, tau in ((300, 0.2), (450, 0.5)):
+            got = stacking.similar_averages(Xl.T, cell, assay, 3, c, width, tau)
+            want = _direct_similar(Xl, cell, assay, 3, c, width, tau)
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, equal_nan=True)
+    # assay 0 has no source besides cell 3 ... for cell 0 it has: rows 10-15 are NaN
+    assert np.isnan(stacking.similar_averages(X.T, cell, assay, 3, 0, 9, 0.2)[0, 10:15]).all()
+
+
+def test_similar_averages_follow_the_locally_resembling_cell_type():
+    # cell 0 is a copy of cell 1 in the first half of the block and of cell 2 in the second:
+    # the similarity-weighted average finds the right one, the plain average cannot
+    rng = np.random.default_rng(13)
+    n = 4000
+    cells = [rng.random((n, 3)) for _ in range(3)]
+    half = np.arange(n) < n // 2
+    target = np.where(half[:, None], cells[1], cells[2]) + 0.05 * rng.random((n, 3))
+    X = np.concatenate([target, *cells], axis=1)
+    cell = np.repeat(np.arange(4), 3)
+    assay = np.tile(np.arange(3), 4)
+    sim = stacking.similar_averages(X.T, cell, assay, 3, 0, 101, 0.2)[0]
+    plain = baselines.average_baseline(X, cell, assay, [(0, 0)])[:, 0]
+    inner = np.r_[100:1900, 2100:3900]                  # away from the switch
+    err_sim = np.mean((sim[inner] - X[inner, 0]) ** 2)
+    err_plain = np.mean((plain[inner] - X[inner, 0]) ** 2)
+    assert err_sim < 0.25 * err_plain
+
+
+def test_the_similarity_weighted_average_replaces_the_plain_one():
+    rng = np.random.default_rng(14)
+    cell = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assay = np.array([0, 1, 2] * 3)
+    X = rng.random((300, 9)).astype(np.float32)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    windows, sim = (3, 11), (21, 0.3)
+    V = stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim)
+    plain = stacking.cell_vectors(X, cell, assay, 3, 1, windows)
+    D0 = plain.shape[1]
+    assert V.shape[1] == stacking.n_features(3, windows, True) == D0 + 3 * 3
+    np.testing.assert_array_equal(V[:, :D0], plain)
+    S = stacking.similar_averages(X.T, cell, assay, 3, 1, *sim)
+    np.testing.assert_allclose(V[:, D0:D0 + 3], S.T, rtol=1e-6, equal_nan=True)
+    for s, w in enumerate(windows, 1):               # window means of it, NaNs skipped
+        h = w // 2
+        want = np.array([[np.nanmean(S[k, max(0, i - h):i + h + 1]) for k in range(3)]
+                         for i in range(300)])
+        np.testing.assert_allclose(V[:, D0 + 3 * s:D0 + 3 * (s + 1)], want, rtol=1e-5)
+    obs = np.ones((3, 3), bool)
+    _, plain_feats = stacking.target_design(obs, 1, 2, 2)
+    _, sim_feats = stacking.target_design(obs, 1, 2, 2, similar=True)
+    avg = [1 + 2 * 3 * s + 3 + 2 for s in range(3)]
+    assert set(plain_feats) - set(sim_feats) == set(avg)
+    assert set(sim_feats) - set(plain_feats) == {D0 + 3 * s + 2 for s in range(3)}
+
+
+def test_blend_with_similarity_is_the_fit_on_the_data():
+    # shrinkage towards the similarity-weighted average; recalibration on both averages
+    windows, sim, context = (3, 7), (15, 0.3), 1
+    Xk, ck, ak, obs = noisy_target_held_out(seed=9)
+    st = stacking.stack_stats(Xk, ck, ak, 4, 3, windows, similar=sim)
+    W = stacking.fit_stack(st, obs, windows=windows, similar=True)
+    Wb, alpha = stacking.blend_with_average(st, obs, W, context=context, similar=True)
+    V = stacking.cell_vectors(Xk, ck, ak, 3, 0, windows, similar=sim)
+    V = V[~np.isnan(V).any(axis=1)]
+    D, D0 = W.shape[2], stacking.n_features(3, windows)
+
+    def avg_cols(k):
+        return [D0 + 3 * seg + k for seg in range(1 + context)] + \
+            [1 + 2 * 3 * seg + 3 + k for seg in range(1 + context)]
+
+    num = den = 0.0
+    rows, ys = [], []
+    for kp in (1, 2):
+        y, s = V[:, 1 + kp], V @ W[0, kp]
+        a = V[:, avg_cols(kp)]
+        num += (y - a[:, 0]) @ (s - a[:, 0])
+        den += (s - a[:, 0]) @ (s - a[:, 0])
+        rows.append(np.column_stack([s, a, np.ones_like(s)]))
+        ys.append(y)
+    al = np.clip(num / den, 0, 1)
+    c = np.linalg.lstsq(np.concatenate(rows), np.concatenate(ys), rcond=None)[0]
+    basis = np.zeros((1 + 2 * (1 + context) + 1, D))
+    basis[0] = W[0, 0]
+    for i, col in enumerate(avg_cols(0)):
+        basis[1 + i, col] = 1.0
+    basis[-1, 0] = 1.0
+    want = 0.5 * (al * W[0, 0] + (1 - al) * basis[1]) + 0.5 * (c @ basis)
+    assert alpha[0, 0] == pytest.approx(al, rel=1e-8)
+    np.testing.assert_allclose(Wb[0, 0], want, rtol=1e-6, atol=1e-9)
+    # the weights never touch the plain average as a feature, only in the blend
+    for seg in range(3):
+        assert W[0, 0, 1 + 2 * 3 * seg + 3] == 0.0
+    with pytest.raises(ValueError, match="similar=False"):
+        stacking.fit_stack(st, obs, windows=windows)

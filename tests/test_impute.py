@@ -22,8 +22,9 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path,
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     # 15 experiments of 5 assays: too few for the sums to pay off by default
     monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
+    # the plain average (the similarity-weighted one needs every column, see below)
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
-                 write_parallelism=2)
+                 write_parallelism=2, stack_similar=0)
     out = str(tmp_path / "out")
     run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
     pipeline.run_all(run, stages=("ingest", "train", "impute"))
@@ -90,3 +91,46 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path,
         a = open(impute.track_uri(out, name), "rb").read()
         assert a == open(impute.track_uri(again, name), "rb").read(), name
         assert a == open(impute.track_uri(old, name), "rb").read(), name
+
+
+def test_similarity_weighted_stack_reads_whole_blocks(roadmap, tmp_path, monkeypatch):
+    # the similarity-weighted averages compare the target cell type with every other one:
+    # no sums are stored, and every write task reads every column
+    small = {k: v[:40_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
+    manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
+    monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
+    cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
+                 write_parallelism=2)
+    assert cfg.stack_similarity() == (1001, 0.2)
+    out = str(tmp_path / "out")
+    run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
+    pipeline.run_all(run, stages=("ingest", "train"))
+    model = run.load_model()
+    assert model.stack_similar == (1001, 0.2) and not impute.stores_sums(model)
+    asked = []
+    real = tensor.read_block
+
+    def spy(root, chrom, blk, columns):
+        asked.append(list(columns))
+        return real(root, chrom, blk, columns)
+
+    monkeypatch.setattr(impute.tensor, "read_block", spy)
+    pipeline.run_all(run, stages=("impute",))
+    header = tensor.read_header(run.tensor_root)
+    gf = os.path.join(out, "model", "genome_factors")
+    for f in glob.glob(os.path.join(gf, "chrom=pilot", "*.parquet")):
+        assert not any(c.startswith("stack_") for c in pq.read_schema(f).names)
+    assert asked and all(a == list(header.experiments) for a in asked)
+    # the written tracks are the model's values from the whole block
+    name = model.track_names()[4]
+    j, k = divmod(4, len(model.assays))
+    _, X = real(run.tensor_root, "pilot", 1, list(header.experiments))
+    GB = impute.read_gf(impute.gf_uri(gf, "pilot", 1))
+    want = impute.inverse(impute.model_values(model, GB, [(j, k)],
+                                              (list(header.experiments), X)), header.transform)[:, 0]
+    import pyBigWig
+    bw = pyBigWig.open(impute.track_uri(out, name))
+    bs = header.bin_size
+    got = np.array(bw.values("pilot", 16_384 * bs, 2 * 16_384 * bs))[::bs]
+    bw.close()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

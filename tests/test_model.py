@@ -67,6 +67,26 @@ def test_save_load_round_trip(tmp_path):
     assert doc["format"] == "predictd-model/1" and doc["latent_factors"] == 3
 
 
+def test_stacked_model_round_trip_keeps_windows_and_similarity(tmp_path):
+    m = make_model()
+    m.stack = np.arange(2 * 3 * 5, dtype=np.float64).reshape(2, 3, 5)
+    m.stack_windows, m.stack_similar = (9, 51), (1001, 0.2)
+    m.save(str(tmp_path / "m"))
+    back = Model.load(str(tmp_path / "m"))
+    np.testing.assert_array_equal(back.stack, m.stack)
+    assert back.stack_windows == (9, 51) and back.stack_similar == (1001, 0.2)
+    # a model written before the similarity existed loads as the plain average
+    doc = json.loads((tmp_path / "m" / MODEL_JSON).read_text())
+    del doc["stack_similar"]
+    (tmp_path / "m" / MODEL_JSON).write_text(json.dumps(doc))
+    assert Model.load(str(tmp_path / "m")).stack_similar is None
+    for bad in ([0, 0.2], [1001, -1], "wide", [1001]):
+        doc["stack_similar"] = bad
+        (tmp_path / "m" / MODEL_JSON).write_text(json.dumps(doc))
+        with pytest.raises(PredictdError, match="malformed model description"):
+            Model.load(str(tmp_path / "m"))
+
+
 def test_save_overwrites_and_leaves_no_temporaries(tmp_path):
     d = str(tmp_path)
     make_model(seed=1).save(d)

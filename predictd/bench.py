@@ -508,7 +508,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     # the same write with the factor model alone (stack = false): what the stacked transfer
     # regression adds on top of writing is the difference
     import dataclasses
-    plain = dataclasses.replace(model_l, stack=None, stack_windows=())
+    plain = dataclasses.replace(model_l, stack=None, stack_windows=(), stack_similar=None)
     rec.run("write_factor_model_inprocess", impute.write_tracks, None, header,
             os.path.join(workdir, "local_factor"), gf_l, plain, cfg)
 

@@ -46,6 +46,8 @@ def test_every_key_has_help_and_a_typed_default():
     ("output_dtype_check", "yes", "must be true or false"),
     ("seed", -1, "must be >= 0"),
     ("seed", 2 ** 31, "must be <="),
+    ("stack_similar", -1, "must be >= 0"),
+    ("stack_similar_tau", 0.0, "must be > 0.0"),
 ])
 def test_bad_values_name_the_key(key, value, words):
     with pytest.raises(PredictdError) as e:
@@ -53,6 +55,13 @@ def test_bad_values_name_the_key(key, value, words):
     msg = str(e.value)
     assert repr(key) in msg and words in msg, msg
     assert "\n" not in msg
+
+
+def test_stack_similarity_is_off_at_width_zero():
+    assert from_dict({}).stack_similarity() == (1001, 0.2)
+    assert from_dict({"stack_similar": 501, "stack_similar_tau": 0.5}).stack_similarity() == \
+        (501, 0.5)
+    assert from_dict({"stack_similar": 0}).stack_similarity() is None
 
 
 def test_ints_are_accepted_for_floats():

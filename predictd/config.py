@@ -72,6 +72,9 @@ class Config:
                                   lo=0, hi=100_000)
     stack_window_wide: int = _opt(201, "stacking: third genome-context window in bins (0 = none)",
                                   lo=0, hi=100_000)
+    stack_max_blocks: int = _opt(64, "stacking: at most this many tensor blocks, evenly "
+                                 "spaced over the genome, feed the regression's statistics "
+                                 "(a whole genome has ~480 blocks of 262,144 bins)", lo=1)
     stack_sample: float = _opt(0.02, "stacking: fraction of each block's bins summed into the "
                                "regression's statistics", lo=0.0, hi=1.0, lo_open=True)
     stack_blend: bool = _opt(True, "stacking: shrink each target's regression towards the "

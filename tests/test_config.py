@@ -64,6 +64,14 @@ def test_stack_similarity_is_off_at_width_zero():
     assert from_dict({"stack_similar": 0}).stack_similarity() is None
 
 
+def test_stacking_statistics_use_at_most_stack_max_blocks_evenly_spaced():
+    from predictd.train import stack_blocks
+    blocks = [("chr1", b, b * 10, 10) for b in range(10)]
+    assert stack_blocks(blocks, 4) == [blocks[i] for i in (0, 3, 6, 9)]
+    assert stack_blocks(blocks, 10) == blocks and stack_blocks(blocks, 64) == blocks
+    assert stack_blocks(blocks, 1) == [blocks[0]]
+
+
 def test_ints_are_accepted_for_floats():
     cfg = from_dict({"rc": 3, "learning_rate": 1})
     assert cfg.rc == 3.0 and isinstance(cfg.rc, float)

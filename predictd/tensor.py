@@ -120,10 +120,12 @@ def decode_block(source, columns: list[str], where: str) -> tuple[np.ndarray, np
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
     bins = t.column("bin").to_numpy()
-    X = np.empty((t.num_rows, len(columns)), dtype=np.float32)
+    # filled experiment by experiment into contiguous rows, returned as its (column-major)
+    # transpose: each column is one contiguous track, which is how the columns are read
+    XT = np.empty((len(columns), t.num_rows), dtype=np.float32)
     for j, c in enumerate(columns):
-        X[:, j] = t.column(c).to_numpy(zero_copy_only=False)
-    return bins, X
+        XT[j] = t.column(c).to_numpy(zero_copy_only=False)
+    return bins, XT.T
 
 
 def write_block(root: str, chrom: str, block: int, start_bin: int, X: np.ndarray,

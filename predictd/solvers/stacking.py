@@ -198,6 +198,17 @@ def assay_sums(X: np.ndarray, exp_assay, n_assay: int, chunk: int = 16_384
     X = np.asarray(X)
     exp_assay = np.asarray(exp_assay)
     n = X.shape[0]
+    if X.flags.f_contiguous and not X.flags.c_contiguous and X.dtype == np.float32:
+        # column-major (a decoded tensor block): add whole contiguous columns, in float32
+        # like the GEMM below, so stored float32 sums still hold them exactly
+        tot32 = np.zeros((n_assay, n), dtype=np.float32)
+        cnt32 = np.zeros((n_assay, n), dtype=np.float32)
+        for e, a in enumerate(exp_assay):
+            col = X[:, e]
+            seen = ~np.isnan(col)
+            tot32[a] += np.where(seen, col, np.float32(0.0))
+            cnt32[a] += seen
+        return tot32.T.astype(np.float64), cnt32.T.astype(np.float64)
     onehot = np.zeros((exp_assay.size, n_assay), dtype=np.float32)
     onehot[np.arange(exp_assay.size), exp_assay] = 1.0
     tot = np.empty((n, n_assay))
@@ -284,6 +295,7 @@ class BlockContext:
         """The block's X (every experiment) experiment-major, and its :func:`coarse_means`:
         computed once for all the cell types whose similarity-weighted averages need them."""
         if self._coarse is None or self._coarse[0] != step:
+            # free when X is column-major (as tensor blocks are decoded)
             XT = np.ascontiguousarray(np.asarray(X, dtype=np.float32).T)
             self._coarse = (step, XT, coarse_means(XT, step))
         return self._coarse[1], self._coarse[2]

@@ -282,22 +282,9 @@ def test_fit_stack_per_cell_is_the_mean_of_each_training_cells_own_regression():
                                rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("context", [1, 2])
-def test_blend_recalibration_with_context_averages_is_the_fit_on_the_data(context):
-    # with context windows, the recalibration's basis adds the target assay's average over the
-    # first `context` windows; the closed form equals the least-squares fit on the data
-    windows = (3, 7)
-    Xk, ck, ak, obs = noisy_target_held_out(seed=8)
-    st = stacking.stack_stats(Xk, ck, ak, 4, 3, windows)
-    W = stacking.fit_stack(st, obs, windows=windows)
-    Wb, alpha = stacking.blend_with_average(st, obs, W, context=context)
-    V = stacking.cell_vectors(Xk, ck, ak, 3, 0, windows)
-    V = V[~np.isnan(V).any(axis=1)]
-    D = W.shape[2]
-
-    def avg_cols(k):                              # the bin's own average, then each window's
-        return [1 + 2 * 3 * seg + 3 + k for seg in range(1 + context)]
-
+def blend_on_data(V, W, avg_cols, n_avg):
+    """The blend of target (0, 0) computed on the data V: (α, weights), given the columns of
+    each assay's averages (shrink target first) — what the closed form must equal."""
     num = den = 0.0
     rows, ys = [], []
     for kp in (1, 2):
@@ -309,12 +296,30 @@ def test_blend_recalibration_with_context_averages_is_the_fit_on_the_data(contex
         ys.append(y)
     al = np.clip(num / den, 0, 1)
     c = np.linalg.lstsq(np.concatenate(rows), np.concatenate(ys), rcond=None)[0]
-    basis = np.zeros((2 + context + 1, D))
+    basis = np.zeros((1 + n_avg + 1, W.shape[2]))
     basis[0] = W[0, 0]
     for i, col in enumerate(avg_cols(0)):
         basis[1 + i, col] = 1.0
     basis[-1, 0] = 1.0
-    want = 0.5 * (al * W[0, 0] + (1 - al) * basis[1]) + 0.5 * (c @ basis)
+    return al, 0.5 * (al * W[0, 0] + (1 - al) * basis[1]) + 0.5 * (c @ basis)
+
+
+@pytest.mark.parametrize("context", [1, 2])
+def test_blend_recalibration_with_context_averages_is_the_fit_on_the_data(context):
+    # with context windows, the recalibration's basis adds the target assay's average over the
+    # first `context` windows; the closed form equals the least-squares fit on the data
+    windows = (3, 7)
+    Xk, ck, ak, obs = noisy_target_held_out(seed=8)
+    st = stacking.stack_stats(Xk, ck, ak, 4, 3, windows)
+    W = stacking.fit_stack(st, obs, windows=windows)
+    Wb, alpha = stacking.blend_with_average(st, obs, W, context=context)
+    V = stacking.cell_vectors(Xk, ck, ak, 3, 0, windows)
+    V = V[~np.isnan(V).any(axis=1)]
+
+    def avg_cols(k):                              # the bin's own average, then each window's
+        return [1 + 2 * 3 * seg + 3 + k for seg in range(1 + context)]
+
+    al, want = blend_on_data(V, W, avg_cols, 1 + context)
     assert alpha[0, 0] == pytest.approx(al, rel=1e-8)
     np.testing.assert_allclose(Wb[0, 0], want, rtol=1e-6, atol=1e-9)
     # the window averages really take part: the result differs from context 0
@@ -477,29 +482,13 @@ def test_blend_with_similarity_is_the_fit_on_the_data():
     Wb, alpha = stacking.blend_with_average(st, obs, W, context=context, similar=True)
     V = stacking.cell_vectors(Xk, ck, ak, 3, 0, windows, similar=sim)
     V = V[~np.isnan(V).any(axis=1)]
-    D, D0 = W.shape[2], stacking.n_features(3, windows)
+    D0 = stacking.n_features(3, windows)
 
-    def avg_cols(k):
+    def avg_cols(k):                              # similarity-weighted first, then plain
         return [D0 + 3 * seg + k for seg in range(1 + context)] + \
             [1 + 2 * 3 * seg + 3 + k for seg in range(1 + context)]
 
-    num = den = 0.0
-    rows, ys = [], []
-    for kp in (1, 2):
-        y, s = V[:, 1 + kp], V @ W[0, kp]
-        a = V[:, avg_cols(kp)]
-        num += (y - a[:, 0]) @ (s - a[:, 0])
-        den += (s - a[:, 0]) @ (s - a[:, 0])
-        rows.append(np.column_stack([s, a, np.ones_like(s)]))
-        ys.append(y)
-    al = np.clip(num / den, 0, 1)
-    c = np.linalg.lstsq(np.concatenate(rows), np.concatenate(ys), rcond=None)[0]
-    basis = np.zeros((1 + 2 * (1 + context) + 1, D))
-    basis[0] = W[0, 0]
-    for i, col in enumerate(avg_cols(0)):
-        basis[1 + i, col] = 1.0
-    basis[-1, 0] = 1.0
-    want = 0.5 * (al * W[0, 0] + (1 - al) * basis[1]) + 0.5 * (c @ basis)
+    al, want = blend_on_data(V, W, avg_cols, 2 * (1 + context))
     assert alpha[0, 0] == pytest.approx(al, rel=1e-8)
     np.testing.assert_allclose(Wb[0, 0], want, rtol=1e-6, atol=1e-9)
     # the weights never touch the plain average as a feature, only in the blend

@@ -17,6 +17,19 @@ from tests.conftest import CELLS
 from tests.test_pipeline import write_roadmap_inputs
 
 
+def spy_on_block_reads(monkeypatch) -> list:
+    """Record the columns of every tensor block read by the imputation from now on."""
+    asked = []
+    real = tensor.read_block
+
+    def spy(root, chrom, blk, columns):
+        asked.append(list(columns))
+        return real(root, chrom, blk, columns)
+
+    monkeypatch.setattr(impute.tensor, "read_block", spy)
+    return asked
+
+
 def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path, monkeypatch):
     small = {k: v[:80_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
@@ -68,14 +81,7 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path,
     assert impute.read_gf_parts(os.path.join(legacy, "chrom=pilot",
                                              os.path.basename(files[0])))[1] is None
 
-    asked = []
-    real = tensor.read_block
-
-    def spy(root, chrom, blk, columns):
-        asked.append(list(columns))
-        return real(root, chrom, blk, columns)
-
-    monkeypatch.setattr(impute.tensor, "read_block", spy)
+    asked = spy_on_block_reads(monkeypatch)
     again = str(tmp_path / "again")
     impute.write_tracks(None, header, again, gf, model, cfg, root=run.tensor_root)
     # two write tasks: the first has cell types 0-1 (8 tracks of 15), the second 1-2
@@ -107,14 +113,7 @@ def test_similarity_weighted_stack_reads_whole_blocks(roadmap, tmp_path, monkeyp
     pipeline.run_all(run, stages=("ingest", "train"))
     model = run.load_model()
     assert model.stack_similar == (1001, 0.2) and not impute.stores_sums(model)
-    asked = []
-    real = tensor.read_block
-
-    def spy(root, chrom, blk, columns):
-        asked.append(list(columns))
-        return real(root, chrom, blk, columns)
-
-    monkeypatch.setattr(impute.tensor, "read_block", spy)
+    asked = spy_on_block_reads(monkeypatch)
     pipeline.run_all(run, stages=("impute",))
     header = tensor.read_header(run.tensor_root)
     gf = os.path.join(out, "model", "genome_factors")
@@ -124,7 +123,7 @@ def test_similarity_weighted_stack_reads_whole_blocks(roadmap, tmp_path, monkeyp
     # the written tracks are the model's values from the whole block
     name = model.track_names()[4]
     j, k = divmod(4, len(model.assays))
-    _, X = real(run.tensor_root, "pilot", 1, list(header.experiments))
+    _, X = tensor.read_block(run.tensor_root, "pilot", 1, list(header.experiments))
     GB = impute.read_gf(impute.gf_uri(gf, "pilot", 1))
     want = impute.inverse(impute.model_values(model, GB, [(j, k)],
                                               (list(header.experiments), X)), header.transform)[:, 0]

@@ -465,6 +465,10 @@ def test_the_similarity_weighted_average_replaces_the_plain_one():
         want = np.array([[np.nanmean(S[k, max(0, i - h):i + h + 1]) for k in range(3)]
                          for i in range(300)])
         np.testing.assert_allclose(V[:, D0 + 3 * s:D0 + 3 * (s + 1)], want, rtol=1e-5)
+    sums = stacking.assay_sums(X, assay, 3)
+    ctx = stacking.BlockContext(None, assay, 3, windows, sums=sums)
+    with pytest.raises(ValueError, match="every column"):
+        stacking.cell_vectors(X, cell, assay, 3, 1, windows, context=ctx, similar=sim)
     obs = np.ones((3, 3), bool)
     _, plain_feats = stacking.target_design(obs, 1, 2, 2)
     _, sim_feats = stacking.target_design(obs, 1, 2, 2, similar=True)
@@ -496,3 +500,17 @@ def test_blend_with_similarity_is_the_fit_on_the_data():
         assert W[0, 0, 1 + 2 * 3 * seg + 3] == 0.0
     with pytest.raises(ValueError, match="similar=False"):
         stacking.fit_stack(st, obs, windows=windows)
+
+
+def test_assay_sums_of_column_major_blocks_equal_the_row_major_ones():
+    # tensor blocks decode column-major; their per-assay sums add whole columns
+    rng = np.random.default_rng(15)
+    X = rng.random((500, 12)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    assay = rng.integers(0, 4, 12)
+    t_c, c_c = stacking.assay_sums(np.ascontiguousarray(X), assay, 4)
+    t_f, c_f = stacking.assay_sums(np.asfortranarray(X), assay, 4)
+    np.testing.assert_array_equal(c_f, c_c)
+    np.testing.assert_allclose(t_f, t_c, rtol=1e-6)
+    want = np.stack([np.nansum(np.where(assay == a, X, np.nan), axis=1) for a in range(4)], 1)
+    np.testing.assert_allclose(t_f, want, rtol=1e-5)

@@ -290,6 +290,7 @@ class BlockContext:
             avg[~present] = 0.0
             self.segments.append((t, c, avg))
         self._coarse = None
+        self.from_sums = sums is not None
 
     def similarity_inputs(self, X: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The block's X (every experiment) experiment-major, and its :func:`coarse_means`:
@@ -374,6 +375,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         for s, w in enumerate(ctx.windows, 1):
             fill(s, _window_sum(C, ctx.pad, w // 2, ctx.n, r).astype(np.float32))
     if similar is not None:
+        if ctx.from_sums:
+            # stored sums stand in for the other cell types' columns, which this needs
+            raise ValueError("similarity-weighted averages need every column of the block, "
+                             "not a context from stored sums")
         lo = _similar_offset(n_assay, len(ctx.windows))
         XT, coarse = ctx.similarity_inputs(X, similarity_step(similar[0]))
         sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar, coarse=coarse)

@@ -105,11 +105,16 @@ SUM_COLUMN, COUNT_COLUMN = "stack_sum_", "stack_count_"
 SUMS_MIN_RATIO = 4
 
 
+def uses_sums(model: Model) -> bool:
+    """Whether a model's stacked regression can be computed from stored per-assay sums and its
+    target cell types' own columns: its averages are plain ones (the similarity-weighted
+    averages need every column of the block)."""
+    return model.stack is not None and model.stack_similar is None
+
+
 def stores_sums(model: Model) -> bool:
     """Whether the solve stores the block's per-assay sums with a model's genome factors."""
-    # the similarity-weighted averages need every column of the block anyway
-    return (model.stack is not None and model.stack_similar is None
-            and len(model.observed) >= SUMS_MIN_RATIO * 2 * len(model.assays))
+    return uses_sums(model) and len(model.observed) >= SUMS_MIN_RATIO * 2 * len(model.assays)
 
 
 def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None
@@ -212,7 +217,7 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     ec = np.array([cidx[c] for c, _ in model.observed])
     ea = np.array([aidx[a] for _, a in model.observed])
     context = None
-    if sums is not None and model.stack_similar is None:
+    if sums is not None:
         context = stacking.BlockContext(None, ea, len(model.assays), model.stack_windows,
                                         sums=sums)
         # only the target cell types' own columns are read from the block
@@ -243,7 +248,7 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
         if not W[m].any():
             continue
         GB, sums = factors[m] if factors is not None else read_gf_parts(
-            gf_uri(gf_root, chrom, block), sums=model.stack is not None)
+            gf_uri(gf_root, chrom, block), sums=uses_sums(model))
         Ym = model_values(model, GB, pairs, data, sums)
         if len(members) > 1:
             Ym = Ym * W[m][None, :]
@@ -272,15 +277,13 @@ def _write_task(group, payload):
         mine = [e for e in exps if e.split(".", 1)[0] in targets]
         for chrom, block, start, n in blocks:
             # the members this task's tracks average (a fold's tracks use its own models)
-            factors = [read_gf_parts(gf_uri(r, chrom, block), sums=m.stack is not None)
+            factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
                        if W[i].any() else None for i, (r, m) in enumerate(members)]
             data = None
             if needs_block(members):
                 # with the stored per-assay sums, only the target cell types' own columns of
-                # the tensor are read (at Roadmap scale a few dozen of a thousand); the
-                # similarity-weighted averages need them all
-                whole = any(f is not None and m.stack is not None
-                            and (f[1] is None or m.stack_similar is not None)
+                # the tensor are read (at Roadmap scale a few dozen of a thousand)
+                whole = any(f is not None and m.stack is not None and f[1] is None
                             for (_, m), f in zip(members, factors))
                 cols = exps if whole else mine
                 data = (cols, tensor.read_block(root, chrom, block, cols)[1])

@@ -514,3 +514,16 @@ def test_assay_sums_of_column_major_blocks_equal_the_row_major_ones():
     np.testing.assert_allclose(t_f, t_c, rtol=1e-6)
     want = np.stack([np.nansum(np.where(assay == a, X, np.nan), axis=1) for a in range(4)], 1)
     np.testing.assert_allclose(t_f, want, rtol=1e-5)
+
+
+def test_similarity_features_of_an_assay_no_other_cell_type_has_are_zero():
+    rng = np.random.default_rng(16)
+    X = rng.random((400, 7)).astype(np.float32)
+    cell = np.array([0, 0, 0, 1, 1, 2, 2])
+    assay = np.array([0, 1, 2, 0, 1, 0, 1])          # assay 2 only in cell 0
+    windows = (3, 11)
+    V = stacking.cell_vectors(X, cell, assay, 3, 0, windows, similar=(21, 0.2))
+    D0 = stacking.n_features(3, windows)
+    assert not np.isnan(V).any()
+    assert np.all(V[:, [D0 + 3 * s + 2 for s in range(3)]] == 0.0)
+    assert np.all(V[:, [D0 + 3 * s for s in range(3)]] > 0.0)

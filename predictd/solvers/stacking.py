@@ -390,10 +390,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             for s, w in enumerate(ctx.windows, 1):
                 Ws = _window_sum(C, ctx.pad, w // 2, ctx.n, r)
                 with np.errstate(divide="ignore", invalid="ignore"):
+                    # assays no other cell type has are 0 throughout: their means stay 0
                     Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]
-            # assays no other cell type has stay the constant 0
-            Vt[lo:lo + n_assay * (1 + len(ctx.windows))][
-                np.tile(~has_source, 1 + len(ctx.windows))] = 0.0
     return Vt.T
 
 

@@ -49,9 +49,7 @@ def model_arrays(model: Model, experiments: list[str]):
     ai = {a: i for i, a in enumerate(model.assays)}
     j = np.array([ci[e.split(".", 1)[0]] for e in experiments])
     k = np.array([ai[e.split(".", 1)[1]] for e in experiments])
-    Z = model.C[j] * model.A[k]
-    b = model.mu + model.bC[j] + model.bA[k]
-    return Z, b
+    return model.experiment_features(j, k), model.experiment_bias(j, k)
 
 
 def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: float,
@@ -88,9 +86,9 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
     L = model.latent_factors
     n = GB.shape[0]
     Wt = np.empty((len(pairs), L + 2), dtype=np.float32)
-    Wt[:, :L] = model.C[j] * model.A[k]
+    Wt[:, :L] = model.experiment_features(j, k)
     Wt[:, L] = 1.0
-    Wt[:, L + 1] = model.mu + model.bC[j] + model.bA[k]
+    Wt[:, L + 1] = model.experiment_bias(j, k)
     H = np.empty((L + 2, n), dtype=np.float32)
     H[:L + 1] = GB.T
     H[L + 1] = 1.0

@@ -29,20 +29,76 @@ MODEL_NPZ = "factors.npz"
 MODEL_JSON = "model.json"
 
 
-def experiment_features(C: np.ndarray, A: np.ndarray, exp_cell: np.ndarray,
-                        exp_assay: np.ndarray) -> np.ndarray:
-    """Z[e] = C[j_e] ⊙ A[k_e] — the loading of each experiment on the latent factors (E × L)."""
-    return C[exp_cell] * A[exp_assay]
+def experiment_features(C: np.ndarray, A: np.ndarray, exp_cell, exp_assay,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """Each experiment's loadings on the latent factors: ``Z[e] = C[j_e] ⊙ A[k_e]``.
+
+    The one place the factor model turns cell-type and assay factors into experiment features;
+    every solver and the imputation use it (on a :class:`Model` through
+    :meth:`Model.experiment_features`).
+
+    Parameters
+    ----------
+    C : (n_cell_types, L) array
+        Cell-type factors.
+    A : (n_assays, L) array
+        Assay factors.
+    exp_cell, exp_assay : (E,) int arrays
+        Cell-type and assay index of each experiment.
+    out : (E, L) array, optional
+        Where to write the result (a solver's reused buffer).
+
+    Returns
+    -------
+    (E, L) array
+        In the factors' dtype (or ``out``).
+
+    Examples
+    --------
+    >>> C = np.array([[1.0, 2.0], [0.5, -1.0]])
+    >>> A = np.array([[3.0, 1.0], [2.0, 2.0]])
+    >>> experiment_features(C, A, [0, 1], [1, 0]).tolist()
+    [[2.0, 4.0], [1.5, -1.0]]
+    """
+    return np.multiply(C[exp_cell], A[exp_assay], out=out)
 
 
-def experiment_bias(mu: float, bC: np.ndarray, bA: np.ndarray, exp_cell: np.ndarray,
-                    exp_assay: np.ndarray) -> np.ndarray:
-    """μ + bC_j + bA_k for each experiment (E,)."""
+def experiment_bias(mu: float, bC: np.ndarray, bA: np.ndarray, exp_cell,
+                    exp_assay) -> np.ndarray:
+    """Each experiment's bias: ``μ + bC[j_e] + bA[k_e]``.
+
+    Summed in that order, ``(μ + bC) + bA``, everywhere: floating-point addition is not
+    associative, and every caller gets the same bits from this one function.
+
+    Parameters
+    ----------
+    mu : float
+        Global mean.
+    bC : (n_cell_types,) array
+        Cell-type biases.
+    bA : (n_assays,) array
+        Assay biases.
+    exp_cell, exp_assay : (E,) int arrays
+        Cell-type and assay index of each experiment.
+
+    Returns
+    -------
+    (E,) array
+
+    Examples
+    --------
+    >>> bC, bA = np.array([0.25, 1.0]), np.array([2.0, 4.0])
+    >>> experiment_bias(0.5, bC, bA, [0, 1], [1, 0]).tolist()
+    [4.75, 3.5]
+    """
     return mu + bC[exp_cell] + bA[exp_assay]
 
 
 def predict(G: np.ndarray, bG: np.ndarray, Z: np.ndarray, b_exp: np.ndarray) -> np.ndarray:
-    """x̂ for a block: G Zᵀ + bG + b_exp (bins × experiments), one GEMM."""
+    """x̂ for a block: ``(G Zᵀ + bG) + b_exp`` (bins × experiments), one GEMM.
+
+    ``Z`` and ``b_exp`` come from :func:`experiment_features` and :func:`experiment_bias`.
+    """
     out = G @ Z.T
     out += bG[:, None]
     out += b_exp[None, :]
@@ -93,6 +149,14 @@ class Model:
 
     def track_names(self) -> list[str]:
         return [f"{c}.{a}" for c in self.cell_types for a in self.assays]
+
+    def experiment_features(self, exp_cell, exp_assay) -> np.ndarray:
+        """:func:`experiment_features` of this model's factors (E × L, float64)."""
+        return experiment_features(self.C, self.A, exp_cell, exp_assay)
+
+    def experiment_bias(self, exp_cell, exp_assay) -> np.ndarray:
+        """:func:`experiment_bias` of this model's biases (E,)."""
+        return experiment_bias(self.mu, self.bC, self.bA, exp_cell, exp_assay)
 
     # ---------------------------------------------------------------- storage
     def save(self, directory: str) -> None:

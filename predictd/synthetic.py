@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tensor
+from .model import experiment_features
 
 #: The 24 marks of the PREDICTD / Avocado Roadmap tensor: five core marks, the three widely
 #: profiled extra assays, then the 16 sparse marks roughly by how many epigenomes have them.
@@ -141,7 +142,7 @@ def synthetic_block(m: SyntheticModel, exp_cell: np.ndarray, exp_assay: np.ndarr
     E = len(exp_cell)
     active = rng.random((n, rank), dtype=np.float32) < m.peak_rate
     G = rng.standard_exponential((n, rank), dtype=np.float32) * active
-    Z = (m.C[exp_cell] * m.A[exp_assay]).astype(np.float32) / rank ** 0.5
+    Z = experiment_features(m.C, m.A, exp_cell, exp_assay).astype(np.float32) / rank ** 0.5
     X = G @ Z.T
     np.log1p(X, out=X)
     X *= np.float32(1.6)

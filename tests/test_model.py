@@ -37,6 +37,19 @@ def test_predict_by_hand():
     np.testing.assert_allclose(X, want)
 
 
+def test_model_methods_are_the_array_functions():
+    m = make_model()
+    jj, kk = m.pair_arrays()
+    np.testing.assert_array_equal(m.experiment_features(jj, kk),
+                                  experiment_features(m.C, m.A, jj, kk))
+    np.testing.assert_array_equal(m.experiment_bias(jj, kk),
+                                  experiment_bias(m.mu, m.bC, m.bA, jj, kk))
+    # summed (μ + bC) + bA, the order every caller relies on for identical bits
+    np.testing.assert_array_equal(m.experiment_bias(jj, kk), (m.mu + m.bC[jj]) + m.bA[kk])
+    buf = np.empty((jj.size, m.latent_factors))
+    assert experiment_features(m.C, m.A, jj, kk, out=buf) is buf
+
+
 def test_pairs_and_track_names_agree():
     m = make_model()
     pairs = m.pairs()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model import experiment_bias, experiment_features
 from .closed_form import projection, resolve_missing_rows
 from .objective import Factors, Penalties
 
@@ -38,8 +39,8 @@ def shard_stats(X, exp_cell, exp_assay, f: Factors, pen: Penalties, which: str,
     X = np.asarray(X)
     n, E = X.shape
     L = f.C.shape[1]
-    Z = f.C[exp_cell] * f.A[exp_assay]
-    b = f.mu + f.bC[exp_cell] + f.bA[exp_assay]
+    Z = experiment_features(f.C, f.A, exp_cell, exp_assay)
+    b = experiment_bias(f.mu, f.bC, f.bA, exp_cell, exp_assay)
     # r = x − base − bG with base = μ + bA (C update) or μ + bC (A update): r = (x − b) + own − bG
     own = f.bC[exp_cell] if which == "C" else f.bA[exp_assay]
     P = projection(Z, pen.rhoG, pen.rhoB)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model import experiment_bias, experiment_features, predict
 from .closed_form import solve_genome_factors
 from .objective import Factors
 
 
 def average_sources(exp_cell, exp_assay, cell: int, assay: int) -> np.ndarray:
     """Indices of the experiments that the ``average`` baseline of (cell, assay) averages:
-    the same assay in every other cell type."""
+    the same assay in every other cell type, in column order."""
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     return np.flatnonzero((exp_assay == assay) & (exp_cell != cell))
@@ -120,8 +121,8 @@ def cp_als_baseline(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: in
     prev = np.inf
     for _ in range(iters):
         for which in ("C", "A"):
-            Z = C[exp_cell] * A[exp_assay]
-            b = mu + bC[exp_cell] + bA[exp_assay]
+            Z = experiment_features(C, A, exp_cell, exp_assay)
+            b = experiment_bias(mu, bC, bA, exp_cell, exp_assay)
             G, bG = solve_genome_factors(np.where(obs, X - b, np.nan), Z, ridge, 0.0, obs=obs,
                                          dtype=np.float64)
             H = np.concatenate([G, np.ones((n, 1))], axis=1)
@@ -149,8 +150,8 @@ def cp_als_baseline(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: in
                     C[row], bC[row] = sol[:rank], sol[rank]
                 else:
                     A[row], bA[row] = sol[:rank], sol[rank]
-        Z = C[exp_cell] * A[exp_assay]
-        pred = G @ Z.T + bG[:, None] + (mu + bC[exp_cell] + bA[exp_assay])[None, :]
+        Z = experiment_features(C, A, exp_cell, exp_assay)
+        pred = predict(G, bG, Z, experiment_bias(mu, bC, bA, exp_cell, exp_assay))
         obj = float(np.sum(((Xz - pred) * obs) ** 2)) + ridge * float(
             np.sum(C ** 2) + np.sum(A ** 2) + np.sum(G ** 2))
         if prev - obj < tol * abs(prev):
@@ -165,11 +166,12 @@ def impute_pairs(X: np.ndarray, exp_cell, exp_assay, f: Factors, ridge: float, p
     experiments, then ``G (C_j ⊙ A_k) + bG + μ + bC_j + bA_k``."""
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
-    Z = f.C[exp_cell] * f.A[exp_assay]
-    b = f.mu + f.bC[exp_cell] + f.bA[exp_assay]
+    Z = experiment_features(f.C, f.A, exp_cell, exp_assay)
+    b = experiment_bias(f.mu, f.bC, f.bA, exp_cell, exp_assay)
     G, bG = solve_genome_factors(np.asarray(X, dtype=np.float64) - b[None, :], Z, ridge,
                                  bias_ridge, dtype=np.float64)
     j = np.array([p[0] for p in pairs], dtype=int)
     k = np.array([p[1] for p in pairs], dtype=int)
-    out = G @ (f.C[j] * f.A[k]).T + bG[:, None] + (f.mu + f.bC[j] + f.bA[k])[None, :]
+    out = predict(G, bG, experiment_features(f.C, f.A, j, k),
+                  experiment_bias(f.mu, f.bC, f.bA, j, k))
     return out.astype(np.float32)

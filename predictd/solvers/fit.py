@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..model import experiment_bias, experiment_features
 from . import als, sgd
 from .closed_form import projection, resolve_missing_rows
 from .objective import Factors, Penalties, penalties
@@ -67,8 +68,8 @@ def validation_sse(shard: Shard, exp_cell, exp_assay, exp_group, f: Factors, pen
     V = shard.V
     if V.shape[0] == 0:
         return 0.0, 0
-    Z = f.C[exp_cell] * f.A[exp_assay]
-    b = f.mu + f.bC[exp_cell] + f.bA[exp_assay]
+    Z = experiment_features(f.C, f.A, exp_cell, exp_assay)
+    b = experiment_bias(f.mu, f.bC, f.bA, exp_cell, exp_assay)
     sse, count = 0.0, 0
     for g in np.unique(shard.vgroup):
         rows = np.flatnonzero(shard.vgroup == g)

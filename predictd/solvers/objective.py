@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from ..model import experiment_bias, experiment_features, predict
+
 
 @dataclass
 class Factors:
@@ -60,8 +62,8 @@ def penalties(cfg, n_cell_types: int, n_assays: int, n_entries: int, n_bins: int
 
 def residuals(X, exp_cell, exp_assay, f: Factors, G, bG) -> np.ndarray:
     """x − x̂ (NaN where missing)."""
-    Z = f.C[exp_cell] * f.A[exp_assay]
-    xhat = G @ Z.T + bG[:, None] + (f.mu + f.bC[exp_cell] + f.bA[exp_assay])[None, :]
+    Z = experiment_features(f.C, f.A, exp_cell, exp_assay)
+    xhat = predict(G, bG, Z, experiment_bias(f.mu, f.bC, f.bA, exp_cell, exp_assay))
     return X - xhat
 
 
@@ -107,8 +109,8 @@ def minibatch_gradients(x, rows, cols, exp_cell, exp_assay, f: Factors, G, bG, p
     Cj = f.C[j]
     Ak = f.A[k]
     Gi = G[rows]
-    Z = Cj * Ak
-    xhat = np.einsum("bl,bl->b", Z, Gi) + bG[rows] + f.mu + f.bC[j] + f.bA[k]
+    Z = experiment_features(f.C, f.A, j, k)
+    xhat = np.einsum("bl,bl->b", Z, Gi) + bG[rows] + experiment_bias(f.mu, f.bC, f.bA, j, k)
     d = (-2.0 * scale) * (x - xhat)  # d(loss)/d(xhat) per entry
     n = G.shape[0]
     w = (2.0 * scale) / row_counts[rows]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from ..model import experiment_bias, experiment_features
 from .objective import Factors, Penalties
 
 FACTOR_KEYS = ("C", "A", "bC", "bA")
@@ -46,7 +47,7 @@ def init_state(X, exp_cell, exp_assay, f: Factors, pen: Penalties, rng: np.rando
     """
     n, E = X.shape
     L = f.C.shape[1]
-    resid = X - (f.mu + f.bC[exp_cell] + f.bA[exp_assay])[None, :]
+    resid = X - experiment_bias(f.mu, f.bC, f.bA, exp_cell, exp_assay)[None, :]
     obs = ~np.isnan(resid)
     cnt = obs.sum(axis=1)
     bG = np.divide(np.where(obs, resid, 0.0).sum(axis=1), cnt, out=np.zeros(n), where=cnt > 0)
@@ -162,8 +163,8 @@ def shard_steps(X, exp_cell, exp_assay, state: dict, f: Factors, moments: dict, 
         rows = flat // E
         cols = flat - rows * E
         x = np.take(Xf, flat).astype(np.float64)
-        np.multiply(C[exp_cell], A[exp_assay], out=Z_aug[:, :L])
-        b_exp = f.mu + bC[exp_cell] + bA[exp_assay]
+        experiment_features(C, A, exp_cell, exp_assay, out=Z_aug[:, :L])
+        b_exp = experiment_bias(f.mu, bC, bA, exp_cell, exp_assay)
         Zb = np.take(Z_aug, cols, axis=0)  # np.take: ~2x faster than fancy indexing
         Gb = np.take(G_aug, rows, axis=0)
         r = x - b_exp[cols]

@@ -1,8 +1,8 @@
 """Evaluate: score held-out tracks against their observed signal, beside the average baseline.
 
 One task per tensor block returns, for each held-out experiment, the observed values, the
-model's imputation (from the stored genome factors) and the ``average`` baseline — the mean of
-the same assay over the other cell types that have it among the training tracks (DESIGN §6).
+model's imputation (from the stored genome factors) and the ``average`` baseline
+(:func:`predictd.solvers.baselines.average_baseline` over the training tracks, DESIGN §6).
 The driver scores whole-genome vectors with :func:`predictd.metrics.score_track` (arcsinh space)
 and writes ``OUT/report/``.
 """
@@ -20,25 +20,15 @@ from . import storage, tensor
 from .impute import gf_uri, model_values, read_gf
 from .metrics import score_track
 from .model import Model
+from .solvers.baselines import average_baseline
 from .spark import map_tasks
 
 log = logging.getLogger("predictd.evaluate")
 
 
-def baseline_sources(model: Model, holdout: list[str]) -> dict[str, list[str]]:
-    """For each held-out experiment, the training experiments of the same assay in other cell
-    types."""
-    train = [f"{c}.{a}" for c, a in model.observed]
-    out = {}
-    for h in holdout:
-        cell, assay = h.split(".", 1)
-        out[h] = [e for e in train if e.split(".", 1)[1] == assay and e.split(".", 1)[0] != cell]
-    return out
-
-
 def _eval_task(item, payload):
     chrom, block, start, n = item
-    root, gf_root, model, holdout, sources = payload
+    root, gf_root, model, holdout = payload
     obs = [f"{c}.{a}" for c, a in model.observed]
     cols = sorted(set(holdout) | set(obs))
     _, X = tensor.read_block(root, chrom, block, cols)
@@ -47,20 +37,22 @@ def _eval_task(item, payload):
     pairs = [(model.cell_types.index(h.split(".", 1)[0]), model.assays.index(h.split(".", 1)[1]))
              for h in holdout]
     Yhat = model_values(model, GB, pairs, (cols, X))
+    # the baseline's sources are the training tracks, in the model's order (the order of the sum)
+    train = [ci[e] for e in obs]
+    exp_cell = np.array([model.cell_types.index(c) for c, _ in model.observed], dtype=int)
+    exp_assay = np.array([model.assays.index(a) for _, a in model.observed], dtype=int)
+    base = average_baseline(X[:, train], exp_cell, exp_assay, pairs)
     out = {}
     for t, h in enumerate(holdout):
-        y = X[:, ci[h]]
-        src = sources[h]
-        base = np.nanmean(X[:, [ci[s] for s in src]], axis=1) if src else np.full(n, np.nan)
-        out[h] = (y, Yhat[:, t], base)  # full length: region masks stay aligned
+        # full length: region masks stay aligned
+        out[h] = (X[:, ci[h]], Yhat[:, t], base[:, t])
     return out
 
 
 def collect(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Model,
             holdout: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Genome-wide (observed, imputed, baseline) vectors for each held-out experiment."""
-    sources = baseline_sources(model, holdout)
-    parts = map_tasks(sc, _eval_task, header.blocks(), (root, gf_root, model, holdout, sources))
+    parts = map_tasks(sc, _eval_task, header.blocks(), (root, gf_root, model, holdout))
     res = {}
     for h in holdout:
         res[h] = tuple(np.concatenate([p[h][i] for p in parts]) for i in range(3))

@@ -21,6 +21,7 @@ import numpy as np
 from . import evaluate, storage, tensor
 from .errors import PredictdError
 from .impute import ensemble_values, member_weights, solve_genome, write_tracks
+from .solvers.baselines import average_baseline
 
 log = logging.getLogger("predictd.folds")
 
@@ -146,13 +147,12 @@ def _fold_eval_task(item, payload):
             ref = ensemble_values([references[f]], np.ones((1, len(pairs)), np.float32), chrom,
                                   block, pairs, data)
         train = [e for e in exps if e not in set(fold)]
+        exp_cell = np.array([model.cell_types.index(e.split(".", 1)[0]) for e in train], int)
+        exp_assay = np.array([model.assays.index(e.split(".", 1)[1]) for e in train], int)
+        base = average_baseline(X[:, [ci[e] for e in train]], exp_cell, exp_assay, pairs)
         for t, h in enumerate(fold):
-            cell, assay = h.split(".", 1)
-            src = [ci[e] for e in train if e.split(".", 1)[1] == assay
-                   and e.split(".", 1)[0] != cell]
-            base = X[:, src].mean(axis=1) if src else np.full(n, np.nan, np.float32)
             out[h] = {"y": X[:, ci[h]], "model": singles[:, t], "ensemble": ens[:, t],
-                      "average": base}
+                      "average": base[:, t]}
             if ref is not None:
                 out[h]["cp_als4"] = ref[:, t]
     return out

@@ -28,6 +28,39 @@ def test_average_baseline_ignores_the_target_cell_and_missing_values():
     assert out[0, 2] == pytest.approx(7.0)
 
 
+# the missing-value rule of the average baseline: three cell types with assay 0, one with assay 1
+RULE_X = np.array([[1.0, 2.0, 6.0, 5.0],
+                   [1.0, np.nan, 6.0, 5.0],
+                   [np.nan, np.nan, 6.0, np.nan]], dtype=np.float32)
+RULE_CELL, RULE_ASSAY = [0, 1, 2, 2], [0, 0, 0, 1]
+
+
+def test_average_baseline_leaves_a_missing_source_out_of_that_bins_mean():
+    out = baselines.average_baseline(RULE_X, RULE_CELL, RULE_ASSAY, [(3, 0), (2, 0)])
+    assert out.dtype == np.float32
+    assert out[0].tolist() == [3.0, 1.5]
+    assert out[1].tolist() == [3.5, 1.0]   # cell type 1 missing: the mean of the other two
+    assert out[2, 0] == 6.0                # only cell type 2 observed in this bin
+
+
+def test_average_baseline_is_nan_where_every_source_is_missing():
+    out = baselines.average_baseline(RULE_X, RULE_CELL, RULE_ASSAY, [(2, 0), (0, 1)])
+    assert np.isnan(out[2]).all()          # both sources missing in the last bin
+    assert out[:2, 1].tolist() == [5.0, 5.0]
+
+
+def test_average_baseline_is_nan_without_another_cell_type_of_the_assay():
+    out = baselines.average_baseline(RULE_X, RULE_CELL, RULE_ASSAY, [(2, 1), (0, 2)])
+    assert out.shape == (3, 2) and np.isnan(out).all()
+
+
+def test_average_baseline_sums_its_sources_in_column_order_in_float32():
+    rng = np.random.default_rng(5)
+    X = rng.exponential(size=(500, 4)).astype(np.float32)
+    out = baselines.average_baseline(X, [1, 2, 3, 0], [0, 0, 0, 0], [(0, 0)])[:, 0]
+    np.testing.assert_array_equal(out, ((X[:, 0] + X[:, 1]) + X[:, 2]) / np.float32(3))
+
+
 def test_cp_als_recovers_a_held_out_pair_of_a_low_rank_tensor():
     T, jj, kk = low_rank_tensor()
     hold = 5

@@ -30,10 +30,19 @@ def average_sources(exp_cell, exp_assay, cell: int, assay: int) -> np.ndarray:
 def average_baseline(X: np.ndarray, exp_cell, exp_assay, pairs) -> np.ndarray:
     """The ``average`` baseline of each target pair for a block of bins.
 
+    The baseline of (cell type j, assay k) is, bin by bin, the mean of assay k over the other
+    cell types that have it: the columns of ``X`` with assay k and a cell type other than j
+    (:func:`average_sources`). The one rule for missing values: a source whose value is
+    missing (NaN) in a bin is left out of that bin's mean, so the mean is over the sources
+    observed there; a bin where no source is observed — every source missing there, or assay
+    k in no other cell type at all — is NaN. The evaluation and the cross-validation report
+    both score this function's values.
+
     Parameters
     ----------
     X : (n, E) array
-        Observed values of the block's experiments, NaN where missing.
+        Observed values of the block's experiments (the training tracks: every column is a
+        possible source), NaN where missing.
     exp_cell, exp_assay : (E,) int arrays
         Cell type and assay index of each column of ``X``.
     pairs : sequence of (cell, assay) index pairs
@@ -42,14 +51,19 @@ def average_baseline(X: np.ndarray, exp_cell, exp_assay, pairs) -> np.ndarray:
     Returns
     -------
     (n, T) float32 array
-        Mean over the sources that are observed in each bin; NaN where a pair has no source
-        observed in that bin (its assay is observed in no other cell type).
+        Column t is the baseline of ``pairs[t]``: the float32 sum of its observed sources (in
+        column order) divided by their number; NaN where none is observed.
 
     Examples
     --------
-    >>> X = np.array([[1.0, 3.0, 10.0]])
-    >>> average_baseline(X, [0, 1, 2], [0, 0, 1], [(2, 0), (0, 0), (0, 1)]).tolist()
-    [[2.0, 3.0, 10.0]]
+    Three cell types with assay 0 (the third one missing in the second bin), one with
+    assay 1:
+
+    >>> X = np.array([[1.0, 3.0, 5.0, 10.0],
+    ...               [1.0, 3.0, np.nan, 10.0]])
+    >>> cell, assay = [0, 1, 2, 2], [0, 0, 0, 1]
+    >>> average_baseline(X, cell, assay, [(3, 0), (2, 0), (0, 1), (2, 1)]).tolist()
+    [[3.0, 2.0, 10.0, nan], [2.0, 2.0, 10.0, nan]]
     """
     X = np.asarray(X)
     n = X.shape[0]

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from predictd import bench, impute, synthetic, tensor
+from predictd.bench import machine, measure, probes
 from predictd.model import Model
 from predictd.solvers.closed_form import solve_genome_factors
 
@@ -140,7 +141,7 @@ def test_gemm_fraction_measures_the_real_functions():
     m = _model(n_cell=6, n_assay=5, L=8)
     exps = [f"{c}.{a}" for c, a in m.observed]
     X = np.random.default_rng(3).random((20000, len(exps))).astype(np.float32)
-    g = bench.gemm_fraction(X, m, exps, 2.9, repeats=2)
+    g = probes.gemm_fraction(X, m, exps, 2.9, repeats=2)
     assert g["shape"] == {"bins": 20000, "experiments": len(exps), "factors_plus_bias": 9,
                           "tracks": 30}
     assert g["gflops"] == pytest.approx(2 * 20000 * 9 * (len(exps) + 30) / 1e9, abs=1e-3)
@@ -154,15 +155,15 @@ def test_peak_memory_sees_this_process_and_its_children():
     child = ("import numpy as np, time; a = np.ones(40_000_000); time.sleep(1.0); "
              "print(a.sum())")
     # children already running (a session's Spark JVM, when an earlier test started it)
-    before = sum(bench._status_kb(p, "VmRSS:") for p in bench._descendants(os.getpid())) / 1024
-    with bench.PeakMemory(interval=0.02) as mem:
+    before = sum(measure.status_kb(p, "VmRSS:") for p in measure.descendants(os.getpid())) / 1024
+    with measure.PeakMemory(interval=0.02) as mem:
         big = np.ones(30_000_000)  # 240 MB here
         subprocess.run([sys.executable, "-c", child], check=True, capture_output=True)
         del big
     assert mem.children_mb > before + 250  # the child's 320 MB array
     assert mem.self_mb > 200
     assert mem.total_mb >= mem.self_mb
-    with bench.PeakMemory() as small:
+    with measure.PeakMemory() as small:
         time.sleep(0.1)
     assert small.children_mb < before + 50
     if small.self_reset:  # the kernel let us reset the high-water mark
@@ -171,7 +172,7 @@ def test_peak_memory_sees_this_process_and_its_children():
 
 def test_blas_info_names_the_kernel_and_leaves_the_environment_alone():
     before = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
-    info = bench.blas_info()
+    info = machine.blas_info()
     assert info["library"]
     if "openblas" in info["library"].lower():
         assert info["kernel"] and info["threads"] >= 1

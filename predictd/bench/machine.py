@@ -1,0 +1,64 @@
+"""Facts about the machine a benchmark ran on: CPUs, memory, Python, numpy and its BLAS."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+
+def blas_info() -> dict:
+    """Which BLAS numpy runs and which kernel it picked (threadpoolctl if installed, else the
+    OpenBLAS library loaded in this process asked directly)."""
+    info = {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                info.update(library=os.path.basename(lib.get("filepath", "")),
+                            version=lib.get("version"), kernel=lib.get("architecture"),
+                            threads=lib.get("num_threads"))
+                return info
+    except ImportError:
+        pass
+    paths = set()
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            if "openblas" in line.lower():
+                paths.add(line.split()[-1])
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+            try:
+                corename = getattr(lib, f"{prefix}openblas_get_corename{suffix}")
+                nthreads = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}")
+            except AttributeError:
+                continue
+            corename.restype = ctypes.c_char_p
+            info.update(library=os.path.basename(path), kernel=corename().decode(),
+                        threads=int(nthreads()))
+            return info
+    info["library"] = "unknown"
+    return info
+
+
+def machine_info() -> dict:
+    """CPUs, CPU model, memory, Python and numpy versions, and :func:`blas_info`."""
+    import platform
+    mem = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       "")
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**30, 1),
+            "python": platform.python_version(), "numpy": np.__version__, "blas": blas_info()}
+

@@ -1,0 +1,117 @@
+"""Roadmap scale (``predictd bench --roadmap-scale``): train and impute a Roadmap-shaped synthetic
+tensor in this process and extrapolate whole-genome imputation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+from .. import synthetic
+from ..config import Config
+from .machine import machine_info
+from .measure import Recorder
+
+log = logging.getLogger(__name__)
+
+#: PREDICTD (Durham et al. 2018) as published: training on 1 % of the genome took 10–24 h on a
+#: 64-core Spark cluster; whole-genome imputation 24–48 h on a cluster.
+PREDICTD_PUBLISHED = {"train_1pct_hours": [10, 24], "train_1pct_cores": 64,
+                      "impute_genome_hours": [24, 48]}
+
+ROADMAP_BINS = 1_200_000
+GENOME_BINS = 120_000_000
+
+
+def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: int = 4,
+                  latent_factors: int | None = None, keep: bool = False, say=None) -> dict:
+    """Train and impute on a Roadmap-shaped synthetic tensor in this process.
+
+    127 cell types × 24 assays, 1,014 observed experiments (:func:`synthetic.roadmap_pattern`),
+    ``n_bins`` bins (default 1.2 M = 1 % of the genome) all used for training, as PREDICTD
+    trained on 1 % of the genome. Genome factors are solved for every bin; tracks are written
+    for ``write_cell_types`` cell types × 24 assays (the rest is extrapolated from the measured
+    per-track throughput). Whole-genome imputation (120 M bins × 3,048 tracks) is extrapolated in
+    core-hours from the measured per-block throughputs.
+    """
+    from .. import impute, train
+    from ..model import Model
+    say = say or (lambda msg: log.info("%s", msg))
+    rec = Recorder(say=say)
+    base = os.path.join(workdir, "roadmap")
+    shutil.rmtree(base, ignore_errors=True)
+    root = os.path.join(base, "tensor")
+    cells, assays, observed = synthetic.roadmap_pattern()
+    block_bins = 65_536
+    header = rec.run("generate_tensor", synthetic.write_tensor, root, n_bins, cells, assays,
+                     observed, block_bins=block_bins)
+    overrides = {"training_fraction": 1.0, "block_bins": block_bins,
+                 "partitions": max(2, n_bins // 65_536), "transform": "none"}
+    if latent_factors:
+        overrides["latent_factors"] = latent_factors
+    cfg = Config().replace(**overrides)
+    t_fit = time.perf_counter()
+
+    def progress(row):
+        say(f"train iteration {row['iteration']}: train mse {row['train_mse']:.4f}, valid mse "
+            f"{row['valid_mse']:.4f}, {time.perf_counter() - t_fit:.0f} s")
+
+    model, fit_res = rec.run("train", train.train, None, header, root,
+                             os.path.join(base, "work"), cfg, [], progress=progress)
+    model.save(os.path.join(base, "model"))
+    model = Model.load(os.path.join(base, "model"))
+    shutil.rmtree(os.path.join(base, "work"), ignore_errors=True)
+    gf = os.path.join(base, "gf")
+    rec.run("solve", impute.solve_genome, None, header, root, gf, model, cfg)
+    # write a subset of cell types through the real path (factor model + stacked transfer
+    # regression); the full 3,048 follow linearly
+    k = max(1, min(write_cell_types, len(cells)))
+    rec.run("write", impute.write_tracks, None, header, base, gf, model, cfg, root=root,
+            only=list(range(k * len(assays))))
+    n_written = k * len(assays)
+    t_train, t_solve, t_write = (rec.seconds(s) for s in ("train", "solve", "write"))
+    cpu = {k2: v["cpu_seconds"] for k2, v in rec.stages.items()}
+    solve_rate = n_bins / t_solve                     # bins/s (all BLAS threads)
+    write_rate = n_bins * n_written / t_write         # bin-tracks/s, one process
+    all_tracks = len(cells) * len(assays)
+    # core-hours are CPU time (every thread), scaled by the work: per block for the solve,
+    # per bin-track for the writes
+    gen_solve_core_h = cpu["solve"] * GENOME_BINS / n_bins / 3600
+    gen_write_core_h = cpu["write"] * GENOME_BINS * all_tracks / (n_bins * n_written) / 3600
+    train_core_h = cpu["train"] / 3600
+    res = {
+        "data": {"cell_types": len(cells), "assays": len(assays),
+                 "observed_experiments": len(observed), "bins": n_bins,
+                 "tensor_gib": round(n_bins * len(observed) * 4 / 2**30, 2),
+                 "source": "synthetic.roadmap_pattern + synthetic.write_tensor (rank 10)"},
+        "config": {k2: getattr(cfg, k2) for k2 in ("latent_factors", "solver", "partitions",
+                                                    "max_iterations", "block_bins")},
+        "train": {"seconds": round(t_train, 1), "iterations": len(fit_res.history),
+                  "stopped": fit_res.stopped, "best_valid_mse": fit_res.best_valid_mse,
+                  "training_bins": fit_res.n_bins,
+                  "seconds_per_iteration": round(t_train / max(1, len(fit_res.history)), 2)},
+        "impute": {"solve_seconds": round(t_solve, 1), "solve_bins_per_s": round(solve_rate),
+                   "tracks_written": n_written, "write_seconds": round(t_write, 1),
+                   "write_bin_tracks_per_s": round(write_rate),
+                   "all_3048_tracks_seconds_extrapolated": round(
+                       n_bins * all_tracks / write_rate, 1)},
+        "extrapolated_whole_genome": {
+            "bins": GENOME_BINS, "tracks": all_tracks,
+            "solve_core_hours": round(gen_solve_core_h, 2),
+            "write_core_hours": round(gen_write_core_h, 1),
+            "impute_core_hours": round(gen_solve_core_h + gen_write_core_h, 1),
+            "impute_hours_on_64_cores": round((gen_solve_core_h + gen_write_core_h) / 64, 2)},
+        "train_core_hours": round(train_core_h, 3),
+        "predictd_published": {**PREDICTD_PUBLISHED,
+                               "train_1pct_core_hours": [10 * 64, 24 * 64]},
+        "goals": {"train_seconds": "<= 1800", "peak_memory_gib": "<= 16"},
+    }
+    res["seconds"] = {k2: v["seconds"] for k2, v in rec.stages.items()}
+    res["cpu_seconds"] = cpu
+    res["memory_mb"] = {k2: v["total_mb"] for k2, v in rec.stages.items()}
+    res["peak_memory_gib"] = round(max(v["total_mb"] for v in rec.stages.values()) / 1024, 2)
+    res["machine"] = machine_info()
+    if not keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return res

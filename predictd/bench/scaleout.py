@@ -1,0 +1,129 @@
+"""Scale-out (``predictd bench --workers 1,2``): the same train + impute job in local mode and on
+a standalone cluster of 1, 2, … one-core workers on this machine.
+
+Each job runs in a child process (:func:`train_and_impute`), so that every Spark master gets its
+own SparkContext; every cluster's model and tracks are compared with local mode's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from .. import tensor
+from ..config import Config
+from ..errors import PredictdError
+from .compare import model_diff, tracks_diff
+from .inputs import bench_config, bench_tracks, write_inputs
+from .measure import PeakMemory
+
+log = logging.getLogger(__name__)
+
+# the child process: one job spec (JSON) in argv, one result (JSON) as the last line of stdout
+_CHILD = ("import json, sys; from predictd.bench.scaleout import train_and_impute; "
+          "print(json.dumps(train_and_impute(json.loads(sys.argv[1]))))")
+
+
+def train_and_impute(spec: dict) -> dict:
+    """One train + impute job on an existing tensor; runs in a child process of
+    :func:`scale_out`, so that each master gets its own SparkContext."""
+    from .. import impute, train
+    from ..model import Model
+    from ..spark import get_context, stop_context
+    logging.basicConfig(level=logging.WARNING)
+    cfg = Config().replace(**spec["config"])
+    header = tensor.read_header(spec["tensor"])
+    out = spec["out"]
+    t0 = time.perf_counter()
+    sc = get_context(spec["master"], conf=spec.get("conf"))
+    sc.parallelize(range(64), 64).count()  # executors up and Python workers forked
+    t1 = time.perf_counter()
+    model, fit_res = train.train(sc, header, spec["tensor"], os.path.join(out, "work"), cfg, [])
+    model.save(os.path.join(out, "model"))
+    model = Model.load(os.path.join(out, "model"))
+    t2 = time.perf_counter()
+    gf = os.path.join(out, "gf")
+    impute.solve_genome(sc, header, spec["tensor"], gf, model, cfg)
+    t3 = time.perf_counter()
+    impute.write_tracks(sc, header, out, gf, model, cfg, root=spec["tensor"])
+    t4 = time.perf_counter()
+    par = sc.defaultParallelism
+    stop_context()
+    return {"master": spec["master"], "default_parallelism": par, "startup_seconds": t1 - t0,
+            "train_seconds": t2 - t1, "solve_seconds": t3 - t2, "write_seconds": t4 - t3,
+            "iterations": len(fit_res.history)}
+
+
+def _run_in_child(spec: dict) -> dict:
+    with PeakMemory() as mem:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise PredictdError(f"benchmark job on {spec['master']} failed: {' | '.join(tail)}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["peak_memory_mb"] = round(mem.children_mb, 1)
+    return out
+
+
+def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
+              n_bins: int | None = None, config: dict | None = None) -> dict:
+    """The same train + impute job in local mode and on a standalone cluster of 1, 2, …
+    workers (one core each, BLAS pinned to one thread per executor); reports throughputs and
+    whether every result equals local mode's."""
+    from .. import ingest
+    from ..genome import load_genome
+    from ..localcluster import start_cluster
+    from ..manifest import read_manifest
+    from ..model import Model
+    say = say or (lambda msg: log.info("%s", msg))
+    tracks, source = bench_tracks(n_bins or (1 << 18 if quick else None))
+    n = next(iter(tracks.values())).size
+    cfg = bench_config(quick, **(config or {}))
+    base = os.path.join(workdir, "scaleout")
+    shutil.rmtree(base, ignore_errors=True)
+    manifest, sizes, _ = write_inputs(tracks, os.path.join(workdir, f"inputs-{n}"))
+    genome = load_genome(sizes)
+    root = os.path.join(base, "tensor")
+    header = ingest.ingest(None, read_manifest(manifest), genome, cfg, root)
+    spec_cfg = {k: getattr(cfg, k) for k in ("partitions", "max_iterations")}
+    chrom, length = genome.chroms[0]
+    pin = {f"spark.executorEnv.{v}": "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    runs = {}
+    ref = os.path.join(base, "local")
+    say("scale-out: local[*] reference run")
+    runs["local"] = _run_in_child({"master": "local[*]", "tensor": root, "out": ref,
+                              "config": spec_cfg})
+    ref_model = Model.load(os.path.join(ref, "model"))
+    n_tracks = len(header.cell_types) * len(header.assays)
+    for w in workers:
+        out = os.path.join(base, f"workers-{w}")
+        say(f"scale-out: standalone cluster with {w} worker(s)")
+        with start_cluster(n_workers=w, cores=1) as cluster:
+            r = _run_in_child({"master": cluster.master_url, "tensor": root, "out": out,
+                          "config": spec_cfg, "conf": {**cluster.conf(), **pin}})
+        r["model_max_abs_diff_vs_local"] = model_diff(Model.load(os.path.join(out, "model")),
+                                                      ref_model)
+        r["tracks_max_abs_diff_vs_local"] = tracks_diff(ref, out, ref_model.track_names(),
+                                                        chrom, length, cfg.bin_size)
+        r["equal_to_local"] = bool(r["model_max_abs_diff_vs_local"] <= 1e-6 and
+                                   r["tracks_max_abs_diff_vs_local"] <= 1e-4)
+        runs[f"workers_{w}"] = r
+    for r in runs.values():
+        r["solve_bins_per_s"] = round(n / r["solve_seconds"])
+        r["write_tracks_per_s"] = round(n_tracks / r["write_seconds"], 3)
+        r["train_plus_impute_seconds"] = round(r["train_seconds"] + r["solve_seconds"] +
+                                               r["write_seconds"], 3)
+    out = {"data": {"source": source, "bins": n, "tracks": n_tracks}, "runs": runs}
+    if len(workers) >= 2:
+        a, b = runs[f"workers_{workers[0]}"], runs[f"workers_{workers[-1]}"]
+        out["speedup"] = {k: round(a[k] / b[k], 3) for k in
+                          ("train_seconds", "solve_seconds", "write_seconds",
+                           "train_plus_impute_seconds")}
+        out["speedup"]["workers"] = [workers[0], workers[-1]]
+    return out

@@ -136,7 +136,7 @@ class Config:
 
     # ------------------------------------------------------------------ helpers
     def lambdas(self, n_cell_types: int, n_assays: int, n_bins: int) -> tuple[float, float, float]:
-        """PREDICTD's penalty scaling (DESIGN §2)."""
+        """PREDICTD's penalty scaling (docs/design.md §3)."""
         L = self.latent_factors
         return (self.rc / (L * n_cell_types), self.ra / (L * n_assays),
                 self.ri / (L * max(n_bins, 1)))

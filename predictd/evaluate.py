@@ -2,7 +2,8 @@
 
 One task per tensor block returns, for each held-out experiment, the observed values, the
 model's imputation (from the stored genome factors) and the ``average`` baseline — the mean of
-the same assay over the other cell types that have it among the training tracks (DESIGN §6).
+the same assay over the other cell types that have it among the training tracks
+(docs/design.md §8).
 The driver scores whole-genome vectors with :func:`predictd.metrics.score_track` (arcsinh space)
 and writes ``OUT/report/``.
 """

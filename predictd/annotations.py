@@ -1,8 +1,9 @@
-"""Per-bin region masks from annotation BEDs, for ``mseprom``/``msegene``/``mseenh`` (DESIGN §6).
+"""Per-bin region masks from annotation BEDs, for ``mseprom``/``msegene``/``mseenh``
+(docs/design.md §8).
 
 A bin belongs to a region when it overlaps at least one of the region's intervals by >= 1 bp.
 Bin ``i`` of a chromosome covers ``[bin_size * i, bin_size * (i + 1))``, the last bin being
-truncated at the chromosome end, as in the ingest contract (DESIGN §1).
+truncated at the chromosome end, as in the ingest contract (docs/design.md §1).
 
 Regions
 -------

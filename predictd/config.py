@@ -136,7 +136,7 @@ class Config:
 
     # ------------------------------------------------------------------ helpers
     def lambdas(self, n_cell_types: int, n_assays: int, n_bins: int) -> tuple[float, float, float]:
-        """PREDICTD's penalty scaling (DESIGN §2)."""
+        """PREDICTD's penalty scaling (docs/design.md §3)."""
         L = self.latent_factors
         return (self.rc / (L * n_cell_types), self.ra / (L * n_assays),
                 self.ri / (L * max(n_bins, 1)))
@@ -238,16 +238,62 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
     return from_dict(data, source=f"config file {path}" if path else "config")
 
 
+def _toml_value(val: Any) -> str:
+    """A value as TOML writes it."""
+    if isinstance(val, bool):
+        return "true" if val else "false"
+    if isinstance(val, str):
+        return json.dumps(val)
+    return repr(val)
+
+
 def to_toml(cfg: Config) -> str:
     """Render a config as TOML (for ``predictd config --show`` and run.json readers)."""
     lines = []
     for key, _default, help in describe():
-        val = getattr(cfg, key)
         lines.append(f"# {help}")
-        if isinstance(val, bool):
-            lines.append(f"{key} = {'true' if val else 'false'}")
-        elif isinstance(val, str):
-            lines.append(f"{key} = {json.dumps(val)}")
-        else:
-            lines.append(f"{key} = {val!r}")
+        lines.append(f"{key} = {_toml_value(getattr(cfg, key))}")
+    return "\n".join(lines) + "\n"
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    """The values a key accepts, from its validation metadata, in words."""
+    md = f.metadata
+    if md.get("choices"):
+        return " or ".join(f"`{_toml_value(c)}`" for c in md["choices"])
+    if isinstance(f.default, bool):
+        return "`true` or `false`"
+    parts = []
+    if md.get("lo") is not None:
+        parts.append(f"{'>' if md.get('lo_open') else '≥'} {md['lo']!r}")
+    if md.get("hi") is not None:
+        parts.append(f"≤ {md['hi']!r}")
+    return ", ".join(parts) or "any"
+
+
+_REFERENCE_INTRO = """\
+# Configuration
+
+<!-- Generated from predictd/config.py by `predictd config --markdown > docs/configuration.md`;
+     do not edit by hand: tests/test_config.py fails when this file is stale. -->
+
+A run is configured by one TOML file of top-level keys (`--config FILE.toml`); any key can also be
+set on the command line with `--set key=value` (TOML value syntax), which wins over the file.
+Unknown keys, wrong types and out-of-range values are refused with the key's name.
+`predictd config --show` prints every key with its default as TOML (a starting point for your own
+file); `predictd config --check FILE.toml` validates a file.
+"""
+
+
+def config_reference_markdown() -> str:
+    """``docs/configuration.md``: every key with its type, default, accepted values and meaning,
+    generated from the :class:`Config` metadata (``predictd config --markdown``)."""
+    lines = [_REFERENCE_INTRO,
+             "| key | type | default | accepted | meaning |",
+             "| --- | --- | --- | --- | --- |"]
+    kinds = {bool: "bool", int: "int", float: "float", str: "string"}
+    for f in dataclasses.fields(Config):
+        help = f.metadata["help"].replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {kinds[type(f.default)]} | `{_toml_value(f.default)}` | "
+                     f"{_allowed(f)} | {help} |")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ A local or S3 prefix is listed directly (``OUT/tracks/*.imputed.bw``). A web ser
 listed, so for ``http(s)://`` sources the run's track index ``OUT/tracks.json`` (written by
 :func:`write_track_index` after imputation) gives the files with their sizes and MD5s; without
 it, the track names come from ``OUT/model/model.json`` (every (cell type, assay) pair of the
-model has a track, DESIGN §7) and sizes are learnt while downloading.
+model has a track, docs/design.md §9) and sizes are learnt while downloading.
 
 The index sits beside ``tracks/`` rather than inside it so that ``tracks/`` holds only bigWigs
 (users glob it). Its format::

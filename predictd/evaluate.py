@@ -2,7 +2,7 @@
 
 One task per tensor block returns, for each held-out experiment, the observed values, the
 model's imputation (from the stored genome factors) and the ``average`` baseline
-(:func:`predictd.solvers.baselines.average_baseline` over the training tracks, DESIGN §6).
+(:func:`predictd.solvers.baselines.average_baseline` over the training tracks, docs/design.md §8).
 The driver scores whole-genome vectors with :func:`predictd.metrics.score_track` (arcsinh space)
 and writes ``OUT/report/``.
 """

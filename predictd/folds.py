@@ -1,4 +1,4 @@
-"""Cross-validation folds over experiments and ensembles of fold models (DESIGN §5).
+"""Cross-validation folds over experiments and ensembles of fold models (docs/design.md §7).
 
 ``predictd run --folds T`` splits the observed experiments into T balanced test folds (every
 cell type and assay keeps training data in every fold). For each fold it trains

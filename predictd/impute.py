@@ -1,7 +1,7 @@
 """Impute: closed-form genome factors for every block, then every (cell type, assay) track.
 
 1. *solve* — one task per tensor block: with the broadcast C, A and biases, ``[G | bG]`` of the
-   block is one GEMM per observed pattern (DESIGN §4); written as Parquet under
+   block is one GEMM per observed pattern (docs/design.md §5); written as Parquet under
    ``OUT/model/genome_factors/`` (bins × L+1 — far smaller than the tensor), so the tracks can
    be written without solving again.
 2. *write* — tracks are split into groups, one task per group. A task streams the genome's
@@ -58,8 +58,8 @@ def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: floa
 
     Every bin is first solved as if all experiments were observed — one GEMM with the
     experiment biases folded in (``(X − b) Pᵀ = X Pᵀ − (P b)ᵀ`` saves a pass over the block),
-    computed as ``P Xᵀ``: measured here, OpenBLAS is ~3x faster for these skinny shapes
-    (n × E times E × L+1) with the long axis last. A missing (NaN) entry makes its bin's row
+    computed as ``P Xᵀ``: for these skinny shapes (n × E times E × L+1) OpenBLAS is markedly
+    faster with the long axis last (docs/performance.md). A missing (NaN) entry makes its bin's row
     of the product NaN, so the bins with missing entries are found from the small result, not
     by a second pass over the block, and only they are solved again per observed pattern.
     The result is the transposed view, so its columns are contiguous.
@@ -78,7 +78,7 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
     """Model-space values of the given (cell type, assay) index pairs for a block (n × T).
 
     One GEMM with the track biases folded in as an extra factor (a column of ones beside
-    ``[G | bG]``), computed with the long axis last (~3x faster here for these shapes) and
+    ``[G | bG]``), computed with the long axis last (faster for these shapes) and
     returned as the transposed view: each track's column is contiguous, ready for a writer.
     """
     j = np.array([p[0] for p in pairs])
@@ -131,7 +131,7 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
         for k in range(cnt.shape[1]):
             cols[f"{COUNT_COLUMN}{k}"] = pa.array(cnt[:, k].astype(np.float32))
     buf = io.BytesIO()
-    # no dictionary: factors are all distinct floats (it made this write 5x slower)
+    # no dictionary: factors are all distinct floats, and dictionary encoding only slows the write
     pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
@@ -139,8 +139,8 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
 def read_gf_parts(uri: str, sums: bool = True
                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """``[G | bG]`` of a block (bins × L+1) and, when asked for and stored, the stacked
-    model's per-assay sums and counts (float64, bins × assays each; None when absent — files
-    written before they were stored)."""
+    model's per-assay sums and counts (float64, bins × assays each; None when the file has
+    none)."""
     pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
     names = pf.schema_arrow.names
     gcols = [c for c in names if not c.startswith((SUM_COLUMN, COUNT_COLUMN))]

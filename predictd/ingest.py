@@ -5,9 +5,9 @@ Two steps, each idempotent and resumable:
 1. *check* — per track: fetch (http/s3) or locate the file, verify its md5 when the manifest
    gives one, open it and list its chromosomes. Every problem is reported before any heavy work
    starts. A Spark job of one task per track; under a local master with local files, the driver
-   checks them itself (a file takes ~1 ms, a Spark job ~0.1 s).
+   checks them itself (checking a local file costs far less than a Spark job's latency).
 2. *build* — one task per tensor block (chromosome, bin range): read that range of every track
-   in chunks, bin to ``bin_size`` (DESIGN §1: mean over the bin's bases, no data = 0),
+   in chunks, bin to ``bin_size`` (docs/design.md §1: mean over the bin's bases, no data = 0),
    transform, and write the Parquet block (a genome chromosome missing from a track stays
    missing, not zero). A small JSON marker per block records completion and the per-track
    statistics. Block-major, so nothing is staged: each value is read once and written once.
@@ -139,9 +139,9 @@ def _block_task(item, payload) -> list[dict]:
 
 # --------------------------------------------------------------------------- the stage
 def _slices(sc) -> int | None:
-    """Tasks per ingest job: one per core. Measured here, a Spark task costs 20-40 ms of
-    latency and a job ~0.1 s, against ~0.15 s to build a 65,536-bin block of 20 tracks; the
-    blocks keep their own resume markers, so coarse tasks lose nothing on a retry."""
+    """Tasks per ingest job: one per core. Each task and job adds Spark latency comparable to
+    the work of building a small block (docs/performance.md); the blocks keep their own resume
+    markers, so coarse tasks lose nothing on a retry."""
     return None if sc is None else default_parallelism(sc)
 
 
@@ -149,7 +149,7 @@ def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
     """Validate every track (job 1). Returns per-track info; raises on the first problem.
 
     Local files under a local master are checked by the driver itself, a thread per core (md5
-    hashing releases the GIL): a Spark job costs ~0.1 s here, the check of a local file ~1 ms.
+    hashing releases the GIL): checking a local file costs far less than a Spark job.
     """
     if sc is None:
         infos = [_check_task(t, None) for t in tracks]

@@ -1,4 +1,4 @@
-"""Accuracy metrics for imputed tracks (DESIGN §6).
+"""Accuracy metrics for imputed tracks (docs/design.md §8).
 
 Every metric compares one observed track ``y`` with its imputation ``yhat`` over the same evaluated
 bins (arcsinh space unless the caller says otherwise). They are plain functions
@@ -174,7 +174,7 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks with ties sharing the mean of their ranks (``scipy.stats.rankdata`` "average").
 
     An unstable O(N log N) sort is enough because tied values get the same rank whatever their
-    order, and it is 2-4x faster than the stable sort scipy uses.
+    order, and it is faster than the stable sort scipy uses.
 
     Examples
     --------

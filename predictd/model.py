@@ -1,6 +1,6 @@
 """The PREDICTD model as a small value object, and the pure functions that evaluate it.
 
-Prediction for cell type j, assay k, bin i (DESIGN §2)::
+Prediction for cell type j, assay k, bin i (docs/design.md §3)::
 
     x̂_jki = μ + bC_j + bA_k + bG_i + Σ_l C_jl · A_kl · G_il
 

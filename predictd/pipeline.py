@@ -1,6 +1,6 @@
 """The whole run: ingest → train → impute → evaluate, resumable, with ``run.json``.
 
-Output layout (DESIGN §7)::
+Output layout (docs/design.md §9)::
 
     OUT/run.json                 config, versions, manifest checksums, stage timings, results
     OUT/tensor/                  the data tensor (Parquet + header.json)

@@ -1,4 +1,5 @@
-"""The evaluation report: ``metrics.tsv``, PNG plots, a self-contained ``index.html`` (DESIGN §7).
+"""The evaluation report: ``metrics.tsv``, PNG plots, a self-contained ``index.html``
+(docs/design.md §9).
 
 :func:`write_report` turns metric rows (one per evaluated track and method, as produced with
 :func:`predictd.metrics.score_track`), optional training curves and optional signal examples into a

@@ -40,9 +40,8 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
         "spark.task.maxFailures": "4",
         "spark.rdd.compress": "false",
         "spark.driver.maxResultSize": "8g",
-        # executor <-> Python worker over Unix domain sockets: measured here, a Python job of
-        # two tasks took 85 ms instead of 127 ms over loopback TCP (Spark >= 4.1; older Spark
-        # ignores the key)
+        # executor <-> Python worker over Unix domain sockets: lower per-job latency than
+        # loopback TCP (docs/performance.md; Spark >= 4.1, older Spark ignores the key)
         "spark.python.unix.domain.socket.enabled": "true",
     }
     # one BLAS thread per task slot: Spark already runs a Python worker per core, and each

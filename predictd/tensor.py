@@ -105,8 +105,7 @@ def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int)
         cols[name] = pa.array(col, mask=nan if nan.any() else None)
     buf = io.BytesIO()
     # Dictionary encoding is Parquet's default, but binned signal has too many distinct values
-    # for it: measured on the Roadmap tracks it made encoding 3x and decoding 2x slower for
-    # the same file size (and synthetic noise 28% larger than raw float32).
+    # for it: it slows encoding and decoding for no smaller file (docs/performance.md).
     pq.write_table(pa.table(cols), buf, compression="zstd", row_group_size=1 << 20,
                    use_dictionary=False)
     return buf.getvalue()

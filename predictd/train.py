@@ -98,7 +98,7 @@ def _sample_task(item, payload):
     for j, e in enumerate(experiments):
         cols[e] = pa.array(X[:, j], mask=np.isnan(X[:, j]))
     buf = io.BytesIO()
-    # no dictionary encoding: signal values are nearly all distinct (it was 3x slower)
+    # no dictionary encoding: signal values are nearly all distinct (it only slows the write)
     pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
     uri = storage.join(work, f"{chrom}.{block:06d}.parquet")
     storage.write_bytes_atomic(uri, buf.getvalue())
@@ -181,9 +181,9 @@ def _stack_task(group, payload):
 
 def stack_blocks(blocks: list, limit: int) -> list:
     """The blocks whose sampled bins feed the stacking statistics: all of them, or ``limit``
-    evenly spaced over the genome (in order). At Roadmap scale a block's statistics cost about
-    a second per cell type (the similarity-weighted averages), and 64 blocks × 2 % of 262,144
-    bins still give each cell type's regression ~335,000 rows."""
+    evenly spaced over the genome (in order). A block's statistics cost time per cell type
+    (the similarity-weighted averages compare it with every other one), and 64 blocks × 2 % of
+    262,144 bins still give each cell type's regression ~335,000 rows."""
     if len(blocks) <= limit:
         return list(blocks)
     pick = np.unique(np.linspace(0, len(blocks) - 1, limit).round().astype(int))

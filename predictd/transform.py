@@ -1,4 +1,4 @@
-"""Signal transforms (DESIGN §1): arcsinh in, sinh out, negatives clipped on output."""
+"""Signal transforms (docs/design.md §2): arcsinh in, sinh out, negatives clipped on output."""
 
 from __future__ import annotations
 

@@ -2,10 +2,14 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from predictd.config import Config, describe, from_dict, load, to_toml
+from predictd.cli import config_cmd  # noqa: F401 - registers `predictd config`
+from predictd.cli.main import cli
+from predictd.config import Config, config_reference_markdown, describe, from_dict, load, to_toml
 from predictd.errors import PredictdError
 
 
@@ -160,3 +164,26 @@ def test_float_values_survive_exactly(tmp_path):
         p.write_text(to_toml(cfg))
         got = load(str(p)).rc
         assert got == value and not math.isnan(got)
+
+
+def test_configuration_doc_is_the_generated_reference():
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8") == config_reference_markdown(), (
+        "docs/configuration.md is stale: regenerate it with "
+        "`predictd config --markdown > docs/configuration.md`")
+
+
+def test_reference_lists_every_key_with_its_default_and_bounds():
+    text = config_reference_markdown()
+    for key, default, help in describe():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{key}` |"))
+        assert help in row, key
+    assert "| `transform` | string | `\"arcsinh\"` | `\"arcsinh\"` or `\"none\"` |" in text
+    assert "| `training_fraction` | float | `0.01` | > 0.0, ≤ 1.0 |" in text
+    assert "| `stack` | bool | `true` | `true` or `false` |" in text
+
+
+def test_config_markdown_command_prints_the_reference():
+    res = CliRunner().invoke(cli, ["config", "--markdown"])
+    assert res.exit_code == 0, res.output
+    assert res.output == config_reference_markdown()

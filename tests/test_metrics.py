@@ -1,4 +1,5 @@
-"""Metrics (DESIGN §6) against hand-computed cases and brute force, and annotation region masks."""
+"""Metrics (docs/design.md §8) against hand-computed cases and brute force, and annotation region
+masks."""
 
 import gzip
 import math

@@ -1,4 +1,4 @@
-"""``predictd config`` — show the keys, or check a config file."""
+"""``predictd config`` — show the keys, check a config file, or print the keys' reference."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from .main import cli
 @click.option("--show", is_flag=True, help="Print every key with its default and meaning as "
                                            "TOML (a starting point for your own file).")
 @click.option("--check", "check_path", metavar="FILE.toml", help="Validate a config file.")
-def config_command(show, check_path):
-    """Show the configuration keys, or check a config file."""
-    if check_path:
+@click.option("--markdown", is_flag=True, help="Print the keys' reference as Markdown "
+                                               "(docs/configuration.md is this output).")
+def config_command(show, check_path, markdown):
+    """Show the configuration keys, check a config file, or print their Markdown reference."""
+    if markdown:
+        click.echo(config_mod.config_reference_markdown(), nl=False)
+    elif check_path:
         cfg = config_mod.load(check_path)
         click.echo(f"{check_path}: ok")
         click.echo(config_mod.to_toml(cfg), nl=False)

@@ -1,4 +1,4 @@
-"""Reference imputers that the model is measured against (DESIGN §6, issue 3).
+"""Reference imputers that the model is measured against (docs/design.md §8).
 
 * :func:`average_baseline` — the ``average`` baseline: for a target (cell type, assay) pair, the
   mean over the other cell types' observed tracks of the same assay, bin by bin.
@@ -81,7 +81,8 @@ def average_baseline(X: np.ndarray, exp_cell, exp_assay, pairs) -> np.ndarray:
 
 
 def _hierarchical_biases(X, obs, exp_cell, exp_assay, n_cell, n_assay):
-    """μ, then cell-type means of what is left, then assay means (DESIGN §2's initialisation)."""
+    """μ, then cell-type means of what is left, then assay means (the initialisation of
+    docs/design.md §3)."""
     c = obs.sum(axis=0).astype(np.float64)
     s = np.where(obs, X, 0.0).sum(axis=0, dtype=np.float64)
     mu = float(s.sum() / max(c.sum(), 1))

@@ -1,4 +1,4 @@
-"""Closed-form genome factors (DESIGN §4): with C, A and their biases fixed, each bin's
+"""Closed-form genome factors (docs/design.md §5): with C, A and their biases fixed, each bin's
 ``[g_i; bG_i]`` is a ridge regression on its observed experiments.
 
 Bins that share the same set of observed experiments share one (L+1)×(L+1) inverse, so a block
@@ -75,7 +75,7 @@ def solve_genome_factors(R: np.ndarray, Z: np.ndarray, ridge: float, bias_ridge:
     Z : (E, L) array
         Experiment loadings ``C[j_e] ⊙ A[k_e]``.
     ridge, bias_ridge : float
-        Penalties on g_i and on bG_i (DESIGN: ri2 = 2.9 and 0).
+        Penalties on g_i and on bG_i (the config's ``ri2`` and ``bias_penalty``).
     obs : (n, E) bool array, optional
         Observed mask; defaults to ``~isnan(R)``.
 

@@ -149,7 +149,7 @@ class LocalBackend:
 def init_factors(summaries: list[dict], exp_cell, exp_assay, n_cell: int, n_assay: int,
                  L: int, seed: int, scale: float) -> tuple[Factors, int, int]:
     """μ = mean of the training entries; bC = cell means of the residual; bA = assay means of
-    what is left (DESIGN §2's hierarchical initialisation); C, A ~ U(−scale, scale)."""
+    what is left (docs/design.md §3's hierarchical initialisation); C, A ~ U(−scale, scale)."""
     s = np.sum([x["sum"] for x in summaries], axis=0)
     c = np.sum([x["count"] for x in summaries], axis=0).astype(np.float64)
     N = int(c.sum())

@@ -6,10 +6,11 @@ With N observed training entries, E_i the number observed in bin i::
         + λC ‖C‖² + λA ‖A‖² + λb (‖bC‖² + ‖bA‖²)      cell-type / assay side
         + (1/N) (ρG Σ_i ‖G_i‖² + ρb Σ_i bG_i²)        genome side
 
-λC = rc / (L · n_cell_types) and λA = ra / (L · n_assays) follow PREDICTD's scaling (DESIGN §2).
-The genome side is written in per-bin units so that, multiplied by N, each bin's problem is
-exactly the closed-form ridge of DESIGN §4 with ρG = ri2: the factors that training optimises
-are the ones imputation uses. (Setting ``ri`` > 0 instead gives PREDICTD's λG = ri/(L·n_bins).)
+λC = rc / (L · n_cell_types) and λA = ra / (L · n_assays) follow PREDICTD's scaling
+(docs/design.md §3). The genome side is written in per-bin units so that, multiplied by N, each
+bin's problem is exactly the closed-form ridge of docs/design.md §5 with ρG = ri2: the factors
+that training optimises are the ones imputation uses. (Setting ``ri`` > 0 instead gives
+PREDICTD's λG = ri/(L·n_bins).)
 
 The genome penalty is spread over a bin's entries (ρG‖G_i‖²/E_i per entry), so a uniformly drawn
 mini-batch gives an unbiased estimate of the whole gradient (:func:`minibatch_gradients`).

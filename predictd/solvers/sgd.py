@@ -1,4 +1,4 @@
-"""Parallel SGD with parameter averaging (DESIGN §3), as pure functions over one shard.
+"""Parallel SGD with parameter averaging (docs/design.md §4), as pure functions over one shard.
 
 Each shard owns its bins' genome factors G, bG and their Adam moments (the shard *state*). One
 iteration: the driver broadcasts the factors C, A, bC, bA with their Adam moments; every shard
@@ -40,7 +40,7 @@ class Adam:
 def init_state(X, exp_cell, exp_assay, f: Factors, pen: Penalties, rng: np.random.Generator,
                scale: float) -> dict:
     """A shard's starting genome factors: G ~ U(−scale, scale) like C and A, and bG the bin
-    mean of the residual after μ, bC, bA (DESIGN §2's hierarchical initialisation).
+    mean of the residual after μ, bC, bA (docs/design.md §3's hierarchical initialisation).
 
     (Starting G at its closed form is tempting but wrong here: with G at its optimum for the
     random C, A, the gradients on C and A nearly vanish and SGD stalls.)

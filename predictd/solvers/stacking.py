@@ -1,4 +1,4 @@
-"""Cross-cell-type transfer regression stacked on the model (issue 3).
+"""Cross-cell-type transfer regression stacked on the model (docs/design.md §6).
 
 For a target pair (cell type j, assay k) the prediction for bin i is linear in that bin's own
 observed values::
@@ -82,9 +82,9 @@ def local_correlations(x: np.ndarray, Y: np.ndarray, width: int, chunk: int = 32
 
 def similarity_step(width: int) -> int:
     """Bins per cell of the coarse grid the resemblance is measured on: a window of ``width``
-    bins spans about 100 cells of it (1 for windows under 200 bins). Leave-one-track-out on
-    the Roadmap pilot (issue 3; width 1,001): cells of 1, 10 and 25 bins all meet the accuracy
-    goal on 20 of 20 tracks (mean MSE 0.1706 / 0.1707 / 0.1710)."""
+    bins spans about 100 cells of it (1 for windows under 200 bins). Coarser cells make the
+    local correlations cheaper; on the Roadmap pilot they score as the bin-level ones do
+    (docs/accuracy.md)."""
     return max(1, int(width) // 100)
 
 
@@ -481,9 +481,7 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
     — an ensemble of "how the assay relates to the others in cell type c" — instead of one
     regression on the training cell types' pooled bins. Relations differ between cell types, and
     averaging the separate fits' predictions lowers the error where the target cell type is
-    unlike all of them: leave-one-track-out on the Roadmap pilot (issue 3), with the blend on
-    top, 18 of 20 tracks meet the accuracy goal against 17 pooled (mean MSE 0.1739 vs 0.1743;
-    E003 H3K27me3 0.319 vs 0.329).
+    unlike all of them (docs/accuracy.md).
 
     ``ridge`` is relative: ``ridge × (number of training rows)`` is added to the diagonal of the
     non-constant features, so it does not depend on the size of the training subset.
@@ -533,13 +531,10 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
       over the i-th context window (the first ``context`` windows of the statistics; 0 = the
       bin's own average only).
 
-    The target's weights become the mean of the two (measured by leave-one-track-out on the
-    Roadmap pilot, pooled regressions: shrinkage alone 15/20 tracks meeting the goal,
-    recalibration alone 16, their mean 17; per-cell-type regressions: 16, 17, 18; with the
-    9- and 51-bin window averages in the recalibration, ``context = 2``: 19). Every inner
-    product is a quadratic form of j's Gram matrix, so no data pass is needed, and the result
-    is again linear in the features. Returns (weights, α); α is NaN where j has no other assay
-    to learn from (weights unchanged).
+    The target's weights become the mean of the two, which scores better than either alone
+    (docs/accuracy.md). Every inner product is a quadratic form of j's Gram matrix, so no data
+    pass is needed, and the result is again linear in the features. Returns (weights, α); α is
+    NaN where j has no other assay to learn from (weights unchanged).
 
     With ``similar`` (statistics holding the similarity-weighted averages), a is the
     similarity-weighted average and the recalibration has both kinds, each over the bin and

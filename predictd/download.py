@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 from . import storage
 from .errors import PredictdError
+from .names import experiment_name, split_experiment
 
 __all__ = [
     "INDEX_FILE",
@@ -103,7 +104,7 @@ class OutputFile:
     @property
     def name(self) -> str:
         """``cell_type.assay`` for a track, else the path."""
-        return f"{self.cell_type}.{self.assay}" if self.is_track else self.path
+        return experiment_name(self.cell_type, self.assay) if self.is_track else self.path
 
     def to_json(self) -> dict:
         d = {"path": self.path, "bytes": self.size, "md5": self.md5}
@@ -135,10 +136,11 @@ def split_track_file(path: str) -> tuple[str, str] | None:
     m = _TRACK_RE.match(path)
     if m is None:
         return None
-    cell, _, assay = m.group(1).partition(".")
-    if not cell or not assay:
+    try:
+        cell, assay = split_experiment(m.group(1))
+    except ValueError:
         return None
-    return cell, assay
+    return (cell, assay) if cell and assay else None
 
 
 def format_size(n: int | None) -> str:

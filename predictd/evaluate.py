@@ -20,6 +20,7 @@ from . import storage, tensor
 from .impute import gf_uri, model_values, read_gf
 from .metrics import score_track
 from .model import Model
+from .names import experiment_name, split_experiment
 from .spark import map_tasks
 
 log = logging.getLogger("predictd.evaluate")
@@ -28,24 +29,25 @@ log = logging.getLogger("predictd.evaluate")
 def baseline_sources(model: Model, holdout: list[str]) -> dict[str, list[str]]:
     """For each held-out experiment, the training experiments of the same assay in other cell
     types."""
-    train = [f"{c}.{a}" for c, a in model.observed]
+    train = [experiment_name(c, a) for c, a in model.observed]
     out = {}
     for h in holdout:
-        cell, assay = h.split(".", 1)
-        out[h] = [e for e in train if e.split(".", 1)[1] == assay and e.split(".", 1)[0] != cell]
+        cell, assay = split_experiment(h)
+        out[h] = [e for e in train
+                  if split_experiment(e)[1] == assay and split_experiment(e)[0] != cell]
     return out
 
 
 def _eval_task(item, payload):
     chrom, block, start, n = item
     root, gf_root, model, holdout, sources = payload
-    obs = [f"{c}.{a}" for c, a in model.observed]
+    obs = [experiment_name(c, a) for c, a in model.observed]
     cols = sorted(set(holdout) | set(obs))
     _, X = tensor.read_block(root, chrom, block, cols)
     ci = {c: i for i, c in enumerate(cols)}
     GB = read_gf(gf_uri(gf_root, chrom, block))
-    pairs = [(model.cell_types.index(h.split(".", 1)[0]), model.assays.index(h.split(".", 1)[1]))
-             for h in holdout]
+    pairs = [(model.cell_types.index(c), model.assays.index(a))
+             for c, a in map(split_experiment, holdout)]
     Yhat = model_values(model, GB, pairs, (cols, X))
     out = {}
     for t, h in enumerate(holdout):
@@ -79,7 +81,7 @@ def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict 
     not all finite where y is observed (e.g. no baseline source) is left out."""
     rows = []
     for h, v in vectors.items():
-        cell, assay = h.split(".", 1)
+        cell, assay = split_experiment(h)
         y = v["y"]
         ok = ~np.isnan(y)  # bins of chromosomes the observed track lacks are not scored
         masks = {k: m[ok] for k, m in region_masks.items()} if region_masks else None

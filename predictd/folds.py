@@ -21,6 +21,7 @@ import numpy as np
 from . import evaluate, storage, tensor
 from .errors import PredictdError
 from .impute import ensemble_values, member_weights, solve_genome, write_tracks
+from .names import split_experiment
 
 log = logging.getLogger("predictd.folds")
 
@@ -32,8 +33,8 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
     if n_folds < 2 or n_folds > len(exps):
         raise PredictdError(f"--folds {n_folds}: need 2 <= folds <= {len(exps)} (the number of "
                             "observed tracks)")
-    cells = {e.split(".", 1)[0] for e in exps}
-    assays = {e.split(".", 1)[1] for e in exps}
+    cells = {split_experiment(e)[0] for e in exps}
+    assays = {split_experiment(e)[1] for e in exps}
     rng = np.random.default_rng([seed, 4242])
     for _ in range(2000):
         perm = rng.permutation(len(exps))
@@ -41,8 +42,8 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
         ok = True
         for fold in folds:
             rest = [e for e in exps if e not in set(fold)]
-            if {e.split(".", 1)[0] for e in rest} != cells or \
-                    {e.split(".", 1)[1] for e in rest} != assays:
+            if {split_experiment(e)[0] for e in rest} != cells or \
+                    {split_experiment(e)[1] for e in rest} != assays:
                 ok = False
                 break
         if ok:
@@ -116,7 +117,7 @@ def _reference(run, header, sub, fold) -> tuple[str, object]:
     f = cp_als_baseline(X, ec, ea, len(header.cell_types), len(header.assays), rank=4,
                         ridge=1.0, seed=run.cfg.seed)
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
-                  bC=f.bC, bA=f.bA, C=f.C, A=f.A, observed=[tuple(e.split(".", 1)) for e in exps])
+                  bC=f.bC, bA=f.bA, C=f.C, A=f.A, observed=[split_experiment(e) for e in exps])
     gf_root = storage.join(sub.out, "reference_cp_als4", "genome_factors")
     if sub.done("reference") is None:
         solve_genome(run.sc, header, run.tensor_root, gf_root, model,
@@ -134,8 +135,8 @@ def _fold_eval_task(item, payload):
     for f, fold in enumerate(folds):
         mine = [(gf, model) for (ff, _m, gf, model) in members if ff == f]
         model = mine[0][1]
-        pairs = [(model.cell_types.index(h.split(".", 1)[0]),
-                  model.assays.index(h.split(".", 1)[1])) for h in fold]
+        pairs = [(model.cell_types.index(c), model.assays.index(a))
+                 for c, a in map(split_experiment, fold)]
         data = (exps, X)
         singles = ensemble_values(mine[:1], np.ones((1, len(pairs)), np.float32), chrom, block,
                                   pairs, data)
@@ -147,9 +148,9 @@ def _fold_eval_task(item, payload):
                                   block, pairs, data)
         train = [e for e in exps if e not in set(fold)]
         for t, h in enumerate(fold):
-            cell, assay = h.split(".", 1)
-            src = [ci[e] for e in train if e.split(".", 1)[1] == assay
-                   and e.split(".", 1)[0] != cell]
+            cell, assay = split_experiment(h)
+            src = [ci[e] for e in train if split_experiment(e)[1] == assay
+                   and split_experiment(e)[0] != cell]
             base = X[:, src].mean(axis=1) if src else np.full(n, np.nan, np.float32)
             out[h] = {"y": X[:, ci[h]], "model": singles[:, t], "ensemble": ens[:, t],
                       "average": base}

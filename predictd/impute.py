@@ -27,6 +27,7 @@ from . import storage, tensor
 from .bigwig import BigWigWriter
 from .errors import PredictdError
 from .model import Model
+from .names import experiment_name, split_experiment
 from .solvers import stacking
 from .solvers.closed_form import projection, resolve_missing_rows
 from .spark import default_parallelism, map_tasks
@@ -47,8 +48,8 @@ def model_arrays(model: Model, experiments: list[str]):
     """Experiment loadings and biases of the model's observed experiments."""
     ci = {c: i for i, c in enumerate(model.cell_types)}
     ai = {a: i for i, a in enumerate(model.assays)}
-    j = np.array([ci[e.split(".", 1)[0]] for e in experiments])
-    k = np.array([ai[e.split(".", 1)[1]] for e in experiments])
+    j = np.array([ci[split_experiment(e)[0]] for e in experiments])
+    k = np.array([ai[split_experiment(e)[1]] for e in experiments])
     Z = model.C[j] * model.A[k]
     b = model.mu + model.bC[j] + model.bA[k]
     return Z, b
@@ -211,7 +212,7 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
         return Y
     names, X = block
     ci = {e: i for i, e in enumerate(names)}
-    obs = [f"{c}.{a}" for c, a in model.observed]
+    obs = [experiment_name(c, a) for c, a in model.observed]
     cidx = {c: i for i, c in enumerate(model.cell_types)}
     aidx = {a: i for i, a in enumerate(model.assays)}
     ec = np.array([cidx[c] for c, _ in model.observed])
@@ -274,7 +275,7 @@ def _write_task(group, payload):
                 tmpdir, f"{names[p]}.imputed.bw")
             writers.append(BigWigWriter(dest, chroms, bin_size).open())
         targets = {model.cell_types[j] for j, _ in pairs}
-        mine = [e for e in exps if e.split(".", 1)[0] in targets]
+        mine = [e for e in exps if split_experiment(e)[0] in targets]
         for chrom, block, start, n in blocks:
             # the members this task's tracks average (a fold's tracks use its own models)
             factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
@@ -312,7 +313,7 @@ def _write_task(group, payload):
 # --------------------------------------------------------------------------- the stage
 def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Model, cfg
                  ) -> None:
-    experiments = [f"{c}.{a}" for c, a in model.observed]
+    experiments = [experiment_name(c, a) for c, a in model.observed]
     missing = [e for e in experiments if e not in header.experiments]
     if missing:
         raise PredictdError(f"model was trained on {missing[0]}, which the tensor at {root} "

@@ -31,8 +31,9 @@ from . import __version__, storage, tensor
 from .config import Config
 from .errors import PredictdError
 from .genome import Genome, load_genome
-from .manifest import Track, check_name, manifest_checksum, read_manifest
+from .manifest import Track, manifest_checksum, read_manifest
 from .model import Model
+from .names import check_name, experiment_name, split_experiment
 
 log = logging.getLogger("predictd")
 
@@ -49,7 +50,7 @@ def parse_holdout(values) -> list[str]:
         cell, assay = v.split(sep, 1)
         check_name(cell, "cell type", f"--holdout {v}")
         check_name(assay, "assay", f"--holdout {v}")
-        name = f"{cell}.{assay}"
+        name = experiment_name(cell, assay)
         if name in out:
             raise PredictdError(f"--holdout {v}: given twice")
         out.append(name)
@@ -387,7 +388,7 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
     names = {t.name for t in tracks}
     for h in hold:
         if h not in names:
-            raise PredictdError(f"--holdout {h.replace('.', ':', 1)}: not a track of the "
+            raise PredictdError(f"--holdout {':'.join(split_experiment(h))}: not a track of the "
                                 f"manifest {manifest}")
     return Run(out=out, cfg=config, tracks=tracks, genome=g, holdout=hold,
                manifest_uri=manifest, manifest_sum=msum, sc=sc, public=public,

@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 
 from predictd.errors import PredictdError
 from predictd.metrics import LOWER_IS_BETTER, METRIC_NAMES, REGION_METRIC_NAMES
+from predictd.names import experiment_name
 
 #: Key columns of ``metrics.tsv``, first in every row.
 KEY_COLUMNS: list[str] = ["cell_type", "assay", "method"]
@@ -304,7 +305,7 @@ def plot_metric_bars(path, metric: str, rows: Sequence[Mapping[str, Any]]) -> No
             else:
                 ax.text(p, 0, "n/a", va="bottom", ha="center", fontsize=7, color="#888888",
                         rotation=90)
-    labels = [f"{c}.{a}" for c, a in tracks]
+    labels = [experiment_name(c, a) for c, a in tracks]
     direction = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     ax.set_title(f"{metric}  ({direction})", fontsize=11, loc="left")
     unit_interval = (

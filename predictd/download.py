@@ -330,18 +330,19 @@ def _nothing_there(source: str) -> str:
 def _list_http(source: str) -> list[OutputFile]:
     index = storage.join(source, INDEX_FILE)
     if storage.exists(index):
-        return read_track_index(storage.read_text(index), storage._display(index))
+        return read_track_index(storage.read_text(index), storage.display_uri(index))
     model_json = storage.join(source, "model", "model.json")
     if not storage.exists(model_json):
-        raise PredictdError(f"no predictd output at {storage._display(source)} (neither "
+        raise PredictdError(f"no predictd output at {storage.display_uri(source)} (neither "
                             f"{INDEX_FILE} nor model/model.json found there)")
     try:
         doc = json.loads(storage.read_text(model_json))
         cells, assays = list(doc["cell_types"]), list(doc["assays"])
     except (ValueError, KeyError, TypeError) as e:
-        raise PredictdError(f"{storage._display(model_json)}: not a predictd model ({e})") from None
+        raise PredictdError(f"{storage.display_uri(model_json)}: not a predictd model ({e})"
+                            ) from None
     log.info("%s has no %s; listing the model's tracks (sizes unknown until downloaded)",
-             storage._display(source), INDEX_FILE)
+             storage.display_uri(source), INDEX_FILE)
     files = [OutputFile(f"tracks/{c}.{a}.imputed.bw", None, None, c, a)
              for c in cells for a in assays]
     return files + [OutputFile(p) for p in (*MODEL_FILES, RUN_FILE)]
@@ -394,7 +395,7 @@ def _no_match(source: str, files: list[OutputFile], cell_types, assays) -> str:
     def few(xs):
         return ", ".join(xs[:12]) + (f", ... ({len(xs)} in all)" if len(xs) > 12 else "")
 
-    return (f"no track at {storage._display(source)} matches {want} "
+    return (f"no track at {storage.display_uri(source)} matches {want} "
             f"(cell types: {few(have_c)}; assays: {few(have_a)})")
 
 

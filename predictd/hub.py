@@ -377,7 +377,7 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         three hub files.
     """
     if storage.parse_uri(out)[0] not in ("file", "s3"):
-        raise PredictdError(f"cannot write a hub to {storage._display(out)}: give the run's "
+        raise PredictdError(f"cannot write a hub to {storage.display_uri(out)}: give the run's "
                             "local directory or s3:// prefix")
     imputed = imputed_tracks(out, url_base)  # first: a wrong OUT is the likeliest mistake
     run_genome = _run_genome(out)

@@ -319,13 +319,14 @@ class Run:
     def write_run_json(self) -> None:
         doc = {
             "predictd": __version__,
-            # URIs go through storage._display: a pre-signed URL's signature must not be kept
-            "command": [os.path.basename(sys.argv[0]), *map(storage._display, sys.argv[1:])],
+            # URIs go through storage.display_uri: a pre-signed URL's signature must not be kept
+            "command": [os.path.basename(sys.argv[0]), *map(storage.display_uri, sys.argv[1:])],
             "config": self.cfg.to_dict(),
             "config_checksum": self.cfg.checksum(),
-            "manifest": {"uri": storage._display(self.manifest_uri),
+            "manifest": {"uri": storage.display_uri(self.manifest_uri),
                          "checksum": self.manifest_sum,
-                         "tracks": [{"name": t.name, "uri": storage._display(t.uri), "md5": t.md5,
+                         "tracks": [{"name": t.name, "uri": storage.display_uri(t.uri),
+                                     "md5": t.md5,
                                      "accession": t.accession} for t in self.tracks]},
             "genome": {"name": self.genome.name, "chroms": len(self.genome.chroms),
                        "bp": sum(n for _, n in self.genome.chroms)},

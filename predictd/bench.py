@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import synthetic, tensor
+from . import layout, synthetic, tensor
 from .bigwig import BigWigWriter, read_binned, write_bigwig
 from .config import Config
 from .errors import PredictdError
@@ -404,8 +404,8 @@ def _tracks_diff(out_a: str, out_b: str, names: list[str], chrom: str, length: i
                  bin_size: int) -> float:
     worst = 0.0
     for name in names:
-        pa = os.path.join(out_a, "tracks", f"{name}.imputed.bw")
-        pb = os.path.join(out_b, "tracks", f"{name}.imputed.bw")
+        pa = layout.track_file(out_a, name)
+        pb = layout.track_file(out_b, name)
         ya = read_binned(pa, chrom, length, bin_size)
         yb = read_binned(pb, chrom, length, bin_size)
         worst = max(worst, float(np.max(np.abs(ya.astype(np.float64) - yb))))
@@ -493,8 +493,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     os.makedirs(lim, exist_ok=True)
     wjobs = []
     for name in model_l.track_names():
-        y = read_binned(os.path.join(local, "tracks", f"{name}.imputed.bw"), chrom, length,
-                        bin_size)
+        y = read_binned(layout.track_file(local, name), chrom, length, bin_size)
         npy = os.path.join(lim, f"{name}.npy")
         np.save(npy, y)
         wjobs.append((os.path.join(lim, f"{name}.bw"), chrom, length, npy))

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from . import storage, tensor
+from . import layout, storage, tensor
 from .impute import gf_uri, model_values, read_gf
 from .metrics import score_track
 from .model import Model
@@ -207,13 +207,13 @@ def write_report(out: str, rows: list[dict], curves: dict | None, examples: list
     from .report import write_report as _write
 
     if not storage.is_remote(out):
-        return _write(os.path.join(out, "report"), rows, curves, examples, errors=errors)
+        return _write(layout.report_dir(out), rows, curves, examples, errors=errors)
     tmp = tempfile.mkdtemp(prefix="predictd-report-")
     try:
         path = _write(os.path.join(tmp, "report"), rows, curves, examples, errors=errors)
         for name in sorted(os.listdir(os.path.join(tmp, "report"))):
             storage.upload_file(os.path.join(tmp, "report", name),
-                                storage.join(out, "report", name), public=public)
-        return storage.join(out, "report", os.path.basename(path))
+                                storage.join(layout.report_dir(out), name), public=public)
+        return storage.join(layout.report_dir(out), os.path.basename(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

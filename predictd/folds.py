@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import numpy as np
 
-from . import evaluate, storage, tensor
+from . import evaluate, layout, storage, tensor
 from .errors import PredictdError
 from .impute import ensemble_values, member_weights, solve_genome, write_tracks
 from .names import split_experiment
@@ -52,10 +52,6 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
                         "and assay keeps training data in each fold; use fewer folds")
 
 
-def member_out(out: str, fold: int, member: int) -> str:
-    return storage.join(out, "folds", f"fold{fold}", f"model{member}")
-
-
 def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     """Train fold × member models on the shared tensor, write ensemble tracks, score every
     observed track. ``run`` is a claimed :class:`predictd.pipeline.Run` whose ingest is done."""
@@ -66,7 +62,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     references = {}  # fold -> (gf_root, model) of the CP-ALS reference
     for f, fold in enumerate(folds):
         for m in range(ensemble_size):
-            sub = Run(out=member_out(run.out, f, m), cfg=run.cfg.replace(seed=run.cfg.seed + m),
+            sub = Run(out=layout.fold_model_dir(run.out, f, m), cfg=run.cfg.replace(seed=run.cfg.seed + m),
                       tracks=run.tracks, genome=run.genome, holdout=fold,
                       manifest_uri=run.manifest_uri, manifest_sum=run.manifest_sum, sc=run.sc,
                       progress=run.progress, tensor_at=run.tensor_root)
@@ -88,8 +84,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
             use[p] = [i for i, mem in enumerate(members) if mem[0] == fold_of[name]]
     write_tracks(run.sc, header, run.out, None, members[0][3], run.cfg, public=run.public,
                  members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root)
-    from .download import write_track_index
-    write_track_index(run.out, public=run.public, hash_local=False)
+    layout.write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
     rows = evaluate.score_methods(vectors)
     examples, errors = evaluate.example_regions(
@@ -118,7 +113,7 @@ def _reference(run, header, sub, fold) -> tuple[str, object]:
                         ridge=1.0, seed=run.cfg.seed)
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
                   bC=f.bC, bA=f.bA, C=f.C, A=f.A, observed=[split_experiment(e) for e in exps])
-    gf_root = storage.join(sub.out, "reference_cp_als4", "genome_factors")
+    gf_root = layout.reference_genome_factors_dir(sub.out)
     if sub.done("reference") is None:
         solve_genome(run.sc, header, run.tensor_root, gf_root, model,
                      run.cfg.replace(ri2=1.0, bias_penalty=0.0))

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage, tensor
+from . import layout, storage, tensor
 from .bigwig import BigWigWriter
 from .errors import PredictdError
 from .model import Model
@@ -34,10 +34,6 @@ from .spark import default_parallelism, map_tasks
 from .transform import inverse
 
 log = logging.getLogger("predictd.impute")
-
-
-def track_uri(out: str, name: str) -> str:
-    return storage.join(out, "tracks", f"{name}.imputed.bw")
 
 
 def gf_uri(gf_root: str, chrom: str, block: int) -> str:
@@ -261,7 +257,7 @@ def _write_task(group, payload):
     out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public = payload
     model = members[0][1]
     names = model.track_names()
-    todo = [p for p in group if not storage.exists(track_uri(out, names[p]))]
+    todo = [p for p in group if not storage.exists(layout.track_file(out, names[p]))]
     if not todo:
         return []
     pairs = [(p // len(model.assays), p % len(model.assays)) for p in todo]
@@ -271,7 +267,7 @@ def _write_task(group, payload):
     writers = []
     try:
         for p in todo:
-            dest = track_uri(out, names[p]) if local_out else os.path.join(
+            dest = layout.track_file(out, names[p]) if local_out else os.path.join(
                 tmpdir, f"{names[p]}.imputed.bw")
             writers.append(BigWigWriter(dest, chroms, bin_size).open())
         targets = {model.cell_types[j] for j, _ in pairs}
@@ -299,7 +295,7 @@ def _write_task(group, payload):
             w.close()
         if not local_out:
             for p, w in zip(todo, writers):
-                storage.upload_file(w.path, track_uri(out, names[p]), public=public)
+                storage.upload_file(w.path, layout.track_file(out, names[p]), public=public)
     except BaseException:
         for w in writers:
             w.abort()

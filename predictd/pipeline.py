@@ -1,16 +1,6 @@
 """The whole run: ingest → train → impute → evaluate, resumable, with ``run.json``.
 
-Output layout (DESIGN §7)::
-
-    OUT/run.json                 config, versions, manifest checksums, stage timings, results
-    OUT/tensor/                  the data tensor (Parquet + header.json)
-    OUT/model/                   factors.npz + model.json; genome_factors/ (Parquet)
-    OUT/tracks/                  {cell_type}.{assay}.imputed.bw for every pair of the model
-    OUT/report/                  metrics.tsv, PNG plots, index.html (when tracks are held out)
-    OUT/_predictd/               run identity and stage completion markers
-    OUT/work/                    the training subset (kept for resume; small)
-
-Every stage writes a completion marker last; a re-run skips completed stages, and inside a stage
+The run writes under its output prefix OUT as :mod:`predictd.layout` describes. Every stage writes a completion marker last; a re-run skips completed stages, and inside a stage
 skips completed blocks and tracks. A different manifest, genome, config or hold-out set on an
 existing OUT is refused (``overwrite=True`` clears it first) — runs are never mixed.
 """
@@ -27,12 +17,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, storage, tensor
+from . import __version__, layout, storage, tensor
 from .config import Config
 from .errors import PredictdError
 from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
-from .model import Model
+from .model import MODEL_JSON, MODEL_NPZ, Model
 from .names import check_name, experiment_name, split_experiment
 
 log = logging.getLogger("predictd")
@@ -100,22 +90,19 @@ class Run:
     # ------------------------------------------------------------------ paths
     @property
     def tensor_root(self) -> str:
-        return self.tensor_at or storage.join(self.out, "tensor")
+        return self.tensor_at or layout.tensor_dir(self.out)
 
     @property
     def model_dir(self) -> str:
-        return storage.join(self.out, "model")
+        return layout.model_dir(self.out)
 
     @property
     def gf_root(self) -> str:
-        return storage.join(self.out, "model", "genome_factors")
+        return layout.genome_factors_dir(self.out)
 
     @property
     def work(self) -> str:
-        return storage.join(self.out, "work", "training_subset")
-
-    def _marker(self, stage: str) -> str:
-        return storage.join(self.out, "_predictd", f"{stage}.done.json")
+        return layout.training_subset_dir(self.out)
 
     def identity(self) -> dict:
         return {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
@@ -127,7 +114,7 @@ class Run:
 
         ``dry_run`` only refuses: nothing is cleared or written (used before the inputs are
         checked, so a bad input leaves OUT untouched)."""
-        uri = storage.join(self.out, "_predictd", "identity.json")
+        uri = layout.identity_file(self.out)
         ident = self.identity()
         if folds:
             ident["folds"] = folds
@@ -141,8 +128,8 @@ class Run:
                         "use another --out or --overwrite to replace it")
                 if not dry_run:
                     self.clear()
-        elif storage.exists(storage.join(self.out, "run.json")) or \
-                storage.exists(storage.join(self.out, "tracks")):
+        elif storage.exists(layout.run_file(self.out)) or \
+                storage.exists(layout.tracks_dir(self.out)):
             if not overwrite:
                 raise PredictdError(f"{self.out} holds outputs not made by this run; use another "
                                     "--out or --overwrite to replace it")
@@ -155,7 +142,7 @@ class Run:
         """Open every track (md5, bigWig structure, chromosome names, finite values) before
         anything is written at OUT. Skipped when OUT already holds a complete ingest of these
         tracks on this genome: a resume must not fetch them all again."""
-        uri = storage.join(self.out, "_predictd", "identity.json")
+        uri = layout.identity_file(self.out)
         if self.done("ingest") is not None and storage.exists(uri):
             old, mine = json.loads(storage.read_text(uri)), self.identity()
             if all(old.get(k) == mine[k] for k in ("manifest", "genome")):
@@ -193,16 +180,15 @@ class Run:
 
     def clear(self) -> None:
         log.warning("--overwrite: removing the previous run in %s", self.out)
-        for sub in ("_predictd", "tensor", "model", "tracks", "report", "work", "folds",
-                    "run.json"):
-            storage.delete_prefix(storage.join(self.out, sub))
+        for entry in layout.RUN_ENTRIES:
+            storage.delete_prefix(storage.join(self.out, entry))
 
     def done(self, stage: str) -> dict | None:
-        uri = self._marker(stage)
+        uri = layout.marker_file(self.out, stage)
         return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
     def mark(self, stage: str, info: dict) -> None:
-        storage.write_text_atomic(self._marker(stage), json.dumps(info, sort_keys=True))
+        storage.write_text_atomic(layout.marker_file(self.out, stage), json.dumps(info, sort_keys=True))
 
     # ------------------------------------------------------------------ stages
     def run_stage(self, stage: str, **kwargs) -> dict:
@@ -240,8 +226,7 @@ class Run:
         log.info("trained: best validation mse %.4f at iteration %d of %d (%s)",
                  res.best_valid_mse, res.best_iteration, len(res.history), res.stopped)
         self.save_model(model)
-        hist_uri = storage.join(self.out, "model", "history.json")
-        storage.write_text_atomic(hist_uri, json.dumps(res.history))
+        storage.write_text_atomic(layout.history_file(self.out), json.dumps(res.history))
         return {"best_iteration": res.best_iteration, "best_valid_mse": res.best_valid_mse,
                 "iterations": len(res.history), "training_bins": res.n_bins,
                 "stopped": res.stopped}
@@ -255,8 +240,7 @@ class Run:
         t1 = time.perf_counter()
         written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
                                public=self.public, root=self.tensor_root)
-        from .download import write_track_index
-        write_track_index(self.out, public=self.public, hash_local=False)
+        layout.write_track_index(self.out, public=self.public, hash_local=False)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
                 "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
@@ -276,7 +260,7 @@ class Run:
         masks = _region_masks(header, self.cfg)
         rows = evaluate.score(vec, masks)
         curves = None
-        hist_uri = storage.join(self.out, "model", "history.json")
+        hist_uri = layout.history_file(self.out)
         if storage.exists(hist_uri):
             hist = json.loads(storage.read_text(hist_uri))
             curves = {"iteration": [h["iteration"] for h in hist],
@@ -308,9 +292,9 @@ class Run:
             return Model.load(self.model_dir)
         tmp = tempfile.mkdtemp(prefix="predictd-model-")
         try:
-            for name in ("factors.npz", "model.json"):
+            for name in (MODEL_NPZ, MODEL_JSON):
                 with open(os.path.join(tmp, name), "wb") as fh:
-                    fh.write(storage.read_bytes(storage.join(self.model_dir, name)))
+                    fh.write(storage.read_bytes(layout.model_file(self.out, name)))
             return Model.load(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -335,7 +319,7 @@ class Run:
             "spark": _spark_info(self.sc),
             "stages": {s: self.done(s) for s in (*STAGES, "folds")},
         }
-        storage.write_text_atomic(storage.join(self.out, "run.json"),
+        storage.write_text_atomic(layout.run_file(self.out),
                                   json.dumps(doc, indent=1, sort_keys=True, default=str))
 
 

@@ -10,13 +10,10 @@ and writes ``OUT/report/``.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 
 import numpy as np
 
-from . import layout, storage, tensor
+from . import layout, tensor
 from .impute import gf_uri, model_values, read_gf
 from .metrics import score_track
 from .model import Model
@@ -203,17 +200,8 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
 
 def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict],
                  public: bool = False, errors: list[dict] | None = None) -> str:
-    """Write OUT/report (locally, or built in a temp dir and uploaded for s3://)."""
-    from .report import write_report as _write
+    """Write OUT/report (a local directory or an s3:// prefix); returns its page's URI."""
+    from . import report
 
-    if not storage.is_remote(out):
-        return _write(layout.report_dir(out), rows, curves, examples, errors=errors)
-    tmp = tempfile.mkdtemp(prefix="predictd-report-")
-    try:
-        path = _write(os.path.join(tmp, "report"), rows, curves, examples, errors=errors)
-        for name in sorted(os.listdir(os.path.join(tmp, "report"))):
-            storage.upload_file(os.path.join(tmp, "report", name),
-                                storage.join(layout.report_dir(out), name), public=public)
-        return storage.join(layout.report_dir(out), os.path.basename(path))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return report.write_report(layout.report_dir(out), rows, curves, examples, errors=errors,
+                               public=public)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -262,47 +260,39 @@ def _write_task(group, payload):
         return []
     pairs = [(p // len(model.assays), p % len(model.assays)) for p in todo]
     W = member_weights(len(members), todo, use)
-    local_out = not storage.is_remote(out)
-    tmpdir = None if local_out else tempfile.mkdtemp(prefix="predictd-tracks-")
     writers = []
-    try:
-        for p in todo:
-            dest = layout.track_file(out, names[p]) if local_out else os.path.join(
-                tmpdir, f"{names[p]}.imputed.bw")
-            writers.append(BigWigWriter(dest, chroms, bin_size).open())
-        targets = {model.cell_types[j] for j, _ in pairs}
-        mine = [e for e in exps if split_experiment(e)[0] in targets]
-        for chrom, block, start, n in blocks:
-            # the members this task's tracks average (a fold's tracks use its own models)
-            factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
-                       if W[i].any() else None for i, (r, m) in enumerate(members)]
-            data = None
-            if needs_block(members):
-                # with the stored per-assay sums, only the target cell types' own columns of
-                # the tensor are read (at Roadmap scale a few dozen of a thousand)
-                whole = any(f is not None and m.stack is not None and f[1] is None
-                            for (_, m), f in zip(members, factors))
-                cols = exps if whole else mine
-                data = (cols, tensor.read_block(root, chrom, block, cols)[1])
-            Y = inverse(ensemble_values(members, W, chrom, block, pairs, data, factors),
-                        transform)
-            if check and not np.isfinite(Y).all():
-                raise PredictdError(f"imputed values for block {chrom}:{block} are not finite "
-                                    "(diverged model?)")
-            for t, w in enumerate(writers):
-                w.add_block(chrom, start, Y[:, t])
-        for w in writers:
-            w.close()
-        if not local_out:
-            for p, w in zip(todo, writers):
-                storage.upload_file(w.path, layout.track_file(out, names[p]), public=public)
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    finally:
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+    with storage.staged(layout.tracks_dir(out), public=public, in_place=True) as staging:
+        try:
+            for p in todo:
+                dest = os.path.join(staging, layout.track_file_name(names[p]))
+                writers.append(BigWigWriter(dest, chroms, bin_size).open())
+            targets = {model.cell_types[j] for j, _ in pairs}
+            mine = [e for e in exps if split_experiment(e)[0] in targets]
+            for chrom, block, start, n in blocks:
+                # the members this task's tracks average (a fold's tracks use its own models)
+                factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
+                           if W[i].any() else None for i, (r, m) in enumerate(members)]
+                data = None
+                if needs_block(members):
+                    # with the stored per-assay sums, only the target cell types' own columns
+                    # of the tensor are read (at Roadmap scale a few dozen of a thousand)
+                    whole = any(f is not None and m.stack is not None and f[1] is None
+                                for (_, m), f in zip(members, factors))
+                    cols = exps if whole else mine
+                    data = (cols, tensor.read_block(root, chrom, block, cols)[1])
+                Y = inverse(ensemble_values(members, W, chrom, block, pairs, data, factors),
+                            transform)
+                if check and not np.isfinite(Y).all():
+                    raise PredictdError(f"imputed values for block {chrom}:{block} are not "
+                                        "finite (diverged model?)")
+                for t, w in enumerate(writers):
+                    w.add_block(chrom, start, Y[:, t])
+            for w in writers:
+                w.close()
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
     return [names[p] for p in todo]
 
 

@@ -154,9 +154,9 @@ class Run:
         """Delete the temporary files a killed run left under OUT (on S3: its unfinished
         multipart uploads).
 
-        Every atomic write makes a hidden ``.{name}.*.tmp`` file (the report: a ``.tmp-report-*``
-        directory) beside its destination and renames it when complete, so these are never
-        taken for outputs; but a ``kill -9`` leaves them behind (in tracks/ too). Only called
+        Every atomic write makes a hidden ``.{name}.*.tmp`` file (a staged directory, such as the
+        report's: a ``.tmp-*`` directory, see :func:`predictd.storage.staged`) beside its
+        destination and renames it when complete, so these are never taken for outputs; but a ``kill -9`` leaves them behind (in tracks/ too). Only called
         before any stage runs: no writer of this OUT is alive then.
         """
         if storage.is_remote(self.out):
@@ -276,16 +276,8 @@ class Run:
     def save_model(self, model: Model) -> None:
         model.meta["config"] = self.cfg.to_dict()
         model.meta["predictd"] = __version__
-        if not storage.is_remote(self.out):
-            model.save(self.model_dir)
-            return
-        tmp = tempfile.mkdtemp(prefix="predictd-model-")
-        try:
-            model.save(tmp)
-            for name in os.listdir(tmp):
-                storage.upload_file(os.path.join(tmp, name), storage.join(self.model_dir, name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with storage.staged(self.model_dir, in_place=True) as directory:
+            model.save(directory)
 
     def load_model(self) -> Model:
         if not storage.is_remote(self.out):

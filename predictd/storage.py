@@ -52,6 +52,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "s3_client",
+    "staged",
     "upload_file",
     "write_bytes_atomic",
     "write_text_atomic",
@@ -654,6 +655,69 @@ def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: b
     bucket, key = _s3_bucket_key(uri)
     with _local_errors(src, "reading"), open(src, "rb") as fh, _s3_errors(os.fspath(uri), "uploading to"):
         s3_client().put_object(Bucket=bucket, Key=key, Body=fh, **_s3_extra_args(public))
+
+
+@contextlib.contextmanager
+def staged(uri: str | os.PathLike, public: bool = False, last=(), in_place: bool = False):
+    """A local directory to build files in, published into the directory or S3 prefix ``uri``
+    when the ``with`` block succeeds; if it raises, nothing more is published.
+
+    Each file is published atomically (a rename, or a complete upload to S3), in name order
+    with the names in ``last`` at the end, so a reader that finds a ``last`` file finds every
+    other one complete. Locally the files are built in a hidden ``.tmp-*`` directory inside
+    ``uri`` (the same filesystem, so renames are atomic; a killed run's is swept on resume);
+    for S3 in a temporary directory of this machine. Only the directory's files are published,
+    not subdirectories.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        Destination directory: local path or ``s3://`` prefix.
+    public : bool, default False
+        S3 only: grant public read.
+    last : collection of str
+        File names published after all the others.
+    in_place : bool, default False
+        For a local ``uri``, yield ``uri`` itself: for writers that publish each file
+        atomically themselves (:meth:`predictd.model.Model.save`,
+        :class:`predictd.bigwig.BigWigWriter`), so a file is in place as soon as it is
+        complete and a resume finds it. Only remote destinations are staged then.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "report")
+    >>> with staged(out, last=("index.html",)) as d:
+    ...     for name in ("index.html", "metrics.tsv"):
+    ...         _ = open(os.path.join(d, name), "w").write(name)
+    ...     print(os.listdir(out) == [os.path.basename(d)])
+    True
+    >>> sorted(os.listdir(out))
+    ['index.html', 'metrics.tsv']
+    """
+    scheme, location = parse_uri(uri)
+    if scheme == "file" and in_place:
+        yield location
+        return
+    if scheme == "file":
+        with _local_errors(location, "writing"):
+            os.makedirs(location, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".tmp-", dir=location)
+    elif scheme == "s3":
+        tmp = tempfile.mkdtemp(prefix="predictd-staged-")
+    else:
+        raise PredictdError(f"cannot write to an {scheme} URL: {display_uri(os.fspath(uri))}")
+    try:
+        yield tmp
+        names = [n for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n))]
+        for name in sorted(names, key=lambda n: (n in last, n)):
+            if scheme == "file":
+                with _local_errors(os.path.join(location, name), "writing"):
+                    os.replace(os.path.join(tmp, name), os.path.join(location, name))
+            else:
+                upload_file(os.path.join(tmp, name), join(uri, name), public=public)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_prefix(uri: str | os.PathLike) -> list[tuple[str, int]]:

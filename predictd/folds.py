@@ -54,18 +54,15 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
 
 def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     """Train fold × member models on the shared tensor, write ensemble tracks, score every
-    observed track. ``run`` is a claimed :class:`predictd.pipeline.Run` whose ingest is done."""
-    from .pipeline import Run
+    observed track. ``run`` is a claimed :class:`predictd.pipeline.Run` whose ingest is done;
+    its ``fold_model(fold, member, holdout)`` gives each fold model's own run."""
     header = tensor.read_header(run.tensor_root)
     folds = make_folds(header.experiments, n_folds, run.cfg.seed)
     members = []   # (fold, member, gf_root, model)
     references = {}  # fold -> (gf_root, model) of the CP-ALS reference
     for f, fold in enumerate(folds):
         for m in range(ensemble_size):
-            sub = Run(out=layout.fold_model_dir(run.out, f, m), cfg=run.cfg.replace(seed=run.cfg.seed + m),
-                      tracks=run.tracks, genome=run.genome, holdout=fold,
-                      manifest_uri=run.manifest_uri, manifest_sum=run.manifest_sum, sc=run.sc,
-                      progress=run.progress, tensor_at=run.tensor_root)
+            sub = run.fold_model(f, m, fold)
             log.info("fold %d/%d, model %d/%d: holding out %s", f + 1, n_folds, m + 1,
                      ensemble_size, ", ".join(fold))
             sub.run_stage("train")

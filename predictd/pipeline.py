@@ -104,6 +104,15 @@ class Run:
     def work(self) -> str:
         return layout.training_subset_dir(self.out)
 
+    def fold_model(self, fold: int, member: int, holdout: list[str]) -> "Run":
+        """The run of model ``member`` of fold ``fold`` (``--folds``): its own OUT under this
+        one's, ``holdout`` held out, the seed offset by ``member``, this run's tensor."""
+        return Run(out=layout.fold_model_dir(self.out, fold, member),
+                   cfg=self.cfg.replace(seed=self.cfg.seed + member), tracks=self.tracks,
+                   genome=self.genome, holdout=holdout, manifest_uri=self.manifest_uri,
+                   manifest_sum=self.manifest_sum, sc=self.sc, progress=self.progress,
+                   tensor_at=self.tensor_root)
+
     def identity(self) -> dict:
         return {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
                 "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}

@@ -220,7 +220,8 @@ def read_manifest(path: str, base: str | None = None) -> list[Track]:
         key = (cell_type, assay)
         if key in seen:
             raise PredictdError(
-                f"{where}duplicate track {experiment_name(cell_type, assay)} (also on row {seen[key]})"
+                f"{where}duplicate track {experiment_name(cell_type, assay)} "
+                f"(also on row {seen[key]})"
             )
         seen[key] = lineno
         md5 = rec.get("md5") or None

@@ -1,7 +1,8 @@
 """The whole run: ingest → train → impute → evaluate, resumable, with ``run.json``.
 
-The run writes under its output prefix OUT as :mod:`predictd.layout` describes. Every stage writes a completion marker last; a re-run skips completed stages, and inside a stage
-skips completed blocks and tracks. A different manifest, genome, config or hold-out set on an
+The run writes under its output prefix OUT as :mod:`predictd.layout` describes. Every stage
+writes a completion marker last; a re-run skips completed stages, and inside a stage skips
+completed blocks and tracks. A different manifest, genome, config or hold-out set on an
 existing OUT is refused (``overwrite=True`` clears it first) — runs are never mixed.
 """
 
@@ -165,8 +166,9 @@ class Run:
 
         Every atomic write makes a hidden ``.{name}.*.tmp`` file (a staged directory, such as the
         report's: a ``.tmp-*`` directory, see :func:`predictd.storage.staged`) beside its
-        destination and renames it when complete, so these are never taken for outputs; but a ``kill -9`` leaves them behind (in tracks/ too). Only called
-        before any stage runs: no writer of this OUT is alive then.
+        destination and renames it when complete, so these are never taken for outputs; but a
+        ``kill -9`` leaves them behind (in tracks/ too). Only called before any stage runs: no
+        writer of this OUT is alive then.
         """
         if storage.is_remote(self.out):
             n = storage.abort_pending_uploads(self.out)
@@ -197,7 +199,8 @@ class Run:
         return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
     def mark(self, stage: str, info: dict) -> None:
-        storage.write_text_atomic(layout.marker_file(self.out, stage), json.dumps(info, sort_keys=True))
+        storage.write_text_atomic(layout.marker_file(self.out, stage),
+                                  json.dumps(info, sort_keys=True))
 
     # ------------------------------------------------------------------ stages
     def run_stage(self, stage: str, **kwargs) -> dict:
@@ -305,7 +308,8 @@ class Run:
         doc = {
             "predictd": __version__,
             # URIs go through storage.display_uri: a pre-signed URL's signature must not be kept
-            "command": [os.path.basename(sys.argv[0]), *map(storage.display_uri, sys.argv[1:])],
+            "command": [os.path.basename(sys.argv[0]),
+                        *map(storage.display_uri, sys.argv[1:])],
             "config": self.cfg.to_dict(),
             "config_checksum": self.cfg.checksum(),
             "manifest": {"uri": storage.display_uri(self.manifest_uri),

@@ -219,4 +219,5 @@ def synthetic_tracks(n_bins: int, cell_types: list[str], assays: list[str],
     exp_assay = np.array([ai[a] for _, a in observed])
     m = synthetic_model(len(cell_types), len(assays), len(observed), rank=rank, seed=seed)
     X = synthetic_block(m, exp_cell, exp_assay, n_bins, np.random.default_rng([seed, 0]))
-    return {experiment_name(c, a): np.ascontiguousarray(X[:, e]) for e, (c, a) in enumerate(observed)}
+    return {experiment_name(c, a): np.ascontiguousarray(X[:, e])
+            for e, (c, a) in enumerate(observed)}

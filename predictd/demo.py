@@ -14,6 +14,7 @@ import numpy as np
 
 from .bigwig import BigWigWriter
 from .config import Config
+from .names import split_experiment
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "demo", "roadmap_pilot_slice.npz")
 CHROM = "pilot"
@@ -65,7 +66,7 @@ def write_inputs(directory: str, bin_size: int = 25, pilot_dir: str | None = Non
         if not os.path.exists(path):
             with BigWigWriter(path, [(CHROM, length)], bin_size) as w:
                 w.add_block(CHROM, 0, np.sinh(y))
-        cell, assay = name.split(".", 1)
+        cell, assay = split_experiment(name)
         rows.append(f"{cell}\t{assay}\t{name}.bw\n")
     manifest = os.path.join(directory, "manifest.tsv")
     with open(manifest + ".tmp", "w") as fh:

@@ -10,17 +10,15 @@ and writes ``OUT/report/``.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 
 import numpy as np
 
-from . import storage, tensor
+from . import layout, tensor
 from .impute import gf_uri, model_values, read_gf
 from .metrics import score_track
 from .model import Model
 from .solvers.baselines import average_baseline
+from .names import experiment_name, split_experiment
 from .spark import map_tasks
 
 log = logging.getLogger("predictd.evaluate")
@@ -29,13 +27,13 @@ log = logging.getLogger("predictd.evaluate")
 def _eval_task(item, payload):
     chrom, block, start, n = item
     root, gf_root, model, holdout = payload
-    obs = [f"{c}.{a}" for c, a in model.observed]
+    obs = [experiment_name(c, a) for c, a in model.observed]
     cols = sorted(set(holdout) | set(obs))
     _, X = tensor.read_block(root, chrom, block, cols)
     ci = {c: i for i, c in enumerate(cols)}
     GB = read_gf(gf_uri(gf_root, chrom, block))
-    pairs = [(model.cell_types.index(h.split(".", 1)[0]), model.assays.index(h.split(".", 1)[1]))
-             for h in holdout]
+    pairs = [(model.cell_types.index(c), model.assays.index(a))
+             for c, a in map(split_experiment, holdout)]
     Yhat = model_values(model, GB, pairs, (cols, X))
     # the baseline's sources are the training tracks, in the model's order (the order of the sum)
     train = [ci[e] for e in obs]
@@ -71,7 +69,7 @@ def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict 
     not all finite where y is observed (e.g. no baseline source) is left out."""
     rows = []
     for h, v in vectors.items():
-        cell, assay = h.split(".", 1)
+        cell, assay = split_experiment(h)
         y = v["y"]
         ok = ~np.isnan(y)  # bins of chromosomes the observed track lacks are not scored
         masks = {k: m[ok] for k, m in region_masks.items()} if region_masks else None
@@ -193,17 +191,8 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
 
 def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict],
                  public: bool = False, errors: list[dict] | None = None) -> str:
-    """Write OUT/report (locally, or built in a temp dir and uploaded for s3://)."""
-    from .report import write_report as _write
+    """Write OUT/report (a local directory or an s3:// prefix); returns its page's URI."""
+    from . import report
 
-    if not storage.is_remote(out):
-        return _write(os.path.join(out, "report"), rows, curves, examples, errors=errors)
-    tmp = tempfile.mkdtemp(prefix="predictd-report-")
-    try:
-        path = _write(os.path.join(tmp, "report"), rows, curves, examples, errors=errors)
-        for name in sorted(os.listdir(os.path.join(tmp, "report"))):
-            storage.upload_file(os.path.join(tmp, "report", name),
-                                storage.join(out, "report", name), public=public)
-        return storage.join(out, "report", os.path.basename(path))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return report.write_report(layout.report_dir(out), rows, curves, examples, errors=errors,
+                               public=public)

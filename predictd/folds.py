@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import numpy as np
 
-from . import evaluate, storage, tensor
+from . import evaluate, layout, storage, tensor
 from .errors import PredictdError
 from .impute import ensemble_values, member_weights, solve_genome, write_tracks
 from .solvers.baselines import average_baseline
+from .names import split_experiment
 
 log = logging.getLogger("predictd.folds")
 
@@ -33,8 +34,8 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
     if n_folds < 2 or n_folds > len(exps):
         raise PredictdError(f"--folds {n_folds}: need 2 <= folds <= {len(exps)} (the number of "
                             "observed tracks)")
-    cells = {e.split(".", 1)[0] for e in exps}
-    assays = {e.split(".", 1)[1] for e in exps}
+    cells = {split_experiment(e)[0] for e in exps}
+    assays = {split_experiment(e)[1] for e in exps}
     rng = np.random.default_rng([seed, 4242])
     for _ in range(2000):
         perm = rng.permutation(len(exps))
@@ -42,8 +43,8 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
         ok = True
         for fold in folds:
             rest = [e for e in exps if e not in set(fold)]
-            if {e.split(".", 1)[0] for e in rest} != cells or \
-                    {e.split(".", 1)[1] for e in rest} != assays:
+            if {split_experiment(e)[0] for e in rest} != cells or \
+                    {split_experiment(e)[1] for e in rest} != assays:
                 ok = False
                 break
         if ok:
@@ -52,24 +53,17 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
                         "and assay keeps training data in each fold; use fewer folds")
 
 
-def member_out(out: str, fold: int, member: int) -> str:
-    return storage.join(out, "folds", f"fold{fold}", f"model{member}")
-
-
 def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     """Train fold × member models on the shared tensor, write ensemble tracks, score every
-    observed track. ``run`` is a claimed :class:`predictd.pipeline.Run` whose ingest is done."""
-    from .pipeline import Run
+    observed track. ``run`` is a claimed :class:`predictd.pipeline.Run` whose ingest is done;
+    its ``fold_model(fold, member, holdout)`` gives each fold model's own run."""
     header = tensor.read_header(run.tensor_root)
     folds = make_folds(header.experiments, n_folds, run.cfg.seed)
     members = []   # (fold, member, gf_root, model)
     references = {}  # fold -> (gf_root, model) of the CP-ALS reference
     for f, fold in enumerate(folds):
         for m in range(ensemble_size):
-            sub = Run(out=member_out(run.out, f, m), cfg=run.cfg.replace(seed=run.cfg.seed + m),
-                      tracks=run.tracks, genome=run.genome, holdout=fold,
-                      manifest_uri=run.manifest_uri, manifest_sum=run.manifest_sum, sc=run.sc,
-                      progress=run.progress, tensor_at=run.tensor_root)
+            sub = run.fold_model(f, m, fold)
             log.info("fold %d/%d, model %d/%d: holding out %s", f + 1, n_folds, m + 1,
                      ensemble_size, ", ".join(fold))
             sub.run_stage("train")
@@ -88,8 +82,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
             use[p] = [i for i, mem in enumerate(members) if mem[0] == fold_of[name]]
     write_tracks(run.sc, header, run.out, None, members[0][3], run.cfg, public=run.public,
                  members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root)
-    from .download import write_track_index
-    write_track_index(run.out, public=run.public, hash_local=False)
+    layout.write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
     rows = evaluate.score_methods(vectors)
     examples, errors = evaluate.example_regions(
@@ -117,8 +110,8 @@ def _reference(run, header, sub, fold) -> tuple[str, object]:
     f = cp_als_baseline(X, ec, ea, len(header.cell_types), len(header.assays), rank=4,
                         ridge=1.0, seed=run.cfg.seed)
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
-                  bC=f.bC, bA=f.bA, C=f.C, A=f.A, observed=[tuple(e.split(".", 1)) for e in exps])
-    gf_root = storage.join(sub.out, "reference_cp_als4", "genome_factors")
+                  bC=f.bC, bA=f.bA, C=f.C, A=f.A, observed=[split_experiment(e) for e in exps])
+    gf_root = layout.reference_genome_factors_dir(sub.out)
     if sub.done("reference") is None:
         solve_genome(run.sc, header, run.tensor_root, gf_root, model,
                      run.cfg.replace(ri2=1.0, bias_penalty=0.0))
@@ -135,8 +128,8 @@ def _fold_eval_task(item, payload):
     for f, fold in enumerate(folds):
         mine = [(gf, model) for (ff, _m, gf, model) in members if ff == f]
         model = mine[0][1]
-        pairs = [(model.cell_types.index(h.split(".", 1)[0]),
-                  model.assays.index(h.split(".", 1)[1])) for h in fold]
+        pairs = [(model.cell_types.index(c), model.assays.index(a))
+                 for c, a in map(split_experiment, fold)]
         data = (exps, X)
         singles = ensemble_values(mine[:1], np.ones((1, len(pairs)), np.float32), chrom, block,
                                   pairs, data)
@@ -147,8 +140,9 @@ def _fold_eval_task(item, payload):
             ref = ensemble_values([references[f]], np.ones((1, len(pairs)), np.float32), chrom,
                                   block, pairs, data)
         train = [e for e in exps if e not in set(fold)]
-        exp_cell = np.array([model.cell_types.index(e.split(".", 1)[0]) for e in train], int)
-        exp_assay = np.array([model.assays.index(e.split(".", 1)[1]) for e in train], int)
+        cells, assays = zip(*map(split_experiment, train))
+        exp_cell = np.array([model.cell_types.index(c) for c in cells], int)
+        exp_assay = np.array([model.assays.index(a) for a in assays], int)
         base = average_baseline(X[:, [ci[e] for e in train]], exp_cell, exp_assay, pairs)
         for t, h in enumerate(fold):
             out[h] = {"y": X[:, ci[h]], "model": singles[:, t], "ensemble": ens[:, t],

@@ -36,12 +36,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from . import storage
-from .download import list_outputs, write_track_index
+from . import layout, storage
+from .download import list_outputs
 from .errors import PredictdError
+from .layout import HUB_FILE, HUB_FILES
 
 __all__ = [
-    "HUB_FILES",
     "HubTrack",
     "check_hub",
     "hub_url",
@@ -55,7 +55,6 @@ __all__ = [
 
 log = logging.getLogger("predictd.hub")
 
-HUB_FILES = ("hub.txt", "genomes.txt", "trackDb.txt")
 #: The browser cuts longer labels (hubCheck warns beyond these lengths).
 SHORT_LABEL_MAX = 17
 LONG_LABEL_MAX = 76
@@ -129,9 +128,9 @@ def hub_url(out: str, url_base: str | None = None) -> str | None:
     """The URL to paste into the browser for a hub written at ``out`` (None for a local
     directory without ``url_base``: it must be served first)."""
     if url_base:
-        return f"{url_base.rstrip('/')}/hub.txt"
+        return f"{url_base.rstrip('/')}/{HUB_FILE}"
     if storage.parse_uri(out)[0] == "s3":
-        return s3_https_url(storage.join(out, "hub.txt"))
+        return s3_https_url(layout.hub_file(out))
     return None
 
 
@@ -338,7 +337,7 @@ def render_hub(name: str, genome: str, imputed: list[HubTrack],
 
 
 def _run_genome(out: str) -> str | None:
-    uri = storage.join(out, "run.json")
+    uri = layout.run_file(out)
     if not storage.exists(uri):
         return None
     try:
@@ -373,11 +372,11 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
     Returns
     -------
     list of str
-        URIs written: the track index (``tracks.json``, see :mod:`predictd.download`) and the
+        URIs written: the track index (``tracks.json``, see :mod:`predictd.layout`) and the
         three hub files.
     """
     if storage.parse_uri(out)[0] not in ("file", "s3"):
-        raise PredictdError(f"cannot write a hub to {storage._display(out)}: give the run's "
+        raise PredictdError(f"cannot write a hub to {storage.display_uri(out)}: give the run's "
                             "local directory or s3:// prefix")
     imputed = imputed_tracks(out, url_base)  # first: a wrong OUT is the likeliest mistake
     run_genome = _run_genome(out)
@@ -391,17 +390,17 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
                             "tracks would be drawn at the wrong coordinates")
     observed = observed_tracks(observed_manifest) if observed_manifest else []
     name = name or os.path.basename(storage.parse_uri(out)[1].rstrip("/")) or "run"
-    report = storage.join(out, "report", "index.html")
     desc = None
-    if storage.exists(report):
-        desc = f"{url_base.rstrip('/')}/report/index.html" if url_base else "report/index.html"
+    if storage.exists(layout.report_page(out)):
+        page = layout.REPORT_PAGE
+        desc = f"{url_base.rstrip('/')}/{page}" if url_base else page
     files = render_hub(name, genome, imputed, observed, email=email, composite=composite,
                        description_url=desc)
     check_hub(files)
     # The hub publishes OUT over HTTP; the index lets `predictd list/download` read it there.
-    written = [write_track_index(out, public=public)]
+    written = [layout.write_track_index(out, public=public)]
     for fname in HUB_FILES:
-        uri = storage.join(out, fname)
+        uri = layout.hub_file(out, fname)
         storage.write_text_atomic(uri, files[fname], public=public)
         written.append(uri)
     return written

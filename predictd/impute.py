@@ -16,27 +16,22 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage, tensor
+from . import layout, storage, tensor
 from .bigwig import BigWigWriter
 from .errors import PredictdError
 from .model import Model
+from .names import experiment_name, split_experiment
 from .solvers import stacking
 from .solvers.closed_form import projection, resolve_missing_rows
 from .spark import default_parallelism, map_tasks
 from .transform import inverse
 
 log = logging.getLogger("predictd.impute")
-
-
-def track_uri(out: str, name: str) -> str:
-    return storage.join(out, "tracks", f"{name}.imputed.bw")
 
 
 def gf_uri(gf_root: str, chrom: str, block: int) -> str:
@@ -47,8 +42,8 @@ def model_arrays(model: Model, experiments: list[str]):
     """Experiment loadings and biases of the model's observed experiments."""
     ci = {c: i for i, c in enumerate(model.cell_types)}
     ai = {a: i for i, a in enumerate(model.assays)}
-    j = np.array([ci[e.split(".", 1)[0]] for e in experiments])
-    k = np.array([ai[e.split(".", 1)[1]] for e in experiments])
+    j = np.array([ci[split_experiment(e)[0]] for e in experiments])
+    k = np.array([ai[split_experiment(e)[1]] for e in experiments])
     return model.experiment_features(j, k), model.experiment_bias(j, k)
 
 
@@ -209,7 +204,7 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
         return Y
     names, X = block
     ci = {e: i for i, e in enumerate(names)}
-    obs = [f"{c}.{a}" for c, a in model.observed]
+    obs = [experiment_name(c, a) for c, a in model.observed]
     cidx = {c: i for i, c in enumerate(model.cell_types)}
     aidx = {a: i for i, a in enumerate(model.assays)}
     ec = np.array([cidx[c] for c, _ in model.observed])
@@ -258,59 +253,51 @@ def _write_task(group, payload):
     out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public = payload
     model = members[0][1]
     names = model.track_names()
-    todo = [p for p in group if not storage.exists(track_uri(out, names[p]))]
+    todo = [p for p in group if not storage.exists(layout.track_file(out, names[p]))]
     if not todo:
         return []
     pairs = [(p // len(model.assays), p % len(model.assays)) for p in todo]
     W = member_weights(len(members), todo, use)
-    local_out = not storage.is_remote(out)
-    tmpdir = None if local_out else tempfile.mkdtemp(prefix="predictd-tracks-")
     writers = []
-    try:
-        for p in todo:
-            dest = track_uri(out, names[p]) if local_out else os.path.join(
-                tmpdir, f"{names[p]}.imputed.bw")
-            writers.append(BigWigWriter(dest, chroms, bin_size).open())
-        targets = {model.cell_types[j] for j, _ in pairs}
-        mine = [e for e in exps if e.split(".", 1)[0] in targets]
-        for chrom, block, start, n in blocks:
-            # the members this task's tracks average (a fold's tracks use its own models)
-            factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
-                       if W[i].any() else None for i, (r, m) in enumerate(members)]
-            data = None
-            if needs_block(members):
-                # with the stored per-assay sums, only the target cell types' own columns of
-                # the tensor are read (at Roadmap scale a few dozen of a thousand)
-                whole = any(f is not None and m.stack is not None and f[1] is None
-                            for (_, m), f in zip(members, factors))
-                cols = exps if whole else mine
-                data = (cols, tensor.read_block(root, chrom, block, cols)[1])
-            Y = inverse(ensemble_values(members, W, chrom, block, pairs, data, factors),
-                        transform)
-            if check and not np.isfinite(Y).all():
-                raise PredictdError(f"imputed values for block {chrom}:{block} are not finite "
-                                    "(diverged model?)")
-            for t, w in enumerate(writers):
-                w.add_block(chrom, start, Y[:, t])
-        for w in writers:
-            w.close()
-        if not local_out:
-            for p, w in zip(todo, writers):
-                storage.upload_file(w.path, track_uri(out, names[p]), public=public)
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    finally:
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+    with storage.staged(layout.tracks_dir(out), public=public, in_place=True) as staging:
+        try:
+            for p in todo:
+                dest = os.path.join(staging, layout.track_file_name(names[p]))
+                writers.append(BigWigWriter(dest, chroms, bin_size).open())
+            targets = {model.cell_types[j] for j, _ in pairs}
+            mine = [e for e in exps if split_experiment(e)[0] in targets]
+            for chrom, block, start, n in blocks:
+                # the members this task's tracks average (a fold's tracks use its own models)
+                factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
+                           if W[i].any() else None for i, (r, m) in enumerate(members)]
+                data = None
+                if needs_block(members):
+                    # with the stored per-assay sums, only the target cell types' own columns
+                    # of the tensor are read (at Roadmap scale a few dozen of a thousand)
+                    whole = any(f is not None and m.stack is not None and f[1] is None
+                                for (_, m), f in zip(members, factors))
+                    cols = exps if whole else mine
+                    data = (cols, tensor.read_block(root, chrom, block, cols)[1])
+                Y = inverse(ensemble_values(members, W, chrom, block, pairs, data, factors),
+                            transform)
+                if check and not np.isfinite(Y).all():
+                    raise PredictdError(f"imputed values for block {chrom}:{block} are not "
+                                        "finite (diverged model?)")
+                for t, w in enumerate(writers):
+                    w.add_block(chrom, start, Y[:, t])
+            for w in writers:
+                w.close()
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
     return [names[p] for p in todo]
 
 
 # --------------------------------------------------------------------------- the stage
 def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Model, cfg
                  ) -> None:
-    experiments = [f"{c}.{a}" for c, a in model.observed]
+    experiments = [experiment_name(c, a) for c, a in model.observed]
     missing = [e for e in experiments if e not in header.experiments]
     if missing:
         raise PredictdError(f"model was trained on {missing[0]}, which the tensor at {root} "

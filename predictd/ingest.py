@@ -46,7 +46,7 @@ def scratch_dir() -> str:
 def _shown(track: Track) -> str:
     """The track's URI for messages and stored metadata: a pre-signed URL's signature and any
     password are masked (they are credentials)."""
-    return storage._display(track.uri)
+    return storage.display_uri(track.uri)
 
 
 def local_copy(track: Track) -> str:

@@ -37,14 +37,12 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from predictd.errors import PredictdError
+from predictd.names import check_name, experiment_name
 
 REQUIRED_COLUMNS = ("cell_type", "assay", "uri")
 OPTIONAL_COLUMNS = ("md5", "accession")
 REMOTE_SCHEMES = ("http", "https", "s3")
 
-# Names end up in output file names ({cell_type}.{assay}.imputed.bw), so keep them to characters
-# that are safe on every filesystem and in S3 keys, and forbid a leading dot (hidden files, "..").
-_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 _MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
@@ -81,47 +79,12 @@ class Track:
     @property
     def name(self) -> str:
         """``"{cell_type}.{assay}"``, the stem of the track's output files."""
-        return f"{self.cell_type}.{self.assay}"
+        return experiment_name(self.cell_type, self.assay)
 
     @property
     def is_remote(self) -> bool:
         """True when :attr:`uri` must be fetched (http, https or s3)."""
         return uri_scheme(self.uri) in REMOTE_SCHEMES
-
-
-def check_name(value: str, what: str = "name", where: str = "") -> str:
-    """Check that a cell type or assay name is safe to use in file names.
-
-    Parameters
-    ----------
-    value : str
-        The name.
-    what : str
-        What the name is (``"cell_type"``), for the message.
-    where : str
-        Location prefix for the message (``"m.tsv, row 3: "``).
-
-    Returns
-    -------
-    str
-        ``value`` unchanged.
-
-    Raises
-    ------
-    PredictdError
-        If the name is empty, has characters outside ``[A-Za-z0-9_.+-]`` or starts with ``.``.
-    """
-    if not value:
-        raise PredictdError(f"{where}{what} is empty")
-    if not _NAME_RE.fullmatch(value):
-        bad = sorted({c for c in value if not _NAME_RE.fullmatch(c)})
-        raise PredictdError(
-            f"{where}{what} {value!r} has characters unsafe in file names {bad!r} "
-            "(allowed: letters, digits, '_', '.', '+', '-')"
-        )
-    if value.startswith("."):
-        raise PredictdError(f"{where}{what} {value!r} must not start with '.'")
-    return value
 
 
 def uri_scheme(uri: str) -> str:
@@ -257,7 +220,8 @@ def read_manifest(path: str, base: str | None = None) -> list[Track]:
         key = (cell_type, assay)
         if key in seen:
             raise PredictdError(
-                f"{where}duplicate track {cell_type}.{assay} (also on row {seen[key]})"
+                f"{where}duplicate track {experiment_name(cell_type, assay)} "
+                f"(also on row {seen[key]})"
             )
         seen[key] = lineno
         md5 = rec.get("md5") or None

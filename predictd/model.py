@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PredictdError
+from .names import experiment_name
 
 MODEL_NPZ = "factors.npz"
 MODEL_JSON = "model.json"
@@ -148,7 +149,7 @@ class Model:
         return jj.ravel(), kk.ravel()
 
     def track_names(self) -> list[str]:
-        return [f"{c}.{a}" for c in self.cell_types for a in self.assays]
+        return [experiment_name(c, a) for c in self.cell_types for a in self.assays]
 
     def experiment_features(self, exp_cell, exp_assay) -> np.ndarray:
         """:func:`experiment_features` of this model's factors (E × L, float64)."""

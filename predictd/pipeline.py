@@ -1,17 +1,8 @@
 """The whole run: ingest → train → impute → evaluate, resumable, with ``run.json``.
 
-Output layout (docs/design.md §9)::
-
-    OUT/run.json                 config, versions, manifest checksums, stage timings, results
-    OUT/tensor/                  the data tensor (Parquet + header.json)
-    OUT/model/                   factors.npz + model.json; genome_factors/ (Parquet)
-    OUT/tracks/                  {cell_type}.{assay}.imputed.bw for every pair of the model
-    OUT/report/                  metrics.tsv, PNG plots, index.html (when tracks are held out)
-    OUT/_predictd/               run identity and stage completion markers
-    OUT/work/                    the training subset (kept for resume; small)
-
-Every stage writes a completion marker last; a re-run skips completed stages, and inside a stage
-skips completed blocks and tracks. A different manifest, genome, config or hold-out set on an
+The run writes under its output prefix OUT as :mod:`predictd.layout` describes. Every stage
+writes a completion marker last; a re-run skips completed stages, and inside a stage skips
+completed blocks and tracks. A different manifest, genome, config or hold-out set on an
 existing OUT is refused (``overwrite=True`` clears it first) — runs are never mixed.
 """
 
@@ -27,12 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, storage, tensor
+from . import __version__, layout, storage, tensor
 from .config import Config
 from .errors import PredictdError
 from .genome import Genome, load_genome
-from .manifest import Track, check_name, manifest_checksum, read_manifest
-from .model import Model
+from .manifest import Track, manifest_checksum, read_manifest
+from .model import MODEL_JSON, MODEL_NPZ, Model
+from .names import check_name, experiment_name, split_experiment
 
 log = logging.getLogger("predictd")
 
@@ -49,7 +41,7 @@ def parse_holdout(values) -> list[str]:
         cell, assay = v.split(sep, 1)
         check_name(cell, "cell type", f"--holdout {v}")
         check_name(assay, "assay", f"--holdout {v}")
-        name = f"{cell}.{assay}"
+        name = experiment_name(cell, assay)
         if name in out:
             raise PredictdError(f"--holdout {v}: given twice")
         out.append(name)
@@ -99,22 +91,28 @@ class Run:
     # ------------------------------------------------------------------ paths
     @property
     def tensor_root(self) -> str:
-        return self.tensor_at or storage.join(self.out, "tensor")
+        return self.tensor_at or layout.tensor_dir(self.out)
 
     @property
     def model_dir(self) -> str:
-        return storage.join(self.out, "model")
+        return layout.model_dir(self.out)
 
     @property
     def gf_root(self) -> str:
-        return storage.join(self.out, "model", "genome_factors")
+        return layout.genome_factors_dir(self.out)
 
     @property
     def work(self) -> str:
-        return storage.join(self.out, "work", "training_subset")
+        return layout.training_subset_dir(self.out)
 
-    def _marker(self, stage: str) -> str:
-        return storage.join(self.out, "_predictd", f"{stage}.done.json")
+    def fold_model(self, fold: int, member: int, holdout: list[str]) -> "Run":
+        """The run of model ``member`` of fold ``fold`` (``--folds``): its own OUT under this
+        one's, ``holdout`` held out, the seed offset by ``member``, this run's tensor."""
+        return Run(out=layout.fold_model_dir(self.out, fold, member),
+                   cfg=self.cfg.replace(seed=self.cfg.seed + member), tracks=self.tracks,
+                   genome=self.genome, holdout=holdout, manifest_uri=self.manifest_uri,
+                   manifest_sum=self.manifest_sum, sc=self.sc, progress=self.progress,
+                   tensor_at=self.tensor_root)
 
     def identity(self) -> dict:
         return {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
@@ -126,7 +124,7 @@ class Run:
 
         ``dry_run`` only refuses: nothing is cleared or written (used before the inputs are
         checked, so a bad input leaves OUT untouched)."""
-        uri = storage.join(self.out, "_predictd", "identity.json")
+        uri = layout.identity_file(self.out)
         ident = self.identity()
         if folds:
             ident["folds"] = folds
@@ -140,8 +138,8 @@ class Run:
                         "use another --out or --overwrite to replace it")
                 if not dry_run:
                     self.clear()
-        elif storage.exists(storage.join(self.out, "run.json")) or \
-                storage.exists(storage.join(self.out, "tracks")):
+        elif storage.exists(layout.run_file(self.out)) or \
+                storage.exists(layout.tracks_dir(self.out)):
             if not overwrite:
                 raise PredictdError(f"{self.out} holds outputs not made by this run; use another "
                                     "--out or --overwrite to replace it")
@@ -154,7 +152,7 @@ class Run:
         """Open every track (md5, bigWig structure, chromosome names, finite values) before
         anything is written at OUT. Skipped when OUT already holds a complete ingest of these
         tracks on this genome: a resume must not fetch them all again."""
-        uri = storage.join(self.out, "_predictd", "identity.json")
+        uri = layout.identity_file(self.out)
         if self.done("ingest") is not None and storage.exists(uri):
             old, mine = json.loads(storage.read_text(uri)), self.identity()
             if all(old.get(k) == mine[k] for k in ("manifest", "genome")):
@@ -166,10 +164,11 @@ class Run:
         """Delete the temporary files a killed run left under OUT (on S3: its unfinished
         multipart uploads).
 
-        Every atomic write makes a hidden ``.{name}.*.tmp`` file (the report: a ``.tmp-report-*``
-        directory) beside its destination and renames it when complete, so these are never
-        taken for outputs; but a ``kill -9`` leaves them behind (in tracks/ too). Only called
-        before any stage runs: no writer of this OUT is alive then.
+        Every atomic write makes a hidden ``.{name}.*.tmp`` file (a staged directory, such as the
+        report's: a ``.tmp-*`` directory, see :func:`predictd.storage.staged`) beside its
+        destination and renames it when complete, so these are never taken for outputs; but a
+        ``kill -9`` leaves them behind (in tracks/ too). Only called before any stage runs: no
+        writer of this OUT is alive then.
         """
         if storage.is_remote(self.out):
             n = storage.abort_pending_uploads(self.out)
@@ -192,16 +191,16 @@ class Run:
 
     def clear(self) -> None:
         log.warning("--overwrite: removing the previous run in %s", self.out)
-        for sub in ("_predictd", "tensor", "model", "tracks", "report", "work", "folds",
-                    "run.json"):
-            storage.delete_prefix(storage.join(self.out, sub))
+        for entry in layout.RUN_ENTRIES:
+            storage.delete_prefix(storage.join(self.out, entry))
 
     def done(self, stage: str) -> dict | None:
-        uri = self._marker(stage)
+        uri = layout.marker_file(self.out, stage)
         return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
     def mark(self, stage: str, info: dict) -> None:
-        storage.write_text_atomic(self._marker(stage), json.dumps(info, sort_keys=True))
+        storage.write_text_atomic(layout.marker_file(self.out, stage),
+                                  json.dumps(info, sort_keys=True))
 
     # ------------------------------------------------------------------ stages
     def run_stage(self, stage: str, **kwargs) -> dict:
@@ -239,8 +238,7 @@ class Run:
         log.info("trained: best validation mse %.4f at iteration %d of %d (%s)",
                  res.best_valid_mse, res.best_iteration, len(res.history), res.stopped)
         self.save_model(model)
-        hist_uri = storage.join(self.out, "model", "history.json")
-        storage.write_text_atomic(hist_uri, json.dumps(res.history))
+        storage.write_text_atomic(layout.history_file(self.out), json.dumps(res.history))
         return {"best_iteration": res.best_iteration, "best_valid_mse": res.best_valid_mse,
                 "iterations": len(res.history), "training_bins": res.n_bins,
                 "stopped": res.stopped}
@@ -254,8 +252,7 @@ class Run:
         t1 = time.perf_counter()
         written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
                                public=self.public, root=self.tensor_root)
-        from .download import write_track_index
-        write_track_index(self.out, public=self.public, hash_local=False)
+        layout.write_track_index(self.out, public=self.public, hash_local=False)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
                 "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
@@ -275,7 +272,7 @@ class Run:
         masks = _region_masks(header, self.cfg)
         rows = evaluate.score(vec, masks)
         curves = None
-        hist_uri = storage.join(self.out, "model", "history.json")
+        hist_uri = layout.history_file(self.out)
         if storage.exists(hist_uri):
             hist = json.loads(storage.read_text(hist_uri))
             curves = {"iteration": [h["iteration"] for h in hist],
@@ -291,25 +288,17 @@ class Run:
     def save_model(self, model: Model) -> None:
         model.meta["config"] = self.cfg.to_dict()
         model.meta["predictd"] = __version__
-        if not storage.is_remote(self.out):
-            model.save(self.model_dir)
-            return
-        tmp = tempfile.mkdtemp(prefix="predictd-model-")
-        try:
-            model.save(tmp)
-            for name in os.listdir(tmp):
-                storage.upload_file(os.path.join(tmp, name), storage.join(self.model_dir, name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with storage.staged(self.model_dir, in_place=True) as directory:
+            model.save(directory)
 
     def load_model(self) -> Model:
         if not storage.is_remote(self.out):
             return Model.load(self.model_dir)
         tmp = tempfile.mkdtemp(prefix="predictd-model-")
         try:
-            for name in ("factors.npz", "model.json"):
+            for name in (MODEL_NPZ, MODEL_JSON):
                 with open(os.path.join(tmp, name), "wb") as fh:
-                    fh.write(storage.read_bytes(storage.join(self.model_dir, name)))
+                    fh.write(storage.read_bytes(layout.model_file(self.out, name)))
             return Model.load(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -318,13 +307,15 @@ class Run:
     def write_run_json(self) -> None:
         doc = {
             "predictd": __version__,
-            # URIs go through storage._display: a pre-signed URL's signature must not be kept
-            "command": [os.path.basename(sys.argv[0]), *map(storage._display, sys.argv[1:])],
+            # URIs go through storage.display_uri: a pre-signed URL's signature must not be kept
+            "command": [os.path.basename(sys.argv[0]),
+                        *map(storage.display_uri, sys.argv[1:])],
             "config": self.cfg.to_dict(),
             "config_checksum": self.cfg.checksum(),
-            "manifest": {"uri": storage._display(self.manifest_uri),
+            "manifest": {"uri": storage.display_uri(self.manifest_uri),
                          "checksum": self.manifest_sum,
-                         "tracks": [{"name": t.name, "uri": storage._display(t.uri), "md5": t.md5,
+                         "tracks": [{"name": t.name, "uri": storage.display_uri(t.uri),
+                                     "md5": t.md5,
                                      "accession": t.accession} for t in self.tracks]},
             "genome": {"name": self.genome.name, "chroms": len(self.genome.chroms),
                        "bp": sum(n for _, n in self.genome.chroms)},
@@ -333,7 +324,7 @@ class Run:
             "spark": _spark_info(self.sc),
             "stages": {s: self.done(s) for s in (*STAGES, "folds")},
         }
-        storage.write_text_atomic(storage.join(self.out, "run.json"),
+        storage.write_text_atomic(layout.run_file(self.out),
                                   json.dumps(doc, indent=1, sort_keys=True, default=str))
 
 
@@ -387,7 +378,7 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
     names = {t.name for t in tracks}
     for h in hold:
         if h not in names:
-            raise PredictdError(f"--holdout {h.replace('.', ':', 1)}: not a track of the "
+            raise PredictdError(f"--holdout {':'.join(split_experiment(h))}: not a track of the "
                                 f"manifest {manifest}")
     return Run(out=out, cfg=config, tracks=tracks, genome=g, holdout=hold,
                manifest_uri=manifest, manifest_sum=msum, sc=sc, public=public,

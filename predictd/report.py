@@ -3,7 +3,7 @@
 
 :func:`write_report` turns metric rows (one per evaluated track and method, as produced with
 :func:`predictd.metrics.score_track`), optional training curves and optional signal examples into a
-local report directory::
+report directory (local, or an ``s3://`` prefix)::
 
     report/
       metrics.tsv          cell_type, assay, method, METRIC_NAMES..., region metrics...
@@ -15,8 +15,9 @@ local report directory::
 The page embeds its images as data URIs and its CSS inline, so it can be mailed, uploaded to S3 or
 opened from anywhere as one file; the PNGs are also written beside it for reuse.
 
-Each file is written to a temporary directory inside ``report_dir`` and moved into place with
-``os.replace``; ``index.html`` goes last, so a present ``index.html`` means a complete report.
+The files are built in a staging directory and published one by one, each atomically
+(:func:`predictd.storage.staged`); ``index.html`` goes last, so a present ``index.html`` means a
+complete report.
 
 Plots are drawn with matplotlib's object API on Agg canvases: no pyplot, no global backend switch,
 safe to call from a library or a worker thread.
@@ -31,8 +32,6 @@ import html
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,8 +39,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from predictd import storage
 from predictd.errors import PredictdError
 from predictd.metrics import LOWER_IS_BETTER, METRIC_NAMES, REGION_METRIC_NAMES
+from predictd.names import experiment_name
 
 #: Key columns of ``metrics.tsv``, first in every row.
 KEY_COLUMNS: list[str] = ["cell_type", "assay", "method"]
@@ -305,7 +306,7 @@ def plot_metric_bars(path, metric: str, rows: Sequence[Mapping[str, Any]]) -> No
             else:
                 ax.text(p, 0, "n/a", va="bottom", ha="center", fontsize=7, color="#888888",
                         rotation=90)
-    labels = [f"{c}.{a}" for c, a in tracks]
+    labels = [experiment_name(c, a) for c, a in tracks]
     direction = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     ax.set_title(f"{metric}  ({direction})", fontsize=11, loc="left")
     unit_interval = (
@@ -735,13 +736,15 @@ def write_report(
     title: str = "predictd evaluation report",
     bin_size: int = 25,
     errors: Sequence[Mapping[str, Any]] | None = None,
+    public: bool = False,
 ) -> str:
-    """Write the evaluation report into a local directory.
+    """Write the evaluation report into a directory.
 
     Parameters
     ----------
     report_dir : str or pathlib.Path
-        Local directory (created if needed); files already there with the same names are replaced.
+        Local directory (created if needed) or ``s3://`` prefix; files already there with the
+        same names are replaced.
     metrics_rows : sequence of mapping
         One per evaluated track and method: ``cell_type``, ``assay``, ``method`` (``model``,
         ``average``, ``als``, ...) and metric values (``None`` or NaN when undefined).
@@ -759,11 +762,13 @@ def write_report(
     errors : sequence of mapping, optional
         Where each track's error sits (:func:`predictd.evaluate.error_profile` rows with a
         ``track``): a table on the page.
+    public : bool, default False
+        S3 only: make the report's objects public-read.
 
     Returns
     -------
     str
-        Path of ``index.html``.
+        Path (or URI) of ``index.html``.
 
     Raises
     ------
@@ -771,8 +776,8 @@ def write_report(
         Malformed rows, curves or examples (message names the row / key), or ``report_dir`` is a
         file.
     """
-    report_dir = Path(report_dir)
-    if report_dir.exists() and not report_dir.is_dir():
+    if not storage.is_remote(report_dir) and os.path.exists(report_dir) \
+            and not os.path.isdir(report_dir):
         raise PredictdError(f"report directory is a file: {report_dir}")
     rows = _clean_rows(metrics_rows)
     methods = _method_order(rows)
@@ -789,9 +794,9 @@ def write_report(
         if not isinstance(e, Mapping) or "track" not in e:
             raise PredictdError(f"error row {i}: missing 'track'")
 
-    report_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-report-", dir=report_dir))
-    try:
+    # index.html last: its presence means every other file is complete.
+    with storage.staged(report_dir, public=public, last=("index.html",)) as staging:
+        tmp = Path(staging)
         write_metrics_tsv(tmp / "metrics.tsv", rows)
         bar_files = []
         if rows:
@@ -816,9 +821,4 @@ def write_report(
         page = _render_html(title, rows, metrics, methods, bar_files, curves_file, signal_files,
                             errors)
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        # index.html last: its presence means every other file is complete.
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "index.html"):
-            os.replace(f, report_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(report_dir / "index.html")
+    return storage.join(report_dir, "index.html")

@@ -40,6 +40,7 @@ from predictd.errors import PredictdError
 
 __all__ = [
     "delete_prefix",
+    "display_uri",
     "download_file",
     "exists",
     "fetch_to_local",
@@ -51,6 +52,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "s3_client",
+    "staged",
     "upload_file",
     "write_bytes_atomic",
     "write_text_atomic",
@@ -124,14 +126,14 @@ def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
         return "file", unquote(parts.path)
     if scheme in ("http", "https"):
         if not rest or rest.startswith("/"):
-            raise PredictdError(f"URL has no host: {_display(uri)}")
+            raise PredictdError(f"URL has no host: {display_uri(uri)}")
         return scheme, rest
     if scheme == "s3":
         if not rest or rest.startswith("/"):
             raise PredictdError(f"S3 URI has no bucket: {uri}")
         return "s3", rest
     raise PredictdError(
-        f"unsupported URI scheme {scheme!r} in {_display(uri)} (use a local path, file://, http(s):// or s3://)"
+        f"unsupported URI scheme {scheme!r} in {display_uri(uri)} (use a local path, file://, http(s):// or s3://)"
     )
 
 
@@ -158,8 +160,15 @@ def join(prefix: str | os.PathLike, *parts: str) -> str:
     return f"{base}/{tail}" if tail else base
 
 
-def _display(uri: str) -> str:
-    """The URI with any embedded password or signing parameters masked, for messages."""
+def display_uri(uri: str) -> str:
+    """The URI with any embedded password or signing parameters masked, for messages and
+    stored metadata.
+
+    Examples
+    --------
+    >>> display_uri("https://user:pw@host/k.bw?X-Amz-Signature=abc&v=1")
+    'https://***@host/k.bw?X-Amz-Signature=%2A%2A%2A&v=1'
+    """
     if not isinstance(uri, str) or "://" not in uri:
         return str(uri)
     parts = urlsplit(uri)
@@ -409,10 +418,10 @@ def _s3_multipart_upload(local_path: str, uri: str, size: int, public: bool) -> 
 
 def _http_error(uri: str, status: int, action: str) -> PredictdError:
     if status in (404, 410):
-        return PredictdError(f"not found (HTTP {status}): {_display(uri)}")
+        return PredictdError(f"not found (HTTP {status}): {display_uri(uri)}")
     if status in (401, 403):
-        return PredictdError(f"access denied (HTTP {status}) {action} {_display(uri)}")
-    return PredictdError(f"HTTP {status} {action} {_display(uri)}")
+        return PredictdError(f"access denied (HTTP {status}) {action} {display_uri(uri)}")
+    return PredictdError(f"HTTP {status} {action} {display_uri(uri)}")
 
 
 @contextlib.contextmanager
@@ -422,11 +431,11 @@ def _http_errors(uri: str, action: str):
     try:
         yield
     except requests.exceptions.ConnectionError as exc:
-        raise PredictdError(f"cannot connect {action} {_display(uri)}: {type(exc).__name__}") from exc
+        raise PredictdError(f"cannot connect {action} {display_uri(uri)}: {type(exc).__name__}") from exc
     except requests.exceptions.Timeout as exc:
-        raise PredictdError(f"timed out {action} {_display(uri)}") from exc
+        raise PredictdError(f"timed out {action} {display_uri(uri)}") from exc
     except requests.exceptions.RequestException as exc:
-        raise PredictdError(f"HTTP request failed {action} {_display(uri)}: {type(exc).__name__}") from exc
+        raise PredictdError(f"HTTP request failed {action} {display_uri(uri)}: {type(exc).__name__}") from exc
 
 
 def _http_probe(uri: str) -> tuple[int | None, str | None] | None:
@@ -581,7 +590,7 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise PredictdError(f"not {encoding} text: {_display(os.fspath(uri))} (byte {exc.start})") from exc
+        raise PredictdError(f"not {encoding} text: {display_uri(os.fspath(uri))} (byte {exc.start})") from exc
 
 
 def write_bytes_atomic(uri: str | os.PathLike, data: bytes, public: bool = False) -> None:
@@ -604,7 +613,7 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes, public: bool = False
         with _s3_errors(uri, "writing"):
             s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_s3_extra_args(public))
     else:
-        raise PredictdError(f"cannot write to an {scheme} URL: {_display(os.fspath(uri))}")
+        raise PredictdError(f"cannot write to an {scheme} URL: {display_uri(os.fspath(uri))}")
 
 
 def write_text_atomic(uri: str | os.PathLike, text: str, public: bool = False, encoding: str = "utf-8") -> None:
@@ -638,7 +647,7 @@ def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: b
             _atomic_local_write(location, lambda fout: shutil.copyfileobj(fin, fout, _CHUNK))
         return
     if scheme != "s3":
-        raise PredictdError(f"cannot upload to an {scheme} URL: {_display(os.fspath(uri))}")
+        raise PredictdError(f"cannot upload to an {scheme} URL: {display_uri(os.fspath(uri))}")
     size = os.path.getsize(src)
     if size > MULTIPART_THRESHOLD:
         _s3_multipart_upload(src, os.fspath(uri), size, public)
@@ -646,6 +655,69 @@ def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: b
     bucket, key = _s3_bucket_key(uri)
     with _local_errors(src, "reading"), open(src, "rb") as fh, _s3_errors(os.fspath(uri), "uploading to"):
         s3_client().put_object(Bucket=bucket, Key=key, Body=fh, **_s3_extra_args(public))
+
+
+@contextlib.contextmanager
+def staged(uri: str | os.PathLike, public: bool = False, last=(), in_place: bool = False):
+    """A local directory to build files in, published into the directory or S3 prefix ``uri``
+    when the ``with`` block succeeds; if it raises, nothing more is published.
+
+    Each file is published atomically (a rename, or a complete upload to S3), in name order
+    with the names in ``last`` at the end, so a reader that finds a ``last`` file finds every
+    other one complete. Locally the files are built in a hidden ``.tmp-*`` directory inside
+    ``uri`` (the same filesystem, so renames are atomic; a killed run's is swept on resume);
+    for S3 in a temporary directory of this machine. Only the directory's files are published,
+    not subdirectories.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        Destination directory: local path or ``s3://`` prefix.
+    public : bool, default False
+        S3 only: grant public read.
+    last : collection of str
+        File names published after all the others.
+    in_place : bool, default False
+        For a local ``uri``, yield ``uri`` itself: for writers that publish each file
+        atomically themselves (:meth:`predictd.model.Model.save`,
+        :class:`predictd.bigwig.BigWigWriter`), so a file is in place as soon as it is
+        complete and a resume finds it. Only remote destinations are staged then.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "report")
+    >>> with staged(out, last=("index.html",)) as d:
+    ...     for name in ("index.html", "metrics.tsv"):
+    ...         _ = open(os.path.join(d, name), "w").write(name)
+    ...     print(os.listdir(out) == [os.path.basename(d)])
+    True
+    >>> sorted(os.listdir(out))
+    ['index.html', 'metrics.tsv']
+    """
+    scheme, location = parse_uri(uri)
+    if scheme == "file" and in_place:
+        yield location
+        return
+    if scheme == "file":
+        with _local_errors(location, "writing"):
+            os.makedirs(location, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".tmp-", dir=location)
+    elif scheme == "s3":
+        tmp = tempfile.mkdtemp(prefix="predictd-staged-")
+    else:
+        raise PredictdError(f"cannot write to an {scheme} URL: {display_uri(os.fspath(uri))}")
+    try:
+        yield tmp
+        names = [n for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n))]
+        for name in sorted(names, key=lambda n: (n in last, n)):
+            if scheme == "file":
+                with _local_errors(os.path.join(location, name), "writing"):
+                    os.replace(os.path.join(tmp, name), os.path.join(location, name))
+            else:
+                upload_file(os.path.join(tmp, name), join(uri, name), public=public)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_prefix(uri: str | os.PathLike) -> list[tuple[str, int]]:
@@ -667,7 +739,7 @@ def list_prefix(uri: str | os.PathLike) -> list[tuple[str, int]]:
                     found.append((rel, os.path.getsize(full)))
         return sorted(found)
     if scheme != "s3":
-        raise PredictdError(f"cannot list an {scheme} URL: {_display(os.fspath(uri))}")
+        raise PredictdError(f"cannot list an {scheme} URL: {display_uri(os.fspath(uri))}")
     bucket, prefix = _s3_bucket_key(uri, need_key=False)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
@@ -696,7 +768,7 @@ def delete_prefix(uri: str | os.PathLike) -> None:
                 os.remove(location)
         return
     if scheme != "s3":
-        raise PredictdError(f"cannot delete an {scheme} URL: {_display(os.fspath(uri))}")
+        raise PredictdError(f"cannot delete an {scheme} URL: {display_uri(os.fspath(uri))}")
     bucket, prefix = _s3_bucket_key(uri, need_key=False)
     if not prefix.strip("/"):
         raise PredictdError(f"refusing to delete a whole bucket: {uri}")
@@ -868,7 +940,7 @@ def _remote_info(uri: str, scheme: str) -> tuple[int | None, str | None]:
         return int(head["ContentLength"]), head.get("ETag")
     info = _http_probe(uri)
     if info is None:
-        raise PredictdError(f"not found (HTTP 404): {_display(uri)}")
+        raise PredictdError(f"not found (HTTP 404): {display_uri(uri)}")
     return info
 
 
@@ -880,7 +952,7 @@ def _download_locked(uri: str, scheme: str, local_path: str, progress: bool, md5
                 return
         elif size is not None and os.path.getsize(local_path) == size:
             return
-        logger.info("%s differs from %s; downloading again", local_path, _display(uri))
+        logger.info("%s differs from %s; downloading again", local_path, display_uri(uri))
 
     part, meta = local_path + ".part", local_path + ".part.json"
     offset = 0
@@ -920,9 +992,9 @@ def _download_locked(uri: str, scheme: str, local_path: str, progress: bool, md5
             except _Retryable as exc:
                 if attempt == DOWNLOAD_ATTEMPTS:
                     raise PredictdError(
-                        f"download of {_display(uri)} kept failing after {attempt} attempts: {exc}"
+                        f"download of {display_uri(uri)} kept failing after {attempt} attempts: {exc}"
                     ) from exc
-                logger.warning("download of %s interrupted (%s); resuming", _display(uri), exc)
+                logger.warning("download of %s interrupted (%s); resuming", display_uri(uri), exc)
                 time.sleep(min(2 ** attempt * 0.25, 10))
     finally:
         if bar is not None:
@@ -930,14 +1002,14 @@ def _download_locked(uri: str, scheme: str, local_path: str, progress: bool, md5
 
     got = os.path.getsize(part)
     if size is not None and got != size:
-        raise PredictdError(f"incomplete download of {_display(uri)}: got {got} of {size} bytes")
+        raise PredictdError(f"incomplete download of {display_uri(uri)}: got {got} of {size} bytes")
     if md5 is not None:
         actual = file_md5(part)
         if actual != md5:
             for path in (part, meta):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
-            raise PredictdError(f"md5 mismatch for {_display(uri)}: expected {md5}, got {actual}")
+            raise PredictdError(f"md5 mismatch for {display_uri(uri)}: expected {md5}, got {actual}")
     with _local_errors(local_path, "writing"):
         with open(part, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -1025,4 +1097,4 @@ def _s3_fetch_range(uri: str, part: str, offset: int, version: str | None, bar) 
 def _verify_md5(path: str, expected: str, uri: str) -> None:
     actual = file_md5(path)
     if actual != expected.lower():
-        raise PredictdError(f"md5 mismatch for {_display(uri)}: expected {expected.lower()}, got {actual}")
+        raise PredictdError(f"md5 mismatch for {display_uri(uri)}: expected {expected.lower()}, got {actual}")

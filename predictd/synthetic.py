@@ -32,6 +32,7 @@ import numpy as np
 
 from . import tensor
 from .model import experiment_features
+from .names import experiment_name
 
 #: The 24 marks of the PREDICTD / Avocado Roadmap tensor: five core marks, the three widely
 #: profiled extra assays, then the 16 sparse marks roughly by how many epigenomes have them.
@@ -186,7 +187,7 @@ def write_tensor(root: str, n_bins: int, cell_types: list[str], assays: list[str
     ai = {a: i for i, a in enumerate(assays)}
     exp_cell = np.array([ci[c] for c, _ in observed])
     exp_assay = np.array([ai[a] for _, a in observed])
-    names = [f"{c}.{a}" for c, a in observed]
+    names = [experiment_name(c, a) for c, a in observed]
     m = synthetic_model(len(cell_types), len(assays), len(observed), rank=rank, noise=noise,
                         seed=seed)
     genome = {"name": "synthetic", "chroms": [[chrom, int(n_bins) * bin_size]]}
@@ -219,4 +220,5 @@ def synthetic_tracks(n_bins: int, cell_types: list[str], assays: list[str],
     exp_assay = np.array([ai[a] for _, a in observed])
     m = synthetic_model(len(cell_types), len(assays), len(observed), rank=rank, seed=seed)
     X = synthetic_block(m, exp_cell, exp_assay, n_bins, np.random.default_rng([seed, 0]))
-    return {f"{c}.{a}": np.ascontiguousarray(X[:, e]) for e, (c, a) in enumerate(observed)}
+    return {experiment_name(c, a): np.ascontiguousarray(X[:, e])
+            for e, (c, a) in enumerate(observed)}

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .errors import PredictdError
 from .genome import Genome
+from .names import split_experiment
 
 HEADER = "header.json"
 FORMAT = "predictd-tensor/1"
@@ -47,12 +48,12 @@ class TensorHeader:
     @property
     def exp_cell(self) -> np.ndarray:
         idx = {c: i for i, c in enumerate(self.cell_types)}
-        return np.array([idx[e.split(".", 1)[0]] for e in self.experiments], dtype=np.int64)
+        return np.array([idx[split_experiment(e)[0]] for e in self.experiments], dtype=np.int64)
 
     @property
     def exp_assay(self) -> np.ndarray:
         idx = {a: i for i, a in enumerate(self.assays)}
-        return np.array([idx[e.split(".", 1)[1]] for e in self.experiments], dtype=np.int64)
+        return np.array([idx[split_experiment(e)[1]] for e in self.experiments], dtype=np.int64)
 
     @property
     def genome_obj(self) -> Genome:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from . import storage, tensor
 from .errors import PredictdError
 from .model import Model
+from .names import split_experiment
 from .solvers import stacking
 from .solvers.fit import FitResult, LocalBackend, Shard, fit
 from .spark import SparkBackend, default_parallelism, map_tasks
@@ -38,10 +39,10 @@ def training_experiments(header: tensor.TensorHeader, holdout: list[str]) -> lis
                             f"(observed: {', '.join(header.experiments[:6])}...)")
     keep = [e for e in header.experiments if e not in set(holdout)]
     for c in header.cell_types:
-        if not any(e.split(".", 1)[0] == c for e in keep):
+        if not any(split_experiment(e)[0] == c for e in keep):
             raise PredictdError(f"cell type {c} has no training track left after --holdout")
     for a in header.assays:
-        if not any(e.split(".", 1)[1] == a for e in keep):
+        if not any(split_experiment(e)[1] == a for e in keep):
             raise PredictdError(f"assay {a} has no training track left after --holdout")
     return keep
 
@@ -255,7 +256,7 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
     f = res.factors
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
                   bC=f.bC, bA=f.bA, C=f.C, A=f.A,
-                  observed=[tuple(e.split(".", 1)) for e in experiments],
+                  observed=[split_experiment(e) for e in experiments],
                   meta={"solver": cfg.solver, "best_iteration": res.best_iteration,
                         "best_valid_mse": res.best_valid_mse, "stopped": res.stopped,
                         "training_bins": res.n_bins, "training_entries": res.n_entries,

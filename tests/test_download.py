@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from predictd import download as dl
-from predictd import storage
+from predictd import layout, storage
 from predictd.bigwig import BigWigWriter
 from predictd.errors import PredictdError
 
@@ -125,8 +125,8 @@ def test_list_local_run_sorted_with_sizes(run_dir):
 
 
 def test_index_gives_md5s_and_a_stale_entry_is_ignored(run_dir):
-    uri = dl.write_track_index(str(run_dir))
-    assert uri == os.path.join(str(run_dir), dl.INDEX_FILE)
+    uri = layout.write_track_index(str(run_dir))
+    assert uri == os.path.join(str(run_dir), layout.INDEX_FILE)
     doc = json.loads(Path(uri).read_text())
     assert doc["format"] == "predictd-tracks/1" and len(doc["tracks"]) == 6
     entry = doc["tracks"][0]
@@ -145,7 +145,7 @@ def test_index_gives_md5s_and_a_stale_entry_is_ignored(run_dir):
 
 
 def test_index_uses_md5s_given_by_the_writers(run_dir):
-    doc = dl.track_index(str(run_dir), md5s={"E003.H3K4me3": "a" * 32})
+    doc = layout.track_index(str(run_dir), md5s={"E003.H3K4me3": "a" * 32})
     got = {t["path"]: t["md5"] for t in doc["tracks"]}
     assert got["tracks/E003.H3K4me3.imputed.bw"] == "a" * 32
     assert got["tracks/E017.H3K4me3.imputed.bw"] == md5(run_dir /
@@ -180,9 +180,9 @@ def test_unsafe_index_is_refused():
     bad = json.dumps({"format": "predictd-tracks/1",
                       "tracks": [{"path": "../../etc/E003.X.imputed.bw", "bytes": 1}]})
     with pytest.raises(PredictdError, match="unsafe path"):
-        dl.read_track_index(bad, "idx")
+        layout.read_track_index(bad, "idx")
     with pytest.raises(PredictdError, match="not a predictd track index"):
-        dl.read_track_index("[]", "idx")
+        layout.read_track_index("[]", "idx")
 
 
 # --------------------------------------------------------------------------- downloading
@@ -202,7 +202,7 @@ def test_local_download_filters_skips_and_dry_run(run_dir, tmp_path):
     again = dl.download(str(run_dir), str(dest), assays=["H3K4me3"])
     assert again.fetched == [] and len(again.skipped) == 2
     # a damaged local copy (same size, other bytes) is fetched again when the md5 is known
-    dl.write_track_index(str(run_dir))
+    layout.write_track_index(str(run_dir))
     target = dest / "tracks" / "E003.H3K4me3.imputed.bw"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
@@ -219,7 +219,7 @@ def test_destination_that_is_a_file(run_dir, tmp_path):
 
 
 def test_http_download_with_index_verifies_md5(run_dir, web, tmp_path):
-    dl.write_track_index(str(run_dir))
+    layout.write_track_index(str(run_dir))
     files = dl.list_outputs(web.url)
     assert len(files) == 6 and all(f.md5 and f.size for f in files)
     dest = tmp_path / "d"
@@ -233,12 +233,12 @@ def test_http_download_with_index_verifies_md5(run_dir, web, tmp_path):
     rep = dl.download(web.url, str(dest), cell_types=["E017"])
     assert rep.fetched == [] and len(rep.skipped) == 3
     # only the index was read: complete files need no request
-    assert {p for p, _ in web.log[n:]} == {"/" + dl.INDEX_FILE}
+    assert {p for p, _ in web.log[n:]} == {"/" + layout.INDEX_FILE}
 
     # an index whose md5 disagrees with the served bytes: one line naming the URL
-    idx = json.loads((run_dir / dl.INDEX_FILE).read_text())
+    idx = json.loads((run_dir / layout.INDEX_FILE).read_text())
     idx["tracks"][0]["md5"] = "0" * 32
-    (run_dir / dl.INDEX_FILE).write_text(json.dumps(idx))
+    (run_dir / layout.INDEX_FILE).write_text(json.dumps(idx))
     with pytest.raises(PredictdError, match=r"md5 mismatch for http://127\.0\.0\.1:\d+/tracks/"
                                             r"E003\.H3K27me3\.imputed\.bw"):
         dl.download(web.url, str(tmp_path / "e"), cell_types=["E003"], assays=["H3K27me3"])
@@ -265,7 +265,7 @@ def test_http_interrupted_download_resumes(run_dir, web, tmp_path, monkeypatch):
         w.add_block("chr1", 0, np.random.default_rng(1).gamma(2.0, size=n).astype(np.float32))
     size = (run_dir / "tracks" / name).stat().st_size
     assert size > 2 * 1024 * 1024
-    dl.write_track_index(str(run_dir))
+    layout.write_track_index(str(run_dir))
     cut = size * 2 // 3
     web.cut_after[f"/tracks/{name}"] = cut
     monkeypatch.setattr(storage, "DOWNLOAD_ATTEMPTS", 1)

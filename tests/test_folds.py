@@ -54,15 +54,15 @@ def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(roadmap, 
     assert table.count("<tr>") == 1 + 15 and table.count("pilot:") == 15
     # the written track of an observed experiment is its own fold's ensemble
     import pyBigWig
-    from predictd.folds import member_out
+    from predictd.layout import fold_model_dir
     name = res["folds"][0][0]
     bw = pyBigWig.open(os.path.join(out, "tracks", f"{name}.imputed.bw"))
     written = np.arcsinh(bw.values("pilot", 0, 25 * 1000, numpy=True)[::25])
     bw.close()
     from predictd.impute import ensemble_values, member_weights
     from predictd.model import Model
-    members = [(os.path.join(member_out(out, 0, m), "model", "genome_factors"),
-                Model.load(os.path.join(member_out(out, 0, m), "model"))) for m in range(2)]
+    members = [(os.path.join(fold_model_dir(out, 0, m), "model", "genome_factors"),
+                Model.load(os.path.join(fold_model_dir(out, 0, m), "model"))) for m in range(2)]
     c, a = name.split(".")
     pair = [(members[0][1].cell_types.index(c), members[0][1].assays.index(a))]
     from predictd import tensor

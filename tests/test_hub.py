@@ -13,7 +13,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from predictd import hub, storage
+from predictd import hub, layout, storage
 from predictd.errors import PredictdError
 from tests.s3server import moto_endpoint, s3_endpoint  # noqa: F401 - fixtures
 from tests.test_download import make_run
@@ -37,7 +37,7 @@ def test_write_hub_composite_relative_urls(run_dir):
     written = hub.write_hub(str(run_dir))
     assert [w.rsplit("/", 1)[1] for w in written] == ["tracks.json", "hub.txt", "genomes.txt",
                                                       "trackDb.txt"]
-    files = {n: (run_dir / n).read_text() for n in hub.HUB_FILES}
+    files = {n: (run_dir / n).read_text() for n in layout.HUB_FILES}
     hub.check_hub(files)
     h = stanzas(files["hub.txt"])[0]
     assert h["hub"] == "predictd_out" and h["genomesFile"] == "genomes.txt" and h["email"]
@@ -66,7 +66,7 @@ def test_url_base_flat_and_observed(run_dir, tmp_path):
                         "GM12878+IFN\tH2A.Z\ts3://my-bucket/in/a b.bw\n")
     hub.write_hub(str(run_dir), genome="hg38", url_base="https://data.example.org/runs/r1/",
                   observed_manifest=str(manifest), composite=False, email="me@lab.org")
-    files = {n: (run_dir / n).read_text() for n in hub.HUB_FILES}
+    files = {n: (run_dir / n).read_text() for n in layout.HUB_FILES}
     hub.check_hub(files)
     tdb = stanzas(files["trackDb.txt"])
     assert not any("compositeTrack" in st or "parent" in st for st in tdb)
@@ -157,10 +157,10 @@ def test_cli_hub_on_s3_public(s3_endpoint, tmp_path):
     r = CliRunner().invoke(cli, ["hub", "s3://hubs/r1", "--public"])
     assert r.exit_code == 0, r.output
     assert f"{s3_endpoint}/hubs/r1/hub.txt" in r.output
-    for name in (*hub.HUB_FILES, "tracks.json"):
+    for name in (*layout.HUB_FILES, "tracks.json"):
         acl = storage.s3_client().get_object_acl(Bucket="hubs", Key=f"r1/{name}")
         assert any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in acl["Grants"])
-    files = {n: storage.read_text(f"s3://hubs/r1/{n}") for n in hub.HUB_FILES}
+    files = {n: storage.read_text(f"s3://hubs/r1/{n}") for n in layout.HUB_FILES}
     hub.check_hub(files)
     index = json.loads(storage.read_text("s3://hubs/r1/tracks.json"))
     assert len(index["tracks"]) == 6 and all(t["md5"] is None for t in index["tracks"])

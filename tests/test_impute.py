@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 
-from predictd import impute, pipeline, tensor
+from predictd import impute, layout, pipeline, tensor
 from predictd.config import Config
 from tests.conftest import CELLS
 from tests.test_pipeline import write_roadmap_inputs
@@ -94,9 +94,9 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path,
     impute.write_tracks(None, header, old, legacy, model, cfg, root=run.tensor_root)
     assert {tuple(a) for a in asked} == {tuple(header.experiments)}
     for name in model.track_names():
-        a = open(impute.track_uri(out, name), "rb").read()
-        assert a == open(impute.track_uri(again, name), "rb").read(), name
-        assert a == open(impute.track_uri(old, name), "rb").read(), name
+        a = open(layout.track_file(out, name), "rb").read()
+        assert a == open(layout.track_file(again, name), "rb").read(), name
+        assert a == open(layout.track_file(old, name), "rb").read(), name
 
 
 def test_similarity_weighted_stack_reads_whole_blocks(roadmap, tmp_path, monkeypatch):
@@ -128,7 +128,7 @@ def test_similarity_weighted_stack_reads_whole_blocks(roadmap, tmp_path, monkeyp
     want = impute.inverse(impute.model_values(model, GB, [(j, k)],
                                               (list(header.experiments), X)), header.transform)[:, 0]
     import pyBigWig
-    bw = pyBigWig.open(impute.track_uri(out, name))
+    bw = pyBigWig.open(layout.track_file(out, name))
     bs = header.bin_size
     got = np.array(bw.values("pilot", 16_384 * bs, 2 * 16_384 * bs))[::bs]
     bw.close()

@@ -6,9 +6,9 @@ import re
 import pytest
 
 from predictd.errors import PredictdError
+from predictd.names import check_name
 from predictd.manifest import (
     Track,
-    check_name,
     manifest_checksum,
     read_manifest,
     uri_scheme,

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from .. import layout
 from ..bigwig import read_binned
 
 
@@ -22,8 +23,8 @@ def tracks_diff(out_a: str, out_b: str, names: list[str], chrom: str, length: in
     directories, read back from their bigWigs."""
     worst = 0.0
     for name in names:
-        pa = os.path.join(out_a, "tracks", f"{name}.imputed.bw")
-        pb = os.path.join(out_b, "tracks", f"{name}.imputed.bw")
+        pa = layout.track_file(out_a, name)
+        pb = layout.track_file(out_b, name)
         ya = read_binned(pa, chrom, length, bin_size)
         yb = read_binned(pb, chrom, length, bin_size)
         worst = max(worst, float(np.max(np.abs(ya.astype(np.float64) - yb))))

@@ -14,6 +14,7 @@ import numpy as np
 from .. import synthetic
 from ..bigwig import BigWigWriter
 from ..config import Config
+from ..names import experiment_name, split_experiment
 
 #: the pilot's epigenomes and marks
 CELLS = ["E003", "E017", "E116", "E117"]
@@ -37,7 +38,7 @@ def bench_tracks(n_bins: int | None = None) -> tuple[dict[str, np.ndarray], str]
             for m in MARKS:
                 with np.load(os.path.join(pilot, f"{c}.{m}.pilot.arcsinh.npz")) as z:
                     arr = z["arr_0"]
-                out[f"{c}.{m}"] = np.ascontiguousarray(arr[:n_bins] if n_bins else arr)
+                out[experiment_name(c, m)] = np.ascontiguousarray(arr[:n_bins] if n_bins else arr)
         return out, "shared Roadmap pilot tracks (roadmap_pilot/)"
     n = n_bins or 1_126_469
     obs = [(c, m) for c in CELLS for m in MARKS]
@@ -60,7 +61,7 @@ def write_inputs(tracks: dict[str, np.ndarray], directory: str, bin_size: int = 
         if not os.path.exists(path):
             with BigWigWriter(path, [("pilot", length)], bin_size) as w:
                 w.add_block("pilot", 0, np.sinh(y.astype(np.float64)).astype(np.float32))
-        cell, mark = name.split(".", 1)
+        cell, mark = split_experiment(name)
         rows.append(f"{cell}\t{mark}\t{path}\n")
         paths.append(path)
     manifest = os.path.join(directory, "manifest.tsv")

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 
-from .. import synthetic
+from .. import layout, synthetic
 from ..config import Config
 from .machine import machine_info
 from .measure import Recorder
@@ -59,8 +59,8 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
 
     model, fit_res = rec.run("train", train.train, None, header, root,
                              os.path.join(base, "work"), cfg, [], progress=progress)
-    model.save(os.path.join(base, "model"))
-    model = Model.load(os.path.join(base, "model"))
+    model.save(layout.model_dir(base))
+    model = Model.load(layout.model_dir(base))
     shutil.rmtree(os.path.join(base, "work"), ignore_errors=True)
     gf = os.path.join(base, "gf")
     rec.run("solve", impute.solve_genome, None, header, root, gf, model, cfg)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from .. import tensor
+from .. import layout, tensor
 from ..config import Config
 from ..errors import PredictdError
 from .compare import model_diff, tracks_diff
@@ -44,8 +44,8 @@ def train_and_impute(spec: dict) -> dict:
     sc.parallelize(range(64), 64).count()  # executors up and Python workers forked
     t1 = time.perf_counter()
     model, fit_res = train.train(sc, header, spec["tensor"], os.path.join(out, "work"), cfg, [])
-    model.save(os.path.join(out, "model"))
-    model = Model.load(os.path.join(out, "model"))
+    model.save(layout.model_dir(out))
+    model = Model.load(layout.model_dir(out))
     t2 = time.perf_counter()
     gf = os.path.join(out, "gf")
     impute.solve_genome(sc, header, spec["tensor"], gf, model, cfg)
@@ -99,7 +99,7 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
     say("scale-out: local[*] reference run")
     runs["local"] = _run_in_child({"master": "local[*]", "tensor": root, "out": ref,
                               "config": spec_cfg})
-    ref_model = Model.load(os.path.join(ref, "model"))
+    ref_model = Model.load(layout.model_dir(ref))
     n_tracks = len(header.cell_types) * len(header.assays)
     for w in workers:
         out = os.path.join(base, f"workers-{w}")
@@ -107,7 +107,7 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
         with start_cluster(n_workers=w, cores=1) as cluster:
             r = _run_in_child({"master": cluster.master_url, "tensor": root, "out": out,
                           "config": spec_cfg, "conf": {**cluster.conf(), **pin}})
-        r["model_max_abs_diff_vs_local"] = model_diff(Model.load(os.path.join(out, "model")),
+        r["model_max_abs_diff_vs_local"] = model_diff(Model.load(layout.model_dir(out)),
                                                       ref_model)
         r["tracks_max_abs_diff_vs_local"] = tracks_diff(ref, out, ref_model.track_names(),
                                                         chrom, length, cfg.bin_size)

@@ -29,8 +29,9 @@ import time
 
 import numpy as np
 
-from .. import tensor
+from .. import layout, tensor
 from ..bigwig import read_binned, write_bigwig
+from ..names import experiment_name
 from .compare import model_diff, tracks_diff
 from .inputs import bench_config, bench_tracks, write_inputs
 from .machine import machine_info
@@ -102,8 +103,8 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     # ---- train + impute in this process
     model_l, fit_l = rec.run("train_inprocess", train.train, None, header, root,
                              os.path.join(local, "work"), cfg, [])
-    model_l.save(os.path.join(local, "model"))
-    model_l = Model.load(os.path.join(local, "model"))  # the float64 round trip impute sees
+    model_l.save(layout.model_dir(local))
+    model_l = Model.load(layout.model_dir(local))  # the float64 round trip impute sees
     gf_l = os.path.join(local, "gf")
     rec.run("solve_inprocess", impute.solve_genome, None, header, root, gf_l, model_l, cfg)
     rec.run("write_inprocess", impute.write_tracks, None, header, local, gf_l, model_l, cfg,
@@ -115,8 +116,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
     os.makedirs(lim, exist_ok=True)
     wjobs = []
     for name in model_l.track_names():
-        y = read_binned(os.path.join(local, "tracks", f"{name}.imputed.bw"), chrom, length,
-                        bin_size)
+        y = read_binned(layout.track_file(local, name), chrom, length, bin_size)
         npy = os.path.join(lim, f"{name}.npy")
         np.save(npy, y)
         wjobs.append((os.path.join(lim, f"{name}.bw"), chrom, length, npy))
@@ -136,7 +136,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
 
     # ---- the math against bare GEMMs
     _, X = tensor.read_block(root, *header.blocks()[0][:2], header.experiments)
-    gf = gemm_fraction(X, model_l, [f"{c}.{a}" for c, a in model_l.observed], cfg.ri2)
+    gf = gemm_fraction(X, model_l, [experiment_name(c, a) for c, a in model_l.observed], cfg.ri2)
     del X
 
     t_read = rec.seconds("pybigwig_read")
@@ -206,8 +206,8 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     root = os.path.join(sp, "tensor")
     model_s, fit_s = rec.run("train_spark", train.train, sc, header, root,
                              os.path.join(sp, "work"), cfg, [])
-    model_s.save(os.path.join(sp, "model"))
-    model_s = Model.load(os.path.join(sp, "model"))
+    model_s.save(layout.model_dir(sp))
+    model_s = Model.load(layout.model_dir(sp))
     gf_s = os.path.join(sp, "gf")
     rec.run("solve_spark", impute.solve_genome, sc, header, root, gf_s, model_s, cfg)
     rec.run("write_spark", impute.write_tracks, sc, header, sp, gf_s, model_s, cfg, root=root)

@@ -7,7 +7,7 @@ import os
 import click
 
 from .. import demo as demo_mod
-from .. import pipeline, storage
+from .. import layout, pipeline, storage
 from . import options
 from .main import cli
 
@@ -53,8 +53,8 @@ def demo_command(out, holdout, sets, master, no_spark, overwrite, pilot_dir, inp
     results = pipeline.run_all(run, overwrite=overwrite)
     click.echo("")
     click.echo(f"Imputed tracks ({results['impute'].get('tracks', 20)}): "
-               f"{os.path.join(out, 'tracks')}/<cell>.<mark>.imputed.bw")
-    click.echo(f"Report: {os.path.join(out, 'report', 'index.html')}")
+               f"{layout.track_file(out, '<cell>.<mark>')}")
+    click.echo(f"Report: {layout.report_page(out)}")
     rows = {r["method"]: r for r in results["evaluate"].get("metrics", [])}
     if rows:
         m, b = rows["model"], rows.get("average")

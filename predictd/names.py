@@ -1,0 +1,80 @@
+"""Experiment names: ``{cell_type}.{assay}``, the key of an experiment (track) everywhere —
+tensor columns, hold-out lists, model track names and output file names.
+
+A name is split at its first dot, so an assay may contain dots (``H2A.Z``). Cell type and assay
+names become parts of file names and S3 keys, so :func:`check_name` keeps them to safe
+characters.
+
+Examples
+--------
+>>> experiment_name("E003", "H2A.Z")
+'E003.H2A.Z'
+>>> split_experiment("E003.H2A.Z")
+('E003', 'H2A.Z')
+>>> check_name("CD4+_T-cell", "cell_type")
+'CD4+_T-cell'
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import PredictdError
+
+# Keep names to characters that are safe on every filesystem and in S3 keys, and forbid a
+# leading dot (hidden files, "..").
+_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def experiment_name(cell_type: str, assay: str) -> str:
+    """The name of the experiment of ``assay`` in ``cell_type``: ``"{cell_type}.{assay}"``."""
+    return f"{cell_type}.{assay}"
+
+
+def split_experiment(name: str) -> tuple[str, str]:
+    """``(cell_type, assay)`` of an experiment name (split at the first dot).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` has no dot.
+    """
+    cell_type, dot, assay = name.partition(".")
+    if not dot:
+        raise ValueError(f"experiment name {name!r} is not CELL_TYPE.ASSAY")
+    return cell_type, assay
+
+
+def check_name(value: str, what: str = "name", where: str = "") -> str:
+    """Check that a cell type or assay name is safe to use in file names.
+
+    Parameters
+    ----------
+    value : str
+        The name.
+    what : str
+        What the name is (``"cell_type"``), for the message.
+    where : str
+        Location prefix for the message (``"m.tsv, row 3: "``).
+
+    Returns
+    -------
+    str
+        ``value`` unchanged.
+
+    Raises
+    ------
+    PredictdError
+        If the name is empty, has characters outside ``[A-Za-z0-9_.+-]`` or starts with ``.``.
+    """
+    if not value:
+        raise PredictdError(f"{where}{what} is empty")
+    if not _NAME_RE.fullmatch(value):
+        bad = sorted({c for c in value if not _NAME_RE.fullmatch(c)})
+        raise PredictdError(
+            f"{where}{what} {value!r} has characters unsafe in file names {bad!r} "
+            "(allowed: letters, digits, '_', '.', '+', '-')"
+        )
+    if value.startswith("."):
+        raise PredictdError(f"{where}{what} {value!r} must not start with '.'")
+    return value

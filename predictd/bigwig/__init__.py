@@ -14,8 +14,14 @@ code that works on the format itself.
 """
 
 from .format import DEFAULT_BIN_SIZE
-from .read import DEFAULT_CHUNK_BINS, bigwig_chroms, bin_means, header_summary, open_bigwig, \
-    read_binned
+from .read import (
+    DEFAULT_CHUNK_BINS,
+    bigwig_chroms,
+    bin_means,
+    header_summary,
+    open_bigwig,
+    read_binned,
+)
 from .write import MAX_ZOOMS, BigWigWriter, write_bigwig
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Where a run's outputs live under its output prefix OUT, and the track index that lists them
-(DESIGN §7).
+(docs/design.md §9).
 
 OUT is a local directory or an ``s3://`` prefix (a run published over ``http(s)://`` is read
 with the same paths)::

@@ -480,7 +480,7 @@ def test_native_reader_on_predictd_files_is_exact(tmp_path):
 
 def test_native_reader_uncompressed_file(tmp_path, monkeypatch):
     """Data blocks stored raw (uncompressBufSize 0, as `bedGraphToBigWig -unc` writes)."""
-    from predictd import bbi
+    from predictd.bigwig import write as bigwig_write
 
     class Raw:
         error = Exception
@@ -489,8 +489,8 @@ def test_native_reader_uncompressed_file(tmp_path, monkeypatch):
         def compress(data, level=None):
             return bytes(data)
 
-    monkeypatch.setattr(bbi, "zlib", Raw)
-    monkeypatch.setattr(bbi, "UNCOMPRESS_BUF", 0)
+    monkeypatch.setattr(bigwig_write, "zlib", Raw)
+    monkeypatch.setattr(bigwig_write, "UNCOMPRESS_BUF", 0)
     y = np.random.default_rng(4).random(10_000).astype(np.float32)
     out = tmp_path / "raw.bw"
     write_bigwig(out, [("chrA", 250_000)], [("chrA", 0, y)])
@@ -504,21 +504,21 @@ def test_native_reader_uncompressed_file(tmp_path, monkeypatch):
 def test_native_reader_overlapping_records_read_as_libbigwig_does(tmp_path, monkeypatch):
     """Overlapping records are malformed (UCSC's tools refuse them) but exist in the wild:
     such a file is read the way libBigWig reads it, not by summing the overlaps."""
-    import predictd.bigwig as bwmod
+    from predictd.bigwig import read as bigwig_read
     a = tmp_path / "a.bw"
     make_bw(a, [("c", 1000)], [("c", 0, 100, 1.0), ("c", 300, 400, 5.0)])
     # the decoder sees every record twice, the second copy shifted by 50 bp onto the first
-    real = bwmod._section_records
+    real = bigwig_read.section_records
 
     def doubled(*args):
         s, e, v, dense = real(*args)
         return (np.concatenate([s, s + 50]), np.concatenate([e, e + 50]),
                 np.concatenate([v, v * 2]), dense)
 
-    monkeypatch.setattr(bwmod, "_section_records", doubled)
+    monkeypatch.setattr(bigwig_read, "section_records", doubled)
     calls = []
-    real_open = bwmod.open_bigwig
-    monkeypatch.setattr(bwmod, "open_bigwig", lambda p: calls.append(p) or real_open(p))
+    real_open = bigwig_read.open_bigwig
+    monkeypatch.setattr(bigwig_read, "open_bigwig", lambda p: calls.append(p) or real_open(p))
     got = read_binned(a, "c", 1000)
     assert calls == [os.fspath(a)]  # handed to libBigWig
     with real_open(a) as bw:

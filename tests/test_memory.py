@@ -74,8 +74,8 @@ def test_imputation_peak_memory_does_not_grow_with_bins(tmp_path):
     small = _impute_peak(tmp_path, small_bins)
     large = _impute_peak(tmp_path, large_bins)
     # What may grow: each open track's first-zoom-level sums for its current chromosome (40
-    # bytes per 16 bins, predictd.bbi) — 8 tracks x 1.47 M more bins = 28 MiB here. Beyond
-    # that, the large run's imputed values alone (8 tracks x 1.6 M bins x 4 bytes = 52 MB)
+    # bytes per 16 bins, predictd.bigwig.write) — 8 tracks x 1.47 M more bins = 28 MiB here.
+    # Beyond that, the large run's imputed values alone (8 tracks x 1.6 M bins x 4 bytes = 52 MB)
     # would show up if anything held a whole track or the whole genome's factors in memory.
     zoom_kb = 8 * (large_bins - small_bins) // 16 * 40 / 1024
     grown = large["peak_kb"] - small["peak_kb"] - zoom_kb

@@ -122,7 +122,7 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
         wjobs.append((os.path.join(lim, f"{name}.bw"), chrom, length, npy))
     arrays = [(p, c, L, np.load(f)) for p, c, L, f in wjobs]
     rec.run("pybigwig_write", lambda: [pybigwig_write(*a) for a in arrays])
-    # predictd's own bigWig writer (predictd.bbi) on the very same arrays, nothing else
+    # predictd's own bigWig writer (predictd.bigwig.write) on the very same arrays, nothing else
     rec.run("bigwig_write", lambda: [write_bigwig(p[:-3] + ".predictd.bw", [(c, L)],
                                                   [(c, 0, y)], bin_size=bin_size)
                                      for p, c, L, y in arrays])

@@ -1,4 +1,4 @@
-"""predictd's own bigWig writer (predictd.bbi), read back by two independent readers:
+"""predictd's own bigWig writer (predictd.bigwig.write), read back by two independent readers:
 libBigWig (pyBigWig) and UCSC's kent library (pybbi) — the code the genome browser runs.
 
 Small section, zoom-block and tree sizes are patched in so that a test-sized file has
@@ -14,9 +14,10 @@ import numpy as np
 import pyBigWig
 import pytest
 
-from predictd import bbi as bbi_writer
-from predictd.bbi import _ZOOM_RECORD
-from predictd.bigwig import BigWigWriter, _check_trees, read_binned
+from predictd.bigwig import BigWigWriter, read_binned
+from predictd.bigwig import write as bigwig_write
+from predictd.bigwig.format import ZOOM_RECORD
+from predictd.bigwig.validate import check_trees
 
 kent = pytest.importorskip("bbi", reason="pybbi (UCSC's kent bigWig library) is not installed")
 
@@ -25,9 +26,9 @@ BIN = 25
 
 @pytest.fixture
 def small_structures(monkeypatch):
-    monkeypatch.setattr(bbi_writer, "SECTION_ITEMS", 16)
-    monkeypatch.setattr(bbi_writer, "ZOOM_ITEMS", 8)
-    monkeypatch.setattr(bbi_writer, "TREE_BLOCK", 4)
+    monkeypatch.setattr(bigwig_write, "SECTION_ITEMS", 16)
+    monkeypatch.setattr(bigwig_write, "ZOOM_ITEMS", 8)
+    monkeypatch.setattr(bigwig_write, "TREE_BLOCK", 4)
 
 
 def _layout(rng):
@@ -110,7 +111,7 @@ def test_zoom_levels_give_exact_summaries_on_their_grid(tmp_path, small_structur
         for kind in ("mean", "max", "min"):
             got = np.array(bw.stats("chrZ", 0, nb * width, type=kind, nBins=nb), float)
             np.testing.assert_allclose(got, expected[kind], rtol=2e-6, atol=1e-7, err_msg=kind)
-    assert len(bbi_writer.zoom_reductions([("chrZ", length)], BIN)) >= 4
+    assert len(bigwig_write.zoom_reductions([("chrZ", length)], BIN)) >= 4
 
 
 def test_same_answers_as_a_file_written_by_libbigwig(tmp_path):
@@ -136,7 +137,7 @@ def test_same_answers_as_a_file_written_by_libbigwig(tmp_path):
             assert a.stats(c, s, e, exact=True) == pytest.approx(b.stats(c, s, e, exact=True))
         np.testing.assert_array_equal(kent.fetch(ours, c, 0, n), kent.fetch(theirs, c, 0, n))
     assert a.header()["nBasesCovered"] == b.header()["nBasesCovered"]
-    size_ours, size_theirs = (bbi_writer.os.path.getsize(p) for p in (ours, theirs))
+    size_ours, size_theirs = (os.path.getsize(p) for p in (ours, theirs))
     assert 0.8 < size_ours / size_theirs < 1.2
 
 
@@ -170,7 +171,7 @@ def _zoom_records(path):
                     walk(struct.unpack_from("<IIIIQ", raw, off + 4 + 24 * i)[4])
 
         walk(index_off + 48)
-        recs = np.concatenate([np.frombuffer(zlib.decompress(raw[o:o + n]), _ZOOM_RECORD)
+        recs = np.concatenate([np.frombuffer(zlib.decompress(raw[o:o + n]), ZOOM_RECORD)
                                for o, n in leaves])
         assert recs.size == struct.unpack_from("<I", raw, data_off)[0]
         out[red] = recs
@@ -188,7 +189,7 @@ def test_zoom_records_are_exact_on_their_grid(tmp_path, small_structures):
     with open(path, "rb") as fh:
         raw = fh.read(64)
     chrom_tree, data_off, index_off = struct.unpack_from("<QQQ", raw, 8)
-    named = _check_trees(path, os.path.getsize(path), chrom_tree, data_off, index_off)[0]
+    named = check_trees(path, os.path.getsize(path), chrom_tree, data_off, index_off)[0]
     zooms = _zoom_records(path)
     assert len(zooms) >= 3
     for red, recs in zooms.items():

@@ -27,7 +27,6 @@ import requests
 from predictd import storage
 from predictd.bigwig import BigWigWriter
 from predictd.hub import check_hub, parse_ra
-from tests.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, reset_moto_server, use_fake_aws
 
 BUCKET = "predictd-cloud"
 N_BINS = 120_000
@@ -64,11 +63,11 @@ def web(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3(moto_endpoint):
+def s3(moto_endpoint, fake_aws):
     """moto with one bucket, for this module's tests (which share the run's outputs)."""
     with pytest.MonkeyPatch.context() as mp:
-        reset_moto_server(moto_endpoint)
-        use_fake_aws(mp, moto_endpoint)
+        fake_aws.reset_server(moto_endpoint)
+        fake_aws.use(mp, moto_endpoint)
         storage.s3_client().create_bucket(Bucket=BUCKET)
         yield moto_endpoint
 
@@ -174,9 +173,9 @@ def test_outputs_are_private_by_default(cloud_run, s3):
     assert r.status_code == 403
 
 
-def test_no_secret_is_written_or_printed(cloud_run):
+def test_no_secret_is_written_or_printed(cloud_run, fake_aws):
     out, p, _ = cloud_run
-    secrets = (FAKE_SECRET_KEY, SIGNATURE)
+    secrets = (fake_aws.secret_key, SIGNATURE)
     for text in (p.stdout, p.stderr):
         assert not any(s in text for s in secrets)
     leaks = [key for key in sorted(keys("run")) if key.endswith((".json", ".tsv", ".html"))
@@ -339,7 +338,7 @@ def test_public_run_hub_and_http_download(inputs, s3, tmp_path_factory):
         storage.read_bytes(f"{out}/tracks/E017.H3K27me3.imputed.bw")
 
 
-def test_wrong_md5_of_http_input_is_one_clear_line(inputs, tmp_path):
+def test_wrong_md5_of_http_input_is_one_clear_line(inputs, fake_aws, tmp_path):
     good = hashlib.md5((inputs["dir"] / f"{HTTP_TRACK}.bw").read_bytes()).hexdigest()
     bad = tmp_path / "manifest.tsv"
     bad.write_text("".join(inputs["absolute_rows"]).replace(good, "0" * 32))
@@ -350,4 +349,4 @@ def test_wrong_md5_of_http_input_is_one_clear_line(inputs, tmp_path):
     assert len(lines) == 1, p.stderr
     assert "md5 mismatch" in lines[0] and f"{HTTP_TRACK}.bw" in lines[0]
     assert "0" * 32 in lines[0] and good in lines[0]
-    assert SIGNATURE not in p.stderr and FAKE_ACCESS_KEY not in p.stderr
+    assert SIGNATURE not in p.stderr and fake_aws.access_key not in p.stderr

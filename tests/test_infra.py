@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sparkcluster import free_port, start_standalone_cluster
+from predictd.localcluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EMR_LAUNCH = REPO / "infra" / "emr" / "launch.py"
@@ -69,7 +69,7 @@ def manifest(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Spark standalone cluster (tests/sparkcluster.py, infra/local_cluster.sh)
+# Spark standalone cluster (tests/support/sparkcluster.py, infra/local_cluster.sh)
 # ------------------------------------------------------------------------------------------------
 
 _JOB = r"""
@@ -102,8 +102,8 @@ spark.stop()
 
 
 @needs_java
-def test_standalone_cluster_runs_a_job_on_two_executors(tmp_path):
-    cluster = start_standalone_cluster(n_workers=2, cores=1, memory="1g", state_dir=tmp_path / "c")
+def test_standalone_cluster_runs_a_job_on_two_executors(standalone_cluster, tmp_path):
+    cluster = standalone_cluster(n_workers=2, cores=1, memory="1g", state_dir=tmp_path / "c")
     try:
         assert cluster.master_url.startswith("spark://127.0.0.1:")
         assert cluster.alive_workers() == 2

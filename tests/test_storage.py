@@ -12,7 +12,6 @@ import pytest
 
 from predictd import storage
 from predictd.errors import PredictdError
-from tests.s3server import FAKE_SECRET_KEY, moto_endpoint, s3_endpoint  # noqa: F401 (fixtures)
 
 MiB = 1024 * 1024
 
@@ -368,7 +367,7 @@ def test_s3_missing_object_and_bucket(bucket, tmp_path):
         storage.read_bytes(f"s3://{bucket}")
 
 
-def test_s3_unreachable_endpoint_names_uri_without_secrets(bucket, monkeypatch):
+def test_s3_unreachable_endpoint_names_uri_without_secrets(bucket, fake_aws, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -379,7 +378,7 @@ def test_s3_unreachable_endpoint_names_uri_without_secrets(bucket, monkeypatch):
         storage.write_text_atomic(f"s3://{bucket}/x.txt", "x")
     msg = str(err.value)
     assert "cannot connect to the S3 endpoint" in msg and f"s3://{bucket}/x.txt" in msg
-    assert FAKE_SECRET_KEY not in msg and "AKIA" not in msg
+    assert fake_aws.secret_key not in msg and "AKIA" not in msg
 
 
 def test_s3_upload_small_and_multipart(bucket, tmp_path):

@@ -55,6 +55,18 @@ def shared():
 
 
 @pytest.fixture(scope="session")
+def shared_path():
+    """``shared_path(relative)``: a file or directory of the shared real data, or skip the test
+    naming what is missing."""
+    def find(relative: str) -> Path:
+        path = SHARED / relative
+        if not path.exists():
+            pytest.skip(f"shared data not found: {path} (set PREDICTD_SHARED)")
+        return path
+    return find
+
+
+@pytest.fixture(scope="session")
 def roadmap_cell_types():
     """The four cell types of the shared Roadmap pilot tracks."""
     return ["E003", "E017", "E116", "E117"]

@@ -2,9 +2,6 @@
 (4 cell types × 5 histone marks, arcsinh signal). The tuned imputation — the stacked transfer
 regression over the model — must beat the ``average`` baseline on held-out tracks."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,17 +15,9 @@ N_BINS = 300_000       # a contiguous slice keeps the test fast
 BLOCK = 100_000
 
 
-def shared_data() -> Path:
-    root = Path(os.environ.get("PREDICTD_SHARED", Path(__file__).resolve().parents[1] / ".."
-                               / "shared")) / "data" / "roadmap_pilot"
-    if not root.is_dir():
-        pytest.skip(f"shared Roadmap pilot data not found at {root}")
-    return root
-
-
 @pytest.fixture(scope="module")
-def pilot():
-    root = shared_data()
+def pilot(shared_path):
+    root = shared_path("roadmap_pilot")
     X = np.stack([np.load(root / f"{c}.{m}.pilot.arcsinh.npz")["arr_0"][:N_BINS]
                   for c in CELLS for m in MARKS], axis=1)
     cell = np.repeat(np.arange(len(CELLS)), len(MARKS))

@@ -274,6 +274,7 @@ def test_bad_input_is_one_line_and_leaves_out_untouched(case, inputs, toy, tmp_p
     print(f"\n| {case} | exit {p.returncode} | {line} |")
 
 
+@pytest.mark.spark
 def test_bad_track_under_spark_is_the_same_one_line(inputs, tmp_path):
     """A PredictdError raised inside a Spark task (the track check) reaches the user as one
     line, not a Java stack trace, and nothing is written."""
@@ -362,6 +363,7 @@ def test_flat_track_warns_names_it_and_finishes(kind, inputs, toy, tmp_path):
     print(f"\n| {kind} track | exit 0 | {warnings[0]} |")
 
 
+@pytest.mark.cloud
 def test_missing_s3_object(inputs, toy, tmp_path, s3_endpoint):
     """A manifest row naming an S3 object that is not there: one line naming the URI."""
     import boto3

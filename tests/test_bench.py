@@ -180,6 +180,7 @@ def test_blas_info_names_the_kernel_and_leaves_the_environment_alone():
 
 
 # --------------------------------------------------------------------------- the benchmark
+@pytest.mark.spark
 def test_bench_run_reports_every_figure(tmp_path, spark):
     _shared_or_skip()
     res = bench.run(str(tmp_path), n_bins=1 << 15, spark=True, config={"max_iterations": 4})
@@ -220,6 +221,8 @@ def test_bench_cli_rejects_bad_worker_counts():
     assert "--workers" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+@pytest.mark.spark
+@pytest.mark.cluster
 def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):
     """The same train + impute job on a 2-worker standalone cluster gives local mode's model
     and tracks (the job runs in child processes: one SparkContext per process)."""

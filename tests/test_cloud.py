@@ -28,6 +28,8 @@ from predictd import storage
 from predictd.bigwig import BigWigWriter
 from predictd.hub import check_hub, parse_ra
 
+pytestmark = pytest.mark.cloud
+
 BUCKET = "predictd-cloud"
 N_BINS = 120_000
 CELLS = ["E003", "E017", "E116"]
@@ -137,6 +139,7 @@ def cloud_run(inputs, tmp_path_factory):
     return out, p, scratch
 
 
+@pytest.mark.spark
 def test_run_writes_every_output_to_s3(cloud_run, inputs):
     out, p, _ = cloud_run
     found = keys("run")
@@ -165,6 +168,7 @@ def test_run_writes_every_output_to_s3(cloud_run, inputs):
         bw.close()
 
 
+@pytest.mark.spark
 def test_outputs_are_private_by_default(cloud_run, s3):
     for key in keys("run"):
         assert not any(g == ALL_USERS for g, _ in grantees(f"run/{key}")), key
@@ -173,6 +177,7 @@ def test_outputs_are_private_by_default(cloud_run, s3):
     assert r.status_code == 403
 
 
+@pytest.mark.spark
 def test_no_secret_is_written_or_printed(cloud_run, fake_aws):
     out, p, _ = cloud_run
     secrets = (fake_aws.secret_key, SIGNATURE)
@@ -186,6 +191,7 @@ def test_no_secret_is_written_or_printed(cloud_run, fake_aws):
     assert http and http[0]["uri"].startswith("http://127.0.0.1:")  # still says where it was
 
 
+@pytest.mark.spark
 def test_list_and_download_with_filters_skip_and_resume(cloud_run, tmp_path):
     out, _, scratch = cloud_run
     p = cli("list", out, scratch=scratch)
@@ -268,6 +274,7 @@ class _CuttingProxy:
         self.sock.close()
 
 
+@pytest.mark.spark
 def test_interrupted_s3_download_resumes(cloud_run, s3, tmp_path, monkeypatch):
     """A download cut mid-transfer leaves a partial file; the next `predictd download` asks S3
     only for the missing bytes and ends with the exact object."""

@@ -28,8 +28,11 @@ import numpy as np
 import pytest
 
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                reason="no Java runtime for a Spark cluster")
+pytestmark = [
+    pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
+                       reason="no Java runtime for a Spark cluster"),
+]
 
 # partitions and write_parallelism are pinned so every mode makes the same plan; training
 # stays on the executors (these small subsets would otherwise be fitted in the driver)

@@ -101,6 +101,8 @@ spark.stop()
 """
 
 
+@pytest.mark.spark
+@pytest.mark.cluster
 @needs_java
 def test_standalone_cluster_runs_a_job_on_two_executors(standalone_cluster, tmp_path):
     cluster = standalone_cluster(n_workers=2, cores=1, memory="1g", state_dir=tmp_path / "c")
@@ -135,6 +137,7 @@ def test_standalone_cluster_runs_a_job_on_two_executors(standalone_cluster, tmp_
     assert (tmp_path / "c" / "master.log").is_file()
 
 
+@pytest.mark.cluster
 @needs_java
 def test_local_cluster_script_start_status_stop(tmp_path):
     env = dict(os.environ, PREDICTD_CLUSTER_DIR=str(tmp_path / "state"), PREDICTD_MASTER_PORT="0",
@@ -327,6 +330,7 @@ def moto_endpoint(monkeypatch):
     server.stop()
 
 
+@pytest.mark.cloud
 def test_emr_launch_and_add_step_against_moto(moto_endpoint, manifest, jobs_dir):
     import boto3
 
@@ -373,6 +377,7 @@ def test_emr_launch_and_add_step_against_moto(moto_endpoint, manifest, jobs_dir)
     assert len(emr.list_clusters()["Clusters"]) == 1
 
 
+@pytest.mark.cloud
 def test_emr_launch_reports_aws_errors_in_one_line(moto_endpoint, manifest, jobs_dir):
     # No staging bucket: the upload fails before any cluster is requested.
     proc = _run(_emr_args(manifest, jobs_dir), env=dict(os.environ))

@@ -2,7 +2,6 @@
 
 import gzip
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,12 +19,6 @@ from predictd.annotations import (
     region_masks,
 )
 from predictd.errors import PredictdError
-
-
-def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[1] / ".." / "shared"
-    root = Path(os.environ.get("PREDICTD_SHARED", default))
-    return root / "data"
 
 
 def python_lines_run(fn, *args, skip=()):
@@ -351,10 +344,8 @@ def test_bed_errors_name_file_and_line(tmp_path):
         read_bed(tmp_path / "missing.bed")
 
 
-def test_real_hg38_annotations_chr21():
-    annot = shared_data() / "annotations" / "hg38"
-    if not annot.is_dir():
-        pytest.skip(f"shared hg38 annotations not found at {annot}")
+def test_real_hg38_annotations_chr21(shared_path):
+    annot = shared_path("annotations/hg38")
     beds = hg38_annotation_beds(annot)
     assert {"genes", "enhancers"} <= set(beds)
     masks, lines = python_lines_run(region_masks, [("chr21", 46_709_983)], 25, beds["genes"],

@@ -15,6 +15,8 @@ from predictd import pipeline
 from predictd.bigwig import read_binned
 from predictd.config import Config
 
+pytestmark = pytest.mark.spark
+
 LEFT_OUT = "E116.H3K4me3"
 
 

@@ -247,6 +247,7 @@ def _kill_group_leftovers(proc):
         pass
 
 
+@pytest.mark.spark
 def test_kill_spark_driver_mid_run_then_resume(inputs, env, reference, tmp_path):
     """Spark local mode: kill -9 the driver as soon as OUT shows the training pieces (the
     train stage is running), then resume with Spark; the result equals the in-process

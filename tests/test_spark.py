@@ -10,6 +10,8 @@ from predictd.config import Config
 from predictd.spark import map_tasks
 from predictd.errors import PredictdError
 
+pytestmark = pytest.mark.spark
+
 
 def _square(x, payload):
     if x < 0:

@@ -9,6 +9,8 @@ from predictd.config import Config
 from predictd.solvers import baselines, stacking
 from predictd.solvers.fit import LocalBackend, Shard, fit
 
+pytestmark = pytest.mark.slow
+
 CELLS = ["E003", "E017", "E116", "E117"]
 MARKS = ["H3K4me3", "H3K4me1", "H3K27me3", "H3K36me3", "H3K9me3"]
 N_BINS = 300_000       # a contiguous slice keeps the test fast

@@ -274,6 +274,7 @@ def test_bad_input_is_one_line_and_leaves_out_untouched(case, inputs, toy, tmp_p
     print(f"\n| {case} | exit {p.returncode} | {line} |")
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_bad_track_under_spark_is_the_same_one_line(inputs, tmp_path):
     """A PredictdError raised inside a Spark task (the track check) reaches the user as one
@@ -290,6 +291,7 @@ def test_bad_track_under_spark_is_the_same_one_line(inputs, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_output_prefix_holding_a_different_run(inputs, toy, tmp_path):
     out = tmp_path / "out"
     args = ["run", "-m", str(inputs / "m.tsv"), "-g", str(inputs / "g.sizes"), "-o", str(out),
@@ -340,6 +342,7 @@ def test_foreign_files_at_out_are_refused(inputs, tmp_path):
     assert tree(out) == {"tracks/mine.bw": b"precious"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["all_zero", "empty"])
 def test_flat_track_warns_names_it_and_finishes(kind, inputs, toy, tmp_path):
     """Decision: an all-zero or data-less track is kept, with one warning naming it."""
@@ -363,6 +366,7 @@ def test_flat_track_warns_names_it_and_finishes(kind, inputs, toy, tmp_path):
     print(f"\n| {kind} track | exit 0 | {warnings[0]} |")
 
 
+@pytest.mark.slow
 @pytest.mark.cloud
 def test_missing_s3_object(inputs, toy, tmp_path, s3_endpoint):
     """A manifest row naming an S3 object that is not there: one line naming the URI."""

@@ -150,6 +150,7 @@ def test_gemm_fraction_measures_the_real_functions():
 
 
 # --------------------------------------------------------------------------- measurement tools
+@pytest.mark.slow
 def test_peak_memory_sees_this_process_and_its_children():
     child = ("import numpy as np, time; a = np.ones(40_000_000); time.sleep(1.0); "
              "print(a.sum())")
@@ -180,6 +181,7 @@ def test_blas_info_names_the_kernel_and_leaves_the_environment_alone():
 
 
 # --------------------------------------------------------------------------- the benchmark
+@pytest.mark.slow
 @pytest.mark.spark
 def test_bench_run_reports_every_figure(tmp_path, spark):
     _shared_or_skip()
@@ -221,6 +223,7 @@ def test_bench_cli_rejects_bad_worker_counts():
     assert "--workers" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.cluster
 def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):

@@ -28,7 +28,7 @@ from predictd import storage
 from predictd.bigwig import BigWigWriter
 from predictd.hub import check_hub, parse_ra
 
-pytestmark = pytest.mark.cloud
+pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
 BUCKET = "predictd-cloud"
 N_BINS = 120_000

@@ -238,6 +238,7 @@ def test_http_without_index_lists_the_model_tracks(run_dir, web, tmp_path):
         dl.list_outputs(web.url + "/tracks")
 
 
+@pytest.mark.slow
 def test_http_interrupted_download_resumes(run_dir, web, tmp_path, monkeypatch):
     name = "E003.H3K9me3.imputed.bw"
     # a track of a few MiB: bytes are kept in 1 MiB chunks, so a cut must come after the first

@@ -21,6 +21,7 @@ def test_score_methods_skips_unavailable_baselines_and_unobserved_bins():
     assert abs(rows[0]["mse"] - 0.01) < 1e-9
 
 
+@pytest.mark.slow
 def test_region_metrics_on_hg38(shared):
     g = load_genome("hg38")
     header = TensorHeader(experiments=[], cell_types=[], assays=[],

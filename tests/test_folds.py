@@ -40,6 +40,7 @@ def test_impossible_folds_are_refused(experiments):
         make_folds(["A.x", "A.y", "B.x"], 3, 0)
 
 
+@pytest.mark.slow
 def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(
         roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path):
     small = {k: v[:60_000] for k, v in roadmap.items()

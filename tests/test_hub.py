@@ -144,6 +144,7 @@ def test_check_hub_catches_each_mistake(fname, old, new, message):
         hub.check_hub(files)
 
 
+@pytest.mark.slow
 @pytest.mark.cloud
 def test_cli_hub_on_s3_public(s3_endpoint, make_run, tmp_path):
     run_dir = make_run(tmp_path / "out")

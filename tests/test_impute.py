@@ -10,9 +10,12 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from predictd import impute, pipeline, tensor
 from predictd.config import Config
+
+pytestmark = pytest.mark.slow
 
 
 def spy_on_block_reads(monkeypatch) -> list:

@@ -101,6 +101,7 @@ spark.stop()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.cluster
 @needs_java
@@ -137,6 +138,7 @@ def test_standalone_cluster_runs_a_job_on_two_executors(standalone_cluster, tmp_
     assert (tmp_path / "c" / "master.log").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 @needs_java
 def test_local_cluster_script_start_status_stop(tmp_path):
@@ -330,6 +332,7 @@ def moto_endpoint(monkeypatch):
     server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.cloud
 def test_emr_launch_and_add_step_against_moto(moto_endpoint, manifest, jobs_dir):
     import boto3

@@ -15,7 +15,7 @@ from predictd import pipeline
 from predictd.bigwig import read_binned
 from predictd.config import Config
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 LEFT_OUT = "E116.H3K4me3"
 

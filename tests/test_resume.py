@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 # the evaluate stage (report with PNG plots) costs ~3 s a run: only some cases hold a track out
 HOLDOUT = ["--holdout", "B:y"]

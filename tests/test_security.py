@@ -129,6 +129,7 @@ def test_a_remote_manifest_cannot_name_local_files(toy, tmp_path, uri):
         "s3://bucket/dir/tracks/a.bw", "s3://bucket/up/b.bw"]
 
 
+@pytest.mark.slow
 @pytest.mark.cloud
 def test_credentials_never_printed_or_stored(inputs, toy, tmp_path, s3_endpoint, fake_aws):
     """Tracks read from S3 with credentials from the environment: the secret key appears in no

@@ -10,7 +10,7 @@ from predictd.config import Config
 from predictd.spark import map_tasks
 from predictd.errors import PredictdError
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def _square(x, payload):

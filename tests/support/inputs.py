@@ -5,7 +5,7 @@ Four kinds, each reached through a fixture of ``tests/conftest.py``:
 
 - the shared Roadmap pilot tracks as bigWigs (``write_roadmap_inputs``);
 - a toy genome of two 100 kb chromosomes with five random tracks, C.y never observed (``toy``):
-  the good inputs that the bad-input and security tests spoil one way at a time;
+  the good inputs that the bad-input tests spoil one way at a time;
 - a small learnable run on the same genome, six tracks of a shared signal plus noise, with the
   CLI settings that keep a run to seconds (``write_small_run_inputs``): inputs for
   kill-and-resume and cluster-fault runs, which compare outputs bit for bit;

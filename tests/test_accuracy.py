@@ -2,9 +2,6 @@
 (4 cell types × 5 histone marks, arcsinh signal). The tuned imputation — the stacked transfer
 regression over the model — must beat the ``average`` baseline on held-out tracks."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,23 +9,17 @@ from predictd.config import Config
 from predictd.solvers import baselines, stacking
 from predictd.solvers.fit import LocalBackend, Shard, fit
 
+pytestmark = pytest.mark.slow
+
 CELLS = ["E003", "E017", "E116", "E117"]
 MARKS = ["H3K4me3", "H3K4me1", "H3K27me3", "H3K36me3", "H3K9me3"]
 N_BINS = 300_000       # a contiguous slice keeps the test fast
 BLOCK = 100_000
 
 
-def shared_data() -> Path:
-    root = Path(os.environ.get("PREDICTD_SHARED", Path(__file__).resolve().parents[1] / ".."
-                               / "shared")) / "data" / "roadmap_pilot"
-    if not root.is_dir():
-        pytest.skip(f"shared Roadmap pilot data not found at {root}")
-    return root
-
-
 @pytest.fixture(scope="module")
-def pilot():
-    root = shared_data()
+def pilot(shared_path):
+    root = shared_path("roadmap_pilot")
     X = np.stack([np.load(root / f"{c}.{m}.pilot.arcsinh.npz")["arr_0"][:N_BINS]
                   for c in CELLS for m in MARKS], axis=1)
     cell = np.repeat(np.arange(len(CELLS)), len(MARKS))

@@ -142,6 +142,7 @@ def _split_experiments(seed=3):
     return T, jj, kk, held, train
 
 
+@pytest.mark.slow
 def test_als_fit_recovers_held_out_experiments():
     T, jj, kk, held, train = _split_experiments()
     X = T[:, train].copy()

@@ -28,26 +28,9 @@ import numpy as np
 import pyBigWig
 import pytest
 
-from predictd.bigwig import BigWigWriter
-
 REPO = Path(__file__).resolve().parent.parent
-CHROMS = [("chr1", 100_000), ("chr2", 100_000)]
-# every cell type and assay keeps a training track; C.y is never observed
-TRACKS = ["A.x", "A.y", "B.x", "B.y", "C.x"]
 FAST = ["--set", "latent_factors=2", "--set", "max_iterations=3", "--set",
         "training_fraction=0.2"]
-
-
-def write_track(path, values_per_chrom=None, chroms=CHROMS, seed=0):
-    """A real bigWig of 25 bp bins (random gamma signal unless values are given)."""
-    rng = np.random.default_rng(seed)
-    with BigWigWriter(path, chroms) as w:
-        for c, n in chroms:
-            nb = -(-n // 25)
-            v = rng.gamma(1.0, 2.0, nb) if values_per_chrom is None else \
-                np.full(nb, values_per_chrom, dtype=np.float32)
-            w.add_block(c, 0, v.astype(np.float32))
-    return str(path)
 
 
 def write_raw_bigwig(path, chroms, chrom, values):
@@ -59,17 +42,14 @@ def write_raw_bigwig(path, chroms, chrom, values):
     return str(path)
 
 
-def manifest_text(rows, header="cell_type\tassay\turi"):
-    return header + "\n" + "".join("\t".join(r) + "\n" for r in rows)
-
-
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, toy):
     d = tmp_path_factory.mktemp("inputs")
-    (d / "g.sizes").write_text("".join(f"{c}\t{n}\n" for c, n in CHROMS))
-    for i, name in enumerate(TRACKS):
-        write_track(d / f"{name}.bw", seed=i)
-    (d / "m.tsv").write_text(manifest_text([(*n.split("."), f"{n}.bw") for n in TRACKS]))
+    (d / "g.sizes").write_text("".join(f"{c}\t{n}\n" for c, n in toy.chroms))
+    for i, name in enumerate(toy.tracks):
+        toy.write_track(d / f"{name}.bw", seed=i)
+    (d / "m.tsv").write_text(toy.manifest_text([(*n.split("."), f"{n}.bw")
+                                                for n in toy.tracks]))
     return d
 
 
@@ -103,62 +83,65 @@ def assert_one_line_error(p, *patterns):
 
 
 # --------------------------------------------------------------------------- the cases
-# Each case builds its inputs in `d` (a fresh copy of the good inputs) and returns the extra CLI
-# arguments (manifest, genome, config) and the patterns the error line must contain.
-def _rows(d, replace=None, extra=()):
-    rows = [(*n.split("."), f"{n}.bw") for n in TRACKS]
+# Each case builds its inputs in `d` (a fresh copy of the good inputs) with the toy genome's
+# helpers (the `toy` fixture) and returns the extra CLI arguments (manifest, genome, config) and
+# the patterns the error line must contain.
+def _rows(toy, replace=None, extra=()):
+    rows = [(*n.split("."), f"{n}.bw") for n in toy.tracks]
     if replace:
         rows = [replace.get(f"{r[0]}.{r[1]}", r) for r in rows]
     return rows + list(extra)
 
 
-def case_manifest_missing(d):
+def case_manifest_missing(d, toy):
     return ["-m", str(d / "nope.tsv")], [r"manifest not found: \S*nope\.tsv"]
 
 
-def case_manifest_empty(d):
+def case_manifest_empty(d, toy):
     (d / "m.tsv").write_text("")
     return [], [r"manifest \S*m\.tsv is empty"]
 
 
-def case_manifest_header_only(d):
+def case_manifest_header_only(d, toy):
     (d / "m.tsv").write_text("cell_type\tassay\turi\n")
     return [], [r"\S*m\.tsv has a header but no data rows"]
 
 
-def case_manifest_missing_column(d):
-    (d / "m.tsv").write_text(manifest_text(_rows(d), header="cell_type\tassay\tpath"))
+def case_manifest_missing_column(d, toy):
+    (d / "m.tsv").write_text(toy.manifest_text(_rows(toy), header="cell_type\tassay\tpath"))
     return [], [r"m\.tsv, row 1 \(header\): missing required column\(s\) uri"]
 
 
-def case_manifest_wrong_column_count(d):
-    text = manifest_text(_rows(d)) + "C\ty\n"
+def case_manifest_wrong_column_count(d, toy):
+    text = toy.manifest_text(_rows(toy)) + "C\ty\n"
     (d / "m.tsv").write_text(text)
     return [], [r"m\.tsv, row 7: expected 3 tab-separated columns"]
 
 
-def case_duplicate_rows(d):
-    (d / "m.tsv").write_text(manifest_text(_rows(d, extra=[("B", "x", "A.x.bw")])))
+def case_duplicate_rows(d, toy):
+    (d / "m.tsv").write_text(toy.manifest_text(_rows(toy, extra=[("B", "x", "A.x.bw")])))
     return [], [r"m\.tsv, row 7: duplicate track B\.x \(also on row 4\)"]
 
 
-def case_unsafe_name(d):
-    (d / "m.tsv").write_text(manifest_text(_rows(d, replace={"C.x": ("C/../..", "x", "C.x.bw")})))
+def case_unsafe_name(d, toy):
+    (d / "m.tsv").write_text(toy.manifest_text(
+        _rows(toy, replace={"C.x": ("C/../..", "x", "C.x.bw")})))
     return [], [r"m\.tsv, row 6: cell_type 'C/\.\./\.\.' has characters unsafe"]
 
 
-def case_unknown_uri_scheme(d):
-    (d / "m.tsv").write_text(manifest_text(
-        _rows(d, replace={"B.y": ("B", "y", "ftp://example.org/B.y.bw")})))
+def case_unknown_uri_scheme(d, toy):
+    (d / "m.tsv").write_text(toy.manifest_text(
+        _rows(toy, replace={"B.y": ("B", "y", "ftp://example.org/B.y.bw")})))
     return [], [r"m\.tsv, row 5: uri 'ftp://example\.org/B\.y\.bw' has unsupported scheme 'ftp'"]
 
 
-def case_missing_file(d):
-    (d / "m.tsv").write_text(manifest_text(_rows(d, replace={"B.x": ("B", "x", "gone.bw")})))
+def case_missing_file(d, toy):
+    (d / "m.tsv").write_text(toy.manifest_text(
+        _rows(toy, replace={"B.x": ("B", "x", "gone.bw")})))
     return [], [r"manifest row 4 \(B\.x\): file not found: \S*gone\.bw"]
 
 
-def case_permission_denied(d):
+def case_permission_denied(d, toy):
     if os.geteuid() != 0:
         target = d / "locked.bw"
         shutil.copy(d / "A.x.bw", target)
@@ -168,102 +151,103 @@ def case_permission_denied(d):
         target = Path("/proc/sys/vm/compact_memory")
         if not target.exists() or os.access(target, os.R_OK):
             pytest.skip("running as root and no unreadable file to point at")
-    (d / "m.tsv").write_text(manifest_text(_rows(d, replace={"A.y": ("A", "y", str(target))})))
+    (d / "m.tsv").write_text(toy.manifest_text(
+        _rows(toy, replace={"A.y": ("A", "y", str(target))})))
     return [], [r"manifest row 3 \(A\.y\): permission denied: " + re.escape(str(target))]
 
 
-def case_truncated_bigwig(d):
+def case_truncated_bigwig(d, toy):
     data = (d / "B.y.bw").read_bytes()
     (d / "B.y.bw").write_bytes(data[: len(data) // 2])
     return [], [r"truncated or corrupt bigWig file .*\S*B\.y\.bw"]
 
 
-def case_not_a_bigwig(d):
+def case_not_a_bigwig(d, toy):
     (d / "B.y.bw").write_text("track type=bedGraph\nchr1\t0\t100\t1.5\n")
     return [], [r"not a bigWig file \(bad magic number\): \S*B\.y\.bw"]
 
 
-def case_gzip_not_bigwig(d):
+def case_gzip_not_bigwig(d, toy):
     import gzip
     (d / "B.y.bw").write_bytes(gzip.compress(b"chr1\t0\t100\t1.5\n" * 100))
     return [], [r"not a bigWig file \(bad magic number\): \S*B\.y\.bw"]
 
 
-def case_chromosome_names_match_nothing(d):
-    write_track(d / "B.y.bw", chroms=[("1", 100_000), ("2", 100_000)])
+def case_chromosome_names_match_nothing(d, toy):
+    toy.write_track(d / "B.y.bw", chroms=[("1", 100_000), ("2", 100_000)])
     return [], [r"\S*B\.y\.bw \(manifest row 5\): no chromosome name matches genome",
                 r"file has 1, 2"]
 
 
-def case_chromosome_longer_than_genome(d):
-    write_track(d / "B.y.bw", chroms=[("chr1", 150_000), ("chr2", 100_000)])
+def case_chromosome_longer_than_genome(d, toy):
+    toy.write_track(d / "B.y.bw", chroms=[("chr1", 150_000), ("chr2", 100_000)])
     return [], [r"chromosome size mismatch: \S*B\.y\.bw has chr1 of 150000 bp, genome \S+ says "
                 r"100000 bp"]
 
 
-def case_inf_values(d):
-    write_raw_bigwig(d / "B.y.bw", CHROMS, "chr2", [1.0, 2.0, np.inf, 3.0])
+def case_inf_values(d, toy):
+    write_raw_bigwig(d / "B.y.bw", toy.chroms, "chr2", [1.0, 2.0, np.inf, 3.0])
     return [], [r"\S*B\.y\.bw \(manifest row 5\): bigWig has NaN or infinite values"]
 
 
-def case_nan_values(d):
-    write_raw_bigwig(d / "B.y.bw", CHROMS, "chr1", [1.0, np.nan, 3.0])
+def case_nan_values(d, toy):
+    write_raw_bigwig(d / "B.y.bw", toy.chroms, "chr1", [1.0, np.nan, 3.0])
     return [], [r"\S*B\.y\.bw \(manifest row 5\): bigWig has NaN or infinite values"]
 
 
-def case_md5_mismatch(d):
-    rows = [(*r, "0" * 32 if r[0] == "A" and r[1] == "y" else "") for r in _rows(d)]
-    (d / "m.tsv").write_text(manifest_text(rows, header="cell_type\tassay\turi\tmd5"))
+def case_md5_mismatch(d, toy):
+    rows = [(*r, "0" * 32 if r[0] == "A" and r[1] == "y" else "") for r in _rows(toy)]
+    (d / "m.tsv").write_text(toy.manifest_text(rows, header="cell_type\tassay\turi\tmd5"))
     return [], [r"md5 mismatch for \S*A\.y\.bw \(manifest row 3\): expected 0{32}, got [0-9a-f]{32}"]
 
 
-def case_md5_malformed(d):
-    rows = [(*r, "xyz" if r[0] == "A" and r[1] == "y" else "") for r in _rows(d)]
-    (d / "m.tsv").write_text(manifest_text(rows, header="cell_type\tassay\turi\tmd5"))
+def case_md5_malformed(d, toy):
+    rows = [(*r, "xyz" if r[0] == "A" and r[1] == "y" else "") for r in _rows(toy)]
+    (d / "m.tsv").write_text(toy.manifest_text(rows, header="cell_type\tassay\turi\tmd5"))
     return [], [r"m\.tsv, row 3: md5 'xyz' is not 32 hexadecimal characters"]
 
 
-def case_config_unknown_key(d):
+def case_config_unknown_key(d, toy):
     (d / "c.toml").write_text("latent_factor = 3\n")
     return ["--config", str(d / "c.toml")], [r"config file \S*c\.toml: unknown key "
                                              r"'latent_factor' \(did you mean 'latent_factors'\?\)"]
 
 
-def case_config_wrong_type(d):
+def case_config_wrong_type(d, toy):
     (d / "c.toml").write_text('seed = "one"\n')
     return ["--config", str(d / "c.toml")], [r"c\.toml: key 'seed' must be an integer, "
                                              r"got 'one'"]
 
 
-def case_config_out_of_range(d):
+def case_config_out_of_range(d, toy):
     (d / "c.toml").write_text("validation_fraction = 0.95\n")
     return ["--config", str(d / "c.toml")], [r"c\.toml: key 'validation_fraction' must be "
                                              r"<= 0\.9, got 0\.95"]
 
 
-def case_config_bad_choice(d):
+def case_config_bad_choice(d, toy):
     (d / "c.toml").write_text('solver = "adam"\n')
     return ["--config", str(d / "c.toml")], [r"key 'solver' must be one of 'als', 'sgd'"]
 
 
-def case_config_not_toml(d):
+def case_config_not_toml(d, toy):
     (d / "c.toml").write_text("latent_factors: 3\n")
     return ["--config", str(d / "c.toml")], [r"config file \S*c\.toml: not valid TOML"]
 
 
-def case_config_missing(d):
+def case_config_missing(d, toy):
     return ["--config", str(d / "none.toml")], [r"config file not found: \S*none\.toml"]
 
 
-def case_set_out_of_range(d):
+def case_set_out_of_range(d, toy):
     return ["--set", "latent_factors=0"], [r"config: key 'latent_factors' must be >= 1, got 0"]
 
 
-def case_genome_missing(d):
+def case_genome_missing(d, toy):
     return ["-g", str(d / "none.sizes")], [r"none\.sizes"]
 
 
-def case_holdout_not_in_manifest(d):
+def case_holdout_not_in_manifest(d, toy):
     return ["--holdout", "C:y"], [r"--holdout C:y: not a track of the manifest"]
 
 
@@ -271,10 +255,10 @@ CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswi
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_line_and_leaves_out_untouched(case, inputs, tmp_path):
+def test_bad_input_is_one_line_and_leaves_out_untouched(case, inputs, toy, tmp_path):
     d = tmp_path / "in"
     shutil.copytree(inputs, d)
-    extra, patterns = CASES[case](d)
+    extra, patterns = CASES[case](d, toy)
     out = tmp_path / "out"
     base = {"-m": str(d / "m.tsv"), "-g": str(d / "g.sizes")}
     for flag in ("-m", "-g"):
@@ -290,6 +274,8 @@ def test_bad_input_is_one_line_and_leaves_out_untouched(case, inputs, tmp_path):
     print(f"\n| {case} | exit {p.returncode} | {line} |")
 
 
+@pytest.mark.slow
+@pytest.mark.spark
 def test_bad_track_under_spark_is_the_same_one_line(inputs, tmp_path):
     """A PredictdError raised inside a Spark task (the track check) reaches the user as one
     line, not a Java stack trace, and nothing is written."""
@@ -305,7 +291,8 @@ def test_bad_track_under_spark_is_the_same_one_line(inputs, tmp_path):
     assert not out.exists()
 
 
-def test_output_prefix_holding_a_different_run(inputs, tmp_path):
+@pytest.mark.slow
+def test_output_prefix_holding_a_different_run(inputs, toy, tmp_path):
     out = tmp_path / "out"
     args = ["run", "-m", str(inputs / "m.tsv"), "-g", str(inputs / "g.sizes"), "-o", str(out),
             "--no-spark", *FAST]
@@ -322,8 +309,9 @@ def test_output_prefix_holding_a_different_run(inputs, tmp_path):
 
     # a different manifest (one track fewer): refused too
     m2 = tmp_path / "m2.tsv"
-    m2.write_text(manifest_text([(*n.split("."), str(inputs / f"{n}.bw")) for n in TRACKS[:-1]
-                                 ] + [("C", "x", str(inputs / "A.x.bw"))]))
+    m2.write_text(toy.manifest_text(
+        [(*n.split("."), str(inputs / f"{n}.bw")) for n in toy.tracks[:-1]]
+        + [("C", "x", str(inputs / "A.x.bw"))]))
     p = run_cli(["run", "-m", str(m2), *args[3:]])
     assert_one_line_error(p, r"holds a different run \(manifest changed\)")
     assert tree(out) == before
@@ -354,16 +342,17 @@ def test_foreign_files_at_out_are_refused(inputs, tmp_path):
     assert tree(out) == {"tracks/mine.bw": b"precious"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["all_zero", "empty"])
-def test_flat_track_warns_names_it_and_finishes(kind, inputs, tmp_path):
+def test_flat_track_warns_names_it_and_finishes(kind, inputs, toy, tmp_path):
     """Decision: an all-zero or data-less track is kept, with one warning naming it."""
     d = tmp_path / "in"
     shutil.copytree(inputs, d)
     if kind == "all_zero":
-        write_track(d / "B.y.bw", values_per_chrom=0.0)
+        toy.write_track(d / "B.y.bw", values_per_chrom=0.0)
     else:
         bw = pyBigWig.open(str(d / "B.y.bw"), "w")
-        bw.addHeader(CHROMS, maxZooms=0)
+        bw.addHeader(toy.chroms, maxZooms=0)
         bw.close()
     out = tmp_path / "out"
     p = run_cli(["run", "-m", str(d / "m.tsv"), "-g", str(d / "g.sizes"), "-o", str(out),
@@ -377,14 +366,16 @@ def test_flat_track_warns_names_it_and_finishes(kind, inputs, tmp_path):
     print(f"\n| {kind} track | exit 0 | {warnings[0]} |")
 
 
-def test_missing_s3_object(inputs, tmp_path, s3_endpoint):
+@pytest.mark.slow
+@pytest.mark.cloud
+def test_missing_s3_object(inputs, toy, tmp_path, s3_endpoint):
     """A manifest row naming an S3 object that is not there: one line naming the URI."""
     import boto3
     boto3.client("s3").create_bucket(Bucket="tracks")
     d = tmp_path / "in"
     shutil.copytree(inputs, d)
-    (d / "m.tsv").write_text(manifest_text(
-        _rows(d, replace={"B.x": ("B", "x", "s3://tracks/missing/B.x.bw")})))
+    (d / "m.tsv").write_text(toy.manifest_text(
+        _rows(toy, replace={"B.x": ("B", "x", "s3://tracks/missing/B.x.bw")})))
     out = tmp_path / "out"
     p = run_cli(["run", "-m", str(d / "m.tsv"), "-g", str(d / "g.sizes"), "-o", str(out),
                  "--no-spark", *FAST], env={"PREDICTD_SCRATCH": str(tmp_path / "scratch")})

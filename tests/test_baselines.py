@@ -432,6 +432,7 @@ def _direct_similar(X, cell, assay, n_assay, c, width, tau):
     return out
 
 
+@pytest.mark.slow
 def test_similar_averages_match_their_definition():
     rng = np.random.default_rng(12)
     cell = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])

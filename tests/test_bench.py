@@ -151,6 +151,7 @@ def test_gemm_fraction_measures_the_real_functions():
 
 
 # --------------------------------------------------------------------------- measurement tools
+@pytest.mark.slow
 def test_peak_memory_sees_this_process_and_its_children():
     child = ("import numpy as np, time; a = np.ones(40_000_000); time.sleep(1.0); "
              "print(a.sum())")
@@ -181,6 +182,8 @@ def test_blas_info_names_the_kernel_and_leaves_the_environment_alone():
 
 
 # --------------------------------------------------------------------------- the benchmark
+@pytest.mark.slow
+@pytest.mark.spark
 def test_bench_run_reports_every_figure(tmp_path, spark):
     _shared_or_skip()
     res = bench.run(str(tmp_path), n_bins=1 << 15, spark=True, config={"max_iterations": 4})
@@ -221,6 +224,9 @@ def test_bench_cli_rejects_bad_worker_counts():
     assert "--workers" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.cluster
 def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):
     """The same train + impute job on a 2-worker standalone cluster gives local mode's model
     and tracks (the job runs in child processes: one SparkContext per process)."""

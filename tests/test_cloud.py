@@ -27,7 +27,8 @@ import requests
 from predictd import storage
 from predictd.bigwig import BigWigWriter
 from predictd.hub import check_hub, parse_ra
-from tests.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, reset_moto_server, use_fake_aws
+
+pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
 BUCKET = "predictd-cloud"
 N_BINS = 120_000
@@ -64,11 +65,11 @@ def web(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3(moto_endpoint):
+def s3(moto_endpoint, fake_aws):
     """moto with one bucket, for this module's tests (which share the run's outputs)."""
     with pytest.MonkeyPatch.context() as mp:
-        reset_moto_server(moto_endpoint)
-        use_fake_aws(mp, moto_endpoint)
+        fake_aws.reset_server(moto_endpoint)
+        fake_aws.use(mp, moto_endpoint)
         storage.s3_client().create_bucket(Bucket=BUCKET)
         yield moto_endpoint
 
@@ -138,6 +139,7 @@ def cloud_run(inputs, tmp_path_factory):
     return out, p, scratch
 
 
+@pytest.mark.spark
 def test_run_writes_every_output_to_s3(cloud_run, inputs):
     out, p, _ = cloud_run
     found = keys("run")
@@ -166,6 +168,7 @@ def test_run_writes_every_output_to_s3(cloud_run, inputs):
         bw.close()
 
 
+@pytest.mark.spark
 def test_outputs_are_private_by_default(cloud_run, s3):
     for key in keys("run"):
         assert not any(g == ALL_USERS for g, _ in grantees(f"run/{key}")), key
@@ -174,9 +177,10 @@ def test_outputs_are_private_by_default(cloud_run, s3):
     assert r.status_code == 403
 
 
-def test_no_secret_is_written_or_printed(cloud_run):
+@pytest.mark.spark
+def test_no_secret_is_written_or_printed(cloud_run, fake_aws):
     out, p, _ = cloud_run
-    secrets = (FAKE_SECRET_KEY, SIGNATURE)
+    secrets = (fake_aws.secret_key, SIGNATURE)
     for text in (p.stdout, p.stderr):
         assert not any(s in text for s in secrets)
     leaks = [key for key in sorted(keys("run")) if key.endswith((".json", ".tsv", ".html"))
@@ -187,6 +191,7 @@ def test_no_secret_is_written_or_printed(cloud_run):
     assert http and http[0]["uri"].startswith("http://127.0.0.1:")  # still says where it was
 
 
+@pytest.mark.spark
 def test_list_and_download_with_filters_skip_and_resume(cloud_run, tmp_path):
     out, _, scratch = cloud_run
     p = cli("list", out, scratch=scratch)
@@ -269,6 +274,7 @@ class _CuttingProxy:
         self.sock.close()
 
 
+@pytest.mark.spark
 def test_interrupted_s3_download_resumes(cloud_run, s3, tmp_path, monkeypatch):
     """A download cut mid-transfer leaves a partial file; the next `predictd download` asks S3
     only for the missing bytes and ends with the exact object."""
@@ -339,7 +345,7 @@ def test_public_run_hub_and_http_download(inputs, s3, tmp_path_factory):
         storage.read_bytes(f"{out}/tracks/E017.H3K27me3.imputed.bw")
 
 
-def test_wrong_md5_of_http_input_is_one_clear_line(inputs, tmp_path):
+def test_wrong_md5_of_http_input_is_one_clear_line(inputs, fake_aws, tmp_path):
     good = hashlib.md5((inputs["dir"] / f"{HTTP_TRACK}.bw").read_bytes()).hexdigest()
     bad = tmp_path / "manifest.tsv"
     bad.write_text("".join(inputs["absolute_rows"]).replace(good, "0" * 32))
@@ -350,4 +356,4 @@ def test_wrong_md5_of_http_input_is_one_clear_line(inputs, tmp_path):
     assert len(lines) == 1, p.stderr
     assert "md5 mismatch" in lines[0] and f"{HTTP_TRACK}.bw" in lines[0]
     assert "0" * 32 in lines[0] and good in lines[0]
-    assert SIGNATURE not in p.stderr and FAKE_ACCESS_KEY not in p.stderr
+    assert SIGNATURE not in p.stderr and fake_aws.access_key not in p.stderr

@@ -1,7 +1,6 @@
 """The bundled manifests in data_manifests/ are valid and match their source lists."""
 
 import csv
-import os
 import re
 import subprocess
 import sys
@@ -16,10 +15,6 @@ from predictd.manifest import read_manifest
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "data_manifests"
 CORE = {"H3K4me1", "H3K4me3", "H3K27me3", "H3K36me3", "H3K9me3"}
-
-
-def shared_manifests() -> Path:
-    return Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data" / "manifests"
 
 
 def header(path: Path) -> list[str]:
@@ -75,10 +70,8 @@ def test_roadmap_names(roadmap):
     assert names["E024"] == "ES-UCSF4 Cells"  # double space in the source normalised
 
 
-def test_roadmap_matches_source_lists(roadmap):
-    src = shared_manifests()
-    if not src.is_dir():
-        pytest.skip(f"shared data not found: {src}")
+def test_roadmap_matches_source_lists(roadmap, shared_path):
+    src = shared_path("manifests")
     marks = [ln.strip() for ln in (src / "roadmap-assays.tsv").read_text().splitlines() if ln.strip()]
     with open(src / "roadmap-biosamples.tsv") as fh:
         eids = {r["Epigenome ID (EID)"] for r in csv.DictReader(fh, delimiter="\t")}
@@ -131,10 +124,8 @@ def test_encode_name_mapping(encode):
     assert len(k562) > 1 and all(re.fullmatch(r"K562_J\d{3}", c) for c in k562)
 
 
-def test_encode_matches_source(encode):
-    src = shared_manifests() / "ENCODE2018Core.tsv"
-    if not src.exists():
-        pytest.skip(f"shared data not found: {src}")
+def test_encode_matches_source(encode, shared_path):
+    src = shared_path("manifests/ENCODE2018Core.tsv")
     with open(src) as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     assert {r["Accession"] for r in rows} == {t.accession for t in encode}
@@ -142,10 +133,8 @@ def test_encode_matches_source(encode):
 
 # ---------------------------------------------------------------------------------------- build.py
 
-def test_build_is_reproducible(tmp_path):
-    src = shared_manifests()
-    if not src.is_dir():
-        pytest.skip(f"shared data not found: {src}")
+def test_build_is_reproducible(tmp_path, shared_path):
+    src = shared_path("manifests")
     res = subprocess.run(
         [sys.executable, str(MANIFESTS / "build.py"), "--source", str(src), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=60,

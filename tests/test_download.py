@@ -23,30 +23,11 @@ from predictd.errors import PredictdError
 
 CELLS = ["E003", "E017"]
 ASSAYS = ["H3K27me3", "H3K4me3", "H3K9me3"]
-N_BINS = 40_000
-
-
-def make_run(root: Path, cells=CELLS, assays=ASSAYS) -> Path:
-    """A run's output as predictd lays it out: real imputed bigWigs, model files, run.json."""
-    rng = np.random.default_rng(7)
-    (root / "tracks").mkdir(parents=True)
-    for i, c in enumerate(cells):
-        for k, a in enumerate(assays):
-            with BigWigWriter(str(root / "tracks" / f"{c}.{a}.imputed.bw"),
-                              [("chr1", N_BINS * 25)]) as w:
-                w.add_block("chr1", 0, rng.gamma(1.0 + i + k, size=N_BINS).astype(np.float32))
-    (root / "model" / "genome_factors").mkdir(parents=True)
-    (root / "model" / "model.json").write_text(json.dumps(
-        {"format": "predictd-model/1", "cell_types": cells, "assays": assays}))
-    (root / "model" / "factors.npz").write_bytes(b"PK" + bytes(100))
-    (root / "model" / "genome_factors" / "block=000000.parquet").write_bytes(bytes(1000))
-    (root / "run.json").write_text(json.dumps({"genome": {"name": "hg38"}}))
-    return root
 
 
 @pytest.fixture
-def run_dir(tmp_path):
-    return make_run(tmp_path / "out")
+def run_dir(tmp_path, make_run):
+    return make_run(tmp_path / "out", CELLS, ASSAYS)
 
 
 def md5(path) -> str:
@@ -257,6 +238,7 @@ def test_http_without_index_lists_the_model_tracks(run_dir, web, tmp_path):
         dl.list_outputs(web.url + "/tracks")
 
 
+@pytest.mark.slow
 def test_http_interrupted_download_resumes(run_dir, web, tmp_path, monkeypatch):
     name = "E003.H3K9me3.imputed.bw"
     # a track of a few MiB: bytes are kept in 1 MiB chunks, so a cut must come after the first

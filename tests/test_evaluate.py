@@ -9,7 +9,6 @@ from predictd import evaluate
 from predictd.genome import load_genome
 from predictd.pipeline import _region_masks
 from predictd.tensor import TensorHeader
-from tests.conftest import shared_data
 
 
 def test_score_methods_skips_unavailable_baselines_and_unobserved_bins():
@@ -22,8 +21,8 @@ def test_score_methods_skips_unavailable_baselines_and_unobserved_bins():
     assert abs(rows[0]["mse"] - 0.01) < 1e-9
 
 
-def test_region_metrics_on_hg38():
-    shared_data()
+@pytest.mark.slow
+def test_region_metrics_on_hg38(shared):
     g = load_genome("hg38")
     header = TensorHeader(experiments=[], cell_types=[], assays=[],
                           genome={"name": "hg38", "chroms": [list(c) for c in g.chroms]},

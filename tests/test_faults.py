@@ -1,7 +1,7 @@
 """Faults on a real Spark standalone cluster, and determinism across execution modes.
 
-A throw-away cluster on 127.0.0.1 (``tests/sparkcluster.py``: one master, two workers of one core
-each) runs the real CLI (``predictd run --master spark://...``) as a subprocess:
+A throw-away cluster on 127.0.0.1 (``tests/support/sparkcluster.py``: one master, two workers of
+one core each) runs the real CLI (``predictd run --master spark://...``) as a subprocess:
 
 - *a lost node*: once the ingest stage is complete (its tasks ran on every executor), a worker
   is SIGKILLed together with its executor and Python workers, like a reclaimed spot instance.
@@ -27,20 +27,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.sparkcluster import FAST_JVM_OPTS, start_standalone_cluster
-from tests.test_resume import ARGS, write_inputs
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                reason="no Java runtime for a Spark cluster")
+pytestmark = [
+    pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
+                       reason="no Java runtime for a Spark cluster"),
+]
 
 # partitions and write_parallelism are pinned so every mode makes the same plan; training
 # stays on the executors (these small subsets would otherwise be fitted in the driver)
-FIXED = [*ARGS, "--set", "max_iterations=6", "--set", "write_parallelism=2",
+FIXED = ["--set", "max_iterations=6", "--set", "write_parallelism=2",
          "--set", "driver_fit_max_mb=0"]
 
 
-def env(extra_conf: dict | None = None) -> dict:
-    conf = {"spark.driver.defaultJavaOptions": FAST_JVM_OPTS, **(extra_conf or {})}
+def env(jvm_opts: str, extra_conf: dict | None = None) -> dict:
+    conf = {"spark.driver.defaultJavaOptions": jvm_opts, **(extra_conf or {})}
     e = {**os.environ, "PREDICTD_DRIVER_MEMORY": "1g",
          "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf '{k}={v}'" for k, v in conf.items())
                                 + " pyspark-shell"}
@@ -48,10 +49,10 @@ def env(extra_conf: dict | None = None) -> dict:
     return e
 
 
-def cluster_conf() -> dict:
+def cluster_conf(jvm_opts: str) -> dict:
     return {
         "spark.executor.memory": "512m",
-        "spark.executor.defaultJavaOptions": FAST_JVM_OPTS,
+        "spark.executor.defaultJavaOptions": jvm_opts,
         # start only once both executors are up, so both get work before the fault
         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
@@ -59,9 +60,8 @@ def cluster_conf() -> dict:
 
 
 def cmd(inputs, out, *extra):
-    m, g = inputs
-    return [sys.executable, "-m", "predictd.cli", "run", "-m", m, "-g", g, "-o", str(out),
-            *FIXED, *extra]
+    return [sys.executable, "-m", "predictd.cli", "run", "-m", inputs.manifest, "-g",
+            inputs.sizes, "-o", str(out), *inputs.args, *FIXED, *extra]
 
 
 def outputs(out: Path) -> dict:
@@ -73,32 +73,32 @@ def outputs(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return write_inputs(tmp_path_factory.mktemp("faults-in"))
+def inputs(tmp_path_factory, write_small_run_inputs):
+    return write_small_run_inputs(tmp_path_factory.mktemp("faults-in"))
 
 
 @pytest.fixture(scope="module")
-def local_mode(inputs, tmp_path_factory):
+def local_mode(inputs, fast_jvm_opts, tmp_path_factory):
     """The Spark local-mode run every other mode must match."""
     out = tmp_path_factory.mktemp("local") / "out"
     p = subprocess.run(cmd(inputs, out, "--master", "local[2]"), capture_output=True, text=True,
-                       env=env(), timeout=300)
+                       env=env(fast_jvm_opts), timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     return outputs(out)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(standalone_cluster, tmp_path_factory):
     # three single-core workers: two are lost in turn, the last one carries on
-    c = start_standalone_cluster(n_workers=3, cores=1, memory="1g",
+    c = standalone_cluster(n_workers=3, cores=1, memory="1g",
                                  state_dir=tmp_path_factory.mktemp("cluster"))
     yield c
     c.stop()
 
 
-def test_in_process_equals_local_mode(inputs, local_mode, tmp_path):
+def test_in_process_equals_local_mode(inputs, local_mode, fast_jvm_opts, tmp_path):
     p = subprocess.run(cmd(inputs, tmp_path / "out", "--no-spark"), capture_output=True,
-                       text=True, env=env(), timeout=300)
+                       text=True, env=env(fast_jvm_opts), timeout=300)
     assert p.returncode == 0, p.stderr
     got = outputs(tmp_path / "out")
     assert got.keys() == local_mode.keys()
@@ -107,21 +107,24 @@ def test_in_process_equals_local_mode(inputs, local_mode, tmp_path):
     assert got == local_mode
 
 
-def test_cluster_run_is_deterministic(inputs, local_mode, cluster, tmp_path):
+def test_cluster_run_is_deterministic(inputs, local_mode, cluster, fast_jvm_opts,
+                                      tmp_path):
     """Executors in other JVMs, tasks scheduled wherever: the same bytes as local mode."""
     assert cluster.alive_workers() == 3
     p = subprocess.run(cmd(inputs, tmp_path / "out", "--master", cluster.master_url),
-                       capture_output=True, text=True, env=env(cluster_conf()), timeout=300)
+                       capture_output=True, text=True,
+                       env=env(fast_jvm_opts, cluster_conf(fast_jvm_opts)), timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert outputs(tmp_path / "out") == local_mode
 
 
 def test_lost_worker_mid_run_still_gives_identical_output(inputs, local_mode, cluster,
-                                                          tmp_path):
+                                                          fast_jvm_opts, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(cmd(inputs, out, "--master", cluster.master_url),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(cluster_conf()), start_new_session=True)
+                            env=env(fast_jvm_opts, cluster_conf(fast_jvm_opts)),
+                            start_new_session=True)
     try:
         # the first training piece: ingest is complete and the sampling job is under way
         pieces = out / "work" / "training_subset"
@@ -152,19 +155,21 @@ SGD = ["--set", "solver=sgd", "--set", "max_iterations=14", "--set", "sgd_steps=
        "--set", "patience=50"]
 
 
-def test_lost_worker_during_sgd_after_a_checkpoint(inputs, cluster, tmp_path):
+def test_lost_worker_during_sgd_after_a_checkpoint(inputs, cluster, fast_jvm_opts,
+                                                   tmp_path):
     """SGD keeps its state (genome factors and moments of each shard) in persisted RDDs that
     are locally checkpointed every 10 iterations; losing a node after that must recompute the
     lost partitions from the checkpoint, giving the same bytes as local mode."""
     ref = tmp_path / "local"
     p = subprocess.run(cmd(inputs, ref, "--master", "local[2]", *SGD), capture_output=True,
-                       text=True, env=env(), timeout=300)
+                       text=True, env=env(fast_jvm_opts), timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert cluster.workers[1].poll() is None
     out = tmp_path / "out"
     proc = subprocess.Popen(cmd(inputs, out, "--master", cluster.master_url, *SGD),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(cluster_conf()), start_new_session=True)
+                            env=env(fast_jvm_opts, cluster_conf(fast_jvm_opts)),
+                            start_new_session=True)
     try:
         seen = []
         for line in proc.stderr:  # the CLI logs every 10th iteration when not on a terminal

@@ -11,34 +11,40 @@ from predictd import pipeline
 from predictd.config import Config
 from predictd.errors import PredictdError
 from predictd.folds import make_folds
-from tests.conftest import CELLS, MARKS
-from tests.test_pipeline import write_roadmap_inputs
-
-EXPS = [f"{c}.{m}" for c in CELLS for m in MARKS]
 
 
-def test_folds_are_balanced_and_keep_every_cell_type_and_assay():
-    folds = make_folds(EXPS, 5, seed=3)
-    assert sorted(e for f in folds for e in f) == sorted(EXPS)
+@pytest.fixture
+def experiments(roadmap_cell_types, roadmap_assays):
+    """The 20 shared Roadmap experiment names."""
+    return [f"{c}.{m}" for c in roadmap_cell_types for m in roadmap_assays]
+
+
+def test_folds_are_balanced_and_keep_every_cell_type_and_assay(experiments, roadmap_cell_types,
+                                                                roadmap_assays):
+    folds = make_folds(experiments, 5, seed=3)
+    assert sorted(e for f in folds for e in f) == sorted(experiments)
     assert {len(f) for f in folds} == {4}
     for fold in folds:
-        rest = set(EXPS) - set(fold)
-        assert {e.split(".")[0] for e in rest} == set(CELLS)
-        assert {e.split(".")[1] for e in rest} == set(MARKS)
-    assert make_folds(EXPS, 5, seed=3) == folds
-    assert make_folds(EXPS, 5, seed=4) != folds
+        rest = set(experiments) - set(fold)
+        assert {e.split(".")[0] for e in rest} == set(roadmap_cell_types)
+        assert {e.split(".")[1] for e in rest} == set(roadmap_assays)
+    assert make_folds(experiments, 5, seed=3) == folds
+    assert make_folds(experiments, 5, seed=4) != folds
 
 
-def test_impossible_folds_are_refused():
+def test_impossible_folds_are_refused(experiments):
     with pytest.raises(PredictdError, match="--folds 1"):
-        make_folds(EXPS, 1, 0)
+        make_folds(experiments, 1, 0)
     # one track per assay: any fold that holds a track removes its assay entirely
     with pytest.raises(PredictdError, match="cannot split"):
         make_folds(["A.x", "A.y", "B.x"], 3, 0)
 
 
-def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(roadmap, tmp_path):
-    small = {k: v[:60_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
+@pytest.mark.slow
+def test_folds_run_imputes_every_track_with_models_that_did_not_see_it(
+        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path):
+    small = {k: v[:60_000] for k, v in roadmap.items()
+             if k.split(".")[0] in roadmap_cell_types[:3]}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=6, ensemble_size=2)
     out = str(tmp_path / "out")

@@ -32,6 +32,8 @@ from predictd.bigwig import BigWigWriter
 from predictd.errors import PredictdError
 from predictd.manifest import read_manifest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

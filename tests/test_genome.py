@@ -1,20 +1,11 @@
 """Genome assemblies: bundled chrom.sizes, parsing user files, bins."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from predictd.errors import PredictdError
 from predictd.genome import BUNDLED_GENOMES, Genome, load_genome, parse_chrom_sizes
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data"
-
 
 def write(tmp_path, text, name="g.chrom.sizes"):
     p = tmp_path / name
@@ -60,10 +51,8 @@ def test_bundled_names():
     assert set(BUNDLED_GENOMES) == {"hg19", "hg38", "mm10"}
 
 
-def test_hg19_chr22_matches_real_encode_bigwig():
-    bw_path = shared_data() / "real_bigwigs" / "ENCFF826FLP.bw"
-    if not bw_path.exists():
-        pytest.skip(f"shared data not found: {bw_path}")
+def test_hg19_chr22_matches_real_encode_bigwig(shared_path):
+    bw_path = shared_path("real_bigwigs/ENCFF826FLP.bw")
     pyBigWig = pytest.importorskip("pyBigWig")
     bw = pyBigWig.open(str(bw_path))
     try:

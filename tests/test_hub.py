@@ -15,12 +15,10 @@ from click.testing import CliRunner
 
 from predictd import hub, layout, storage
 from predictd.errors import PredictdError
-from tests.s3server import moto_endpoint, s3_endpoint  # noqa: F401 - fixtures
-from tests.test_download import make_run
 
 
 @pytest.fixture
-def run_dir(tmp_path):
+def run_dir(tmp_path, make_run):
     return make_run(tmp_path / "out")
 
 
@@ -146,7 +144,9 @@ def test_check_hub_catches_each_mistake(fname, old, new, message):
         hub.check_hub(files)
 
 
-def test_cli_hub_on_s3_public(s3_endpoint, tmp_path):
+@pytest.mark.slow
+@pytest.mark.cloud
+def test_cli_hub_on_s3_public(s3_endpoint, make_run, tmp_path):
     run_dir = make_run(tmp_path / "out")
     storage.s3_client().create_bucket(Bucket="hubs")
     for rel, _ in storage.list_prefix(str(run_dir)):

@@ -10,11 +10,12 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from predictd import impute, layout, pipeline, tensor
 from predictd.config import Config
-from tests.conftest import CELLS
-from tests.test_pipeline import write_roadmap_inputs
+
+pytestmark = pytest.mark.slow
 
 
 def spy_on_block_reads(monkeypatch) -> list:
@@ -30,8 +31,10 @@ def spy_on_block_reads(monkeypatch) -> list:
     return asked
 
 
-def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path, monkeypatch):
-    small = {k: v[:80_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
+def test_stored_sums_write_the_same_tracks_from_fewer_columns(
+        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path, monkeypatch):
+    small = {k: v[:80_000] for k, v in roadmap.items()
+             if k.split(".")[0] in roadmap_cell_types[:3]}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     # 15 experiments of 5 assays: too few for the sums to pay off by default
     monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
@@ -99,10 +102,12 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(roadmap, tmp_path,
         assert a == open(layout.track_file(old, name), "rb").read(), name
 
 
-def test_similarity_weighted_stack_reads_whole_blocks(roadmap, tmp_path, monkeypatch):
+def test_similarity_weighted_stack_reads_whole_blocks(
+        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path, monkeypatch):
     # the similarity-weighted averages compare the target cell type with every other one:
     # no sums are stored, and every write task reads every column
-    small = {k: v[:40_000] for k, v in roadmap.items() if k.split(".")[0] in CELLS[:3]}
+    small = {k: v[:40_000] for k, v in roadmap.items()
+             if k.split(".")[0] in roadmap_cell_types[:3]}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sparkcluster import free_port, start_standalone_cluster
+from predictd.localcluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EMR_LAUNCH = REPO / "infra" / "emr" / "launch.py"
@@ -69,7 +69,7 @@ def manifest(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Spark standalone cluster (tests/sparkcluster.py, infra/local_cluster.sh)
+# Spark standalone cluster (tests/support/sparkcluster.py, infra/local_cluster.sh)
 # ------------------------------------------------------------------------------------------------
 
 _JOB = r"""
@@ -101,9 +101,12 @@ spark.stop()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.cluster
 @needs_java
-def test_standalone_cluster_runs_a_job_on_two_executors(tmp_path):
-    cluster = start_standalone_cluster(n_workers=2, cores=1, memory="1g", state_dir=tmp_path / "c")
+def test_standalone_cluster_runs_a_job_on_two_executors(standalone_cluster, tmp_path):
+    cluster = standalone_cluster(n_workers=2, cores=1, memory="1g", state_dir=tmp_path / "c")
     try:
         assert cluster.master_url.startswith("spark://127.0.0.1:")
         assert cluster.alive_workers() == 2
@@ -135,6 +138,8 @@ def test_standalone_cluster_runs_a_job_on_two_executors(tmp_path):
     assert (tmp_path / "c" / "master.log").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @needs_java
 def test_local_cluster_script_start_status_stop(tmp_path):
     env = dict(os.environ, PREDICTD_CLUSTER_DIR=str(tmp_path / "state"), PREDICTD_MASTER_PORT="0",
@@ -327,6 +332,8 @@ def moto_endpoint(monkeypatch):
     server.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.cloud
 def test_emr_launch_and_add_step_against_moto(moto_endpoint, manifest, jobs_dir):
     import boto3
 
@@ -373,6 +380,7 @@ def test_emr_launch_and_add_step_against_moto(moto_endpoint, manifest, jobs_dir)
     assert len(emr.list_clusters()["Clusters"]) == 1
 
 
+@pytest.mark.cloud
 def test_emr_launch_reports_aws_errors_in_one_line(moto_endpoint, manifest, jobs_dir):
     # No staging bucket: the upload fails before any cluster is requested.
     proc = _run(_emr_args(manifest, jobs_dir), env=dict(os.environ))

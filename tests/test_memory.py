@@ -18,6 +18,8 @@ import pytest
 from predictd import synthetic
 from predictd.model import Model
 
+pytestmark = pytest.mark.slow
+
 CELLS = ["E003", "E017"]
 ASSAYS = ["H3K4me3", "H3K27me3", "H3K36me3", "H3K9me3"]
 OBSERVED = [("E003", "H3K4me3"), ("E003", "H3K27me3"), ("E003", "H3K36me3"),

@@ -12,38 +12,16 @@ import pyBigWig
 import pytest
 
 from predictd import pipeline
-from predictd.bigwig import BigWigWriter, read_binned
+from predictd.bigwig import read_binned
 from predictd.config import Config
-from tests.conftest import CELLS, MARKS
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 LEFT_OUT = "E116.H3K4me3"
 
 
-def write_roadmap_inputs(roadmap, directory, leave_out=()):
-    """The shared Roadmap tracks as real bigWigs (input units: sinh of the stored arcsinh)."""
-    os.makedirs(directory, exist_ok=True)
-    n = next(iter(roadmap.values())).size
-    length = n * 25
-    sizes = os.path.join(directory, "pilot.chrom.sizes")
-    with open(sizes, "w") as fh:
-        fh.write(f"pilot\t{length}\n")
-    rows = ["cell_type\tassay\turi\n"]
-    for name, y in roadmap.items():
-        if name in leave_out:
-            continue
-        path = os.path.join(directory, f"{name}.bw")
-        with BigWigWriter(path, [("pilot", length)]) as w:
-            w.add_block("pilot", 0, np.sinh(y.astype(np.float64)).astype(np.float32))
-        cell, mark = name.split(".")
-        rows.append(f"{cell}\t{mark}\t{name}.bw\n")
-    manifest = os.path.join(directory, "manifest.tsv")
-    with open(manifest, "w") as fh:
-        fh.writelines(rows)
-    return manifest, sizes
-
-
 @pytest.fixture(scope="module")
-def roadmap_run(roadmap, spark, tmp_path_factory):
+def roadmap_run(roadmap, spark, tmp_path_factory, write_roadmap_inputs):
     """`predictd run` on all 1.13 M bins of the shared tracks, one track left out of the
     manifest entirely."""
     d = tmp_path_factory.mktemp("roadmap")
@@ -54,11 +32,11 @@ def roadmap_run(roadmap, spark, tmp_path_factory):
     return out, results
 
 
-def test_roadmap_run_writes_every_pair(roadmap_run, roadmap):
+def test_roadmap_run_writes_every_pair(roadmap_run, roadmap, roadmap_cell_types, roadmap_assays):
     out, results = roadmap_run
     n = next(iter(roadmap.values())).size
-    for c in CELLS:
-        for m in MARKS:
+    for c in roadmap_cell_types:
+        for m in roadmap_assays:
             path = os.path.join(out, "tracks", f"{c}.{m}.imputed.bw")
             bw = pyBigWig.open(path)
             assert bw.chroms() == {"pilot": n * 25}
@@ -75,14 +53,14 @@ def test_roadmap_run_writes_every_pair(roadmap_run, roadmap):
     assert t.num_rows == n
 
 
-def test_left_out_track_beats_the_average_baseline(roadmap_run, roadmap):
+def test_left_out_track_beats_the_average_baseline(roadmap_run, roadmap, roadmap_cell_types):
     out, _ = roadmap_run
     n = roadmap[LEFT_OUT].size
     imputed = np.arcsinh(read_binned(os.path.join(out, "tracks", f"{LEFT_OUT}.imputed.bw"),
                                      "pilot", n * 25))
     y = roadmap[LEFT_OUT]
     cell, mark = LEFT_OUT.split(".")
-    base = np.mean([roadmap[f"{c}.{mark}"] for c in CELLS if c != cell], axis=0)
+    base = np.mean([roadmap[f"{c}.{mark}"] for c in roadmap_cell_types if c != cell], axis=0)
     mse_model = float(np.mean((imputed - y) ** 2))
     mse_base = float(np.mean((base - y) ** 2))
     assert mse_model < mse_base, (mse_model, mse_base)

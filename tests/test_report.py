@@ -56,6 +56,7 @@ CURVES = {"iteration": [0, 10, 20, 30], "train_mse": [1.0, 0.6, 0.5, 0.45],
           "valid_mse": [1.1, None, 0.7, 0.72], "lr": [0.005, 0.005, 0.0025, 0.0025]}
 
 
+@pytest.mark.slow
 def test_write_report_all_files(tmp_path):
     out = tmp_path / "report"
     rows = make_rows()
@@ -73,6 +74,7 @@ def test_write_report_all_files(tmp_path):
     assert png_size(two)[1] > png_size(one)[1]
 
 
+@pytest.mark.slow
 def test_metrics_tsv_columns_and_values(tmp_path):
     rows = make_rows()
     R.write_report(tmp_path, rows, None, None)
@@ -92,6 +94,7 @@ def test_metrics_tsv_columns_and_values(tmp_path):
     assert back[0]["mse"] == rows[0]["mse"] and back[0]["method"] == "model"
 
 
+@pytest.mark.slow
 def test_tsv_without_region_metrics_and_extra_columns(tmp_path):
     rows = make_rows(region=False)
     for r in rows:
@@ -105,6 +108,7 @@ def test_tsv_without_region_metrics_and_extra_columns(tmp_path):
     assert not (tmp_path / "bar_msegene.png").exists() and (tmp_path / "bar_mseprom.png").exists()
 
 
+@pytest.mark.slow
 def test_index_html_self_contained_and_explained(tmp_path):
     rows = make_rows()
     rows[0]["cell_type"] = rows[1]["cell_type"] = rows[2]["cell_type"] = "E<3>&"
@@ -135,6 +139,7 @@ def test_best_value_highlighted(tmp_path):
     assert R._best_flags([0.1, np.nan, 0.3], "gwcorr") == [False, False, True]
 
 
+@pytest.mark.slow
 def test_many_tracks_switch_to_horizontal_bars(tmp_path):
     rows = [
         dict({k: float(i % 7) / 7 for k in METRIC_NAMES}, cell_type=f"E{i:03d}", assay="H3K27ac",
@@ -178,6 +183,7 @@ def test_input_errors_name_the_culprit(tmp_path):
         R.write_report(tmp_path / "afile", rows)
 
 
+@pytest.mark.slow
 def test_failed_write_leaves_previous_report_intact(tmp_path, monkeypatch):
     rows = make_rows()
     R.write_report(tmp_path, rows, CURVES)
@@ -194,6 +200,7 @@ def test_failed_write_leaves_previous_report_intact(tmp_path, monkeypatch):
     assert after == before  # no half-written files, no temp directory left
 
 
+@pytest.mark.slow
 def test_error_table_and_region_labels(tmp_path):
     rows = make_rows()
     ex = make_examples()

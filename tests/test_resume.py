@@ -30,17 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictd.bigwig import BigWigWriter
-from tests.sparkcluster import FAST_JVM_OPTS
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMS = [("chr1", 100_000), ("chr2", 100_000)]
-TRACKS = ["A.x", "A.y", "B.x", "B.y", "C.x", "C.y"]
-# small blocks: several tensor blocks, staged pieces and genome-factor files per chromosome,
-# so kills land between blocks of a stage as well as between stages; partitions fixed so the
-# in-process and Spark runs split the training bins the same way
-ARGS = ["--set", "latent_factors=3", "--set", "max_iterations=4", "--set",
-        "training_fraction=0.3", "--set", "block_bins=1024", "--set", "partitions=2"]
 # the evaluate stage (report with PNG plots) costs ~3 s a run: only some cases hold a track out
 HOLDOUT = ["--holdout", "B:y"]
 
@@ -81,40 +73,24 @@ KILL_POINTS = [
 ]
 
 
-def env():
+@pytest.fixture(scope="module")
+def env(fast_jvm_opts):
     e = {**os.environ, "PYTHONPATH": str(REPO), "PREDICTD_DRIVER_MEMORY": "1g",
          # a test-sized driver JVM starts ~2 s faster with the C1 compiler and the serial GC
-         "PYSPARK_SUBMIT_ARGS": f"--conf 'spark.driver.defaultJavaOptions={FAST_JVM_OPTS}' "
+         "PYSPARK_SUBMIT_ARGS": f"--conf 'spark.driver.defaultJavaOptions={fast_jvm_opts}' "
                                 "pyspark-shell"}
     e.pop("PREDICTD_DEBUG", None)
     return e
 
 
-def write_inputs(d: Path) -> tuple[str, str]:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "g.sizes").write_text("".join(f"{c}\t{n}\n" for c, n in CHROMS))
-    rng = np.random.default_rng(5)
-    shared = {c: rng.gamma(0.6, 3.0, -(-n // 25)) for c, n in CHROMS}
-    rows = ["cell_type\tassay\turi\n"]
-    for i, name in enumerate(TRACKS):
-        with BigWigWriter(d / f"{name}.bw", CHROMS) as w:
-            for c, n in CHROMS:
-                # a shared signal plus noise, so the model has something to learn
-                w.add_block(c, 0, (shared[c] * (1 + 0.3 * i) + rng.gamma(0.5, 1.0, shared[c].size)
-                                   ).astype(np.float32))
-        rows.append("\t".join(name.split(".")) + f"\t{name}.bw\n")
-    (d / "m.tsv").write_text("".join(rows))
-    return str(d / "m.tsv"), str(d / "g.sizes")
-
-
 def cli_args(inputs, out, *extra):
-    m, g = inputs
-    return ["run", "-m", m, "-g", g, "-o", str(out), *ARGS, *extra]
+    return ["run", "-m", inputs.manifest, "-g", inputs.sizes, "-o", str(out), *inputs.args,
+            *extra]
 
 
-def run(args, timeout=300) -> subprocess.CompletedProcess:
+def run(args, env, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "predictd.cli", *args], capture_output=True,
-                          text=True, env=env(), timeout=timeout)
+                          text=True, env=env, timeout=timeout)
 
 
 def outputs(out: Path) -> dict:
@@ -135,46 +111,48 @@ def temp_files(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return write_inputs(tmp_path_factory.mktemp("resume-in"))
+def inputs(tmp_path_factory, write_small_run_inputs):
+    return write_small_run_inputs(tmp_path_factory.mktemp("resume-in"))
 
 
-def _reference(inputs, out, *extra):
-    p = run(cli_args(inputs, out, "--no-spark", *extra))
+def _reference(inputs, env, out, *extra):
+    p = run(cli_args(inputs, out, "--no-spark", *extra), env)
     assert p.returncode == 0, p.stderr
     ref = outputs(out)
-    assert len([k for k in ref if k.startswith("tracks/")]) == len(TRACKS)
+    assert len([k for k in ref if k.startswith("tracks/")]) == len(inputs.tracks)
     return ref
 
 
 @pytest.fixture(scope="module")
-def reference(inputs, tmp_path_factory):
+def reference(inputs, env, tmp_path_factory):
     """An uninterrupted --no-spark run."""
-    return _reference(inputs, tmp_path_factory.mktemp("reference") / "out")
+    return _reference(inputs, env, tmp_path_factory.mktemp("reference") / "out")
 
 
 @pytest.fixture(scope="module")
-def reference_holdout(inputs, tmp_path_factory):
+def reference_holdout(inputs, env, tmp_path_factory):
     """An uninterrupted --no-spark run with a held-out track (so with the evaluate stage)."""
-    ref = _reference(inputs, tmp_path_factory.mktemp("reference-holdout") / "out", *HOLDOUT)
+    ref = _reference(inputs, env, tmp_path_factory.mktemp("reference-holdout") / "out",
+                     *HOLDOUT)
     assert "report/metrics.tsv" in ref
     return ref
 
 
-def _kill_and_resume(inputs, out, point):
+def _kill_and_resume(inputs, env, out, point):
     name, pattern, nth, when = point
     killed = subprocess.run([sys.executable, "-c", LAUNCHER, pattern, str(nth), when,
                              *cli_args(inputs, out, "--no-spark")],
-                            capture_output=True, text=True, env=env(), timeout=300)
+                            capture_output=True, text=True, env=env, timeout=300)
     left = temp_files(out)
-    resumed = run(cli_args(inputs, out, "--no-spark"))
+    resumed = run(cli_args(inputs, out, "--no-spark"), env)
     return killed, left, resumed
 
 
-def test_kill_at_every_stage_then_resume_is_bit_identical(inputs, reference, tmp_path):
+def test_kill_at_every_stage_then_resume_is_bit_identical(inputs, env, reference, tmp_path):
     # two at a time: each case is two short processes, mostly interpreter start-up
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda ip: _kill_and_resume(inputs, tmp_path / f"o{ip[0]}", ip[1]),
+        results = list(pool.map(lambda ip: _kill_and_resume(inputs, env, tmp_path / f"o{ip[0]}",
+                                                                  ip[1]),
                                 enumerate(KILL_POINTS)))
     report = []
     for i, (point, (killed, left, resumed)) in enumerate(zip(KILL_POINTS, results)):
@@ -193,18 +171,18 @@ def test_kill_at_every_stage_then_resume_is_bit_identical(inputs, reference, tmp
     print("\n" + "\n".join(report))
 
 
-def test_killed_twice_then_resumed(inputs, reference_holdout, tmp_path):
+def test_killed_twice_then_resumed(inputs, env, reference_holdout, tmp_path):
     """Kill in ingest, kill the resumed run while it writes the report (evaluate stage), then
     finish: still identical, and the report's temporary directory is gone."""
     out = tmp_path / "out"
     for pattern, nth in ((r"/tensor/chrom=.*\.parquet$", 3), (r"/report/", 1)):
         p = subprocess.run([sys.executable, "-c", LAUNCHER, pattern, str(nth), "before",
                             *cli_args(inputs, out, "--no-spark", *HOLDOUT)],
-                           capture_output=True, text=True, env=env(), timeout=300)
+                           capture_output=True, text=True, env=env, timeout=300)
         assert p.returncode == -signal.SIGKILL, p.stderr
         assert temp_files(out), "the kill should leave a temporary file or directory"
     assert not (out / "report" / "index.html").exists()
-    p = run(cli_args(inputs, out, "--no-spark", *HOLDOUT))
+    p = run(cli_args(inputs, out, "--no-spark", *HOLDOUT), env)
     assert p.returncode == 0, p.stderr
     for stage in ("ingest", "train", "impute"):
         assert f"{stage:<9} skipped" in p.stdout, p.stdout
@@ -213,28 +191,28 @@ def test_killed_twice_then_resumed(inputs, reference_holdout, tmp_path):
     assert (out / "report" / "index.html").exists()
 
 
-def test_changed_config_or_manifest_on_a_killed_run_is_refused(inputs, tmp_path):
+def test_changed_config_or_manifest_on_a_killed_run_is_refused(inputs, env, tmp_path):
     """A half-finished OUT is still a run: resuming it with other settings would mix runs."""
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-c", LAUNCHER, r"/work/training_subset/", "1", "after",
                         *cli_args(inputs, out, "--no-spark")],
-                       capture_output=True, text=True, env=env(), timeout=300)
+                       capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == -signal.SIGKILL
     before = {str(f): f.read_bytes() for f in out.rglob("*") if f.is_file()}
 
-    p = run(cli_args(inputs, out, "--no-spark", "--set", "seed=2"))
+    p = run(cli_args(inputs, out, "--no-spark", "--set", "seed=2"), env)
     assert p.returncode == 2
     assert p.stderr.splitlines() == [
         f"predictd: error: {out} holds a different run (config changed); use another --out "
         "or --overwrite to replace it"]
 
-    m, g = inputs
+    m, g = inputs.manifest, inputs.sizes
     m2 = tmp_path / "m2.tsv"
     rows = open(m).read().splitlines()
     base = os.path.dirname(m)
     m2.write_text("\n".join([rows[0]] + [re.sub(r"\t(\S+\.bw)$", lambda x: f"\t{base}/{x[1]}", r)
                                          for r in rows[1:-1]]) + "\n")
-    p = run(["run", "-m", str(m2), "-g", g, "-o", str(out), *ARGS, "--no-spark"])
+    p = run(["run", "-m", str(m2), "-g", g, "-o", str(out), *inputs.args, "--no-spark"], env)
     assert p.returncode == 2
     assert re.fullmatch(r"predictd: error: .* holds a different run \(manifest changed\); .*",
                         p.stderr.strip())
@@ -271,7 +249,8 @@ def _kill_group_leftovers(proc):
         pass
 
 
-def test_kill_spark_driver_mid_run_then_resume(inputs, reference, tmp_path):
+@pytest.mark.spark
+def test_kill_spark_driver_mid_run_then_resume(inputs, env, reference, tmp_path):
     """Spark local mode: kill -9 the driver as soon as OUT shows the training pieces (the
     train stage is running), then resume with Spark; the result equals the in-process
     reference."""
@@ -280,7 +259,7 @@ def test_kill_spark_driver_mid_run_then_resume(inputs, reference, tmp_path):
     for globs in (["work/training_subset/*.parquet"],):
         proc = subprocess.Popen([sys.executable, "-m", "predictd.cli",
                                  *cli_args(inputs, out, "--master", "local[2]")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 start_new_session=True)
         try:
             seen.append(_wait_for(out, globs, proc))
@@ -291,7 +270,7 @@ def test_kill_spark_driver_mid_run_then_resume(inputs, reference, tmp_path):
             _kill_group_leftovers(proc)
             proc.stdout.close()
             proc.stderr.close()
-    p = run(cli_args(inputs, out, "--master", "local[2]"))
+    p = run(cli_args(inputs, out, "--master", "local[2]"), env)
     assert p.returncode == 0, p.stderr
     assert "ingest    skipped" in p.stdout
     assert outputs(out) == reference

@@ -18,7 +18,6 @@ import pytest
 
 from predictd.errors import PredictdError
 from predictd.manifest import read_manifest
-from tests.test_bad_inputs import TRACKS, manifest_text, write_track
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "predictd"
@@ -80,12 +79,12 @@ def test_model_and_tensor_readers_refuse_pickled_arrays(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, toy):
     d = tmp_path_factory.mktemp("sec-in")
     (d / "g.sizes").write_text("chr1\t100000\nchr2\t100000\n")
     (d / "sub").mkdir()
-    for i, name in enumerate(TRACKS):
-        write_track(d / "sub" / f"{name}.bw", seed=i)
+    for i, name in enumerate(toy.tracks):
+        toy.write_track(d / "sub" / f"{name}.bw", seed=i)
     return d
 
 
@@ -96,15 +95,15 @@ def _cli(args, cwd, env=None):
                           text=True, cwd=cwd, env=e, timeout=240)
 
 
-def test_relative_uris_resolve_against_the_manifest_directory(inputs, tmp_path):
+def test_relative_uris_resolve_against_the_manifest_directory(inputs, toy, tmp_path):
     """Run from another directory: relative entries name files beside the manifest, never
     files relative to the working directory (which holds decoys of the same names here)."""
     rows = [(*n.split("."), f"sub/{n}.bw" if i % 2 else f"./sub/../sub/{n}.bw")
-            for i, n in enumerate(TRACKS)]
-    (inputs / "rel.tsv").write_text(manifest_text(rows))
+            for i, n in enumerate(toy.tracks)]
+    (inputs / "rel.tsv").write_text(toy.manifest_text(rows))
     cwd = tmp_path / "elsewhere"
     (cwd / "sub").mkdir(parents=True)
-    for n in TRACKS:
+    for n in toy.tracks:
         (cwd / "sub" / f"{n}.bw").write_text("a decoy, not a bigWig")
     out = tmp_path / "out"
     p = _cli(["run", "-m", os.path.relpath(inputs / "rel.tsv", cwd),
@@ -113,34 +112,35 @@ def test_relative_uris_resolve_against_the_manifest_directory(inputs, tmp_path):
     import json
     doc = json.loads((out / "run.json").read_text())
     uris = [t["uri"] for t in doc["manifest"]["tracks"]]
-    assert uris == [str(inputs / "sub" / f"{n}.bw") for n in TRACKS]
+    assert uris == [str(inputs / "sub" / f"{n}.bw") for n in toy.tracks]
 
 
 @pytest.mark.parametrize("uri", ["/etc/passwd", "file:///etc/passwd", "~/.aws/credentials",
                                  "file://localhost/root/x.bw"])
-def test_a_remote_manifest_cannot_name_local_files(tmp_path, uri):
+def test_a_remote_manifest_cannot_name_local_files(toy, tmp_path, uri):
     path = tmp_path / "m.tsv"
-    path.write_text(manifest_text([("A", "x", "tracks/a.bw"), ("B", "x", uri)]))
+    path.write_text(toy.manifest_text([("A", "x", "tracks/a.bw"), ("B", "x", uri)]))
     with pytest.raises(PredictdError, match=r"row 3: uri .* is a local path, but the manifest "
                                             r"is remote \(s3://bucket/dir\)"):
         read_manifest(str(path), base="s3://bucket/dir")
     # relative entries stay beside the manifest, in the same bucket
-    path.write_text(manifest_text([("A", "x", "tracks/a.bw"), ("B", "x", "../up/b.bw")]))
+    path.write_text(toy.manifest_text([("A", "x", "tracks/a.bw"), ("B", "x", "../up/b.bw")]))
     assert [t.uri for t in read_manifest(str(path), base="s3://bucket/dir")] == [
         "s3://bucket/dir/tracks/a.bw", "s3://bucket/up/b.bw"]
 
 
-def test_credentials_never_printed_or_stored(inputs, tmp_path, s3_endpoint):
+@pytest.mark.slow
+@pytest.mark.cloud
+def test_credentials_never_printed_or_stored(inputs, toy, tmp_path, s3_endpoint, fake_aws):
     """Tracks read from S3 with credentials from the environment: the secret key appears in no
     output file, in no line the CLI prints, and not in an error message either."""
     import boto3
-    from tests.s3server import FAKE_SECRET_KEY
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="inputs")
-    for n in TRACKS:
+    for n in toy.tracks:
         s3.upload_file(str(inputs / "sub" / f"{n}.bw"), "inputs", f"t/{n}.bw")
-    rows = [(*n.split("."), f"s3://inputs/t/{n}.bw") for n in TRACKS]
-    (tmp_path / "m.tsv").write_text(manifest_text(rows))
+    rows = [(*n.split("."), f"s3://inputs/t/{n}.bw") for n in toy.tracks]
+    (tmp_path / "m.tsv").write_text(toy.manifest_text(rows))
     env = {"PREDICTD_SCRATCH": str(tmp_path / "scratch")}
     out = tmp_path / "out"
     args = ["-m", str(tmp_path / "m.tsv"), "-g", str(inputs / "g.sizes"), "-o", str(out),
@@ -149,14 +149,14 @@ def test_credentials_never_printed_or_stored(inputs, tmp_path, s3_endpoint):
     assert good.returncode == 0, good.stderr
     # an error path (a missing object), with --debug tracebacks
     rows[1] = ("A", "y", "s3://inputs/t/missing.bw")
-    (tmp_path / "m2.tsv").write_text(manifest_text(rows))
+    (tmp_path / "m2.tsv").write_text(toy.manifest_text(rows))
     bad = _cli(["--debug", "run", *args[:1], str(tmp_path / "m2.tsv"), *args[2:5],
                 str(tmp_path / "out2"), *args[6:]], cwd=tmp_path, env=env)
     assert bad.returncode != 0
     assert "s3://inputs/t/missing.bw" in bad.stderr
     printed = good.stdout + good.stderr + bad.stdout + bad.stderr
-    assert FAKE_SECRET_KEY not in printed
-    stored = [f for f in out.rglob("*") if f.is_file() and FAKE_SECRET_KEY.encode() in
+    assert fake_aws.secret_key not in printed
+    stored = [f for f in out.rglob("*") if f.is_file() and fake_aws.secret_key.encode() in
               f.read_bytes()]
     assert stored == []
     assert (out / "run.json").exists() and len(list(out.rglob("*.bw"))) == 6

@@ -9,7 +9,8 @@ from predictd import pipeline
 from predictd.config import Config
 from predictd.spark import map_tasks
 from predictd.errors import PredictdError
-from tests.test_pipeline import write_roadmap_inputs
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def _square(x, payload):
@@ -39,7 +40,8 @@ def test_python_workers_get_one_blas_thread_per_task_slot(spark):
 
 
 @pytest.mark.parametrize("solver", ["als", "sgd"])
-def test_training_through_spark_equals_in_process(roadmap, spark, tmp_path, solver):
+def test_training_through_spark_equals_in_process(roadmap, spark, write_roadmap_inputs, tmp_path,
+                                                  solver):
     small = {k: v[:40_000] for k, v in roadmap.items()}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     cfg = Config(solver=solver, training_fraction=0.25, block_bins=8192, max_iterations=4,

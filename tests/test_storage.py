@@ -12,7 +12,6 @@ import pytest
 
 from predictd import storage
 from predictd.errors import PredictdError
-from tests.s3server import FAKE_SECRET_KEY, moto_endpoint, s3_endpoint  # noqa: F401 (fixtures)
 
 MiB = 1024 * 1024
 
@@ -333,10 +332,12 @@ def _grantees(bucket, key):
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
 
+@pytest.mark.cloud
 def test_s3_client_uses_endpoint_from_environment(s3_endpoint):
     assert storage.s3_client().meta.endpoint_url == s3_endpoint
 
 
+@pytest.mark.cloud
 def test_s3_write_read_list_delete_private_by_default(bucket):
     storage.write_text_atomic(f"s3://{bucket}/run/run.json", json.dumps({"ok": 1}))
     storage.write_bytes_atomic(f"s3://{bucket}/run/report/index.html", b"<html/>", public=True)
@@ -355,6 +356,7 @@ def test_s3_write_read_list_delete_private_by_default(bucket):
         storage.delete_prefix(f"s3://{bucket}/")
 
 
+@pytest.mark.cloud
 def test_s3_missing_object_and_bucket(bucket, tmp_path):
     with pytest.raises(PredictdError, match=f"S3 object not found: s3://{bucket}/no/such.bw"):
         storage.read_bytes(f"s3://{bucket}/no/such.bw")
@@ -368,7 +370,8 @@ def test_s3_missing_object_and_bucket(bucket, tmp_path):
         storage.read_bytes(f"s3://{bucket}")
 
 
-def test_s3_unreachable_endpoint_names_uri_without_secrets(bucket, monkeypatch):
+@pytest.mark.cloud
+def test_s3_unreachable_endpoint_names_uri_without_secrets(bucket, fake_aws, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -379,9 +382,10 @@ def test_s3_unreachable_endpoint_names_uri_without_secrets(bucket, monkeypatch):
         storage.write_text_atomic(f"s3://{bucket}/x.txt", "x")
     msg = str(err.value)
     assert "cannot connect to the S3 endpoint" in msg and f"s3://{bucket}/x.txt" in msg
-    assert FAKE_SECRET_KEY not in msg and "AKIA" not in msg
+    assert fake_aws.secret_key not in msg and "AKIA" not in msg
 
 
+@pytest.mark.cloud
 def test_s3_upload_small_and_multipart(bucket, tmp_path):
     small = tmp_path / "small.bw"
     small.write_bytes(b"tiny track")
@@ -412,6 +416,7 @@ def test_s3_upload_small_and_multipart(bucket, tmp_path):
     assert (ALL_USERS, "READ") in _grantees(bucket, "tracks/public.bw")
 
 
+@pytest.mark.cloud
 def test_s3_interrupted_multipart_leaves_nothing(bucket, tmp_path):
     big = tmp_path / "big.bw"
     big.write_bytes(os.urandom(20 * MiB))
@@ -434,6 +439,7 @@ def test_s3_interrupted_multipart_leaves_nothing(bucket, tmp_path):
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+@pytest.mark.cloud
 def test_s3_fetch_md5_cache_and_resume(bucket, tmp_path, monkeypatch):
     data = os.urandom(3 * MiB + 5)
     uri = f"s3://{bucket}/in/E017.H3K27me3.bw"
@@ -474,6 +480,7 @@ def test_s3_fetch_md5_cache_and_resume(bucket, tmp_path, monkeypatch):
     assert len(ranges) == 2  # cached
 
 
+@pytest.mark.cloud
 def test_abort_pending_uploads_cleans_a_killed_writers_leftovers(bucket):
     """A writer killed mid multipart upload leaves an invisible, billed upload; resume aborts
     the ones under the run's prefix and leaves other prefixes alone."""
@@ -489,6 +496,7 @@ def test_abort_pending_uploads_cleans_a_killed_writers_leftovers(bucket):
     assert storage.abort_pending_uploads("/tmp/not-s3") == 0
 
 
+@pytest.mark.cloud
 def test_s3_range_reader_reads_only_what_is_asked_and_pins_the_version(bucket):
     data = bytes(range(256)) * 4096  # 1 MiB
     uri = f"s3://{bucket}/blob.bin"
@@ -513,6 +521,7 @@ def test_s3_range_reader_reads_only_what_is_asked_and_pins_the_version(bucket):
         storage.S3RangeReader(f"s3://{bucket}/none.bin")
 
 
+@pytest.mark.cloud
 def test_tensor_block_on_s3_is_read_by_column_ranges(bucket, monkeypatch):
     import numpy as np
 

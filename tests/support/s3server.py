@@ -1,18 +1,15 @@
 """A real S3 endpoint for tests: moto's threaded server on 127.0.0.1.
 
-Use ``start_moto_server()`` directly, or import the fixtures into a test module or conftest::
-
-    from tests.s3server import moto_endpoint, s3_endpoint  # noqa: F401
-
-``s3_endpoint`` gives each test an empty server (state reset) and points boto3 at it through
-``AWS_ENDPOINT_URL`` with fake credentials, so no real AWS account can ever be touched.
+Tests reach it through the fixtures of ``tests/conftest.py``: ``moto_endpoint`` (one server for
+the session), ``s3_endpoint`` (an empty server, boto3 pointed at it through ``AWS_ENDPOINT_URL``
+with fake credentials, so no real AWS account can ever be touched) and ``fake_aws`` (the fake
+credentials, to check they never leak, and the functions below for module-scoped set-ups).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable
-
-import pytest
 
 FAKE_ACCESS_KEY = "AKIAPREDICTDTESTKEY0"
 FAKE_SECRET_KEY = "predictd-test-secret-do-not-print"
@@ -54,17 +51,6 @@ def use_fake_aws(monkeypatch, endpoint: str) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    """One moto server for the whole test session."""
-    endpoint, stop = start_moto_server()
-    yield endpoint
-    stop()
-
-
-@pytest.fixture
-def s3_endpoint(moto_endpoint, monkeypatch):
-    """An empty S3 server, with ``AWS_*`` variables pointing boto3 at it; yields the endpoint URL."""
-    reset_moto_server(moto_endpoint)
-    use_fake_aws(monkeypatch, moto_endpoint)
-    yield moto_endpoint
+#: What the ``fake_aws`` fixture gives a test: the credentials and how to use them.
+FAKE_AWS = SimpleNamespace(access_key=FAKE_ACCESS_KEY, secret_key=FAKE_SECRET_KEY,
+                           reset_server=reset_moto_server, use=use_fake_aws)

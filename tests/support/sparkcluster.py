@@ -8,7 +8,7 @@ every worker has registered, and tears everything down again.
 
 Example
 -------
->>> from tests.sparkcluster import start_standalone_cluster
+>>> from tests.support.sparkcluster import start_standalone_cluster
 >>> with start_standalone_cluster(n_workers=2) as cluster:           # doctest: +SKIP
 ...     spark = (SparkSession.builder.master(cluster.master_url)
 ...              .config(map=cluster.spark_conf()).getOrCreate())
@@ -33,7 +33,7 @@ from pathlib import Path
 from predictd import localcluster
 from predictd.localcluster import free_port
 
-__all__ = ["Cluster", "ClusterError", "spark_home", "free_port", "start_standalone_cluster"]
+__all__ = ["FAST_JVM_OPTS", "Cluster", "ClusterError", "spark_home", "start_standalone_cluster"]
 
 #: Test clusters run tiny jobs on a small shared machine, where JVM start-up and JIT warm-up
 #: dominate: the C1 compiler alone and the serial collector start several times faster.

@@ -31,6 +31,7 @@ array([1, 1, 1, 0])
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from predictd.errors import PredictdError
+
+log = logging.getLogger("predictd.annotations")
 
 #: Upstream promoter length in bp.
 PROMOTER_LENGTH = 2000
@@ -335,3 +338,22 @@ def hg38_annotation_beds(annotation_dir=None) -> dict[str, Path]:
         if found:
             return found
     return {}
+
+
+def genome_region_masks(genome: Mapping, bin_size: int) -> dict[str, np.ndarray] | None:
+    """The mseprom/msegene/mseenh masks over a whole genome (bins concatenated in the genome's
+    chromosome order), or None when the genome is not hg38 or its annotation BEDs are not found
+    ($PREDICTD_ANNOTATIONS or the shared data).
+
+    ``genome`` is a tensor header's genome: ``{"name": ..., "chroms": [[name, length], ...]}``.
+    """
+    if genome["name"] != "hg38":
+        return None
+    beds = hg38_annotation_beds(os.environ.get("PREDICTD_ANNOTATIONS"))
+    if "genes" not in beds:
+        log.warning("hg38 annotation BEDs not found: mseprom/msegene/mseenh not computed")
+        return None
+    chroms = [tuple(c) for c in genome["chroms"]]
+    per_chrom = region_masks(chroms, bin_size, genes_bed=beds["genes"],
+                             enhancers_bed=beds.get("enhancers"))
+    return concat_chrom_masks(per_chrom, [c for c, _ in chroms])

@@ -269,7 +269,8 @@ class Run:
         model = self.load_model()
         vec = evaluate.collect(self.sc, header, self.tensor_root, self.gf_root, model,
                                self.holdout)
-        masks = _region_masks(header, self.cfg)
+        from .annotations import genome_region_masks
+        masks = genome_region_masks(header.genome, header.bin_size)
         rows = evaluate.score(vec, masks)
         curves = None
         hist_uri = layout.history_file(self.out)
@@ -333,22 +334,6 @@ def _spark_info(sc) -> dict:
         return {"master": None}
     return {"master": sc.master, "default_parallelism": sc.defaultParallelism,
             "version": sc.version}
-
-
-def _region_masks(header: tensor.TensorHeader, cfg) -> dict | None:
-    """mseprom/msegene/mseenh masks (whole-genome, bin-aligned) when the genome is hg38 and
-    the annotation BEDs are found ($PREDICTD_ANNOTATIONS or the shared data)."""
-    if header.genome["name"] != "hg38":
-        return None
-    from .annotations import concat_chrom_masks, hg38_annotation_beds, region_masks
-    beds = hg38_annotation_beds(os.environ.get("PREDICTD_ANNOTATIONS"))
-    if "genes" not in beds:
-        log.warning("hg38 annotation BEDs not found: mseprom/msegene/mseenh not computed")
-        return None
-    chroms = [tuple(c) for c in header.genome["chroms"]]
-    per_chrom = region_masks(chroms, header.bin_size, genes_bed=beds["genes"],
-                             enhancers_bed=beds.get("enhancers"))
-    return concat_chrom_masks(per_chrom, [c for c, _ in chroms])
 
 
 def _progress_bar(total: int):

@@ -7,7 +7,7 @@ import pytest
 
 from predictd import evaluate
 from predictd.genome import load_genome
-from predictd.pipeline import _region_masks
+from predictd.annotations import genome_region_masks
 from predictd.tensor import TensorHeader
 
 
@@ -27,7 +27,7 @@ def test_region_metrics_on_hg38(shared):
     header = TensorHeader(experiments=[], cell_types=[], assays=[],
                           genome={"name": "hg38", "chroms": [list(c) for c in g.chroms]},
                           bin_size=25, block_bins=262_144, transform="arcsinh")
-    masks = _region_masks(header, None)
+    masks = genome_region_masks(header.genome, header.bin_size)
     n = g.total_bins(25)
     assert set(masks) == {"prom", "gene", "enh"} and all(m.size == n for m in masks.values())
     # promoters and gene bodies cover a few % and about half of the genome

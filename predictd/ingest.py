@@ -54,12 +54,7 @@ def local_copy(track: Track) -> str:
     if track.is_remote:
         return storage.fetch_to_local(track.uri, scratch_dir(), md5=track.md5)
     path = track.uri
-    if not os.path.exists(path):
-        raise PredictdError(f"manifest row {track.row} ({track.name}): file not found: {path}")
-    if os.path.isdir(path):
-        raise PredictdError(f"manifest row {track.row} ({track.name}): is a directory: {path}")
-    if not os.access(path, os.R_OK):
-        raise PredictdError(f"manifest row {track.row} ({track.name}): permission denied: {path}")
+    storage.check_readable(path, f"manifest row {track.row} ({track.name}): ")
     if track.md5:
         got = storage.file_md5(path)
         if got != track.md5.lower():

@@ -221,13 +221,15 @@ def _local_errors(path: str, action: str):
         raise PredictdError(msg) from exc
 
 
-def _check_local_readable(path: str) -> None:
+def check_readable(path: str, context: str = "") -> None:
+    """Raise :class:`PredictdError` unless ``path`` is a readable regular local file; the message
+    starts with ``context`` (e.g. the manifest row) and names the path."""
     if not os.path.exists(path):
-        raise PredictdError(f"file not found: {path}")
+        raise PredictdError(f"{context}file not found: {path}")
     if os.path.isdir(path):
-        raise PredictdError(f"is a directory, not a file: {path}")
+        raise PredictdError(f"{context}is a directory, not a file: {path}")
     if not os.access(path, os.R_OK):
-        raise PredictdError(f"permission denied reading {path}")
+        raise PredictdError(f"{context}permission denied reading {path}")
 
 
 def _atomic_local_write(path: str, write) -> None:
@@ -638,7 +640,7 @@ def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: b
         S3 only: grant public read.
     """
     src = os.fspath(local_path)
-    _check_local_readable(src)
+    check_readable(src)
     scheme, location = parse_uri(uri)
     if scheme == "file":
         if os.path.exists(location) and os.path.samefile(src, location):
@@ -851,7 +853,7 @@ def fetch_to_local(
     """
     scheme, location = parse_uri(uri)
     if scheme == "file":
-        _check_local_readable(location)
+        check_readable(location)
         if md5:
             _verify_md5(location, md5, os.fspath(uri))
         return location
@@ -897,7 +899,7 @@ def download_file(
     local_path = os.fspath(local_path)
     scheme, location = parse_uri(uri)
     if scheme == "file":
-        _check_local_readable(location)
+        check_readable(location)
         if md5:
             _verify_md5(location, md5, uri)
         if os.path.exists(local_path) and (

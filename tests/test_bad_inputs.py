@@ -153,7 +153,7 @@ def case_permission_denied(d, toy):
             pytest.skip("running as root and no unreadable file to point at")
     (d / "m.tsv").write_text(toy.manifest_text(
         _rows(toy, replace={"A.y": ("A", "y", str(target))})))
-    return [], [r"manifest row 3 \(A\.y\): permission denied: " + re.escape(str(target))]
+    return [], [r"manifest row 3 \(A\.y\): permission denied reading " + re.escape(str(target))]
 
 
 def case_truncated_bigwig(d, toy):

@@ -31,6 +31,7 @@ from collections import OrderedDict
 import numpy as np
 import pyBigWig
 
+from predictd import storage
 from predictd.errors import PredictdError
 
 from .format import (
@@ -47,7 +48,6 @@ from .validate import (
     Layout,
     check_chrom_range,
     check_finite,
-    check_readable_file,
     check_structure,
 )
 
@@ -121,7 +121,7 @@ def open_bigwig(path: str | os.PathLike):
         If the file is missing, unreadable, not a bigWig (bigBed included) or truncated.
     """
     path = os.fspath(path)
-    check_readable_file(path)
+    storage.check_readable(path, "bigWig: ")
     check_structure(path)
     try:
         bw = pyBigWig.open(path)
@@ -302,7 +302,7 @@ _UNSORTED = object()  # records overlap: let libBigWig decide which value a base
 
 
 def _layout(path: str) -> Layout:
-    check_readable_file(path)
+    storage.check_readable(path, "bigWig: ")
     try:
         st = os.stat(path)
     except OSError as exc:

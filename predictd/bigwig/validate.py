@@ -48,22 +48,11 @@ __all__ = [
     "Layout",
     "check_chrom_range",
     "check_finite",
-    "check_readable_file",
     "check_structure",
     "check_trees",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def check_readable_file(path: str) -> None:
-    """Raise :class:`PredictdError` naming ``path`` unless it is a readable regular file."""
-    if not os.path.exists(path):
-        raise PredictdError(f"bigWig file not found: {path}")
-    if os.path.isdir(path):
-        raise PredictdError(f"bigWig path is a directory, not a file: {path}")
-    if not os.access(path, os.R_OK):
-        raise PredictdError(f"permission denied reading bigWig file: {path}")
 
 
 class Layout(NamedTuple):

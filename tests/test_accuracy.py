@@ -1,4 +1,4 @@
-"""Accuracy on real data (issue 3): leave-one-track-out on the shared Roadmap pilot tensor
+"""Accuracy on real data: leave-one-track-out on the shared Roadmap pilot tensor
 (4 cell types × 5 histone marks, arcsinh signal). The tuned imputation — the stacked transfer
 regression over the model — must beat the ``average`` baseline on held-out tracks."""
 

@@ -5,7 +5,7 @@ genome (two 100 kb chromosomes) and five small bigWigs written in the test. ``--
 each case under a second; one case goes through Spark to show that an error raised inside a
 Spark task reaches the user as the same single line.
 
-Decisions recorded here (issue 6):
+Decisions recorded here:
 
 - an all-zero or empty (no data at all) track is *kept* with a warning naming it: a real assay
   can be flat over a small genome, and refusing would block the whole run;

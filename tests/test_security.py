@@ -1,4 +1,4 @@
-"""Security (issue 6, item 5): nothing read from storage can execute code, credentials never
+"""Security: nothing read from storage can execute code, credentials never
 reach run.json, logs or messages, and manifest URIs cannot reach unexpected local files.
 
 (Privacy of S3 outputs and masking of pre-signed URLs are covered by tests/test_cloud.py.)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from predictd.errors import PredictdError
-from predictd.names import check_name, experiment_name
+from predictd.names import check_cell_type, check_name, experiment_name
 
 REQUIRED_COLUMNS = ("cell_type", "assay", "uri")
 OPTIONAL_COLUMNS = ("md5", "accession")
@@ -215,7 +215,7 @@ def read_manifest(path: str, base: str | None = None) -> list[Track]:
         for col in REQUIRED_COLUMNS:
             if not rec[col]:
                 raise PredictdError(f"{where}empty {col!r} field")
-        cell_type = check_name(rec["cell_type"], "cell_type", where)
+        cell_type = check_cell_type(rec["cell_type"], "cell_type", where)
         assay = check_name(rec["assay"], "assay", where)
         key = (cell_type, assay)
         if key in seen:

@@ -1,9 +1,9 @@
 """Experiment names: ``{cell_type}.{assay}``, the key of an experiment (track) everywhere —
 tensor columns, hold-out lists, model track names and output file names.
 
-A name is split at its first dot, so an assay may contain dots (``H2A.Z``). Cell type and assay
-names become parts of file names and S3 keys, so :func:`check_name` keeps them to safe
-characters.
+A name is split at its first dot, so an assay may contain dots (``H2A.Z``) and a cell type may
+not (:func:`check_cell_type`). Cell type and assay names become parts of file names and S3 keys,
+so :func:`check_name` keeps them to safe characters.
 
 Examples
 --------
@@ -13,6 +13,10 @@ Examples
 ('E003', 'H2A.Z')
 >>> check_name("CD4+_T-cell", "cell_type")
 'CD4+_T-cell'
+>>> check_cell_type("E.003")
+Traceback (most recent call last):
+...
+predictd.errors.PredictdError: cell_type 'E.003' must not contain '.' (an experiment is named CELL_TYPE.ASSAY and split at its first dot)
 """
 
 from __future__ import annotations
@@ -77,4 +81,15 @@ def check_name(value: str, what: str = "name", where: str = "") -> str:
         )
     if value.startswith("."):
         raise PredictdError(f"{where}{what} {value!r} must not start with '.'")
+    return value
+
+
+def check_cell_type(value: str, what: str = "cell_type", where: str = "") -> str:
+    """:func:`check_name` for a cell type, which also may not contain a dot: experiment names
+    are split at their first dot, so ``E.003`` with ``H3K4me3`` would read back as cell type
+    ``E`` and assay ``003.H3K4me3``."""
+    check_name(value, what, where)
+    if "." in value:
+        raise PredictdError(f"{where}{what} {value!r} must not contain '.' (an experiment is named "
+                            "CELL_TYPE.ASSAY and split at its first dot)")
     return value

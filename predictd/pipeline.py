@@ -24,7 +24,7 @@ from .errors import PredictdError
 from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
 from .model import MODEL_JSON, MODEL_NPZ, Model
-from .names import check_name, experiment_name, split_experiment
+from .names import check_cell_type, check_name, experiment_name, split_experiment
 
 log = logging.getLogger("predictd")
 
@@ -39,8 +39,8 @@ def parse_holdout(values) -> list[str]:
         if sep not in v:
             raise PredictdError(f"--holdout {v!r}: expected CELL:ASSAY")
         cell, assay = v.split(sep, 1)
-        check_name(cell, "cell type", f"--holdout {v}")
-        check_name(assay, "assay", f"--holdout {v}")
+        check_cell_type(cell, "cell type", f"--holdout {v}: ")
+        check_name(assay, "assay", f"--holdout {v}: ")
         name = experiment_name(cell, assay)
         if name in out:
             raise PredictdError(f"--holdout {v}: given twice")

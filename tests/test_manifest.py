@@ -169,6 +169,7 @@ def test_permission_denied(tmp_path):
         ("cell_type\tassay\turi\nA\tH3K4/me3\tx.bw\n", r"row 2: assay 'H3K4/me3' has characters unsafe .*'/'"),
         ("cell_type\tassay\turi\n.hidden\tB\tx.bw\n", r"row 2: cell_type '\.hidden' must not start with '\.'"),
         ("cell_type\tassay\turi\nA\t..\tx.bw\n", r"row 2: assay '\.\.' must not start"),
+        ("cell_type\tassay\turi\nE.003\tH3K4me3\tx.bw\n", r"row 2: cell_type 'E\.003' must not contain '\.'"),
         ("cell_type\tassay\turi\nA\tcafé\tx.bw\n", r"row 2: assay 'café' has characters unsafe"),
         ("cell_type\tassay\turi\nA\tB\tftp://h/x.bw\n", r"row 2: uri 'ftp://h/x.bw' has unsupported scheme 'ftp'"),
         ("cell_type\tassay\turi\nA\tB\tgs://b/x.bw\n", r"unsupported scheme 'gs'"),

@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from predictd.errors import PredictdError  # noqa: E402
-from predictd.manifest import check_name, read_manifest  # noqa: E402
+from predictd.manifest import read_manifest  # noqa: E402
+from predictd.names import check_cell_type, check_name  # noqa: E402
 
 ROADMAP_URL = (
     "https://egg2.wustl.edu/roadmap/data/byFileType/signal/consolidated/macs2signal/pval/"
@@ -153,8 +154,9 @@ def build_encode(source: Path, out: Path) -> tuple[int, int]:
     # One Avocado biosample index per distinct biosample summary (donor, treatment...). Biosamples
     # with one index keep the bare safe name; the others get "_<index>" on every one of their
     # indices so that none of them silently stands for the whole biosample.
+    # A cell type may not contain a dot (experiment names split at their first dot): MM.1S -> MM_1S.
     def cell_type_of(r):
-        base = safe_name(r["Biosample"])
+        base = safe_name(r["Biosample"]).replace(".", "_")
         return base if len(indices[r["Biosample"]]) == 1 else f"{base}_{r['Biosample Index']}"
 
     safe_to_biosample: dict[str, str] = {}
@@ -162,7 +164,7 @@ def build_encode(source: Path, out: Path) -> tuple[int, int]:
     chosen: dict[tuple[str, str], dict[str, str]] = {}
     for r in rows:
         ct, assay = cell_type_of(r), encode_assay_name(r["Assay"])
-        check_name(ct, "cell_type", f"ENCODE2018Core biosample {r['Biosample']!r}: ")
+        check_cell_type(ct, "cell_type", f"ENCODE2018Core biosample {r['Biosample']!r}: ")
         check_name(assay, "assay", f"ENCODE2018Core assay {r['Assay']!r}: ")
         # Two different originals must never collapse onto one safe name.
         if safe_to_biosample.setdefault(ct, r["Biosample"]) != r["Biosample"]:

@@ -115,7 +115,7 @@ def test_encode_name_mapping(encode):
         e = dict(t.extra)
         # one safe assay name per original and back
         assert originals.setdefault(t.assay, e["assay_original"]) == e["assay_original"]
-        assert t.cell_type.startswith(re.sub(r"[^A-Za-z0-9.+-]+", "_", e["biosample"]).strip("_"))
+        assert t.cell_type.startswith(re.sub(r"[^A-Za-z0-9+-]+", "_", e["biosample"]).strip("_"))
     assert originals["DNase"] == "DNase-seq_read-depth_normalized_signal"
     assert originals["ATAC"] == "ATAC-seq_signal_p-value"
     assert originals["CAGE_plus"] == "CAGE_plus_strand_signal_of_all_reads"

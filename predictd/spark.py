@@ -33,8 +33,6 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     if not submitted:
         sconf.setMaster(master or os.environ.get("PREDICTD_SPARK_MASTER") or "local[*]")
     defaults = {
-        "spark.ui.showConsoleProgress": "false",
-        "spark.ui.enabled": "false",
         "spark.driver.memory": os.environ.get("PREDICTD_DRIVER_MEMORY", "4g"),
         "spark.python.worker.reuse": "true",
         "spark.task.maxFailures": "4",
@@ -50,11 +48,9 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         defaults[f"spark.executorEnv.{var}"] = task_cpus
     m = sconf.get("spark.master", "")
-    if m.startswith("local") or m.startswith("spark://127.") or m.startswith("spark://localhost"):
-        # a laptop or a loopback test cluster: never bind or advertise another interface
+    defaults.update(master_defaults(m))
+    if is_loopback_master(m):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        defaults["spark.driver.host"] = "127.0.0.1"
-        defaults["spark.driver.bindAddress"] = "127.0.0.1"
     log4j = os.path.join(os.path.dirname(__file__), "data", "log4j2.properties")
     if os.path.exists(log4j) and not os.environ.get("PREDICTD_DEBUG"):
         opt = f"-Dlog4j2.configurationFile=file:{log4j}"
@@ -71,6 +67,50 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
                 else SparkContext.getOrCreate(sconf))
     _CONTEXT.setLogLevel(os.environ.get("PREDICTD_SPARK_LOG_LEVEL", "ERROR"))
     return _CONTEXT
+
+
+def is_loopback_master(master: str) -> bool:
+    """True for masters that run on this machine only: ``local``, ``local[N]``,
+    ``local-cluster[...]`` and a standalone master on a loopback address (a laptop, the tests).
+
+    >>> [is_loopback_master(m) for m in ("local[*]", "spark://127.0.0.1:7077", "yarn")]
+    [True, True, False]
+    """
+    if master.startswith("local"):
+        return True
+    if not master.startswith("spark://"):
+        return False  # yarn, k8s://..., mesos://...: a cluster
+    # spark://host:port, or spark://h1:p1,h2:p2 with standby masters: loopback only if all are
+    return all(_is_loopback_host(h) for h in master[len("spark://"):].split(","))
+
+
+def _is_loopback_host(hostport: str) -> bool:
+    host = hostport
+    if host.startswith("["):  # [::1]:7077
+        host = host[1:host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def master_defaults(master: str) -> dict:
+    """Spark settings that depend on where the job runs (user and spark-defaults settings win).
+
+    On a loopback master (tests, laptops) the Spark UI is off and the driver binds and advertises
+    127.0.0.1 only. On any other master (YARN on EMR or HDInsight, a standalone cluster,
+    Kubernetes) the UI stays on, since it is how users watch a cluster job, and the event log
+    settings are left to the platform: its spark-defaults point them where its history server
+    reads (EMR: ``infra/emr/launch.py`` sets them; HDInsight: its own ``spark2-events`` folder).
+    Spark's console progress bar is off everywhere: predictd prints its own
+    (:mod:`predictd.progress`).
+    """
+    conf = {"spark.ui.showConsoleProgress": "false"}
+    if is_loopback_master(master):
+        # a laptop or a loopback test cluster: never bind or advertise another interface
+        conf.update({"spark.ui.enabled": "false",
+                     "spark.driver.host": "127.0.0.1",
+                     "spark.driver.bindAddress": "127.0.0.1"})
+    return conf
 
 
 # Start-up chatter of the driver JVM that is not about the user's run: Spark 4 always loads the

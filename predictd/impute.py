@@ -303,7 +303,8 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
         raise PredictdError(f"model was trained on {missing[0]}, which the tensor at {root} "
                             "does not have")
     map_tasks(sc, _solve_task, header.blocks(),
-              (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty))
+              (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty),
+              desc="solve genome factors", unit="block")
 
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
@@ -332,5 +333,6 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     done = map_tasks(sc, _write_task, groups,
                      (out, root, list(header.experiments), members, use, header.blocks(),
                       chroms, header.bin_size,
-                      header.transform, cfg.output_dtype_check, public))
+                      header.transform, cfg.output_dtype_check, public),
+                     desc="write tracks", unit="track group")
     return [n for d in done for n in d]

@@ -7,9 +7,11 @@ Users never handle RDDs: stages receive a SparkContext from :func:`get_context` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections import OrderedDict
 
 _CONTEXT = None
@@ -169,18 +171,29 @@ def _guarded(fn, item, payload):
         return ("error", str(e))
 
 
-def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) -> list:
+def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
+              desc: str | None = None, unit: str = "item") -> list:
     """Run ``fn(item, payload)`` for every item as Spark tasks; results in item order.
 
     ``sc=None`` runs the tasks in this process (notebooks, tests, benchmarks). The payload is
     broadcast once (factors, configs); items are small task descriptions. A
     :class:`PredictdError` raised by a task is re-raised on the driver with its message.
+
+    With ``desc`` (e.g. ``"write"``) the stage shows its progress (:mod:`predictd.progress`):
+    per finished item in this process; on Spark per finished task, read from Spark's status
+    tracker, and the Spark UI lists the job under ``desc``.
     """
     from .errors import PredictdError
+    from .progress import Progress
     if not items:
         return []
     if sc is None:
-        return [fn(it, payload) for it in items]
+        out = []
+        with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar:
+            for it in items:
+                out.append(fn(it, payload))
+                bar.update()
+        return out
     bc = sc.broadcast(payload)
     n = min(n_slices or len(items), len(items))
     indexed = list(enumerate(items))
@@ -189,9 +202,10 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) ->
         # every slice gets a share of the (often size-sorted) items
         indexed = [indexed[i] for s in range(n) for i in range(s, len(indexed), n)]
     try:
-        out = (sc.parallelize(indexed, n)
-               .map(lambda it: (it[0], _guarded(fn, it[1], bc.value)))
-               .collect())
+        with _job_progress(sc, desc, n, unit if n == len(items) else "task"):
+            out = (sc.parallelize(indexed, n)
+                   .map(lambda it: (it[0], _guarded(fn, it[1], bc.value)))
+                   .collect())
     finally:
         bc.unpersist()
     out.sort(key=lambda t: t[0])
@@ -199,6 +213,70 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) ->
     if errors:
         raise PredictdError(errors[0])
     return [r[1] for _, r in out]
+
+
+#: How often the driver asks Spark's status tracker how far a stage is (seconds).
+POLL_SECONDS = 1.0
+_JOB_PROPERTIES = ("spark.jobGroup.id", "spark.job.description")
+_job_groups = iter(range(1, 1 << 62))
+
+
+def group_tasks(tracker, group: str) -> tuple[int, int]:
+    """(finished, all) tasks of the jobs of a job group, from a Spark ``StatusTracker``.
+
+    Stages Spark no longer keeps (long finished) count as absent: the totals cover the stages
+    it still reports.
+    """
+    done = total = 0
+    for job_id in tracker.getJobIdsForGroup(group):
+        job = tracker.getJobInfo(job_id)
+        for stage_id in (job.stageIds if job is not None else ()):
+            stage = tracker.getStageInfo(stage_id)
+            if stage is not None:
+                done += stage.numCompletedTasks
+                total += stage.numTasks
+    return done, total
+
+
+@contextlib.contextmanager
+def _job_progress(sc, desc: str | None, n_tasks: int, unit: str):
+    """Name the Spark jobs started in the block ``desc`` (a job group: the Spark UI shows the
+    description) and, while they run, feed a :class:`predictd.progress.Progress` from Spark's
+    status tracker in a driver thread."""
+    if not desc:
+        yield
+        return
+    from .progress import Progress
+    group = f"predictd-{next(_job_groups)}"
+    saved = {k: sc.getLocalProperty(k) for k in _JOB_PROPERTIES}
+    sc.setJobGroup(group, desc)
+    stop = threading.Event()
+    bar = Progress(desc, n_tasks, unit)
+    tracker = sc.statusTracker()
+
+    def poll():
+        while not stop.wait(POLL_SECONDS):
+            try:
+                done, total = group_tasks(tracker, group)
+            except Exception:  # noqa: BLE001 - the context stopping under us: just stop
+                return
+            if total:
+                bar.set_done(done, total)
+
+    thread = threading.Thread(target=poll, daemon=True, name="predictd-progress")
+    if bar.mode != "off":
+        thread.start()
+    try:
+        yield
+        stop.set()
+        if thread.is_alive():
+            thread.join()
+        bar.set_done(bar.total)
+    finally:
+        stop.set()
+        bar.close()
+        for k, v in saved.items():
+            sc.setLocalProperty(k, v)
 
 
 # --------------------------------------------------------------------------- training backend

@@ -28,6 +28,7 @@ from .model import Model
 from .names import experiment_name, split_experiment
 from .solvers import stacking
 from .solvers.closed_form import projection, resolve_missing_rows
+from .progress import within_item
 from .spark import default_parallelism, map_tasks
 from .transform import inverse
 
@@ -266,7 +267,7 @@ def _write_task(group, payload):
                 writers.append(BigWigWriter(dest, chroms, bin_size).open())
             targets = {model.cell_types[j] for j, _ in pairs}
             mine = [e for e in exps if split_experiment(e)[0] in targets]
-            for chrom, block, start, n in blocks:
+            for chrom, block, start, n in within_item(blocks):
                 # the members this task's tracks average (a fold's tracks use its own models)
                 factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
                            if W[i].any() else None for i, (r, m) in enumerate(members)]

@@ -83,16 +83,17 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def status_line(desc: str, done: int, total: int, elapsed: float, unit: str = "task",
+def status_line(desc: str, done: float, total: int, elapsed: float, unit: str = "task",
                 postfix: str = "") -> str:
-    """One log line: ``desc: done/total units (p %), elapsed, about T left[, postfix]``.
+    """One log line: ``desc: done/total units (p %), elapsed, about T left[, postfix]``
+    (``done`` may count part of an item: the percentage and the estimate use it).
 
     >>> status_line("write", 12, 40, 30.0, "block")
     'write: 12/40 blocks (30 %), 30s, about 1m10s left'
     """
     units = unit if total == 1 else unit + "s"
-    pct = 100 * done // total if total else 100
-    line = f"{desc}: {done}/{total} {units} ({pct} %), {format_duration(elapsed)}"
+    pct = int(100 * done / total + 1e-9) if total else 100
+    line = f"{desc}: {int(done)}/{total} {units} ({pct} %), {format_duration(elapsed)}"
     eta = eta_seconds(done, total, elapsed)
     if done >= total:
         line += ", done"
@@ -114,13 +115,13 @@ class LogSchedule:
     _last_step: int = field(default=0, init=False)
     _finished: bool = field(default=False, init=False)
 
-    def due(self, done: int, total: int, elapsed: float) -> bool:
+    def due(self, done: float, total: int, elapsed: float) -> bool:
         """Whether to log now (and, if so, remember it): ``elapsed`` seconds since the start."""
         if self._finished or elapsed < self.quiet_seconds:
             return False
-        # in whole steps, integer arithmetic: 0.6 / 0.1 is 5.999... in floating point
+        # whole steps (with a tolerance: 0.6 / 0.1 is 5.999... in floating point)
         steps = max(1, round(1 / self.every_fraction)) if self.every_fraction > 0 else 0
-        step = done * steps // total if total else 0
+        step = int(done * steps / total + 1e-9) if total else 0
         finished = total > 0 and done >= total
         now_due = (finished or step > self._last_step or self._last_time is None
                    or elapsed - self._last_time >= self.every_seconds)
@@ -169,6 +170,7 @@ class Progress:
         self.desc, self.total, self.unit = desc, int(total), unit
         self.mode = display_mode() if mode is None else mode
         self.done = 0
+        self.partial = 0.0  # of the item in progress (in-process stages, see within_item)
         self.postfix = ""
         self._clock = clock
         self._start = clock()
@@ -186,6 +188,10 @@ class Progress:
     def elapsed(self) -> float:
         return self._clock() - self._start
 
+    @property
+    def position(self) -> float:
+        return self.done + self.partial
+
     def update(self, n: int = 1) -> None:
         self.set_done(self.done + n)
 
@@ -194,9 +200,18 @@ class Progress:
             self.total = int(total)
             if self._bar is not None:
                 self._bar.total = self.total
-        step, self.done = done - self.done, done
-        if self.mode == "bar" and step:
-            self._bar.update(step)
+        self.done, self.partial = done, 0.0
+        self._show()
+
+    def set_partial(self, fraction: float) -> None:
+        """How far the item in progress is (0 to 1): long single items (a write task in this
+        process) then still move the count and the estimate."""
+        self.partial = min(max(float(fraction), 0.0), 1.0)
+        self._show()
+
+    def _show(self) -> None:
+        if self._bar is not None and self.position != self._bar.n:
+            self._bar.update(self.position - self._bar.n)
         elif self.mode == "log":
             self._maybe_log()
 
@@ -207,9 +222,12 @@ class Progress:
             self._bar.set_postfix(values, refresh=False)
 
     def _maybe_log(self) -> None:
-        if self._schedule.due(self.done, self.total, self.elapsed):
-            self._emit(status_line(self.desc, self.done, self.total, self.elapsed, self.unit,
-                                   self.postfix))
+        if self._schedule.due(self.position, self.total, self.elapsed):
+            self._emit(self.line())
+
+    def line(self) -> str:
+        return status_line(self.desc, self.position, self.total, self.elapsed, self.unit,
+                           self.postfix)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -218,8 +236,7 @@ class Progress:
         elif self.mode == "log" and self.done < self.total and self.elapsed >= \
                 self._schedule.quiet_seconds:
             # stopped early (training converged) or failed: say where it ended
-            self._emit(status_line(self.desc, self.done, self.total, self.elapsed, self.unit,
-                                   self.postfix) + ", stopped")
+            self._emit(self.line() + ", stopped")
 
     def __enter__(self) -> "Progress":
         return self
@@ -241,6 +258,34 @@ class TrainingProgress(Progress):
 
 def training_progress(max_iterations: int) -> TrainingProgress:
     return TrainingProgress("training", max_iterations, "iteration")
+
+
+_ITEM: contextvars.ContextVar = contextvars.ContextVar("predictd_progress_item", default=None)
+
+
+@contextlib.contextmanager
+def item_of(p: "Progress"):
+    """Within the block, :func:`within_item` reports to ``p`` (the in-process stage running one
+    of its items)."""
+    token = _ITEM.set(p)
+    try:
+        yield
+    finally:
+        _ITEM.reset(token)
+
+
+def within_item(parts):
+    """Yield ``parts`` (e.g. the blocks a write task goes through), reporting how far the item
+    is to the in-process stage running it; a no-op elsewhere (in a Spark task, the stage counts
+    whole tasks)."""
+    p = _ITEM.get()
+    if p is None:
+        yield from parts
+        return
+    parts = list(parts)
+    for k, part in enumerate(parts):
+        p.set_partial(k / len(parts))
+        yield part
 
 
 def iterate(items, desc: str, unit: str = "item"):

@@ -184,12 +184,13 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
     tracker, and the Spark UI lists the job under ``desc``.
     """
     from .errors import PredictdError
-    from .progress import Progress
+    from .progress import Progress, item_of
     if not items:
         return []
     if sc is None:
         out = []
-        with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar:
+        with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar, \
+                item_of(bar):
             for it in items:
                 out.append(fn(it, payload))
                 bar.update()

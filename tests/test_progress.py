@@ -99,6 +99,24 @@ def test_training_progress_stopping_early_says_where_it_stopped():
     assert lines[-1].endswith(", stopped")
 
 
+def test_a_long_single_item_moves_the_estimate_part_by_part():
+    # a write task in this process: one item, many blocks
+    clock, lines = FakeClock(), []
+    p = Progress("write tracks", 1, "track group", mode="log", clock=clock, emit=lines.append,
+                 schedule=LogSchedule(quiet_seconds=0, every_fraction=0.25))
+    with p, progress.item_of(p):
+        for _ in progress.within_item(range(4)):
+            clock.advance(10)
+        p.update()
+    assert lines == ["write tracks: 0/1 track group (0 %), 0s",
+                     "write tracks: 0/1 track group (25 %), 10s, about 30s left",
+                     "write tracks: 0/1 track group (50 %), 20s, about 20s left",
+                     "write tracks: 0/1 track group (75 %), 30s, about 10s left",
+                     "write tracks: 1/1 track group (100 %), 40s, done"]
+    # outside an in-process stage (a Spark task): the parts just pass through
+    assert list(progress.within_item(range(3))) == [0, 1, 2]
+
+
 def test_where_progress_shows():
     assert progress.display_mode(Tty()) == "bar"
     assert progress.display_mode(io.StringIO()) == "log"      # a log file, CI, a driver log

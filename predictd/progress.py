@@ -205,13 +205,15 @@ class Progress:
 
     def set_partial(self, fraction: float) -> None:
         """How far the item in progress is (0 to 1): long single items (a write task in this
-        process) then still move the count and the estimate."""
+        process) then still move the percentage and the estimate of the log lines."""
         self.partial = min(max(float(fraction), 0.0), 1.0)
         self._show()
 
     def _show(self) -> None:
-        if self._bar is not None and self.position != self._bar.n:
-            self._bar.update(self.position - self._bar.n)
+        if self._bar is not None:
+            # whole items only: tqdm would print a fractional count as "5.0/10"
+            if self.done != self._bar.n:
+                self._bar.update(self.done - self._bar.n)
         elif self.mode == "log":
             self._maybe_log()
 

@@ -50,7 +50,8 @@ def _eval_task(item, payload):
 def collect(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Model,
             holdout: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Genome-wide (observed, imputed, baseline) vectors for each held-out experiment."""
-    parts = map_tasks(sc, _eval_task, header.blocks(), (root, gf_root, model, holdout))
+    parts = map_tasks(sc, _eval_task, header.blocks(), (root, gf_root, model, holdout),
+                      desc="evaluate", unit="block")
     res = {}
     for h in holdout:
         res[h] = tuple(np.concatenate([p[h][i] for p in parts]) for i in range(3))

@@ -23,6 +23,7 @@ from .errors import PredictdError
 from .impute import ensemble_values, member_weights, solve_genome, write_tracks
 from .solvers.baselines import average_baseline
 from .names import split_experiment
+from .progress import Progress
 
 log = logging.getLogger("predictd.folds")
 
@@ -61,6 +62,7 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     folds = make_folds(header.experiments, n_folds, run.cfg.seed)
     members = []   # (fold, member, gf_root, model)
     references = {}  # fold -> (gf_root, model) of the CP-ALS reference
+    models = Progress("fold models", n_folds * ensemble_size, "model")
     for f, fold in enumerate(folds):
         for m in range(ensemble_size):
             sub = run.fold_model(f, m, fold)
@@ -74,6 +76,8 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
             members.append((f, m, sub.gf_root, model))
             if m == 0 and run.cfg.cp_reference:
                 references[f] = _reference(run, header, sub, fold)
+            models.update()
+    models.close()
     names = members[0][3].track_names()
     fold_of = {e: f for f, fold in enumerate(folds) for e in fold}
     use = {}
@@ -157,7 +161,8 @@ def collect(sc, header, root, members, folds, references=None
     from .spark import map_tasks
     exps = list(header.experiments)
     parts = map_tasks(sc, _fold_eval_task, header.blocks(),
-                      (root, members, folds, exps, references or {}))
+                      (root, members, folds, exps, references or {}),
+                      desc="evaluate folds", unit="block")
     return {h: {k: np.concatenate([p[h][k] for p in parts]) for k in parts[0][h]}
             for h in exps}
 

@@ -28,6 +28,7 @@ from .model import Model
 from .names import experiment_name, split_experiment
 from .solvers import stacking
 from .solvers.closed_form import projection, resolve_missing_rows
+from .progress import within_item
 from .spark import default_parallelism, map_tasks
 from .transform import inverse
 
@@ -266,7 +267,7 @@ def _write_task(group, payload):
                 writers.append(BigWigWriter(dest, chroms, bin_size).open())
             targets = {model.cell_types[j] for j, _ in pairs}
             mine = [e for e in exps if split_experiment(e)[0] in targets]
-            for chrom, block, start, n in blocks:
+            for chrom, block, start, n in within_item(blocks):
                 # the members this task's tracks average (a fold's tracks use its own models)
                 factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
                            if W[i].any() else None for i, (r, m) in enumerate(members)]
@@ -303,7 +304,8 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
         raise PredictdError(f"model was trained on {missing[0]}, which the tensor at {root} "
                             "does not have")
     map_tasks(sc, _solve_task, header.blocks(),
-              (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty))
+              (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty),
+              desc="solve genome factors", unit="block")
 
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
@@ -332,5 +334,6 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     done = map_tasks(sc, _write_task, groups,
                      (out, root, list(header.experiments), members, use, header.blocks(),
                       chroms, header.bin_size,
-                      header.transform, cfg.output_dtype_check, public))
+                      header.transform, cfg.output_dtype_check, public),
+                     desc="write tracks", unit="track group")
     return [n for d in done for n in d]

@@ -152,7 +152,8 @@ def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
         with ThreadPoolExecutor(default_parallelism(sc)) as pool:
             infos = list(pool.map(lambda t: _check_task(t, None), tracks))
     else:
-        infos = map_tasks(sc, _check_task, tracks, n_slices=_slices(sc))
+        infos = map_tasks(sc, _check_task, tracks, n_slices=_slices(sc), desc="check inputs",
+                          unit="track")
     gsizes = genome.sizes
     for t, info in zip(tracks, infos):
         chroms = info["chroms"]
@@ -191,7 +192,7 @@ def ingest(sc, tracks: list[Track], genome: Genome, cfg, root: str,
     blocks.sort(key=lambda it: -it[4])
     stats = [s for per_block in map_tasks(sc, _block_task, blocks,
                                           (root, tracks, listed, cfg.bin_size, cfg.transform),
-                                          n_slices=_slices(sc))
+                                          n_slices=_slices(sc), desc="ingest", unit="block")
              for s in per_block]
     by_exp: dict[str, list[dict]] = {t.name: [] for t in tracks}
     for s in stats:

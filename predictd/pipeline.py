@@ -25,6 +25,7 @@ from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
 from .model import MODEL_JSON, MODEL_NPZ, Model
 from .names import check_cell_type, check_name, experiment_name, split_experiment
+from .progress import shown as progress_shown, training_progress
 
 log = logging.getLogger("predictd")
 
@@ -209,7 +210,8 @@ class Run:
             log.info("%s: already complete, skipped", stage)
             return {**prev, "skipped": True}
         t0 = time.perf_counter()
-        info = getattr(self, f"_{stage}")(**kwargs) or {}
+        with progress_shown(self.progress):
+            info = getattr(self, f"_{stage}")(**kwargs) or {}
         info["seconds"] = round(time.perf_counter() - t0, 3)
         self.mark(stage, info)
         self.write_run_json()
@@ -228,13 +230,9 @@ class Run:
         header = tensor.read_header(self.tensor_root)
         if header.manifest_checksum != self.manifest_sum:
             raise PredictdError(f"tensor at {self.tensor_root} was built from another manifest")
-        progress = _progress_bar(self.cfg.max_iterations) if self.progress else None
-        try:
+        with training_progress(self.cfg.max_iterations) as bar:
             model, res = train(self.sc, header, self.tensor_root, self.work, self.cfg,
-                               self.holdout, progress=progress)
-        finally:
-            if progress is not None:
-                progress.close()
+                               self.holdout, progress=bar.show_iteration)
         log.info("trained: best validation mse %.4f at iteration %d of %d (%s)",
                  res.best_valid_mse, res.best_iteration, len(res.history), res.stopped)
         self.save_model(model)
@@ -334,24 +332,6 @@ def _spark_info(sc) -> dict:
         return {"master": None}
     return {"master": sc.master, "default_parallelism": sc.defaultParallelism,
             "version": sc.version}
-
-
-def _progress_bar(total: int):
-    """A tqdm bar over training iterations showing the losses; silent when stderr is not a
-    terminal except for one line every 10 iterations (so CI logs stay short)."""
-    from tqdm import tqdm
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=total, desc="predictd: training", unit="it", file=sys.stderr,
-               disable=not tty, leave=False)
-
-    def show(row):
-        bar.update(1)
-        bar.set_postfix(train=f"{row['train_mse']:.4f}", valid=f"{row['valid_mse']:.4f}")
-        if not tty and row["iteration"] % 10 == 0:
-            log.info("training iteration %d: train mse %.4f, valid mse %.4f", row["iteration"],
-                     row["train_mse"], row["valid_mse"])
-    show.close = bar.close
-    return show
 
 
 def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), sc=None,

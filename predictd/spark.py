@@ -7,9 +7,11 @@ Users never handle RDDs: stages receive a SparkContext from :func:`get_context` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections import OrderedDict
 
 _CONTEXT = None
@@ -33,8 +35,6 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     if not submitted:
         sconf.setMaster(master or os.environ.get("PREDICTD_SPARK_MASTER") or "local[*]")
     defaults = {
-        "spark.ui.showConsoleProgress": "false",
-        "spark.ui.enabled": "false",
         "spark.driver.memory": os.environ.get("PREDICTD_DRIVER_MEMORY", "4g"),
         "spark.python.worker.reuse": "true",
         "spark.task.maxFailures": "4",
@@ -50,11 +50,9 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         defaults[f"spark.executorEnv.{var}"] = task_cpus
     m = sconf.get("spark.master", "")
-    if m.startswith("local") or m.startswith("spark://127.") or m.startswith("spark://localhost"):
-        # a laptop or a loopback test cluster: never bind or advertise another interface
+    defaults.update(master_defaults(m))
+    if is_loopback_master(m):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        defaults["spark.driver.host"] = "127.0.0.1"
-        defaults["spark.driver.bindAddress"] = "127.0.0.1"
     log4j = os.path.join(os.path.dirname(__file__), "data", "log4j2.properties")
     if os.path.exists(log4j) and not os.environ.get("PREDICTD_DEBUG"):
         opt = f"-Dlog4j2.configurationFile=file:{log4j}"
@@ -71,6 +69,50 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
                 else SparkContext.getOrCreate(sconf))
     _CONTEXT.setLogLevel(os.environ.get("PREDICTD_SPARK_LOG_LEVEL", "ERROR"))
     return _CONTEXT
+
+
+def is_loopback_master(master: str) -> bool:
+    """True for masters that run on this machine only: ``local``, ``local[N]``,
+    ``local-cluster[...]`` and a standalone master on a loopback address (a laptop, the tests).
+
+    >>> [is_loopback_master(m) for m in ("local[*]", "spark://127.0.0.1:7077", "yarn")]
+    [True, True, False]
+    """
+    if master.startswith("local"):
+        return True
+    if not master.startswith("spark://"):
+        return False  # yarn, k8s://..., mesos://...: a cluster
+    # spark://host:port, or spark://h1:p1,h2:p2 with standby masters: loopback only if all are
+    return all(_is_loopback_host(h) for h in master[len("spark://"):].split(","))
+
+
+def _is_loopback_host(hostport: str) -> bool:
+    host = hostport
+    if host.startswith("["):  # [::1]:7077
+        host = host[1:host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def master_defaults(master: str) -> dict:
+    """Spark settings that depend on where the job runs (user and spark-defaults settings win).
+
+    On a loopback master (tests, laptops) the Spark UI is off and the driver binds and advertises
+    127.0.0.1 only. On any other master (YARN on EMR or HDInsight, a standalone cluster,
+    Kubernetes) the UI stays on, since it is how users watch a cluster job, and the event log
+    settings are left to the platform: its spark-defaults point them where its history server
+    reads (EMR: ``infra/emr/launch.py`` sets them; HDInsight: its own ``spark2-events`` folder).
+    Spark's console progress bar is off everywhere: predictd prints its own
+    (:mod:`predictd.progress`).
+    """
+    conf = {"spark.ui.showConsoleProgress": "false"}
+    if is_loopback_master(master):
+        # a laptop or a loopback test cluster: never bind or advertise another interface
+        conf.update({"spark.ui.enabled": "false",
+                     "spark.driver.host": "127.0.0.1",
+                     "spark.driver.bindAddress": "127.0.0.1"})
+    return conf
 
 
 # Start-up chatter of the driver JVM that is not about the user's run: Spark 4 always loads the
@@ -129,18 +171,30 @@ def _guarded(fn, item, payload):
         return ("error", str(e))
 
 
-def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) -> list:
+def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
+              desc: str | None = None, unit: str = "item") -> list:
     """Run ``fn(item, payload)`` for every item as Spark tasks; results in item order.
 
     ``sc=None`` runs the tasks in this process (notebooks, tests, benchmarks). The payload is
     broadcast once (factors, configs); items are small task descriptions. A
     :class:`PredictdError` raised by a task is re-raised on the driver with its message.
+
+    With ``desc`` (e.g. ``"write"``) the stage shows its progress (:mod:`predictd.progress`):
+    per finished item in this process; on Spark per finished task, read from Spark's status
+    tracker, and the Spark UI lists the job under ``desc``.
     """
     from .errors import PredictdError
+    from .progress import Progress, item_of
     if not items:
         return []
     if sc is None:
-        return [fn(it, payload) for it in items]
+        out = []
+        with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar, \
+                item_of(bar):
+            for it in items:
+                out.append(fn(it, payload))
+                bar.update()
+        return out
     bc = sc.broadcast(payload)
     n = min(n_slices or len(items), len(items))
     indexed = list(enumerate(items))
@@ -149,9 +203,10 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) ->
         # every slice gets a share of the (often size-sorted) items
         indexed = [indexed[i] for s in range(n) for i in range(s, len(indexed), n)]
     try:
-        out = (sc.parallelize(indexed, n)
-               .map(lambda it: (it[0], _guarded(fn, it[1], bc.value)))
-               .collect())
+        with _job_progress(sc, desc, n, unit if n == len(items) else "task"):
+            out = (sc.parallelize(indexed, n)
+                   .map(lambda it: (it[0], _guarded(fn, it[1], bc.value)))
+                   .collect())
     finally:
         bc.unpersist()
     out.sort(key=lambda t: t[0])
@@ -159,6 +214,70 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None) ->
     if errors:
         raise PredictdError(errors[0])
     return [r[1] for _, r in out]
+
+
+#: How often the driver asks Spark's status tracker how far a stage is (seconds).
+POLL_SECONDS = 1.0
+_JOB_PROPERTIES = ("spark.jobGroup.id", "spark.job.description")
+_job_groups = iter(range(1, 1 << 62))
+
+
+def group_tasks(tracker, group: str) -> tuple[int, int]:
+    """(finished, all) tasks of the jobs of a job group, from a Spark ``StatusTracker``.
+
+    Stages Spark no longer keeps (long finished) count as absent: the totals cover the stages
+    it still reports.
+    """
+    done = total = 0
+    for job_id in tracker.getJobIdsForGroup(group):
+        job = tracker.getJobInfo(job_id)
+        for stage_id in (job.stageIds if job is not None else ()):
+            stage = tracker.getStageInfo(stage_id)
+            if stage is not None:
+                done += stage.numCompletedTasks
+                total += stage.numTasks
+    return done, total
+
+
+@contextlib.contextmanager
+def _job_progress(sc, desc: str | None, n_tasks: int, unit: str):
+    """Name the Spark jobs started in the block ``desc`` (a job group: the Spark UI shows the
+    description) and, while they run, feed a :class:`predictd.progress.Progress` from Spark's
+    status tracker in a driver thread."""
+    if not desc:
+        yield
+        return
+    from .progress import Progress
+    group = f"predictd-{next(_job_groups)}"
+    saved = {k: sc.getLocalProperty(k) for k in _JOB_PROPERTIES}
+    sc.setJobGroup(group, desc)
+    stop = threading.Event()
+    bar = Progress(desc, n_tasks, unit)
+    tracker = sc.statusTracker()
+
+    def poll():
+        while not stop.wait(POLL_SECONDS):
+            try:
+                done, total = group_tasks(tracker, group)
+            except Exception:  # noqa: BLE001 - the context stopping under us: just stop
+                return
+            if total:
+                bar.set_done(done, total)
+
+    thread = threading.Thread(target=poll, daemon=True, name="predictd-progress")
+    if bar.mode != "off":
+        thread.start()
+    try:
+        yield
+        stop.set()
+        if thread.is_alive():
+            thread.join()
+        bar.set_done(bar.total)
+    finally:
+        stop.set()
+        bar.close()
+        for k, v in saved.items():
+            sc.setLocalProperty(k, v)
 
 
 # --------------------------------------------------------------------------- training backend

@@ -155,7 +155,8 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     items = [(chrom_index[c], c, b, s, n) for c, b, s, n in header.blocks()]
     pieces = map_tasks(sc, _sample_task, items,
                        (root, work, experiments, fraction, cfg.validation_fraction,
-                        cfg.validation_groups, cfg.seed, header.bin_size, regions))
+                        cfg.validation_groups, cfg.seed, header.bin_size, regions),
+                       desc="training subset", unit="block")
     pieces = [p for p in pieces if p is not None]
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
@@ -208,7 +209,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
     parts = map_tasks(sc, _stack_task, groups,
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
-                       cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity()))
+                       cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity()),
+                      desc="stacking statistics", unit="block group")
     parts = [p for p in parts if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")

@@ -236,6 +236,13 @@ def test_emr_dry_run_prints_the_request(manifest, jobs_dir, tmp_path):
         "--out", "s3://predictd-out/run1", "--config", "/home/hadoop/predictd-runs/r1/config.toml",
         "--holdout", "E003:H3K4me3"]
     assert "spark.pyspark.python=/usr/bin/python3.11" in args
+    # event logs where EMR's history server (and the console's persistent Spark UI) read them
+    defaults = next(c["Properties"] for c in request["Configurations"]
+                    if c["Classification"] == "spark-defaults")
+    assert defaults["spark.eventLog.enabled"] == "true"
+    assert defaults["spark.eventLog.dir"] == defaults["spark.history.fs.logDirectory"] \
+        == "hdfs:///var/log/spark/apps"
+    assert not any(a.startswith(("spark.eventLog.", "spark.ui.")) for a in args)
 
     # What would be uploaded is reported, nothing is.
     assert f"would upload {manifest.resolve()} -> s3://predictd-stage/pre/runs/r1/manifest.tsv" in proc.stderr
@@ -414,6 +421,9 @@ def test_hdinsight_template_is_a_complete_arm_template():
     (action,) = template["variables"]["scriptActions"]
     assert action["uri"] == "[parameters('scriptActionUri')]"
     assert props["storageProfile"]["storageaccounts"][0]["isDefault"] is True
+    # no spark-defaults override: the Spark history server keeps reading the event logs from
+    # the default storage's /hdp/spark2-events, where HDInsight's own defaults write them
+    assert set(props["clusterDefinition"]["configurations"]) == {"gateway"}
 
     params = template["parameters"]
     for name in ("clusterName", "clusterLoginUserName", "clusterLoginPassword", "sshUserName",
@@ -486,6 +496,9 @@ def test_hdinsight_submit_dry_run_prints_uploads_and_livy_json(manifest, jobs_di
     assert body["files"] == [f"{base}/manifest.tsv#manifest.tsv"]
     assert body["conf"]["spark.pyspark.python"] == "/usr/local/bin/predictd-python"
     assert body["name"] == "predictd-run-r7"
+    # HDInsight's history server reads the cluster's own spark2-events folder: left alone
+    assert not any(k.startswith(("spark.eventLog.", "spark.history.", "spark.ui."))
+                   for k in body["conf"])
 
 
 class _LivyHandler(BaseHTTPRequestHandler):

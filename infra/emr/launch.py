@@ -485,8 +485,14 @@ def build_instance_fleets(args: argparse.Namespace) -> list[dict]:
     return fleets
 
 
+#: Where EMR's Spark history server (and the console's persistent application UI, which keeps a
+#: cluster's Spark UI viewable after it terminates) read event logs.
+EMR_EVENT_LOG_DIR = "hdfs:///var/log/spark/apps"
+
+
 def build_configurations(args: argparse.Namespace) -> list[dict]:
-    """Cluster-wide Spark settings: the python to use, and graceful handling of spot loss."""
+    """Cluster-wide Spark settings: the python to use, graceful handling of spot loss, and event
+    logs where the history server reads them."""
     return [
         {
             "Classification": "spark-env",
@@ -507,6 +513,12 @@ def build_configurations(args: argparse.Namespace) -> list[dict]:
                 "spark.storage.decommission.rddBlocks.enabled": "true",
                 "spark.storage.decommission.shuffleBlocks.enabled": "true",
                 "spark.pyspark.python": args.python,
+                # EMR's defaults already say so; stated here so that a finished (or terminated)
+                # run stays inspectable even if a release changes them: the writer's directory
+                # and the history server's must be the same
+                "spark.eventLog.enabled": "true",
+                "spark.eventLog.dir": EMR_EVENT_LOG_DIR,
+                "spark.history.fs.logDirectory": EMR_EVENT_LOG_DIR,
             },
         },
     ]

@@ -10,6 +10,7 @@ import time
 
 from .. import layout, synthetic
 from ..config import Config
+from ..progress import eta_seconds, format_duration
 from .machine import machine_info
 from .measure import Recorder
 
@@ -54,8 +55,12 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
     t_fit = time.perf_counter()
 
     def progress(row):
-        say(f"train iteration {row['iteration']}: train mse {row['train_mse']:.4f}, valid mse "
-            f"{row['valid_mse']:.4f}, {time.perf_counter() - t_fit:.0f} s")
+        # early stopping may end training sooner: the estimate is an upper bound
+        elapsed = time.perf_counter() - t_fit
+        left = eta_seconds(row["iteration"], cfg.max_iterations, elapsed) or 0.0
+        say(f"train iteration {row['iteration']}/{cfg.max_iterations}: train mse "
+            f"{row['train_mse']:.4f}, valid mse {row['valid_mse']:.4f}, "
+            f"{format_duration(elapsed)}, at most {format_duration(left)} left")
 
     model, fit_res = rec.run("train", train.train, None, header, root,
                              os.path.join(base, "work"), cfg, [], progress=progress)

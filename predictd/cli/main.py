@@ -10,6 +10,7 @@ import traceback
 
 import click
 
+from .. import progress
 from ..errors import PredictdError
 
 COMMANDS = ("run", "ingest", "train", "impute", "evaluate", "demo", "download", "list",
@@ -46,7 +47,8 @@ class Group(click.Group):
                                           "max_content_width": 100})
 @click.version_option(package_name="predictd")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and Spark's own logs.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors: no progress bars or progress lines.")
 def cli(debug: bool, quiet: bool):
     """Impute missing epigenomic experiments with PREDICTD's tensor model, on Spark.
 
@@ -61,6 +63,7 @@ def cli(debug: bool, quiet: bool):
     if debug:
         os.environ["PREDICTD_DEBUG"] = "1"
         os.environ.setdefault("PREDICTD_SPARK_LOG_LEVEL", "WARN")
+    progress.set_shown(not quiet)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="predictd: %(message)s", stream=sys.stderr)
     # Libraries' INFO chatter ("Found credentials in environment variables.") is not ours to

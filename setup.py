@@ -20,6 +20,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "boto3>=1.28",
+        "azure-storage-blob>=12.19",
+        "azure-identity>=1.15",
         "requests>=2.28",
         "tomli>=2.0; python_version<'3.11'",
     ],

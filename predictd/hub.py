@@ -129,8 +129,11 @@ def hub_url(out: str, url_base: str | None = None) -> str | None:
     directory without ``url_base``: it must be served first)."""
     if url_base:
         return f"{url_base.rstrip('/')}/{HUB_FILE}"
-    if storage.parse_uri(out)[0] == "s3":
+    scheme = storage.parse_uri(out)[0]
+    if scheme == "s3":
         return s3_https_url(layout.hub_file(out))
+    if scheme == "az":
+        return storage.azure_url(layout.hub_file(out))
     return None
 
 
@@ -157,8 +160,9 @@ def imputed_tracks(out: str, url_base: str | None = None) -> list[HubTrack]:
 def observed_tracks(manifest: str) -> list[HubTrack]:
     """The observed tracks of a manifest, as URLs a browser can fetch.
 
-    ``http(s)://`` URIs are used as they are, ``s3://`` ones become HTTPS URLs (see
-    :func:`s3_https_url`; the objects must be publicly readable). Local files cannot be shown:
+    ``http(s)://`` URIs are used as they are, ``s3://`` and Azure ones become HTTPS URLs (see
+    :func:`s3_https_url` and :func:`predictd.storage.azure_url`; the objects must be publicly
+    readable). Local files cannot be shown:
     they raise a PredictdError naming the row.
     """
     from .manifest import read_manifest
@@ -177,10 +181,12 @@ def observed_tracks(manifest: str) -> list[HubTrack]:
             url = t.uri
         elif scheme == "s3":
             url = s3_https_url(t.uri)
+        elif scheme == "az":
+            url = storage.azure_url(t.uri)
         else:
             raise PredictdError(
                 f"{manifest}, row {t.row} ({t.name}): {t.uri} is a local file, which the "
-                "genome browser cannot fetch; list it by an http(s):// or s3:// URI")
+                "genome browser cannot fetch; list it by an http(s)://, s3:// or az:// URI")
         out.append(HubTrack(t.cell_type, t.assay, url, "observed"))
     return out
 
@@ -355,7 +361,7 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
     Parameters
     ----------
     out : str
-        The run's output prefix (local directory or ``s3://``); the hub is written there.
+        The run's output prefix (local directory, ``s3://`` or Azure); the hub is written there.
     genome : str, optional
         UCSC assembly name; default: the run's genome (from run.json) when it is a named
         assembly.
@@ -363,11 +369,12 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         Public http(s) URL of ``out``: bigDataUrls become absolute under it. Default: relative
         to the hub.
     observed_manifest : str, optional
-        Also show the observed tracks of this manifest (their URIs must be http(s) or s3).
+        Also show the observed tracks of this manifest (their URIs must be http(s), s3 or Azure).
     email, composite, name
         See :func:`render_hub` (``name`` defaults to the last component of ``out``).
     public : bool, default False
-        S3 only: make the hub files public-read (the tracks must be readable too).
+        Make the hub files public-read (S3: per object; Azure: the container's blobs). The
+        tracks must be readable too.
 
     Returns
     -------
@@ -375,9 +382,9 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         URIs written: the track index (``tracks.json``, see :mod:`predictd.layout`) and the
         three hub files.
     """
-    if storage.parse_uri(out)[0] not in ("file", "s3"):
+    if storage.parse_uri(out)[0] != "file" and not storage.is_object_store(out):
         raise PredictdError(f"cannot write a hub to {storage.display_uri(out)}: give the run's "
-                            "local directory or s3:// prefix")
+                            "local directory, s3:// or az:// prefix")
     imputed = imputed_tracks(out, url_base)  # first: a wrong OUT is the likeliest mistake
     run_genome = _run_genome(out)
     if genome is None:

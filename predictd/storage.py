@@ -54,10 +54,12 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from predictd.errors import PredictdError
 
 __all__ = [
+    "AZURE_SCHEMES",
     "OBJECT_STORES",
     "AzureRangeReader",
     "S3RangeReader",
     "azure_blob",
+    "azure_url",
     "azure_service",
     "delete_prefix",
     "display_uri",
@@ -101,7 +103,8 @@ AZURE_MAX_ATTEMPTS = 4
 OBJECT_STORES = ("s3", "az")
 
 _CHUNK = 1024 * 1024
-_AZURE_SCHEMES = ("az", "abfs", "abfss", "wasb", "wasbs")
+#: The spellings of an Azure Blob URI (``parse_uri`` gives them all as ``"az"``).
+AZURE_SCHEMES = ("az", "abfs", "abfss", "wasb", "wasbs")
 # CONTAINER@ACCOUNT.dfs.core.windows.net (abfs) or CONTAINER@ACCOUNT.blob.core.windows.net (wasb);
 # other clouds differ only in the suffix after "dfs."/"blob.".
 _AZURE_NETLOC_RE = re.compile(r"^(?P<container>[^@/]+)@(?P<account>[a-z0-9]{3,24})\.(?:dfs|blob)\.(?P<suffix>[a-z0-9.-]+)$",
@@ -165,7 +168,7 @@ def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
         if not rest or rest.startswith("/"):
             raise PredictdError(f"S3 URI has no bucket: {uri}")
         return "s3", rest
-    if scheme in _AZURE_SCHEMES:
+    if scheme in AZURE_SCHEMES:
         netloc = rest.partition("/")[0]
         if not netloc:
             raise PredictdError(f"Azure URI has no container: {uri}")
@@ -228,7 +231,7 @@ def display_uri(uri: str) -> str:
     parts = urlsplit(uri)
     netloc = parts.netloc
     # In an Azure URI the part before "@" is the container, not a user name.
-    container_at_account = (parts.scheme.lower() in _AZURE_SCHEMES
+    container_at_account = (parts.scheme.lower() in AZURE_SCHEMES
                             and _AZURE_NETLOC_RE.match(netloc) is not None)
     if "@" in netloc and not container_at_account:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
@@ -499,6 +502,15 @@ def azure_blob(uri: str) -> tuple[str | None, str, str, str]:
     return m.group("account").lower(), m.group("suffix").lower(), m.group("container"), path
 
 
+def azure_url(uri: str) -> str:
+    """The blob's plain HTTP(S) URL (no signature), as a browser or ``curl`` would fetch it
+    when the container allows anonymous reads; an emulator's or private endpoint's URL when
+    the credentials point there."""
+    account, suffix, container, path = azure_blob(uri)
+    url = azure_service(account, suffix).get_blob_client(container, path).url
+    return urlunsplit(urlsplit(url)._replace(query="")).rstrip("/")
+
+
 def _connection_string_account(conn: str) -> str | None:
     fields = dict(item.split("=", 1) for item in conn.split(";") if "=" in item)
     name = fields.get("AccountName")
@@ -526,6 +538,12 @@ def azure_service(account: str | None = None, suffix: str = "core.windows.net"):
             return client
         from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
+        # The SDK logs every request's headers at INFO: noise in a run's log (and a place a
+        # credential could show up if it ever stopped redacting them).
+        # DefaultAzureCredential warns about every source it tried; our error says what to set.
+        for name, level in (("azure", logging.WARNING), ("azure.identity", logging.ERROR)):
+            sdk_log = logging.getLogger(name)
+            sdk_log.setLevel(max(sdk_log.getEffectiveLevel(), level))
         options = {
             "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2,
                                              retry_total=AZURE_MAX_ATTEMPTS - 1, random_jitter_range=1),

@@ -8,11 +8,11 @@ from .. import config as config_mod
 
 manifest = click.option("--manifest", "-m", required=True, metavar="FILE",
                         help="TSV with columns cell_type, assay, uri (local path, file://, "
-                             "http(s)://, s3://); optional md5, accession. One row per track.")
+                             "http(s)://, s3://, az://); optional md5, accession. One row per track.")
 genome = click.option("--genome", "-g", required=True, metavar="G",
                       help="hg19, hg38, mm10, or a chrom.sizes file.")
 out = click.option("--out", "-o", required=True, metavar="OUT",
-                   help="Output directory or s3:// prefix (tracks/, model/, report/, run.json).")
+                   help="Output directory, s3:// or az:// (abfss://, wasbs://) prefix (tracks/, model/, report/, run.json).")
 config = click.option("--config", "-c", "config_path", metavar="FILE.toml",
                       help="TOML config; `predictd config --show` lists every key.")
 holdout = click.option("--holdout", multiple=True, metavar="CELL:ASSAY",

@@ -27,7 +27,8 @@ no_spark = click.option("--no-spark", is_flag=True,
 overwrite = click.option("--overwrite", is_flag=True,
                          help="Replace a different run found at --out (default: refuse).")
 public = click.option("--public", is_flag=True,
-                      help="Make uploaded S3 objects public-read (default private).")
+                      help="Make uploaded S3 objects public-read; on Azure, open the container to "
+                           "anonymous blob reads (default private).")
 set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                        help="Override one config key (TOML value syntax), e.g. --set "
                             "latent_factors=30 (repeatable).")

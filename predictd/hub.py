@@ -124,6 +124,22 @@ def s3_https_url(uri: str, endpoint: str | None = None) -> str:
     return f"https://{bucket}.s3.amazonaws.com/{key}".rstrip("/")
 
 
+def gcs_https_url(uri: str, endpoint: str | None = None) -> str:
+    """The HTTPS URL of a ``gs://`` object, as a browser would fetch it (``endpoint``, default
+    ``STORAGE_EMULATOR_HOST``, replaces ``https://storage.googleapis.com``).
+
+    >>> gcs_https_url("gs://my-bucket/run 1/hub.txt", endpoint="")
+    'https://storage.googleapis.com/my-bucket/run%201/hub.txt'
+    """
+    bucket, _, key = storage.parse_uri(uri)[1].partition("/")
+    if endpoint is None:
+        endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    base = endpoint.rstrip("/") or "https://storage.googleapis.com"
+    if endpoint:  # emulators serve objects under the JSON API's download path
+        return f"{base}/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
+    return f"{base}/{bucket}/{quote(key, safe='/~')}".rstrip("/")
+
+
 def hub_url(out: str, url_base: str | None = None) -> str | None:
     """The URL to paste into the browser for a hub written at ``out`` (None for a local
     directory without ``url_base``: it must be served first)."""
@@ -134,6 +150,8 @@ def hub_url(out: str, url_base: str | None = None) -> str | None:
         return s3_https_url(layout.hub_file(out))
     if scheme == "az":
         return storage.azure_url(layout.hub_file(out))
+    if scheme == "gs":
+        return gcs_https_url(layout.hub_file(out))
     return None
 
 
@@ -183,10 +201,12 @@ def observed_tracks(manifest: str) -> list[HubTrack]:
             url = s3_https_url(t.uri)
         elif scheme == "az":
             url = storage.azure_url(t.uri)
+        elif scheme == "gs":
+            url = gcs_https_url(t.uri)
         else:
             raise PredictdError(
                 f"{manifest}, row {t.row} ({t.name}): {t.uri} is a local file, which the "
-                "genome browser cannot fetch; list it by an http(s)://, s3:// or az:// URI")
+                "genome browser cannot fetch; list it by an http(s)://, s3://, gs:// or az:// URI")
         out.append(HubTrack(t.cell_type, t.assay, url, "observed"))
     return out
 
@@ -384,7 +404,7 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
     """
     if storage.parse_uri(out)[0] != "file" and not storage.is_object_store(out):
         raise PredictdError(f"cannot write a hub to {storage.display_uri(out)}: give the run's "
-                            "local directory, s3:// or az:// prefix")
+                            "local directory, s3://, gs:// or az:// prefix")
     imputed = imputed_tracks(out, url_base)  # first: a wrong OUT is the likeliest mistake
     run_genome = _run_genome(out)
     if genome is None:

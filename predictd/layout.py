@@ -307,7 +307,7 @@ def track_index(out: str, md5s: dict[str, str] | None = None, hash_local: bool =
     scheme = storage.parse_uri(out)[0]
     if scheme != "file" and scheme not in storage.OBJECT_STORES:
         raise PredictdError(f"cannot index {out}: the track index is written where the run's "
-                            "outputs are (a local directory, s3:// or az:// prefix)")
+                            "outputs are (a local directory, s3://, gs:// or az:// prefix)")
     md5s = {k: v.lower() for k, v in (md5s or {}).items()}
     tracks = [f for f in output_files(out, TRACKS_DIR) if f.is_track]
     files = model_output_files(out)

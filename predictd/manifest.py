@@ -10,8 +10,8 @@ one observed experiment. Lines starting with ``#`` and blank lines are ignored::
     E017        H3K4me3   s3://bucket/E017-H3K4me3.bw
 
 ``uri`` is a local path (relative paths are resolved against the manifest's directory), a
-``file://`` URI, or an ``http://``, ``https://``, ``s3://`` or Azure (``az://``, ``abfs[s]://``,
-``wasb[s]://``) URL. Every problem is reported as a
+``file://`` URI, or an ``http://``, ``https://``, ``s3://``, ``gs://`` or Azure (``az://``,
+``abfs[s]://``, ``wasb[s]://``) URL. Every problem is reported as a
 :class:`~predictd.errors.PredictdError` naming the file and the row (1-based line number, header
 included), so a user can fix the file without reading code.
 
@@ -43,7 +43,7 @@ from predictd.names import check_name, experiment_name
 
 REQUIRED_COLUMNS = ("cell_type", "assay", "uri")
 OPTIONAL_COLUMNS = ("md5", "accession")
-REMOTE_SCHEMES = ("http", "https", "s3", *storage.AZURE_SCHEMES)
+REMOTE_SCHEMES = ("http", "https", "s3", "gs", *storage.AZURE_SCHEMES)
 
 _MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -115,7 +115,7 @@ def _resolve_uri(uri: str, base: str, where: str) -> str:
         parts = urlsplit(uri)
         if not parts.netloc:
             raise PredictdError(f"{where}uri {uri!r} has no host/bucket")
-        if scheme == "s3" and parts.path.strip("/") == "":
+        if scheme in ("s3", "gs") and parts.path.strip("/") == "":
             raise PredictdError(f"{where}uri {uri!r} has no object key after the bucket")
         if scheme in storage.AZURE_SCHEMES:
             try:
@@ -138,7 +138,7 @@ def _resolve_uri(uri: str, base: str, where: str) -> str:
     if scheme:
         raise PredictdError(
             f"{where}uri {uri!r} has unsupported scheme {scheme!r} "
-            "(allowed: local path, file://, http://, https://, s3://, az://, abfs[s]://, wasb[s]://)"
+            "(allowed: local path, file://, http://, https://, s3://, gs://, az://, abfs[s]://, wasb[s]://)"
         )
     return _join_local(uri, base, where)
 

@@ -1,5 +1,5 @@
-"""Where tracks, tensors and outputs live: local paths, ``file://``, ``http(s)://``, ``s3://`` and
-Azure Blob Storage (``az://``, ``abfs[s]://``, ``wasb[s]://``).
+"""Where tracks, tensors and outputs live: local paths, ``file://``, ``http(s)://``, ``s3://``,
+Azure Blob Storage (``az://``, ``abfs[s]://``, ``wasb[s]://``) and Google Cloud Storage (``gs://``).
 
 Every function takes a URI string (or a local path) and hides the transport. Writes are atomic:
 a local file is written beside its destination and renamed; an S3 object is written by one PUT or
@@ -23,6 +23,11 @@ block-list commit when every block is in, so a killed upload leaves no blob; eve
 an MD5 the service checks, and the whole file's MD5 is stored as the blob's ``Content-MD5``,
 which downloads verify. Azure has no per-blob ACL: ``public=True`` opens the container to
 anonymous reads of its blobs (``blob`` access), or fails when the account forbids it.
+
+GCS goes through google-cloud-storage with Application Default Credentials and honours
+``STORAGE_EMULATOR_HOST``. A large file is a resumable upload, whose object exists only once the
+last chunk is in; the service checks each upload's MD5. Reads name the object's generation, so
+a replaced object is an error, not a mix of two. ``public=True`` sends the ``publicRead`` ACL.
 
 Examples
 --------
@@ -57,9 +62,11 @@ __all__ = [
     "AZURE_SCHEMES",
     "OBJECT_STORES",
     "AzureRangeReader",
+    "GcsRangeReader",
     "S3RangeReader",
     "azure_blob",
     "azure_url",
+    "gcs_client",
     "azure_service",
     "delete_prefix",
     "display_uri",
@@ -100,7 +107,7 @@ HTTP_TIMEOUT = (15, 120)  # (connect, read) seconds
 #: Attempts per Azure request (the SDK retries throttling, 5xx and connection errors with backoff).
 AZURE_MAX_ATTEMPTS = 4
 #: Schemes ``parse_uri`` returns for stores that hold written outputs (not read-only URLs).
-OBJECT_STORES = ("s3", "az")
+OBJECT_STORES = ("s3", "az", "gs")
 
 _CHUNK = 1024 * 1024
 #: The spellings of an Azure Blob URI (``parse_uri`` gives them all as ``"az"``).
@@ -168,6 +175,10 @@ def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
         if not rest or rest.startswith("/"):
             raise PredictdError(f"S3 URI has no bucket: {uri}")
         return "s3", rest
+    if scheme == "gs":
+        if not rest or rest.startswith("/"):
+            raise PredictdError(f"GCS URI has no bucket: {uri}")
+        return "gs", rest
     if scheme in AZURE_SCHEMES:
         netloc = rest.partition("/")[0]
         if not netloc:
@@ -179,17 +190,18 @@ def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
         return "az", rest
     raise PredictdError(
         f"unsupported URI scheme {scheme!r} in {display_uri(uri)} (use a local path, file://, http(s)://, "
-        "s3:// or az:// / abfs[s]:// / wasb[s]://)"
+        "s3://, gs:// or az:// / abfs[s]:// / wasb[s]://)"
     )
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
-    """True for ``http(s)://``, ``s3://`` and Azure URIs, False for local paths and ``file://``."""
+    """True for ``http(s)://``, ``s3://``, ``gs://`` and Azure URIs, False for local paths and
+    ``file://``."""
     return parse_uri(uri)[0] != "file"
 
 
 def is_object_store(uri: str | os.PathLike) -> bool:
-    """True for URIs predictd can write, list and delete remotely: ``s3://`` and Azure.
+    """True for URIs predictd can write, list and delete remotely: ``s3://``, ``gs://`` and Azure.
 
     >>> is_object_store("az://runs/r1"), is_object_store("https://host/r1"), is_object_store("r1")
     (True, False, False)
@@ -792,6 +804,173 @@ def _az_fetch_range(uri: str, part: str, offset: int, version: str | None, bar) 
         raise _Retryable(type(exc).__name__) from exc
 
 
+# --- Google Cloud Storage --------------------------------------------------------------------
+
+_GCS_CLIENT_ENV = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+_gcs_clients: dict[tuple, object] = {}
+
+
+def gcs_client():
+    """A ``google.cloud.storage.Client`` from Application Default Credentials, shared within a
+    process (rebuilt when the ``GOOGLE_*`` / ``STORAGE_EMULATOR_HOST`` variables change, or
+    after a fork). With ``STORAGE_EMULATOR_HOST`` (an emulator) and no
+    ``GOOGLE_APPLICATION_CREDENTIALS``, requests are anonymous."""
+    key = (os.getpid(), HTTP_TIMEOUT) + tuple(os.environ.get(k) for k in _GCS_CLIENT_ENV)
+    client = _gcs_clients.get(key)
+    if client is not None:
+        return client
+    with _client_lock:
+        client = _gcs_clients.get(key)
+        if client is not None:
+            return client
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage as gcs
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+        try:
+            if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+                from google.auth.credentials import AnonymousCredentials
+
+                client = gcs.Client(project=project or "predictd", credentials=AnonymousCredentials())
+            else:
+                client = gcs.Client(project=project)
+        except DefaultCredentialsError as exc:
+            raise PredictdError(
+                "no usable Google Cloud credentials (run `gcloud auth application-default login`, "
+                "set GOOGLE_APPLICATION_CREDENTIALS, or run on a VM with a service account)") from exc
+        _gcs_clients.clear()
+        _gcs_clients[key] = client
+    return client
+
+
+def _gcs_bucket_key(uri: str, need_key: bool = True) -> tuple[str, str]:
+    _, location = parse_uri(uri)
+    bucket, _, key = location.partition("/")
+    if need_key and (not key or key.endswith("/")):
+        raise PredictdError(f"GCS URI names a bucket but no object: {uri}")
+    return bucket, key
+
+
+@contextlib.contextmanager
+def _gcs_errors(uri: str, action: str):
+    """Turn google-cloud-storage failures into one-line PredictdErrors naming ``uri`` (the
+    status and the server's reason only: never a token)."""
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.auth.exceptions import DefaultCredentialsError, RefreshError, TransportError
+
+    bucket = parse_uri(uri)[1].partition("/")[0]
+    try:
+        yield
+    except PredictdError:
+        raise
+    except gexc.NotFound as exc:
+        if gcs_client().lookup_bucket(bucket) is None:
+            raise PredictdError(f"GCS bucket {bucket!r} does not exist ({action} {uri})") from exc
+        raise PredictdError(f"GCS object not found: {uri}") from exc
+    except gexc.Unauthorized as exc:
+        raise PredictdError(f"Google Cloud credentials rejected (401) {action} {uri}") from exc
+    except gexc.Forbidden as exc:
+        raise PredictdError(f"access denied {action} {uri} (check the credentials' IAM roles on "
+                            "the bucket)") from exc
+    except gexc.PreconditionFailed as exc:
+        raise PredictdError(f"GCS object changed while it was being read: {uri}") from exc
+    except gexc.BadRequest as exc:
+        if "uniform bucket-level access" in str(exc).lower():
+            raise PredictdError(f"bucket {bucket!r} has uniform bucket-level access, so {uri} cannot "
+                                "be made public per object; grant allUsers read on the bucket "
+                                "instead") from exc
+        raise PredictdError(f"GCS error 400 {action} {uri}: {exc.message}") from exc
+    except gexc.GoogleAPICallError as exc:
+        raise PredictdError(f"GCS error {exc.code} {action} {uri}: {exc.message}") from exc
+    except (DefaultCredentialsError, RefreshError) as exc:
+        raise PredictdError(f"no usable Google Cloud credentials {action} {uri} "
+                            f"({type(exc).__name__})") from exc
+    except (requests.exceptions.ConnectionError, TransportError) as exc:
+        raise PredictdError(f"cannot connect to the GCS endpoint {action} {uri}: "
+                            f"{type(exc).__name__}") from exc
+
+
+def _gcs_head(uri: str):
+    """The object's metadata (``google.cloud.storage.Blob``), or None if it is missing (error
+    if the bucket is missing)."""
+    bucket, key = _gcs_bucket_key(uri)
+    with _gcs_errors(uri, "reading"):
+        blob = gcs_client().bucket(bucket).get_blob(key)
+        if blob is None and gcs_client().lookup_bucket(bucket) is None:
+            raise PredictdError(f"GCS bucket {bucket!r} does not exist (reading {uri})")
+    return blob
+
+
+def _gcs_stored_md5(blob) -> str | None:
+    import base64
+
+    return base64.b64decode(blob.md5_hash).hex() if blob is not None and blob.md5_hash else None
+
+
+def _gcs_upload(local_path: str | None, uri: str, data: bytes | None, public: bool) -> None:
+    """One upload request for small content; a resumable upload in :data:`PART_SIZE` chunks
+    for large files, which creates the object only when its last chunk is in. Either way the
+    service checks the content's MD5, which the object keeps (``md5Hash``)."""
+    bucket, key = _gcs_bucket_key(uri)
+    size = len(data) if data is not None else os.path.getsize(local_path)
+    chunk = PART_SIZE if size > MULTIPART_THRESHOLD else None
+    blob = gcs_client().bucket(bucket).blob(key, chunk_size=chunk)
+    acl = {"predefined_acl": "publicRead"} if public else {}
+    with _gcs_errors(uri, "uploading to"):
+        if data is not None:
+            blob.upload_from_string(data, checksum="md5", timeout=HTTP_TIMEOUT, **acl)
+        else:
+            with _local_errors(local_path, "reading"):
+                fh = open(local_path, "rb")
+            with fh:
+                blob.upload_from_file(fh, size=size, checksum="md5", timeout=HTTP_TIMEOUT, **acl)
+
+
+def _gcs_get(uri: str, start: int, end: int | None, generation: int | None) -> bytes:
+    """Bytes ``start..end`` (inclusive) of the object's ``generation``: a replaced object's old
+    generation is gone (or, with versioning, still the same bytes), never a mix of two."""
+    from google.api_core import exceptions as gexc
+
+    bucket, key = _gcs_bucket_key(uri)
+    blob = gcs_client().bucket(bucket).blob(key, generation=generation)
+    with _gcs_errors(uri, "reading"):
+        try:
+            return blob.download_as_bytes(start=start, end=end, checksum=None, timeout=HTTP_TIMEOUT)
+        except gexc.NotFound as exc:
+            if generation is not None and _gcs_head(uri) is not None:
+                raise PredictdError(f"GCS object changed while it was being read: {uri}") from exc
+            raise
+
+
+def _gcs_fetch_range(uri: str, part: str, offset: int, version: str | None, bar, size: int) -> None:
+    import requests
+    from google.api_core.exceptions import ServerError
+
+    generation = int(version) if version else None
+    while offset < size:
+        end = min(offset + PART_SIZE, size) - 1
+        try:
+            body = _gcs_get(uri, offset, end, generation)
+        except PredictdError as exc:
+            if isinstance(exc.__cause__, (requests.exceptions.ConnectionError, ServerError)):
+                raise _Retryable(type(exc.__cause__).__name__) from exc
+            raise
+        except (requests.exceptions.RequestException, ServerError) as exc:
+            raise _Retryable(type(exc).__name__) from exc
+        _append_stream([body], part, bar)
+        offset += len(body)
+
+
+def _gcs_list(uri: str) -> list[tuple[str, int]]:
+    bucket, prefix = _gcs_bucket_key(uri, need_key=False)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    with _gcs_errors(uri, "listing"):
+        return [(b.name[len(prefix):], int(b.size))
+                for b in gcs_client().list_blobs(bucket, prefix=prefix or None)]
+
+
 # --- HTTP ------------------------------------------------------------------------------------
 
 
@@ -875,6 +1054,13 @@ def exists(uri: str | os.PathLike) -> bool:
                                                              results_per_page=1)
                 return next(iter(blobs), None) is not None
         return _az_head(uri) is not None
+    if scheme == "gs":
+        bucket, key = _gcs_bucket_key(uri, need_key=False)
+        if not key or key.endswith("/"):
+            with _gcs_errors(uri, "listing"):
+                found = gcs_client().list_blobs(bucket, prefix=key or None, max_results=1)
+                return next(iter(found), None) is not None
+        return _gcs_head(uri) is not None
     return _http_probe(uri) is not None
 
 
@@ -891,6 +1077,8 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     if scheme == "az":
         with _az_errors(uri, "reading"):
             return _az_blob_client(uri).download_blob().readall()
+    if scheme == "gs":
+        return _gcs_get(os.fspath(uri), 0, None, None)
     import requests
 
     with _http_errors(uri, "reading"):
@@ -989,6 +1177,22 @@ class AzureRangeReader(_RangeReader):
                 match_condition=MatchConditions.IfNotModified, max_concurrency=1).readall()
 
 
+class GcsRangeReader(_RangeReader):
+    """A :class:`_RangeReader` over a GCS object (ranged GETs of the generation seen at open)."""
+
+    def __init__(self, uri: str):
+        super().__init__()
+        blob = _gcs_head(uri)
+        if blob is None:
+            raise PredictdError(f"GCS object not found: {uri}")
+        self.uri = uri
+        self._etag = blob.generation
+        self.size = int(blob.size)
+
+    def _get(self, start: int, n: int) -> bytes:
+        return _gcs_get(self.uri, start, start + n - 1, self._etag)
+
+
 @contextlib.contextmanager
 def open_random_access(uri: str | os.PathLike):
     """A seekable binary file over a file, object or URL, for formats read in pieces (a Parquet
@@ -1005,6 +1209,8 @@ def open_random_access(uri: str | os.PathLike):
         fh = S3RangeReader(os.fspath(uri))
     elif scheme == "az":
         fh = AzureRangeReader(os.fspath(uri))
+    elif scheme == "gs":
+        fh = GcsRangeReader(os.fspath(uri))
     else:
         fh = io.BytesIO(read_bytes(uri))
     with fh:
@@ -1042,6 +1248,8 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes, public: bool = False
             s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_s3_extra_args(public))
     elif scheme == "az":
         _az_put(os.fspath(uri), data, public)
+    elif scheme == "gs":
+        _gcs_upload(None, os.fspath(uri), data, public)
     else:
         raise PredictdError(f"cannot write to an {scheme} URL: {display_uri(os.fspath(uri))}")
 
@@ -1085,6 +1293,9 @@ def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: b
             with _local_errors(src, "reading"), open(src, "rb") as fh:
                 data = fh.read()
             _az_put(os.fspath(uri), data, public)
+        return
+    if scheme == "gs":
+        _gcs_upload(src, os.fspath(uri), None, public)
         return
     if scheme != "s3":
         raise PredictdError(f"cannot upload to an {scheme} URL: {display_uri(os.fspath(uri))}")
@@ -1180,6 +1391,8 @@ def list_prefix(uri: str | os.PathLike) -> list[tuple[str, int]]:
         return sorted(found)
     if scheme == "az":
         return sorted(_az_list(os.fspath(uri)))
+    if scheme == "gs":
+        return sorted(_gcs_list(os.fspath(uri)))
     if scheme != "s3":
         raise PredictdError(f"cannot list an {scheme} URL: {display_uri(os.fspath(uri))}")
     bucket, prefix = _s3_bucket_key(uri, need_key=False)
@@ -1221,6 +1434,16 @@ def delete_prefix(uri: str | os.PathLike) -> None:
             with _az_errors(join(uri, name), "deleting"):
                 container.delete_blob(key)
         return
+    if scheme == "gs":
+        uri = os.fspath(uri)
+        bucket, prefix = _gcs_bucket_key(uri, need_key=False)
+        if not prefix.strip("/"):
+            raise PredictdError(f"refusing to delete a whole bucket: {uri}")
+        handle = gcs_client().bucket(bucket)
+        for name, _ in _gcs_list(uri):
+            with _gcs_errors(join(uri, name), "deleting"):
+                handle.blob(prefix.rstrip("/") + "/" + name).delete()
+        return
     if scheme != "s3":
         raise PredictdError(f"cannot delete an {scheme} URL: {display_uri(os.fspath(uri))}")
     bucket, prefix = _s3_bucket_key(uri, need_key=False)
@@ -1254,7 +1477,9 @@ def abort_pending_uploads(uri: str | os.PathLike) -> int:
     Azure, whose uncommitted blocks the service discards itself."""
     scheme, _ = parse_uri(uri)
     if scheme != "s3":
-        return 0  # Azure discards uncommitted blocks itself (at the blob's next commit, or in a week)
+        # Azure discards uncommitted blocks itself (at the blob's next commit, or in a week);
+        # an unfinished GCS resumable upload expires after a week and is never an object.
+        return 0
     bucket, prefix = _s3_bucket_key(os.fspath(uri), need_key=False)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
@@ -1342,7 +1567,8 @@ def download_file(
         Show a tqdm progress bar on stderr.
     md5 : str, optional
         Expected hex MD5 of the content; an existing ``local_path`` with this MD5 is kept. An
-        Azure blob's stored ``Content-MD5`` is checked when no ``md5`` is given.
+        Azure blob's stored ``Content-MD5`` or a GCS object's ``md5Hash`` is checked when no
+        ``md5`` is given.
 
     Returns
     -------
@@ -1400,6 +1626,11 @@ def _remote_info(uri: str, scheme: str) -> tuple[int | None, str | None, str | N
         if props is None:
             raise PredictdError(f"Azure blob not found: {display_uri(uri)}")
         return int(props.size), props.etag, _az_stored_md5(props)
+    if scheme == "gs":
+        blob = _gcs_head(uri)
+        if blob is None:
+            raise PredictdError(f"GCS object not found: {uri}")
+        return int(blob.size), str(blob.generation), _gcs_stored_md5(blob)
     info = _http_probe(uri)
     if info is None:
         raise PredictdError(f"not found (HTTP 404): {display_uri(uri)}")
@@ -1450,6 +1681,8 @@ def _download_locked(uri: str, scheme: str, local_path: str, progress: bool, md5
                     _s3_fetch_range(uri, part, offset, version, bar)
                 elif scheme == "az":
                     _az_fetch_range(uri, part, offset, version, bar)
+                elif scheme == "gs":
+                    _gcs_fetch_range(uri, part, offset, version, bar, size)
                 else:
                     _http_fetch_range(uri, part, offset, version, bar)
                 if size is None or os.path.getsize(part) >= size:

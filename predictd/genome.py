@@ -197,8 +197,8 @@ def load_genome(name_or_path: str) -> Genome:
     ----------
     name_or_path : str
         ``"hg19"``, ``"hg38"``, ``"mm10"`` (bundled, primary chromosomes only), or the path of a
-        chrom.sizes file (local, or any URI :mod:`predictd.storage` reads: ``s3://``, ``az://``,
-        ``http(s)://``). A bundled name wins over a file of the same name in the working directory.
+        chrom.sizes file (local, or any URI :mod:`predictd.storage` reads: ``s3://``, ``gs://``,
+        ``az://``, ``http(s)://``). A bundled name wins over a file of the same name in the working directory.
 
     Returns
     -------

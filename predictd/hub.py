@@ -178,9 +178,9 @@ def imputed_tracks(out: str, url_base: str | None = None) -> list[HubTrack]:
 def observed_tracks(manifest: str) -> list[HubTrack]:
     """The observed tracks of a manifest, as URLs a browser can fetch.
 
-    ``http(s)://`` URIs are used as they are, ``s3://`` and Azure ones become HTTPS URLs (see
-    :func:`s3_https_url` and :func:`predictd.storage.azure_url`; the objects must be publicly
-    readable). Local files cannot be shown:
+    ``http(s)://`` URIs are used as they are, ``s3://``, ``gs://`` and Azure ones become HTTPS
+    URLs (see :func:`s3_https_url`, :func:`gcs_https_url` and :func:`predictd.storage.azure_url`;
+    the objects must be publicly readable). Local files cannot be shown:
     they raise a PredictdError naming the row.
     """
     from .manifest import read_manifest
@@ -381,7 +381,7 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
     Parameters
     ----------
     out : str
-        The run's output prefix (local directory, ``s3://`` or Azure); the hub is written there.
+        The run's output prefix (local directory or object-store prefix); the hub is written there.
     genome : str, optional
         UCSC assembly name; default: the run's genome (from run.json) when it is a named
         assembly.
@@ -389,11 +389,11 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         Public http(s) URL of ``out``: bigDataUrls become absolute under it. Default: relative
         to the hub.
     observed_manifest : str, optional
-        Also show the observed tracks of this manifest (their URIs must be http(s), s3 or Azure).
+        Also show the observed tracks of this manifest (their URIs must be http(s), s3, gs or Azure).
     email, composite, name
         See :func:`render_hub` (``name`` defaults to the last component of ``out``).
     public : bool, default False
-        Make the hub files public-read (S3: per object; Azure: the container's blobs). The
+        Make the hub files public-read (S3, GCS: per object; Azure: the container's blobs). The
         tracks must be readable too.
 
     Returns

@@ -1,8 +1,8 @@
 """Where a run's outputs live under its output prefix OUT, and the track index that lists them
 (docs/design.md §9).
 
-OUT is a local directory or an ``s3://`` or Azure (``az://``, ``abfss://``) prefix (a run published over ``http(s)://`` is read
-with the same paths)::
+OUT is a local directory or an object-store prefix (``s3://``, ``gs://``, ``az://``, ``abfss://``,
+...; a run published over ``http(s)://`` is read with the same paths)::
 
     OUT/run.json                 config, versions, manifest checksums, stage timings, results
     OUT/tracks.json              the track index: every imputed track with its size and MD5
@@ -290,7 +290,7 @@ def track_index(out: str, md5s: dict[str, str] | None = None, hash_local: bool =
     Parameters
     ----------
     out : str
-        Output prefix (local directory, ``s3://`` or Azure) holding ``tracks/``.
+        Output prefix (local directory or object-store prefix) holding ``tracks/``.
     md5s : dict, optional
         ``{track path or cell_type.assay: md5}`` already known (e.g. computed by the tasks that
         wrote the tracks, while the files were local). Local tracks not in it are hashed here

@@ -58,7 +58,7 @@ class Track:
     cell_type, assay : str
         File-name-safe names; together they identify the track.
     uri : str
-        Absolute local path, or an ``http(s)://``, ``s3://`` or Azure URL.
+        Absolute local path, or an ``http(s)://``, ``s3://``, ``gs://`` or Azure URL.
     md5 : str or None
         Lower-case hex MD5 of the file, if given.
     accession : str or None
@@ -85,7 +85,7 @@ class Track:
 
     @property
     def is_remote(self) -> bool:
-        """True when :attr:`uri` must be fetched (http, https, s3 or Azure)."""
+        """True when :attr:`uri` must be fetched (http, https, s3, gs or Azure)."""
         return uri_scheme(self.uri) in REMOTE_SCHEMES
 
 
@@ -149,7 +149,7 @@ def _join_local(path: str, base: str, where: str = "") -> str:
         # a manifest fetched from elsewhere must not make predictd read this machine's files
         raise PredictdError(
             f"{where}uri {path!r} is a local path, but the manifest is remote ({base}): it may "
-            "name objects beside it (relative) or full http(s)/s3/Azure URLs only"
+            "name objects beside it (relative) or full http(s)/s3/gs/Azure URLs only"
         )
     path = os.path.expanduser(path)
     if os.path.isabs(path):
@@ -172,7 +172,7 @@ def read_manifest(path: str, base: str | None = None) -> list[Track]:
     path : str
         Local path of the TSV manifest (download remote manifests first).
     base : str, optional
-        Directory (local path, ``file://``, ``http(s)://``, ``s3://`` or Azure prefix) against which
+        Directory (local path, ``file://``, ``http(s)://``, ``s3://``, ``gs://`` or Azure prefix) against which
         relative ``uri`` entries are resolved. Defaults to the manifest's own directory. Pass the
         original remote prefix when ``path`` is a downloaded copy.
 

@@ -172,9 +172,9 @@ def read_manifest(path: str, base: str | None = None) -> list[Track]:
     path : str
         Local path of the TSV manifest (download remote manifests first).
     base : str, optional
-        Directory (local path, ``file://``, ``http(s)://``, ``s3://``, ``gs://`` or Azure prefix) against which
-        relative ``uri`` entries are resolved. Defaults to the manifest's own directory. Pass the
-        original remote prefix when ``path`` is a downloaded copy.
+        Directory (local path, ``file://``, ``http(s)://``, ``s3://``, ``gs://`` or Azure prefix)
+        against which relative ``uri`` entries are resolved. Defaults to the manifest's own
+        directory. Pass the original remote prefix when ``path`` is a downloaded copy.
 
     Returns
     -------

@@ -114,8 +114,9 @@ _CHUNK = 1024 * 1024
 AZURE_SCHEMES = ("az", "abfs", "abfss", "wasb", "wasbs")
 # CONTAINER@ACCOUNT.dfs.core.windows.net (abfs) or CONTAINER@ACCOUNT.blob.core.windows.net (wasb);
 # other clouds differ only in the suffix after "dfs."/"blob.".
-_AZURE_NETLOC_RE = re.compile(r"^(?P<container>[^@/]+)@(?P<account>[a-z0-9]{3,24})\.(?:dfs|blob)\.(?P<suffix>[a-z0-9.-]+)$",
-                              re.IGNORECASE)
+_AZURE_NETLOC_RE = re.compile(
+    r"^(?P<container>[^@/]+)@(?P<account>[a-z0-9]{3,24})\.(?:dfs|blob)\.(?P<suffix>[a-z0-9.-]+)$",
+    re.IGNORECASE)
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SECRET_PARAM_RE = re.compile(r"signature|credential|token|secret|password|key|^sig$", re.IGNORECASE)
 
@@ -184,9 +185,10 @@ def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
         if not netloc:
             raise PredictdError(f"Azure URI has no container: {uri}")
         if "@" in netloc and _AZURE_NETLOC_RE.match(netloc) is None:
+            endpoint = "blob" if scheme.startswith("wasb") else "dfs"
             raise PredictdError(
                 f"Azure URI names its account wrongly: {display_uri(uri)} (expected "
-                f"{scheme}://CONTAINER@ACCOUNT.{'blob' if scheme.startswith('wasb') else 'dfs'}.core.windows.net/PATH)")
+                f"{scheme}://CONTAINER@ACCOUNT.{endpoint}.core.windows.net/PATH)")
         return "az", rest
     raise PredictdError(
         f"unsupported URI scheme {scheme!r} in {display_uri(uri)} (use a local path, file://, http(s)://, "
@@ -488,7 +490,8 @@ def _s3_multipart_upload(local_path: str, uri: str, size: int, public: bool) -> 
 # --- Azure Blob Storage ----------------------------------------------------------------------
 
 _AZURE_CLIENT_ENV = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
-                     "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_BLOB_ENDPOINT", "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
+                     "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_BLOB_ENDPOINT", "AZURE_CLIENT_ID",
+                     "AZURE_TENANT_ID")
 _azure_clients: dict[tuple, object] = {}
 _azure_public: set[tuple] = set()
 
@@ -828,7 +831,8 @@ def gcs_client():
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT")
         try:
-            if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+            if emulator and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
                 from google.auth.credentials import AnonymousCredentials
 
                 client = gcs.Client(project=project or "predictd", credentials=AnonymousCredentials())

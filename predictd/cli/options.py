@@ -12,7 +12,8 @@ manifest = click.option("--manifest", "-m", required=True, metavar="FILE",
 genome = click.option("--genome", "-g", required=True, metavar="G",
                       help="hg19, hg38, mm10, or a chrom.sizes file.")
 out = click.option("--out", "-o", required=True, metavar="OUT",
-                   help="Output directory, s3://, gs:// or az:// (abfss://, wasbs://) prefix (tracks/, model/, report/, run.json).")
+                   help="Output directory, or s3://, gs:// or az:// (abfss://, wasbs://) prefix "
+                        "(tracks/, model/, report/, run.json).")
 config = click.option("--config", "-c", "config_path", metavar="FILE.toml",
                       help="TOML config; `predictd config --show` lists every key.")
 holdout = click.option("--holdout", multiple=True, metavar="CELL:ASSAY",

@@ -345,3 +345,21 @@ def test_tensor_block_on_azure_is_read_by_column_ranges(azure_endpoint, monkeypa
     assert readers[0].fetched < size / 10, (readers[0].fetched, size)
     with pytest.raises(PredictdError, match="Azure blob not found"):
         tensor.read_block(root, "chr1", 1, [names[5]])
+
+
+@pytest.mark.cloud
+def test_azure_unreachable_endpoint_names_the_uri_without_secrets(azure_endpoint, azurite_server,
+                                                                   monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_server.connection_string(port))
+    monkeypatch.setattr(storage, "AZURE_MAX_ATTEMPTS", 1)
+    monkeypatch.setattr(storage, "HTTP_TIMEOUT", (2, 2))
+    with pytest.raises(PredictdError) as err:
+        storage.write_text_atomic(f"az://{azure_endpoint}/x.txt", "x")
+    msg = str(err.value)
+    assert msg.startswith("cannot connect to the Azure endpoint writing az://") and "\n" not in msg
+    assert azurite_server.key not in msg

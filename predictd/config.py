@@ -216,12 +216,19 @@ def _check(source: str, key: str, val: Any, f: dataclasses.Field) -> Any:
 
 
 def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate a TOML config file (``None`` = all defaults)."""
+    """Read and validate a TOML config file (``None`` = all defaults): a local path or any URI
+    :mod:`predictd.storage` reads (``s3://``, ``gs://``, ``az://``, ``http(s)://``)."""
     data: dict[str, Any] = {}
     if path:
+        from predictd import storage
+
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            if storage.is_remote(path):
+                data = tomllib.loads(storage.read_text(path))
+                path = storage.display_uri(path)
+            else:
+                with open(path, "rb") as fh:
+                    data = tomllib.load(fh)
         except FileNotFoundError:
             raise PredictdError(f"config file not found: {path}") from None
         except PermissionError:

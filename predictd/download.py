@@ -1,5 +1,5 @@
 """List and fetch what a run produced: imputed tracks (and optionally the model) from an output
-prefix that is a local directory, an ``s3://`` prefix or an ``http(s)://`` URL.
+prefix that is a local directory, an ``s3://``, ``gs://`` or Azure prefix or an ``http(s)://`` URL.
 
 A local or S3 prefix is listed directly (``OUT/tracks/*.imputed.bw``). A web server cannot be
 listed, so for ``http(s)://`` sources the run's track index ``OUT/tracks.json`` (see
@@ -76,7 +76,8 @@ def list_outputs(source: str, include_model: bool = False) -> list[OutputFile]:
     Parameters
     ----------
     source : str
-        The run's output prefix: local directory, ``file://``, ``s3://`` or ``http(s)://``.
+        The run's output prefix: local directory, ``file://``, ``s3://``, ``gs://``, Azure or
+        ``http(s)://``.
     include_model : bool, default False
         Also list ``model/model.json``, ``model/factors.npz``, ``model/history.json`` and
         ``run.json``.
@@ -211,7 +212,7 @@ def download(source: str, dest: str, cell_types=(), assays=(), include_model: bo
     Parameters
     ----------
     source : str
-        Output prefix: local directory, ``s3://`` or ``http(s)://``.
+        Output prefix: local directory, ``s3://``, ``gs://``, Azure or ``http(s)://``.
     dest : str
         Local directory (created if missing).
     cell_types, assays : sequence of str

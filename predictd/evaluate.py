@@ -192,7 +192,7 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
 
 def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict],
                  public: bool = False, errors: list[dict] | None = None) -> str:
-    """Write OUT/report (a local directory or an s3:// prefix); returns its page's URI."""
+    """Write OUT/report (a local directory or an object-store prefix); returns its page's URI."""
     from . import report
 
     return report.write_report(layout.report_dir(out), rows, curves, examples, errors=errors,

@@ -197,7 +197,8 @@ def load_genome(name_or_path: str) -> Genome:
     ----------
     name_or_path : str
         ``"hg19"``, ``"hg38"``, ``"mm10"`` (bundled, primary chromosomes only), or the path of a
-        chrom.sizes file. A bundled name wins over a file of the same name in the working directory.
+        chrom.sizes file (local, or any URI :mod:`predictd.storage` reads: ``s3://``, ``gs://``,
+        ``az://``, ``http(s)://``). A bundled name wins over a file of the same name in the working directory.
 
     Returns
     -------
@@ -223,6 +224,13 @@ def load_genome(name_or_path: str) -> Genome:
             return parse_chrom_sizes(str(bundled_path), name=key)
     if os.path.isfile(key):
         return parse_chrom_sizes(key)
+    if "://" in key:
+        from predictd import storage
+        from predictd.ingest import scratch_dir
+
+        if storage.is_remote(key):
+            return parse_chrom_sizes(storage.fetch_to_local(key, scratch_dir()),
+                                     name=storage.display_uri(key))
     if os.path.exists(key):
         raise PredictdError(f"genome {key!r} is not a regular file")
     raise PredictdError(

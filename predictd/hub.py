@@ -124,13 +124,34 @@ def s3_https_url(uri: str, endpoint: str | None = None) -> str:
     return f"https://{bucket}.s3.amazonaws.com/{key}".rstrip("/")
 
 
+def gcs_https_url(uri: str, endpoint: str | None = None) -> str:
+    """The HTTPS URL of a ``gs://`` object, as a browser would fetch it (``endpoint``, default
+    ``STORAGE_EMULATOR_HOST``, replaces ``https://storage.googleapis.com``).
+
+    >>> gcs_https_url("gs://my-bucket/run 1/hub.txt", endpoint="")
+    'https://storage.googleapis.com/my-bucket/run%201/hub.txt'
+    """
+    bucket, _, key = storage.parse_uri(uri)[1].partition("/")
+    if endpoint is None:
+        endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    base = endpoint.rstrip("/") or "https://storage.googleapis.com"
+    if endpoint:  # emulators serve objects under the JSON API's download path
+        return f"{base}/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
+    return f"{base}/{bucket}/{quote(key, safe='/~')}".rstrip("/")
+
+
 def hub_url(out: str, url_base: str | None = None) -> str | None:
     """The URL to paste into the browser for a hub written at ``out`` (None for a local
     directory without ``url_base``: it must be served first)."""
     if url_base:
         return f"{url_base.rstrip('/')}/{HUB_FILE}"
-    if storage.parse_uri(out)[0] == "s3":
+    scheme = storage.parse_uri(out)[0]
+    if scheme == "s3":
         return s3_https_url(layout.hub_file(out))
+    if scheme == "az":
+        return storage.azure_url(layout.hub_file(out))
+    if scheme == "gs":
+        return gcs_https_url(layout.hub_file(out))
     return None
 
 
@@ -157,8 +178,9 @@ def imputed_tracks(out: str, url_base: str | None = None) -> list[HubTrack]:
 def observed_tracks(manifest: str) -> list[HubTrack]:
     """The observed tracks of a manifest, as URLs a browser can fetch.
 
-    ``http(s)://`` URIs are used as they are, ``s3://`` ones become HTTPS URLs (see
-    :func:`s3_https_url`; the objects must be publicly readable). Local files cannot be shown:
+    ``http(s)://`` URIs are used as they are, ``s3://``, ``gs://`` and Azure ones become HTTPS
+    URLs (see :func:`s3_https_url`, :func:`gcs_https_url` and :func:`predictd.storage.azure_url`;
+    the objects must be publicly readable). Local files cannot be shown:
     they raise a PredictdError naming the row.
     """
     from .manifest import read_manifest
@@ -177,10 +199,14 @@ def observed_tracks(manifest: str) -> list[HubTrack]:
             url = t.uri
         elif scheme == "s3":
             url = s3_https_url(t.uri)
+        elif scheme == "az":
+            url = storage.azure_url(t.uri)
+        elif scheme == "gs":
+            url = gcs_https_url(t.uri)
         else:
             raise PredictdError(
                 f"{manifest}, row {t.row} ({t.name}): {t.uri} is a local file, which the "
-                "genome browser cannot fetch; list it by an http(s):// or s3:// URI")
+                "genome browser cannot fetch; list it by an http(s)://, s3://, gs:// or az:// URI")
         out.append(HubTrack(t.cell_type, t.assay, url, "observed"))
     return out
 
@@ -355,7 +381,7 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
     Parameters
     ----------
     out : str
-        The run's output prefix (local directory or ``s3://``); the hub is written there.
+        The run's output prefix (local directory or object-store prefix); the hub is written there.
     genome : str, optional
         UCSC assembly name; default: the run's genome (from run.json) when it is a named
         assembly.
@@ -363,11 +389,12 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         Public http(s) URL of ``out``: bigDataUrls become absolute under it. Default: relative
         to the hub.
     observed_manifest : str, optional
-        Also show the observed tracks of this manifest (their URIs must be http(s) or s3).
+        Also show the observed tracks of this manifest (their URIs must be http(s), s3, gs or Azure).
     email, composite, name
         See :func:`render_hub` (``name`` defaults to the last component of ``out``).
     public : bool, default False
-        S3 only: make the hub files public-read (the tracks must be readable too).
+        Make the hub files public-read (S3, GCS: per object; Azure: the container's blobs). The
+        tracks must be readable too.
 
     Returns
     -------
@@ -375,9 +402,9 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         URIs written: the track index (``tracks.json``, see :mod:`predictd.layout`) and the
         three hub files.
     """
-    if storage.parse_uri(out)[0] not in ("file", "s3"):
+    if storage.parse_uri(out)[0] != "file" and not storage.is_object_store(out):
         raise PredictdError(f"cannot write a hub to {storage.display_uri(out)}: give the run's "
-                            "local directory or s3:// prefix")
+                            "local directory, s3://, gs:// or az:// prefix")
     imputed = imputed_tracks(out, url_base)  # first: a wrong OUT is the likeliest mistake
     run_genome = _run_genome(out)
     if genome is None:

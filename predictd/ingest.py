@@ -2,8 +2,8 @@
 
 Two steps, each idempotent and resumable:
 
-1. *check* — per track: fetch (http/s3) or locate the file, verify its md5 when the manifest
-   gives one, open it and list its chromosomes. Every problem is reported before any heavy work
+1. *check* — per track: fetch (http, s3, gs, Azure) or locate the file, verify its md5 when the
+   manifest gives one, open it and list its chromosomes. Every problem is reported before any heavy work
    starts. A Spark job of one task per track; under a local master with local files, the driver
    checks them itself (checking a local file costs far less than a Spark job's latency).
 2. *build* — one task per tensor block (chromosome, bin range): read that range of every track

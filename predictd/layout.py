@@ -1,8 +1,8 @@
 """Where a run's outputs live under its output prefix OUT, and the track index that lists them
 (docs/design.md §9).
 
-OUT is a local directory or an ``s3://`` prefix (a run published over ``http(s)://`` is read
-with the same paths)::
+OUT is a local directory or an object-store prefix (``s3://``, ``gs://``, ``az://``, ``abfss://``,
+...; a run published over ``http(s)://`` is read with the same paths)::
 
     OUT/run.json                 config, versions, manifest checksums, stage timings, results
     OUT/tracks.json              the track index: every imputed track with its size and MD5
@@ -290,7 +290,7 @@ def track_index(out: str, md5s: dict[str, str] | None = None, hash_local: bool =
     Parameters
     ----------
     out : str
-        Output prefix (local directory or ``s3://``) holding ``tracks/``.
+        Output prefix (local directory or object-store prefix) holding ``tracks/``.
     md5s : dict, optional
         ``{track path or cell_type.assay: md5}`` already known (e.g. computed by the tasks that
         wrote the tracks, while the files were local). Local tracks not in it are hashed here
@@ -305,9 +305,9 @@ def track_index(out: str, md5s: dict[str, str] | None = None, hash_local: bool =
         See the module docstring for the format.
     """
     scheme = storage.parse_uri(out)[0]
-    if scheme not in ("file", "s3"):
+    if scheme != "file" and scheme not in storage.OBJECT_STORES:
         raise PredictdError(f"cannot index {out}: the track index is written where the run's "
-                            "outputs are (a local directory or s3:// prefix)")
+                            "outputs are (a local directory, s3://, gs:// or az:// prefix)")
     md5s = {k: v.lower() for k, v in (md5s or {}).items()}
     tracks = [f for f in output_files(out, TRACKS_DIR) if f.is_track]
     files = model_output_files(out)

@@ -10,7 +10,8 @@ one observed experiment. Lines starting with ``#`` and blank lines are ignored::
     E017        H3K4me3   s3://bucket/E017-H3K4me3.bw
 
 ``uri`` is a local path (relative paths are resolved against the manifest's directory), a
-``file://`` URI, or an ``http://``, ``https://`` or ``s3://`` URL. Every problem is reported as a
+``file://`` URI, or an ``http://``, ``https://``, ``s3://``, ``gs://`` or Azure (``az://``,
+``abfs[s]://``, ``wasb[s]://``) URL. Every problem is reported as a
 :class:`~predictd.errors.PredictdError` naming the file and the row (1-based line number, header
 included), so a user can fix the file without reading code.
 
@@ -36,12 +37,13 @@ import tempfile
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from predictd import storage
 from predictd.errors import PredictdError
 from predictd.names import check_cell_type, check_name, experiment_name
 
 REQUIRED_COLUMNS = ("cell_type", "assay", "uri")
 OPTIONAL_COLUMNS = ("md5", "accession")
-REMOTE_SCHEMES = ("http", "https", "s3")
+REMOTE_SCHEMES = ("http", "https", "s3", "gs", *storage.AZURE_SCHEMES)
 
 _MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -56,7 +58,7 @@ class Track:
     cell_type, assay : str
         File-name-safe names; together they identify the track.
     uri : str
-        Absolute local path, or an ``http(s)://`` / ``s3://`` URL.
+        Absolute local path, or an ``http(s)://``, ``s3://``, ``gs://`` or Azure URL.
     md5 : str or None
         Lower-case hex MD5 of the file, if given.
     accession : str or None
@@ -83,7 +85,7 @@ class Track:
 
     @property
     def is_remote(self) -> bool:
-        """True when :attr:`uri` must be fetched (http, https or s3)."""
+        """True when :attr:`uri` must be fetched (http, https, s3, gs or Azure)."""
         return uri_scheme(self.uri) in REMOTE_SCHEMES
 
 
@@ -113,8 +115,15 @@ def _resolve_uri(uri: str, base: str, where: str) -> str:
         parts = urlsplit(uri)
         if not parts.netloc:
             raise PredictdError(f"{where}uri {uri!r} has no host/bucket")
-        if scheme == "s3" and parts.path.strip("/") == "":
+        if scheme in ("s3", "gs") and parts.path.strip("/") == "":
             raise PredictdError(f"{where}uri {uri!r} has no object key after the bucket")
+        if scheme in storage.AZURE_SCHEMES:
+            try:
+                blob = storage.azure_blob(uri)[3]
+            except PredictdError as exc:
+                raise PredictdError(f"{where}{exc}") from None
+            if not blob.strip("/"):
+                raise PredictdError(f"{where}uri {uri!r} has no blob path after the container")
         return uri
     if scheme == "file":
         parts = urlsplit(uri)
@@ -129,7 +138,7 @@ def _resolve_uri(uri: str, base: str, where: str) -> str:
     if scheme:
         raise PredictdError(
             f"{where}uri {uri!r} has unsupported scheme {scheme!r} "
-            "(allowed: local path, file://, http://, https://, s3://)"
+            "(allowed: local path, file://, http://, https://, s3://, gs://, az://, abfs[s]://, wasb[s]://)"
         )
     return _join_local(uri, base, where)
 
@@ -140,7 +149,7 @@ def _join_local(path: str, base: str, where: str = "") -> str:
         # a manifest fetched from elsewhere must not make predictd read this machine's files
         raise PredictdError(
             f"{where}uri {path!r} is a local path, but the manifest is remote ({base}): it may "
-            "name objects beside it (relative) or full http(s)/s3 URLs only"
+            "name objects beside it (relative) or full http(s)/s3/gs/Azure URLs only"
         )
     path = os.path.expanduser(path)
     if os.path.isabs(path):
@@ -163,9 +172,9 @@ def read_manifest(path: str, base: str | None = None) -> list[Track]:
     path : str
         Local path of the TSV manifest (download remote manifests first).
     base : str, optional
-        Directory (local path, ``file://``, ``http(s)://`` or ``s3://`` prefix) against which
-        relative ``uri`` entries are resolved. Defaults to the manifest's own directory. Pass the
-        original remote prefix when ``path`` is a downloaded copy.
+        Directory (local path, ``file://``, ``http(s)://``, ``s3://``, ``gs://`` or Azure prefix)
+        against which relative ``uri`` entries are resolved. Defaults to the manifest's own
+        directory. Pass the original remote prefix when ``path`` is a downloaded copy.
 
     Returns
     -------

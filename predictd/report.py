@@ -3,7 +3,7 @@
 
 :func:`write_report` turns metric rows (one per evaluated track and method, as produced with
 :func:`predictd.metrics.score_track`), optional training curves and optional signal examples into a
-report directory (local, or an ``s3://`` prefix)::
+report directory (local, or an ``s3://``, ``gs://`` or Azure prefix)::
 
     report/
       metrics.tsv          cell_type, assay, method, METRIC_NAMES..., region metrics...
@@ -743,7 +743,7 @@ def write_report(
     Parameters
     ----------
     report_dir : str or pathlib.Path
-        Local directory (created if needed) or ``s3://`` prefix; files already there with the
+        Local directory (created if needed) or object-store prefix; files already there with the
         same names are replaced.
     metrics_rows : sequence of mapping
         One per evaluated track and method: ``cell_type``, ``assay``, ``method`` (``model``,

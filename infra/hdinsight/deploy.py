@@ -12,7 +12,13 @@ Subcommands:
     storage (``az storage blob upload``), then POSTs a Livy batch to
     ``https://<cluster>.azurehdinsight.net/livy/batches`` that runs ``jobs/<job>.py`` with the
     user's arguments. Livy runs the driver in YARN cluster mode, so the run's small files reach
-    it through ``files`` (localized into the driver's working directory).
+    it through ``files`` (localized into the driver's working directory). ``--out`` defaults to
+    the cluster's own storage account,
+    ``abfss://<container>@<account>.dfs.core.windows.net/<prefix>/runs/<run id>/out``; when OUT
+    is on Azure, the job gets a short-lived SAS of the container (``az storage container
+    generate-sas``) as ``AZURE_STORAGE_SAS_TOKEN`` in the driver's and executors' environment,
+    so no AWS credential and no account key is involved. ``--storage-credential identity``
+    sends none: predictd then uses the nodes' managed identity (DefaultAzureCredential).
 
 ``--dry-run`` prints every ``az`` command line, then the Livy request (``POST URL`` and the JSON
 body), and executes nothing. Secrets come from the environment (``PREDICTD_HDI_PASSWORD`` for the
@@ -24,13 +30,14 @@ Example
         --storage-account predictd1store --script-uri https://.../install-predictd.sh \\
         --ssh-public-key-file ~/.ssh/id_ed25519.pub --worker-count 4 --dry-run
     python infra/hdinsight/deploy.py submit --cluster-name predictd1 --storage-account predictd1store \\
-        --manifest m.tsv --genome hg38 --out s3://bucket/out --dry-run
+        --manifest m.tsv --genome hg38 --dry-run
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import os
 import re
@@ -53,6 +60,12 @@ PASSWORD_ENV = "PREDICTD_HDI_PASSWORD"
 SSH_PASSWORD_ENV = "PREDICTD_HDI_SSH_PASSWORD"
 #: Shown instead of the temporary secrets file's path, which only exists while az runs.
 SECRETS_FILE_PLACEHOLDER = "<secrets.parameters.json>"
+#: Shown instead of the container SAS in --dry-run output (the real one is never printed).
+SAS_PLACEHOLDER = "<sas from az storage container generate-sas>"
+#: The environment variable predictd reads a SAS from, set for the driver and the executors.
+SAS_ENV = "AZURE_STORAGE_SAS_TOKEN"
+#: URI schemes of Azure storage, in every spelling predictd reads.
+AZURE_URI_RE = re.compile(r"^(az|abfss?|wasbs?)://", re.IGNORECASE)
 
 
 class DeployError(Exception):
@@ -174,8 +187,38 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 def _default_fs(args: argparse.Namespace) -> str:
+    """The cluster's default file system, as its Hadoop (and so Livy's ``file``/``files``)
+    reads it: the template attaches the account through its blob endpoint."""
     container = args.container or args.cluster_name.lower()
     return f"wasbs://{container}@{args.storage_account}.blob.core.windows.net"
+
+
+def default_out(args: argparse.Namespace, run_id: str) -> str:
+    """The run's OUT on the cluster's own storage account, in the ABFS spelling."""
+    container = args.container or args.cluster_name.lower()
+    return (f"abfss://{container}@{args.storage_account}.dfs.core.windows.net/"
+            f"{args.remote_prefix.strip('/')}/runs/{run_id}/out")
+
+
+def _needs_sas(args: argparse.Namespace, out: str) -> bool:
+    if args.storage_credential == "identity":
+        return False
+    return args.storage_credential == "sas" or bool(AZURE_URI_RE.match(out))
+
+
+def sas_command(args: argparse.Namespace, expiry: datetime.datetime) -> list[str]:
+    """``az storage container generate-sas`` for the job: read, add, create, write, delete, list
+    on the cluster's container until ``expiry``; a user delegation SAS with ``--storage-auth-mode
+    login`` (no account key involved), else one signed with the account key."""
+    container = args.container or args.cluster_name.lower()
+    cmd = [args.az, "storage", "container", "generate-sas", "--account-name", args.storage_account,
+           "--name", container, "--permissions", "racwdl", "--https-only",
+           "--expiry", expiry.strftime("%Y-%m-%dT%H:%MZ"), "--output", "tsv", "--only-show-errors"]
+    if args.storage_auth_mode == "login":
+        cmd += ["--auth-mode", "login", "--as-user"]
+    else:
+        cmd += ["--auth-mode", "key"]
+    return cmd
 
 
 def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[str]], dict]:
@@ -230,7 +273,8 @@ def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[s
     genome = stage(args.genome, "genome.chrom.sizes", "--genome", must_exist=False)
     if genome is None and ("/" in args.genome or args.genome.endswith(".sizes")):
         raise DeployError(f"--genome {args.genome!r} looks like a path but is not a local file")
-    job_args += ["--genome", genome or args.genome, "--out", args.out]
+    out = args.out or default_out(args, run_id)
+    job_args += ["--genome", genome or args.genome, "--out", out]
     if args.config:
         job_args += ["--config", stage(args.config, "config.toml", "--config")]
     job_args += extra
@@ -246,6 +290,10 @@ def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[s
         if not sep:
             raise DeployError(f"--spark-conf expects KEY=VALUE, got {item!r}")
         conf[key] = value
+    if _needs_sas(args, out):
+        # Filled in by cmd_submit; Spark's UI redacts conf values whose keys contain "token".
+        conf[f"spark.yarn.appMasterEnv.{SAS_ENV}"] = SAS_PLACEHOLDER
+        conf[f"spark.executorEnv.{SAS_ENV}"] = SAS_PLACEHOLDER
     body = {
         "file": f"{base_uri}/jobs/{args.job}.py",
         "args": job_args,
@@ -279,10 +327,26 @@ def _livy_request(url: str, user: str, password: str, body: dict | None = None) 
         return json.loads(resp.read().decode() or "{}")
 
 
+def _generate_sas(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise DeployError(f"{cmd[0]!r} not found: install the Azure CLI (az) and run 'az login'")
+    token = proc.stdout.strip().strip('"').lstrip("?")
+    if proc.returncode or not token:
+        first = (proc.stderr.strip().splitlines() or ["no token printed"])[0]
+        raise DeployError(f"az storage container generate-sas failed: {first}")
+    return token
+
+
 def cmd_submit(args: argparse.Namespace, extra: list[str]) -> int:
     uploads, body = plan_submit(args, extra)
     url = livy_url(args)
+    sas_keys = [k for k, v in body["conf"].items() if v == SAS_PLACEHOLDER]
+    expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=args.sas_hours)
     if args.dry_run:
+        if sas_keys:
+            print(shlex.join(sas_command(args, expiry)))
         for cmd in uploads:
             print(shlex.join(cmd))
         print(f"POST {url}")
@@ -291,6 +355,11 @@ def cmd_submit(args: argparse.Namespace, extra: list[str]) -> int:
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         raise DeployError(f"set {PASSWORD_ENV} to the cluster login password (Livy uses basic auth)")
+    if sas_keys:
+        cmd = sas_command(args, expiry)
+        print("+ " + shlex.join(cmd), file=sys.stderr)
+        token = _generate_sas(cmd)
+        body = {**body, "conf": {**body["conf"], **{k: token for k in sas_keys}}}
     for cmd in uploads:
         print("+ " + shlex.join(cmd), file=sys.stderr)
         code = _run(cmd)
@@ -367,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job", choices=JOBS, default="run")
     s.add_argument("--manifest", required=True, help="local file (uploaded) or wasbs:// / abfss:// URI")
     s.add_argument("--genome", required=True, help="assembly name, or chrom.sizes file / URI")
-    s.add_argument("--out", required=True, help="output prefix as predictd understands it (e.g. s3://)")
+    s.add_argument("--out", help="output prefix as predictd understands it (default: the cluster's "
+                                 "storage, abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX/runs/RUN_ID/out)")
     s.add_argument("--config", help="predictd TOML: local file (uploaded) or storage URI")
     s.add_argument("--container", help="default storage container (default: cluster name)")
     s.add_argument("--remote-prefix", default="predictd", help="folder in the container for runs")
@@ -383,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage-auth-mode", choices=("key", "login"), default="key",
                    help="az storage auth: key (az looks up the account key; needs ARM rights) or "
                         "login (needs the 'Storage Blob Data Contributor' role)")
+    s.add_argument("--storage-credential", choices=("auto", "sas", "identity"), default="auto",
+                   help="how the job reaches Azure storage: sas (a container SAS made by az, passed "
+                        "as AZURE_STORAGE_SAS_TOKEN), identity (the nodes' managed identity), auto "
+                        "(sas when OUT is on Azure; default)")
+    s.add_argument("--sas-hours", type=float, default=48.0,
+                   help="lifetime of the job's SAS in hours (default 48; longer than the run)")
     s.add_argument("--no-upload", action="store_true", help="files are already in storage")
     s.add_argument("--wait", action="store_true", help="poll until the batch finishes")
     s.add_argument("--poll-seconds", type=float, default=30.0)

@@ -32,7 +32,7 @@ def filters(f):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a "
                                                      "table.")
 def list_command(source, cell_types, assays, include_model, as_json):
-    """Show the imputed tracks of a run at SOURCE (directory, s3:// or http(s):// prefix).
+    """Show the imputed tracks of a run at SOURCE (directory, s3://, gs://, az:// or http(s):// prefix).
 
     \b
     Examples:
@@ -74,7 +74,7 @@ def _n(count: int, noun: str) -> str:
               help="Also fetch model/ (factors.npz, model.json, history.json) and run.json.")
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be fetched.")
 def download_command(source, dest, cell_types, assays, include_model, dry_run):
-    """Fetch imputed tracks from SOURCE (directory, s3:// or http(s):// prefix) into DEST.
+    """Fetch imputed tracks from SOURCE (directory, s3://, gs://, az:// or http(s):// prefix) into DEST.
 
     DEST mirrors the run's layout (DEST/tracks/{cell_type}.{assay}.imputed.bw). Files already
     complete in DEST are skipped; an interrupted download resumes where it stopped when the

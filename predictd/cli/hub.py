@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import hub as hub_mod
+from .. import storage
 from .main import cli
 
 
@@ -16,7 +17,7 @@ from .main import cli
               help="Public http(s) URL of OUT; track URLs become absolute under it (default: "
                    "relative to the hub).")
 @click.option("--observed", "observed_manifest", metavar="MANIFEST",
-              help="Also show the observed tracks of this manifest (http(s):// or s3:// URIs).")
+              help="Also show the observed tracks of this manifest (http(s)://, s3://, gs:// or az:// URIs).")
 @click.option("--email", default=hub_mod.DEFAULT_EMAIL, show_default=True,
               help="Contact address shown by the browser (the hub format requires one).")
 @click.option("--flat", is_flag=True,
@@ -28,7 +29,7 @@ from .main import cli
 def hub_command(out, genome, url_base, observed_manifest, email, flat, name, public):
     """Write a UCSC track hub (hub.txt, genomes.txt, trackDb.txt) for the run at OUT.
 
-    OUT is the run's local directory or s3:// prefix; the hub files are written there, next to
+    OUT is the run's local directory, s3://, gs:// or az:// prefix; the hub files are written there, next to
     tracks/. Serve OUT over HTTP(S) and paste the URL of OUT/hub.txt into the UCSC browser
     (My Data → Track Hubs → Connected Hubs).
 
@@ -41,7 +42,7 @@ def hub_command(out, genome, url_base, observed_manifest, email, flat, name, pub
                                 composite=not flat, public=public, name=name)
     for uri in written:
         click.echo(f"wrote {uri}")
-    if out.startswith("s3://") and not public and not url_base:
+    if storage.is_object_store(out) and not public and not url_base:
         click.echo("predictd: note: the hub files are private; the genome browser reads hubs "
                    "anonymously, so use --public (and run the pipeline with --public) or a "
                    "bucket policy", err=True)

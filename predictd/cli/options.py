@@ -8,11 +8,12 @@ from .. import config as config_mod
 
 manifest = click.option("--manifest", "-m", required=True, metavar="FILE",
                         help="TSV with columns cell_type, assay, uri (local path, file://, "
-                             "http(s)://, s3://); optional md5, accession. One row per track.")
+                             "http(s)://, s3://, gs://, az://); optional md5, accession. One row per track.")
 genome = click.option("--genome", "-g", required=True, metavar="G",
                       help="hg19, hg38, mm10, or a chrom.sizes file.")
 out = click.option("--out", "-o", required=True, metavar="OUT",
-                   help="Output directory or s3:// prefix (tracks/, model/, report/, run.json).")
+                   help="Output directory, or s3://, gs:// or az:// (abfss://, wasbs://) prefix "
+                        "(tracks/, model/, report/, run.json).")
 config = click.option("--config", "-c", "config_path", metavar="FILE.toml",
                       help="TOML config; `predictd config --show` lists every key.")
 holdout = click.option("--holdout", multiple=True, metavar="CELL:ASSAY",
@@ -27,7 +28,8 @@ no_spark = click.option("--no-spark", is_flag=True,
 overwrite = click.option("--overwrite", is_flag=True,
                          help="Replace a different run found at --out (default: refuse).")
 public = click.option("--public", is_flag=True,
-                      help="Make uploaded S3 objects public-read (default private).")
+                      help="Make uploaded S3 and GCS objects public-read; on Azure, open the "
+                           "container to anonymous blob reads (default private).")
 set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                        help="Override one config key (TOML value syntax), e.g. --set "
                             "latent_factors=30 (repeatable).")

@@ -8,6 +8,7 @@ existing OUT is refused (``overwrite=True`` clears it first) — runs are never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ from .errors import PredictdError
 from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
 from .model import MODEL_JSON, MODEL_NPZ, Model
-from .names import check_name, experiment_name, split_experiment
+from .names import experiment_name, split_experiment
+from .selection import parse_pairs
 
 log = logging.getLogger("predictd")
 
@@ -33,19 +35,7 @@ STAGES = ("ingest", "train", "impute", "evaluate")
 
 def parse_holdout(values) -> list[str]:
     """``CELL:ASSAY`` (or ``CELL.ASSAY``) → experiment names, validated."""
-    out = []
-    for v in values or ():
-        sep = ":" if ":" in v else "."
-        if sep not in v:
-            raise PredictdError(f"--holdout {v!r}: expected CELL:ASSAY")
-        cell, assay = v.split(sep, 1)
-        check_name(cell, "cell type", f"--holdout {v}")
-        check_name(assay, "assay", f"--holdout {v}")
-        name = experiment_name(cell, assay)
-        if name in out:
-            raise PredictdError(f"--holdout {v}: given twice")
-        out.append(name)
-    return out
+    return [experiment_name(c, a) for c, a in parse_pairs(values, "--holdout")]
 
 
 def load_tracks(manifest: str) -> tuple[list[Track], str]:
@@ -87,6 +77,8 @@ class Run:
     progress: bool = True
     tensor_at: str | None = None  # fold models share their parent run's tensor
     checked: list | None = field(default=None, repr=False)  # check_tracks' infos, once run
+    #: the stages run.json reports (a class attribute, not a field)
+    stage_names = (*STAGES, "folds")
 
     # ------------------------------------------------------------------ paths
     @property
@@ -241,7 +233,7 @@ class Run:
         storage.write_text_atomic(layout.history_file(self.out), json.dumps(res.history))
         return {"best_iteration": res.best_iteration, "best_valid_mse": res.best_valid_mse,
                 "iterations": len(res.history), "training_bins": res.n_bins,
-                "stopped": res.stopped}
+                "stopped": res.stopped, "model_sha256": model_checksum(self.out)}
 
     def _impute(self) -> dict:
         from .impute import solve_genome, write_tracks
@@ -293,20 +285,17 @@ class Run:
             model.save(directory)
 
     def load_model(self) -> Model:
-        if not storage.is_remote(self.out):
-            return Model.load(self.model_dir)
-        tmp = tempfile.mkdtemp(prefix="predictd-model-")
-        try:
-            for name in (MODEL_NPZ, MODEL_JSON):
-                with open(os.path.join(tmp, name), "wb") as fh:
-                    fh.write(storage.read_bytes(layout.model_file(self.out, name)))
-            return Model.load(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return load_model(self.out)
 
     # ------------------------------------------------------------------ run.json
     def write_run_json(self) -> None:
-        doc = {
+        storage.write_text_atomic(layout.run_file(self.out),
+                                  json.dumps(self.run_doc(), indent=1, sort_keys=True,
+                                             default=str))
+
+    def run_doc(self) -> dict:
+        """What ``run.json`` records."""
+        return {
             "predictd": __version__,
             # URIs go through storage.display_uri: a pre-signed URL's signature must not be kept
             "command": [os.path.basename(sys.argv[0]),
@@ -323,10 +312,28 @@ class Run:
             "holdout": self.holdout,
             "versions": versions(),
             "spark": _spark_info(self.sc),
-            "stages": {s: self.done(s) for s in (*STAGES, "folds")},
+            "stages": {s: self.done(s) for s in self.stage_names},
         }
-        storage.write_text_atomic(layout.run_file(self.out),
-                                  json.dumps(doc, indent=1, sort_keys=True, default=str))
+
+
+def load_model(out: str) -> Model:
+    """The model saved under OUT (local or remote; only read)."""
+    if not storage.is_remote(out):
+        return Model.load(layout.model_dir(out))
+    tmp = tempfile.mkdtemp(prefix="predictd-model-")
+    try:
+        for name in (MODEL_NPZ, MODEL_JSON):
+            with open(os.path.join(tmp, name), "wb") as fh:
+                fh.write(storage.read_bytes(layout.model_file(out, name)))
+        return Model.load(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_checksum(out: str) -> str:
+    """SHA-256 of OUT's ``model.json`` (which itself records the factors' checksum): the
+    train stage's marker keeps it, and a reference imputation checks it."""
+    return hashlib.sha256(storage.read_bytes(layout.model_file(out, MODEL_JSON))).hexdigest()
 
 
 def _spark_info(sc) -> dict:

@@ -41,6 +41,19 @@ def pipeline_options(f):
 
 
 def load_config(path, sets):
+    return config_mod.load(path, _set_values(sets))
+
+
+def config_overrides(path, sets) -> dict:
+    """Only the keys the config file and --set give (validated), for commands whose other
+    keys come from elsewhere (``extend``: the reference's config)."""
+    data = config_mod.read_toml(path) if path else {}
+    data.update(_set_values(sets))
+    config_mod.from_dict(data, source=f"config file {path}" if path else "config")
+    return data
+
+
+def _set_values(sets) -> dict:
     overrides = {}
     for s in sets or ():
         if "=" not in s:
@@ -50,4 +63,4 @@ def load_config(path, sets):
             overrides[k.strip()] = config_mod.tomllib.loads(f"x = {v}")["x"]
         except config_mod.tomllib.TOMLDecodeError:
             overrides[k.strip()] = v  # a bare string
-    return config_mod.load(path, overrides)
+    return overrides

@@ -151,3 +151,84 @@ def test_extend_under_spark_gives_the_same_bits(reference, tmp_path, spark):
     ma = np.load(tmp_path / "a" / "model" / "factors.npz")
     mb = np.load(tmp_path / "b" / "model" / "factors.npz")
     assert all(np.array_equal(ma[k], mb[k], equal_nan=True) for k in ma.files)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def altered_copy(reference, tmp_path, how):
+    ref = tmp_path / "ref"
+    shutil.copytree(reference["ref"], ref)
+    how(ref)
+    return {**reference, "ref": ref}
+
+
+def _drop_impute_marker(ref):
+    (ref / "_predictd" / "impute.done.json").unlink()
+
+
+def _change_factors(ref):
+    path = ref / "model" / "factors.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["C"] = arrays["C"] * 1.01
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _change_model_json(ref):
+    path = ref / "model" / "model.json"
+    doc = json.loads(path.read_text())
+    doc["mu"] += 0.5
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+
+def _manifest(reference, tmp_path, rows):
+    path = tmp_path / "bad.tsv"
+    path.write_text("cell_type\tassay\turi\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("case, culprit", [
+    ("missing reference", "no model"),
+    ("unfinished reference", "unfinished"),
+    ("factors altered", "model files altered"),
+    ("model.json altered", "model files altered"),
+    ("cell type in the reference", "cell type A is already in the reference"),
+    ("unknown assay", "assay z is unknown to the reference"),
+    ("--assay not in the reference", "--assay z"),
+    ("other chrom sizes", "other chrom sizes"),
+    ("regions off the genome", "chromosome chrZ is not in the genome"),
+    ("fixed config key", "'bin_size': fixed by the reference"),
+])
+def test_extend_refuses_bad_inputs_writing_nothing(reference, tmp_path, toy, case, culprit):
+    inp, args, manifest = reference["in"], [], None
+    ref = reference
+    if case == "missing reference":
+        ref = {**reference, "ref": tmp_path / "nowhere"}
+    elif case == "unfinished reference":
+        ref = altered_copy(reference, tmp_path, _drop_impute_marker)
+    elif case == "factors altered":
+        ref = altered_copy(reference, tmp_path, _change_factors)
+    elif case == "model.json altered":
+        ref = altered_copy(reference, tmp_path, _change_model_json)
+    elif case == "cell type in the reference":
+        manifest = _manifest(reference, tmp_path, [("A", "x", str(inp / "C.x.bw"))])
+    elif case == "unknown assay":
+        manifest = _manifest(reference, tmp_path, [("D", "z", str(inp / "C.x.bw"))])
+    elif case == "--assay not in the reference":
+        args = ["--assay", "z"]
+    elif case == "other chrom sizes":
+        short = toy.write_track(tmp_path / "short.bw", chroms=[("chr1", 90_000),
+                                                             ("chr2", 100_000)])
+        manifest = _manifest(reference, tmp_path, [("D", "x", short)])
+    elif case == "regions off the genome":
+        bed = tmp_path / "r.bed"
+        bed.write_text("chr1\t0\t1000\nchrZ\t0\t1000\n")
+        args = ["--regions", bed]
+    elif case == "fixed config key":
+        args = ["--set", "bin_size=50"]
+    out = tmp_path / "out"
+    r = extend(ref, out, *args, manifest=manifest)
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], r.stderr
+    assert not out.exists()

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from predictd import storage
+from predictd.errors import PredictdError
 from predictd.cli import extend as _extend_cmd, stages as _stage_cmds  # noqa: F401 - registers
 from predictd.cli.main import cli
 from predictd.solvers.reference import cell_type_sums, solve_cell_type, sum_cell_type_sums
@@ -232,3 +233,59 @@ def test_extend_refuses_bad_inputs_writing_nothing(reference, tmp_path, toy, cas
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and culprit in lines[0], r.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- Python API
+def test_impute_reads_only_overlapping_blocks_and_equals_the_written_track(reference, tmp_path,
+                                                                          monkeypatch):
+    import pyBigWig
+
+    import predictd
+    from predictd import impute, tensor
+    ext = predictd.open_reference(str(reference["ref"])).extend(
+        {("D", "x"): reference["in"] / "C.x.bw"}, workdir=str(tmp_path / "work"))
+    ext.write(str(tmp_path / "out"))
+    read = []
+    real_block, real_gf = tensor.read_block, impute.read_gf_parts
+    monkeypatch.setattr(tensor, "read_block",
+                        lambda root, c, b, cols: read.append(("tensor", c, b)) or
+                        real_block(root, c, b, cols))
+    monkeypatch.setattr(impute, "read_gf_parts",
+                        lambda uri, sums=True: read.append(("gf", uri)) or real_gf(uri, sums))
+    x = ext.impute("D", "y", "chr1", 30_010, 60_000)   # bins 1200..2399: blocks 1 and 2
+    assert x.dtype == np.float32 and x.shape == (2400 - 1200,)
+    assert {r[2] for r in read if r[0] == "tensor"} == {1, 2}
+    assert {r[1].rsplit("/", 2)[-2:][1] for r in read if r[0] == "gf"} == \
+        {"block=000001.parquet", "block=000002.parquet"}
+    with pyBigWig.open(str(tmp_path / "out" / "tracks" / "D.y.imputed.bw")) as bw:
+        written = np.array(bw.values("chr1", 30_000, 60_000), dtype=np.float32)[::25]
+    np.testing.assert_array_equal(x, written)
+    with pytest.raises(PredictdError, match="chrZ"):
+        ext.impute("D", "y", "chrZ", 0, 10)
+
+
+def readme_python_block() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("```python\nimport predictd\n")
+    return text[start + len("```python\n"):text.index("```", start + 9)]
+
+
+@pytest.mark.slow
+def test_readme_example_runs(tmp_path, write_small_run_inputs, monkeypatch):
+    import predictd
+    inp = write_small_run_inputs(tmp_path / "in")
+    names = {"x": "H3K4me3", "y": "H3K27me3"}
+    (tmp_path / "m.tsv").write_text("cell_type\tassay\turi\n" + "".join(
+        f"{c}\t{names[a]}\t{tmp_path / 'in' / f'{c}.{a}.bw'}\n" for c in "AB" for a in "xy"))
+    (tmp_path / "my_sample.tsv").write_text(
+        f"cell_type\tassay\turi\nmyT\tH3K4me3\t{tmp_path / 'in' / 'C.x.bw'}\n")
+    summary = predictd.run(manifest=str(tmp_path / "m.tsv"), genome=inp.sizes,
+                           out=str(tmp_path / "ref"), latent_factors=3, max_iterations=4,
+                           training_fraction=0.3, block_bins=1024)
+    assert set(summary) == {"ingest", "train", "impute", "evaluate"}
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(readme_python_block(), scope)  # noqa: S102 - the README's own example
+    x = scope["x"]
+    assert x.dtype == np.float32 and x.size == 100_000 // 25 and np.isfinite(x).all()
+    assert (tmp_path / "my_out" / "tracks" / "myT.H3K27me3.imputed.bw").exists()

@@ -1,5 +1,5 @@
 """Reference imputation: impute new cell types against a finished run without retraining it
-(docs/design.md §10).
+(docs/design.md §11).
 
 A *reference* REF is the OUT of a finished ``predictd run``; it is only ever read. New cell
 types (a manifest NEW of tracks on REF's assays) are imputed in four stages under their own OUT:

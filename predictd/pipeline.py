@@ -26,7 +26,7 @@ from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
 from .model import MODEL_JSON, MODEL_NPZ, Model
 from .names import experiment_name, split_experiment
-from .selection import parse_pairs
+from .selection import Selection, open_selection, parse_pairs
 
 log = logging.getLogger("predictd")
 
@@ -77,6 +77,7 @@ class Run:
     progress: bool = True
     tensor_at: str | None = None  # fold models share their parent run's tensor
     checked: list | None = field(default=None, repr=False)  # check_tracks' infos, once run
+    selection: Selection = field(default_factory=Selection)  # what the write stage produces
     #: the stages run.json reports (a class attribute, not a field)
     stage_names = (*STAGES, "folds")
 
@@ -107,8 +108,15 @@ class Run:
                    tensor_at=self.tensor_root)
 
     def identity(self) -> dict:
-        return {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
-                "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
+        ident = {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
+                 "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
+        if self.selection:
+            ident["selection"] = self.selection.to_json()
+        return ident
+
+    def selected_tracks(self, model: Model) -> list[int] | None:
+        """Indices of the tracks the write stage produces (None: every pair)."""
+        return self.selection.track_indices(model.cell_types, model.assays)
 
     # ------------------------------------------------------------------ guard
     def claim(self, overwrite: bool = False, folds: int = 0, dry_run: bool = False) -> None:
@@ -242,12 +250,15 @@ class Run:
         t0 = time.perf_counter()
         solve_genome(self.sc, header, self.tensor_root, self.gf_root, model, self.cfg)
         t1 = time.perf_counter()
+        only = self.selected_tracks(model)
         written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
-                               public=self.public, root=self.tensor_root)
+                               public=self.public, root=self.tensor_root, only=only,
+                               regions=self.selection.regions)
         layout.write_track_index(self.out, public=self.public, hash_local=False)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
-                "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
+                "tracks": len(model.cell_types) * len(model.assays) if only is None
+                else len(only), "written": len(written)}
 
     def _folds(self, folds: int) -> dict:
         from .folds import run_folds
@@ -310,6 +321,7 @@ class Run:
             "genome": {"name": self.genome.name, "chroms": len(self.genome.chroms),
                        "bp": sum(n for _, n in self.genome.chroms)},
             "holdout": self.holdout,
+            "selection": self.selection.to_json() if self.selection else None,
             "versions": versions(),
             "spark": _spark_info(self.sc),
             "stages": {s: self.done(s) for s in self.stage_names},
@@ -362,7 +374,8 @@ def _progress_bar(total: int):
 
 
 def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), sc=None,
-             public: bool = False, progress: bool = True) -> Run:
+             public: bool = False, progress: bool = True, targets=(), cell_types=(),
+             assays=(), regions: str | None = None) -> Run:
     """Validate everything that can be validated before any heavy work."""
     tracks, msum = load_tracks(manifest)
     g = load_genome(genome)
@@ -372,9 +385,13 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
         if h not in names:
             raise PredictdError(f"--holdout {':'.join(split_experiment(h))}: not a track of the "
                                 f"manifest {manifest}")
+    selection = open_selection(targets, cell_types, assays, regions,
+                               cell_type_names=sorted({t.cell_type for t in tracks}),
+                               assay_names=sorted({t.assay for t in tracks}),
+                               chroms=g.chroms)
     return Run(out=out, cfg=config, tracks=tracks, genome=g, holdout=hold,
                manifest_uri=manifest, manifest_sum=msum, sc=sc, public=public,
-               progress=progress)
+               progress=progress, selection=selection)
 
 
 def run_all(r: Run, overwrite: bool = False, stages=STAGES, folds: int = 0) -> dict:

@@ -133,3 +133,42 @@ def read_regions(path: str, chroms) -> Regions:
         if sel.any():
             intervals[c] = (bed.start[sel], bed.end[sel])
     return Regions(path, intervals)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the write stage of ``predictd run``/``impute`` produces: the chosen pairs (exact
+    ``targets`` and ``cell_types``/``assays`` patterns; none = every pair) and ``regions``."""
+
+    targets: tuple = ()
+    cell_types: tuple = ()
+    assays: tuple = ()
+    regions: Regions | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.targets or self.cell_types or self.assays or self.regions)
+
+    def track_indices(self, cell_types: list[str], assays: list[str]) -> list[int] | None:
+        """Indices (cell-type-major, as :meth:`Model.track_names`) of the chosen tracks, or
+        None for every track."""
+        if not (self.targets or self.cell_types or self.assays):
+            return None
+        pairs = [(c, a) for c in cell_types for a in assays]
+        chosen = set(select_pairs(pairs, self.targets, self.cell_types, self.assays))
+        return [i for i, p in enumerate(pairs) if p in chosen]
+
+    def to_json(self) -> dict:
+        return {"targets": [f"{c}:{a}" for c, a in self.targets],
+                "cell_types": list(self.cell_types), "assays": list(self.assays),
+                "regions": None if self.regions is None else self.regions.to_json()}
+
+
+def open_selection(targets=(), cell_types=(), assays=(), regions: str | None = None, *,
+                   cell_type_names, assay_names, chroms) -> Selection:
+    """Validate the selection options against a manifest's cell types and assays and a
+    genome's chromosomes, before anything is written."""
+    sel = Selection(tuple(parse_pairs(targets, "--targets")), tuple(patterns(cell_types)),
+                    tuple(patterns(assays)),
+                    read_regions(regions, chroms) if regions else None)
+    sel.track_indices(list(cell_type_names), list(assay_names))  # raises naming a bad one
+    return sel

@@ -289,3 +289,18 @@ def test_readme_example_runs(tmp_path, write_small_run_inputs, monkeypatch):
     x = scope["x"]
     assert x.dtype == np.float32 and x.size == 100_000 // 25 and np.isfinite(x).all()
     assert (tmp_path / "my_out" / "tracks" / "myT.H3K27me3.imputed.bw").exists()
+
+
+def test_extend_regions_write_only_those_loci(reference, tmp_path):
+    import pyBigWig
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr2\t5000\t7500\n")
+    assert extend(reference, tmp_path / "all").exit_code == 0
+    r = extend(reference, tmp_path / "o", "--regions", bed)
+    assert r.exit_code == 0, r.output + r.stderr
+    with pyBigWig.open(str(tmp_path / "o" / "tracks" / "D.y.imputed.bw")) as bw, \
+            pyBigWig.open(str(tmp_path / "all" / "tracks" / "D.y.imputed.bw")) as full:
+        assert bw.intervals("chr1") is None
+        iv = bw.intervals("chr2")
+        assert (iv[0][0], iv[-1][1]) == (5000, 7500)
+        assert bw.values("chr2", 5000, 7500) == full.values("chr2", 5000, 7500)

@@ -33,6 +33,26 @@ set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                             "latent_factors=30 (repeatable).")
 
 
+targets = click.option("--targets", multiple=True, metavar="CELL:ASSAY",
+                       help="Write only this track (repeatable; with --cell-type/--assay: "
+                            "their union). Default: every (cell type, assay) pair.")
+cell_type = click.option("--cell-type", "cell_types", multiple=True, metavar="C",
+                         help="Write only this cell type's tracks (repeatable; comma-separated "
+                              "or shell patterns such as 'E0*').")
+assay = click.option("--assay", "assays", multiple=True, metavar="A",
+                     help="Write only this assay's tracks (repeatable; comma-separated or "
+                          "patterns).")
+regions = click.option("--regions", metavar="BED",
+                       help="Compute and write only these regions (the tracks have no data "
+                            "elsewhere).")
+
+
+def selection_options(f):
+    for opt in reversed([targets, cell_type, assay, regions]):
+        f = opt(f)
+    return f
+
+
 def pipeline_options(f):
     for opt in reversed([manifest, genome, out, config, set_opt, holdout, master, no_spark,
                          overwrite, public]):

@@ -1,4 +1,5 @@
-"""A new cell type's factors against a frozen model (reference imputation, docs/design.md §10).
+"""A new cell type's factors against a frozen model (reference imputation, docs/design.md
+§11).
 
 With the assay factors A, the biases μ and bA, and the genome factors [G | bG] of a trained
 model held fixed, a new cell type j's ``[C_j; bC_j]`` is a ridge regression on its observed

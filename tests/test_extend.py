@@ -304,3 +304,23 @@ def test_extend_regions_write_only_those_loci(reference, tmp_path):
         iv = bw.intervals("chr2")
         assert (iv[0][0], iv[-1][1]) == (5000, 7500)
         assert bw.values("chr2", 5000, 7500) == full.values("chr2", 5000, 7500)
+
+
+@pytest.mark.cloud
+@pytest.mark.slow
+def test_extend_a_reference_on_s3(reference, tmp_path, s3_endpoint):
+    storage.s3_client().create_bucket(Bucket="refs")
+    ref = reference["ref"]
+    for p in sorted(ref.rglob("*")):
+        if p.is_file():
+            storage.upload_file(p, f"s3://refs/roadmap/{p.relative_to(ref).as_posix()}")
+    before = {k: v["ETag"] for k, v in (
+        (o["Key"], o) for o in storage.s3_client().list_objects_v2(
+            Bucket="refs", Prefix="roadmap/")["Contents"])}
+    assert extend(reference, tmp_path / "local").exit_code == 0
+    r = extend({**reference, "ref": "s3://refs/roadmap"}, tmp_path / "remote")
+    assert r.exit_code == 0, r.output + r.stderr
+    assert checksums(tmp_path / "local" / "tracks") == checksums(tmp_path / "remote" / "tracks")
+    after = {o["Key"]: o["ETag"] for o in storage.s3_client().list_objects_v2(
+        Bucket="refs", Prefix="roadmap/")["Contents"]}
+    assert after == before

@@ -387,8 +387,9 @@ def open_extension(ref: Reference, manifest: str, out: str, cfg, holdout=(), ass
                    regions: str | None = None, sc=None, public: bool = False,
                    progress: bool = True) -> ExtendRun:
     """Validate NEW against REF before anything is written (one line naming the culprit)."""
-    if _place(out) == _place(ref.uri):
-        raise PredictdError("--out is the reference: extend writes to its own OUT")
+    if _place(out) == _place(ref.uri) or _place(out).startswith(_place(ref.uri) + "/"):
+        raise PredictdError(f"--out {out}: inside the reference, which is only read; "
+                            "use an OUT of its own")
     tracks, msum = pipeline.load_tracks(manifest)
     model = ref.model
     for t in tracks:

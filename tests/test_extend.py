@@ -199,6 +199,7 @@ def _manifest(reference, tmp_path, rows):
     ("other chrom sizes", "other chrom sizes"),
     ("regions off the genome", "chromosome chrZ is not in the genome"),
     ("fixed config key", "'bin_size': fixed by the reference"),
+    ("out inside the reference", "inside the reference"),
 ])
 def test_extend_refuses_bad_inputs_writing_nothing(reference, tmp_path, toy, case, culprit):
     inp, args, manifest = reference["in"], [], None
@@ -228,6 +229,9 @@ def test_extend_refuses_bad_inputs_writing_nothing(reference, tmp_path, toy, cas
     elif case == "fixed config key":
         args = ["--set", "bin_size=50"]
     out = tmp_path / "out"
+    if case == "out inside the reference":
+        ref = altered_copy(reference, tmp_path, lambda r: None)
+        out = ref["ref"] / "mine"
     r = extend(ref, out, *args, manifest=manifest)
     assert r.exit_code != 0
     lines = r.stderr.strip().splitlines()
@@ -289,6 +293,16 @@ def test_readme_example_runs(tmp_path, write_small_run_inputs, monkeypatch):
     x = scope["x"]
     assert x.dtype == np.float32 and x.size == 100_000 // 25 and np.isfinite(x).all()
     assert (tmp_path / "my_out" / "tracks" / "myT.H3K27me3.imputed.bw").exists()
+
+
+@pytest.mark.parametrize("setting", ["stack_similar=0", "stack=false"])
+def test_extend_with_the_plain_average_or_the_factor_model_alone(reference, tmp_path, setting):
+    r = extend(reference, tmp_path / "o", "--set", setting)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert (tmp_path / "o" / "tracks" / "D.y.imputed.bw").exists()
+    doc = json.loads((tmp_path / "o" / "run.json").read_text())
+    key, value = setting.split("=")
+    assert str(doc["config"][key]).lower() == value
 
 
 def test_extend_regions_write_only_those_loci(reference, tmp_path):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -288,6 +289,7 @@ def test_readme_example_runs(tmp_path, write_small_run_inputs, monkeypatch):
                            training_fraction=0.3, block_bins=1024)
     assert set(summary) == {"ingest", "train", "impute", "evaluate"}
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # extend's scratch work directory
     scope = {}
     exec(readme_python_block(), scope)  # noqa: S102 - the README's own example
     x = scope["x"]

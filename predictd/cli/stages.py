@@ -77,10 +77,10 @@ Example:
   predictd run -m tracks.tsv -g hg38 -o out/ --folds 5        # cross-validated ensemble
   predictd run -m tracks.tsv -g hg38 -o out/ --cell-type 'E11*' --assay H3K27me3
 """)
-_stage_command("ingest", ("ingest",), with_selection=False, doc="""Bin the manifest's bigWigs into the tensor (OUT/tensor,
-Parquet + header.json).""")
-_stage_command("train", ("ingest", "train"), with_selection=False, doc="""Fit the model on a training subset of bins
-(ingests first if needed).""")
+_stage_command("ingest", ("ingest",), with_selection=False, doc="""Bin the manifest's bigWigs
+into the tensor (OUT/tensor, Parquet + header.json).""")
+_stage_command("train", ("ingest", "train"), with_selection=False, doc="""Fit the model on a
+training subset of bins (ingests first if needed).""")
 _stage_command("impute", ("ingest", "train", "impute"), """Write every imputed track (runs the
 earlier stages first if needed).""")
 _stage_command("evaluate", pipeline.STAGES, """Score the --holdout tracks against the average

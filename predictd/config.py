@@ -216,33 +216,38 @@ def _check(source: str, key: str, val: Any, f: dataclasses.Field) -> Any:
 
 
 def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate a TOML config file (``None`` = all defaults): a local path or any URI
-    :mod:`predictd.storage` reads (``s3://``, ``gs://``, ``az://``, ``http(s)://``)."""
-    data: dict[str, Any] = {}
-    if path:
-        from predictd import storage
-
-        try:
-            if storage.is_remote(path):
-                data = tomllib.loads(storage.read_text(path))
-                path = storage.display_uri(path)
-            else:
-                with open(path, "rb") as fh:
-                    data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise PredictdError(f"config file not found: {path}") from None
-        except PermissionError:
-            raise PredictdError(f"config file not readable (permission denied): {path}") from None
-        except IsADirectoryError:
-            raise PredictdError(f"config path is a directory, not a TOML file: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise PredictdError(f"config file {path}: not valid TOML: {e}") from None
-        nested = [k for k, v in data.items() if isinstance(v, dict)]
-        if nested:
-            raise PredictdError(f"config file {path}: unknown section [{nested[0]}] "
-                                "(all keys are top-level)")
+    """Read and validate a TOML config file (``None`` = all defaults)."""
+    data: dict[str, Any] = read_toml(path) if path else {}
     data.update(overrides or {})
     return from_dict(data, source=f"config file {path}" if path else "config")
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The keys of a TOML config file, unvalidated (one clear line for an unreadable file): a
+    local path or any URI :mod:`predictd.storage` reads (``s3://``, ``gs://``, ``az://``,
+    ``http(s)://``)."""
+    from predictd import storage
+
+    try:
+        if storage.is_remote(path):
+            data = tomllib.loads(storage.read_text(path))
+            path = storage.display_uri(path)
+        else:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise PredictdError(f"config file not found: {path}") from None
+    except PermissionError:
+        raise PredictdError(f"config file not readable (permission denied): {path}") from None
+    except IsADirectoryError:
+        raise PredictdError(f"config path is a directory, not a TOML file: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PredictdError(f"config file {path}: not valid TOML: {e}") from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise PredictdError(f"config file {path}: unknown section [{nested[0]}] "
+                            "(all keys are top-level)")
+    return data
 
 
 def _toml_value(val: Any) -> str:

@@ -15,7 +15,6 @@ files already complete (size, and MD5 when known), and resume partial ones (see
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from . import layout, storage
 from .errors import PredictdError
 from .layout import INDEX_FILE, MODEL_FILES, RUN_FILE, OutputFile
 from .names import experiment_name
+from .selection import matches, patterns
 
 __all__ = [
     "DownloadReport",
@@ -151,13 +151,9 @@ def select(files: list[OutputFile], cell_types=(), assays=()) -> list[OutputFile
     >>> [f.name for f in select(fs, assays=["H3K4*"])]
     ['E003.H3K4me3']
     """
-    cells, assay_pats = _patterns(cell_types), _patterns(assays)
-
-    def hit(value, pats):
-        return not pats or any(fnmatch.fnmatchcase(value, p) for p in pats)
-
+    cells, assay_pats = patterns(cell_types), patterns(assays)
     return [f for f in files
-            if not f.is_track or (hit(f.cell_type, cells) and hit(f.assay, assay_pats))]
+            if not f.is_track or (matches(f.cell_type, cells) and matches(f.assay, assay_pats))]
 
 
 def find_outputs(source: str, cell_types=(), assays=(),
@@ -171,16 +167,12 @@ def find_outputs(source: str, cell_types=(), assays=(),
     return chosen
 
 
-def _patterns(values) -> list[str]:
-    return [v.strip() for value in values or () for v in str(value).split(",") if v.strip()]
-
-
 def _no_match(source: str, files: list[OutputFile], cell_types, assays) -> str:
     tracks = [f for f in files if f.is_track]
     have_c = sorted({f.cell_type for f in tracks})
     have_a = sorted({f.assay for f in tracks})
-    want = " ".join([*(f"--cell-type {c}" for c in _patterns(cell_types)),
-                     *(f"--assay {a}" for a in _patterns(assays))])
+    want = " ".join([*(f"--cell-type {c}" for c in patterns(cell_types)),
+                     *(f"--assay {a}" for a in patterns(assays))])
 
     def few(xs):
         return ", ".join(xs[:12]) + (f", ... ({len(xs)} in all)" if len(xs) > 12 else "")

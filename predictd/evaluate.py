@@ -29,7 +29,7 @@ def _eval_task(item, payload):
     root, gf_root, model, holdout = payload
     obs = [experiment_name(c, a) for c, a in model.observed]
     cols = sorted(set(holdout) | set(obs))
-    _, X = tensor.read_block(root, chrom, block, cols)
+    _, X = tensor.read_columns(root, chrom, block, cols)
     ci = {c: i for i, c in enumerate(cols)}
     GB = read_gf(gf_uri(gf_root, chrom, block))
     pairs = [(model.cell_types.index(c), model.assays.index(a))

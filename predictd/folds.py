@@ -85,7 +85,8 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
         if name in fold_of:
             use[p] = [i for i, mem in enumerate(members) if mem[0] == fold_of[name]]
     write_tracks(run.sc, header, run.out, None, members[0][3], run.cfg, public=run.public,
-                 members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root)
+                 members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root,
+                 only=run.selected_tracks(members[0][3]), regions=run.selection.regions)
     layout.write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
     rows = evaluate.score_methods(vectors)

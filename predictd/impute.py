@@ -251,7 +251,8 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
 
 
 def _write_task(group, payload):
-    out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public = payload
+    (out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public,
+     stored_sums, regions) = payload
     model = members[0][1]
     names = model.track_names()
     todo = [p for p in group if not storage.exists(layout.track_file(out, names[p]))]
@@ -265,27 +266,19 @@ def _write_task(group, payload):
             for p in todo:
                 dest = os.path.join(staging, layout.track_file_name(names[p]))
                 writers.append(BigWigWriter(dest, chroms, bin_size).open())
-            targets = {model.cell_types[j] for j, _ in pairs}
-            mine = [e for e in exps if split_experiment(e)[0] in targets]
             for chrom, block, start, n in within_item(blocks):
-                # the members this task's tracks average (a fold's tracks use its own models)
-                factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
-                           if W[i].any() else None for i, (r, m) in enumerate(members)]
-                data = None
-                if needs_block(members):
-                    # with the stored per-assay sums, only the target cell types' own columns
-                    # of the tensor are read (at Roadmap scale a few dozen of a thousand)
-                    whole = any(f is not None and m.stack is not None and f[1] is None
-                                for (_, m), f in zip(members, factors))
-                    cols = exps if whole else mine
-                    data = (cols, tensor.read_block(root, chrom, block, cols)[1])
-                Y = inverse(ensemble_values(members, W, chrom, block, pairs, data, factors),
-                            transform)
+                mask = None if regions is None else regions.block_mask(chrom, start, n,
+                                                                       bin_size)
+                if mask is not None and not mask.any():
+                    continue  # outside the regions: nothing computed, no data in the tracks
+                Y = block_values(root, exps, members, W, chrom, block, pairs, stored_sums)
+                Y = inverse(Y, transform)
                 if check and not np.isfinite(Y).all():
                     raise PredictdError(f"imputed values for block {chrom}:{block} are not "
                                         "finite (diverged model?)")
-                for t, w in enumerate(writers):
-                    w.add_block(chrom, start, Y[:, t])
+                for lo, hi in _runs(mask, n):
+                    for t, w in enumerate(writers):
+                        w.add_block(chrom, start + lo, Y[lo:hi, t])
             for w in writers:
                 w.close()
         except BaseException:
@@ -293,6 +286,39 @@ def _write_task(group, payload):
                 w.abort()
             raise
     return [names[p] for p in todo]
+
+
+def _runs(mask: np.ndarray | None, n: int) -> list[tuple[int, int]]:
+    """[lo, hi) runs of consecutive True bins of a mask (the whole block without one)."""
+    if mask is None:
+        return [(0, n)]
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def block_values(root, exps: list[str], members: list[tuple[str, Model]], W: np.ndarray,
+                 chrom: str, block: int, pairs: list[tuple[int, int]],
+                 stored_sums: bool = True) -> np.ndarray:
+    """Model-space values of ``pairs`` for one block, as the write task computes them: the
+    members' genome factors, and for stacked models the block's observed data (``root`` a
+    tensor root or :class:`predictd.tensor.TensorUnion`, ``exps`` its experiments).
+    ``stored_sums=False`` ignores per-assay sums stored with the genome factors (they do not
+    cover experiments added since, as a reference imputation's)."""
+    model = members[0][1]
+    # the members this task's tracks average (a fold's tracks use its own models)
+    factors = [read_gf_parts(gf_uri(r, chrom, block), sums=stored_sums and uses_sums(m))
+               if W[i].any() else None for i, (r, m) in enumerate(members)]
+    data = None
+    if needs_block(members):
+        targets = {model.cell_types[j] for j, _ in pairs}
+        mine = [e for e in exps if split_experiment(e)[0] in targets]
+        # with the stored per-assay sums, only the target cell types' own columns
+        # of the tensor are read (at Roadmap scale a few dozen of a thousand)
+        whole = any(f is not None and m.stack is not None and f[1] is None
+                    for (_, m), f in zip(members, factors))
+        cols = exps if whole else mine
+        data = (cols, tensor.read_columns(root, chrom, block, cols)[1])
+    return ensemble_values(members, W, chrom, block, pairs, data, factors)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -310,15 +336,19 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
                  public: bool = False, members: list[tuple[str, Model]] | None = None,
-                 use: dict | None = None, root: str | None = None,
-                 only: list[int] | None = None) -> list[str]:
+                 use: dict | None = None, root=None, only: list[int] | None = None,
+                 regions=None, stored_sums: bool = True, by_cell_type: bool = False
+                 ) -> list[str]:
     """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read.
     ``only`` restricts the run to these track indices (cell-type-major, as
-    :meth:`Model.track_names`).
+    :meth:`Model.track_names`); ``regions`` (:class:`predictd.selection.Regions`) to those
+    bins (the tracks have no data elsewhere). ``by_cell_type`` writes each cell type's tracks
+    in one task (their values are then exactly those :func:`block_values` gives for the same
+    tracks).
 
     With ``members`` (an ensemble of (genome-factor root, model)), each track is the average of
     the members ``use[track index]`` names (default: all). ``root`` is the tensor, read again
-    per block by stacked models."""
+    per block by stacked models (or a :class:`predictd.tensor.TensorUnion`)."""
     members = members or [(gf_root, model)]
     if needs_block(members) and root is None:
         raise ValueError("write_tracks: a stacked model needs the tensor root")
@@ -330,10 +360,14 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     # contiguous runs of tracks (cell-type-major): a stacked model builds each cell type's
     # features once per block, so a task should see as few cell types as possible
     groups = [list(map(int, g)) for g in np.array_split(tracks, n_groups) if g.size]
+    if by_cell_type:
+        cells = tracks // len(model.assays)
+        groups = [list(map(int, tracks[cells == c])) for c in np.unique(cells)]
     chroms = [tuple(c) for c in header.genome["chroms"]]
     done = map_tasks(sc, _write_task, groups,
                      (out, root, list(header.experiments), members, use, header.blocks(),
                       chroms, header.bin_size,
-                      header.transform, cfg.output_dtype_check, public),
+                      header.transform, cfg.output_dtype_check, public, stored_sums,
+                      regions),
                      desc="write tracks", unit="track group")
     return [n for d in done for n in d]

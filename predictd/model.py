@@ -15,6 +15,7 @@ form for any block of bins (see :mod:`predictd.solvers.closed_form`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -106,6 +107,18 @@ def predict(G: np.ndarray, bG: np.ndarray, Z: np.ndarray, b_exp: np.ndarray) -> 
     return out
 
 
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays' contents (name, dtype, shape, bytes, in name order): what
+    ``model.json`` records of ``factors.npz``. The file's own bytes carry zip timestamps, so
+    they differ between saves of the same model; the contents do not."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _similar(value) -> tuple[int, float] | None:
     if value is None:
         return None
@@ -164,10 +177,12 @@ class Model:
         """Write ``factors.npz`` + ``model.json`` into a local directory, atomically per file."""
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{MODEL_NPZ}.tmp")
+        arrays = {"C": self.C, "A": self.A, "bC": self.bC, "bA": self.bA,
+                  "mu": np.array([self.mu], dtype=np.float64)}
+        if self.stack is not None:
+            arrays["stack"] = self.stack
         with open(tmp, "wb") as fh:
-            extra = {} if self.stack is None else {"stack": self.stack}
-            np.savez(fh, C=self.C, A=self.A, bC=self.bC, bA=self.bA,
-                     mu=np.array([self.mu], dtype=np.float64), **extra)
+            np.savez(fh, **arrays)
         os.replace(tmp, os.path.join(directory, MODEL_NPZ))
         doc = {
             "format": "predictd-model/1",
@@ -179,6 +194,8 @@ class Model:
             "stack_windows": list(self.stack_windows),
             "stack_similar": None if self.stack_similar is None else list(self.stack_similar),
             "meta": self.meta,
+            # checked on load: a reference's factors must be the ones its run saved
+            "factors_sha256": arrays_digest({k: np.asarray(v) for k, v in arrays.items()}),
         }
         tmp = os.path.join(directory, f".{MODEL_JSON}.tmp")
         with open(tmp, "w") as fh:
@@ -194,9 +211,10 @@ class Model:
             with open(jpath) as fh:
                 doc = json.load(fh)
             with np.load(npath, allow_pickle=False) as z:
-                arrays = {k: np.asarray(z[k], dtype=np.float64)
-                          for k in ("C", "A", "bC", "bA", "mu")}
-                stack = np.asarray(z["stack"], dtype=np.float64) if "stack" in z.files else None
+                stored = {k: np.asarray(z[k]) for k in z.files}
+            arrays = {k: np.asarray(stored[k], dtype=np.float64)
+                      for k in ("C", "A", "bC", "bA", "mu")}
+            stack = np.asarray(stored["stack"], dtype=np.float64) if "stack" in stored else None
         except FileNotFoundError as e:
             raise PredictdError(f"model not found: {e.filename}") from None
         except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -204,6 +222,10 @@ class Model:
         if not isinstance(doc, dict) or doc.get("format") != "predictd-model/1":
             fmt = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
             raise PredictdError(f"{jpath}: not a predictd model (format {fmt!r})")
+        want = doc.get("factors_sha256")  # absent in models saved before it was recorded
+        if want is not None and arrays_digest(stored) != want:
+            raise PredictdError(f"{npath}: model files altered (factors do not match the "
+                                f"checksum recorded in {MODEL_JSON})")
         try:
             names_ok = all(isinstance(doc[k], list) and all(isinstance(x, str) for x in doc[k])
                            for k in ("cell_types", "assays"))

@@ -8,6 +8,7 @@ existing OUT is refused (``overwrite=True`` clears it first) — runs are never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ from .errors import PredictdError
 from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
 from .model import MODEL_JSON, MODEL_NPZ, Model
-from .names import check_cell_type, check_name, experiment_name, split_experiment
+from .names import experiment_name, split_experiment
 from .progress import shown as progress_shown, training_progress
+from .selection import Selection, open_selection, parse_pairs
 
 log = logging.getLogger("predictd")
 
@@ -34,19 +36,7 @@ STAGES = ("ingest", "train", "impute", "evaluate")
 
 def parse_holdout(values) -> list[str]:
     """``CELL:ASSAY`` (or ``CELL.ASSAY``) → experiment names, validated."""
-    out = []
-    for v in values or ():
-        sep = ":" if ":" in v else "."
-        if sep not in v:
-            raise PredictdError(f"--holdout {v!r}: expected CELL:ASSAY")
-        cell, assay = v.split(sep, 1)
-        check_cell_type(cell, "cell type", f"--holdout {v}: ")
-        check_name(assay, "assay", f"--holdout {v}: ")
-        name = experiment_name(cell, assay)
-        if name in out:
-            raise PredictdError(f"--holdout {v}: given twice")
-        out.append(name)
-    return out
+    return [experiment_name(c, a) for c, a in parse_pairs(values, "--holdout")]
 
 
 def load_tracks(manifest: str) -> tuple[list[Track], str]:
@@ -88,6 +78,9 @@ class Run:
     progress: bool = True
     tensor_at: str | None = None  # fold models share their parent run's tensor
     checked: list | None = field(default=None, repr=False)  # check_tracks' infos, once run
+    selection: Selection = field(default_factory=Selection)  # what the write stage produces
+    #: the stages run.json reports (a class attribute, not a field)
+    stage_names = (*STAGES, "folds")
 
     # ------------------------------------------------------------------ paths
     @property
@@ -116,8 +109,15 @@ class Run:
                    tensor_at=self.tensor_root)
 
     def identity(self) -> dict:
-        return {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
-                "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
+        ident = {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
+                 "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
+        if self.selection:
+            ident["selection"] = self.selection.to_json()
+        return ident
+
+    def selected_tracks(self, model: Model) -> list[int] | None:
+        """Indices of the tracks the write stage produces (None: every pair)."""
+        return self.selection.track_indices(model.cell_types, model.assays)
 
     # ------------------------------------------------------------------ guard
     def claim(self, overwrite: bool = False, folds: int = 0, dry_run: bool = False) -> None:
@@ -239,7 +239,7 @@ class Run:
         storage.write_text_atomic(layout.history_file(self.out), json.dumps(res.history))
         return {"best_iteration": res.best_iteration, "best_valid_mse": res.best_valid_mse,
                 "iterations": len(res.history), "training_bins": res.n_bins,
-                "stopped": res.stopped}
+                "stopped": res.stopped, "model_sha256": model_checksum(self.out)}
 
     def _impute(self) -> dict:
         from .impute import solve_genome, write_tracks
@@ -248,12 +248,15 @@ class Run:
         t0 = time.perf_counter()
         solve_genome(self.sc, header, self.tensor_root, self.gf_root, model, self.cfg)
         t1 = time.perf_counter()
+        only = self.selected_tracks(model)
         written = write_tracks(self.sc, header, self.out, self.gf_root, model, self.cfg,
-                               public=self.public, root=self.tensor_root)
+                               public=self.public, root=self.tensor_root, only=only,
+                               regions=self.selection.regions)
         layout.write_track_index(self.out, public=self.public, hash_local=False)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
-                "tracks": len(model.cell_types) * len(model.assays), "written": len(written)}
+                "tracks": len(model.cell_types) * len(model.assays) if only is None
+                else len(only), "written": len(written)}
 
     def _folds(self, folds: int) -> dict:
         from .folds import run_folds
@@ -291,20 +294,17 @@ class Run:
             model.save(directory)
 
     def load_model(self) -> Model:
-        if not storage.is_remote(self.out):
-            return Model.load(self.model_dir)
-        tmp = tempfile.mkdtemp(prefix="predictd-model-")
-        try:
-            for name in (MODEL_NPZ, MODEL_JSON):
-                with open(os.path.join(tmp, name), "wb") as fh:
-                    fh.write(storage.read_bytes(layout.model_file(self.out, name)))
-            return Model.load(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return load_model(self.out)
 
     # ------------------------------------------------------------------ run.json
     def write_run_json(self) -> None:
-        doc = {
+        storage.write_text_atomic(layout.run_file(self.out),
+                                  json.dumps(self.run_doc(), indent=1, sort_keys=True,
+                                             default=str))
+
+    def run_doc(self) -> dict:
+        """What ``run.json`` records."""
+        return {
             "predictd": __version__,
             # URIs go through storage.display_uri: a pre-signed URL's signature must not be kept
             "command": [os.path.basename(sys.argv[0]),
@@ -319,12 +319,31 @@ class Run:
             "genome": {"name": self.genome.name, "chroms": len(self.genome.chroms),
                        "bp": sum(n for _, n in self.genome.chroms)},
             "holdout": self.holdout,
+            "selection": self.selection.to_json() if self.selection else None,
             "versions": versions(),
             "spark": _spark_info(self.sc),
-            "stages": {s: self.done(s) for s in (*STAGES, "folds")},
+            "stages": {s: self.done(s) for s in self.stage_names},
         }
-        storage.write_text_atomic(layout.run_file(self.out),
-                                  json.dumps(doc, indent=1, sort_keys=True, default=str))
+
+
+def load_model(out: str) -> Model:
+    """The model saved under OUT (local or remote; only read)."""
+    if not storage.is_remote(out):
+        return Model.load(layout.model_dir(out))
+    tmp = tempfile.mkdtemp(prefix="predictd-model-")
+    try:
+        for name in (MODEL_NPZ, MODEL_JSON):
+            with open(os.path.join(tmp, name), "wb") as fh:
+                fh.write(storage.read_bytes(layout.model_file(out, name)))
+        return Model.load(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_checksum(out: str) -> str:
+    """SHA-256 of OUT's ``model.json`` (which itself records the factors' checksum): the
+    train stage's marker keeps it, and a reference imputation checks it."""
+    return hashlib.sha256(storage.read_bytes(layout.model_file(out, MODEL_JSON))).hexdigest()
 
 
 def _spark_info(sc) -> dict:
@@ -335,7 +354,8 @@ def _spark_info(sc) -> dict:
 
 
 def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), sc=None,
-             public: bool = False, progress: bool = True) -> Run:
+             public: bool = False, progress: bool = True, targets=(), cell_types=(),
+             assays=(), regions: str | None = None) -> Run:
     """Validate everything that can be validated before any heavy work."""
     tracks, msum = load_tracks(manifest)
     g = load_genome(genome)
@@ -345,9 +365,13 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
         if h not in names:
             raise PredictdError(f"--holdout {':'.join(split_experiment(h))}: not a track of the "
                                 f"manifest {manifest}")
+    selection = open_selection(targets, cell_types, assays, regions,
+                               cell_type_names=sorted({t.cell_type for t in tracks}),
+                               assay_names=sorted({t.assay for t in tracks}),
+                               chroms=g.chroms)
     return Run(out=out, cfg=config, tracks=tracks, genome=g, holdout=hold,
                manifest_uri=manifest, manifest_sum=msum, sc=sc, public=public,
-               progress=progress)
+               progress=progress, selection=selection)
 
 
 def run_all(r: Run, overwrite: bool = False, stages=STAGES, folds: int = 0) -> dict:

@@ -152,3 +152,42 @@ def read_header(root: str) -> TensorHeader:
     if not storage.exists(uri):
         raise PredictdError(f"no tensor at {root} (missing {HEADER}; run `predictd ingest`)")
     return TensorHeader.from_json(storage.read_text(uri), where=uri)
+
+
+@dataclass(frozen=True)
+class TensorUnion:
+    """Several tensors on the same genome grid read as one: ``parts`` = ((root, experiments),
+    ...). A reference imputation reads the reference's tensor and the new samples' tensor
+    this way, without copying either."""
+
+    parts: tuple
+
+    def read_block(self, chrom: str, block: int, columns: list[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        where = {}
+        for p, (_, exps) in enumerate(self.parts):
+            for e in exps:
+                where.setdefault(e, p)
+        missing = [c for c in columns if c not in where]
+        if missing:
+            raise PredictdError(f"no tensor holds experiment {missing[0]}")
+        bins, X = None, None
+        for p, (root, _) in enumerate(self.parts):
+            mine = [i for i, c in enumerate(columns) if where[c] == p]
+            if not mine:
+                continue
+            bins, Xp = read_block(root, chrom, block, [columns[i] for i in mine])
+            if X is None:
+                X = np.empty((Xp.shape[0], len(columns)), dtype=np.float32, order="F")
+            X[:, mine] = Xp
+        if X is None:
+            raise PredictdError("TensorUnion.read_block: no columns asked for")
+        return bins, X
+
+
+def read_columns(root, chrom: str, block: int, columns: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_block` of a tensor root, or of a :class:`TensorUnion`."""
+    if isinstance(root, TensorUnion):
+        return root.read_block(chrom, block, columns)
+    return read_block(root, chrom, block, columns)

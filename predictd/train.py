@@ -173,7 +173,7 @@ def _stack_task(group, payload):
     root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar = payload
     parts = []
     for chrom, block, start, n in group:
-        _, X = tensor.read_block(root, chrom, block, list(exps))
+        _, X = tensor.read_columns(root, chrom, block, list(exps))
         rows = np.random.default_rng([seed, 17, chrom_index[chrom], block]).random(n) < frac
         if rows.any():
             parts.append(stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,

@@ -189,8 +189,9 @@ def test_bench_run_reports_every_figure(tmp_path, spark):
     res = bench.run(str(tmp_path), n_bins=1 << 15, spark=True, config={"max_iterations": 4})
     for key in ("ingest_vs_pybigwig", "write_vs_pybigwig", "impute_gemm_fraction",
                 "spark_overhead", "ingest_inprocess_vs_pybigwig", "bigwig_write_vs_pybigwig",
-                "bigwig_read_vs_pybigwig"):
+                "bigwig_read_vs_pybigwig", "extend_vs_run"):
         assert np.isfinite(res[key]) and res[key] > 0, key
+    assert res["extend"]["tracks_written"] == 2 and len(res["extend"]["marks"]) == 3
     assert res["data"]["bins"] == 1 << 15 and res["data"]["tracks"] == 20
     for stage in ("pybigwig_read", "bigwig_read", "ingest_inprocess", "train_inprocess",
                   "solve_inprocess", "write_inprocess", "pybigwig_write", "bigwig_write",

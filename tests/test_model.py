@@ -168,3 +168,24 @@ def test_json_of_the_wrong_shape(tmp_path, text):
     (tmp_path / MODEL_JSON).write_text(text)
     with pytest.raises(PredictdError):
         Model.load(str(tmp_path))
+
+
+def test_model_json_records_the_factors_checksum_deterministically(tmp_path):
+    m = make_model()
+    m.save(str(tmp_path / "a"))
+    m.save(str(tmp_path / "b"))
+    # the npz carries zip timestamps; model.json records the arrays' contents, the same bits
+    assert (tmp_path / "a" / MODEL_JSON).read_bytes() == (tmp_path / "b" / MODEL_JSON).read_bytes()
+    assert len(json.loads((tmp_path / "a" / MODEL_JSON).read_text())["factors_sha256"]) == 64
+    # altered factors are refused, naming the file
+    with np.load(tmp_path / "a" / MODEL_NPZ) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["bA"] = arrays["bA"] + 1e-12
+    np.savez(tmp_path / "a" / MODEL_NPZ, **arrays)
+    with pytest.raises(PredictdError, match="factors.npz: model files altered"):
+        Model.load(str(tmp_path / "a"))
+    # a model saved before the checksum was recorded still loads
+    doc = json.loads((tmp_path / "a" / MODEL_JSON).read_text())
+    del doc["factors_sha256"]
+    (tmp_path / "a" / MODEL_JSON).write_text(json.dumps(doc))
+    np.testing.assert_array_equal(Model.load(str(tmp_path / "a")).bA, arrays["bA"])

@@ -15,6 +15,9 @@ same data, with the same number of processes:
   ``impute_values`` on one tensor block) / FLOP/s of bare float32 numpy GEMMs of the same shapes.
 * ``spark_overhead`` — training + imputation through local Spark / the same code in this process
   (``sc=None``), on ≥ 1 M bins (full mode).
+* ``extend_vs_run`` — ``predictd extend`` of one cell type with 3 marks against a reference
+  trained on the other cell types / the whole run (ingest, train, solve, write) on all the
+  tracks, both in this process (the reference's own training is not counted).
 
 Peak memory is measured per stage for this process (VmHWM, reset before each stage where the
 kernel allows) and for its child processes (Spark's JVM and Python workers, sampled every 50 ms).
@@ -167,6 +170,10 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
                                    "stopped": fit_l.stopped}},
     })
 
+    t_run = sum(rec.seconds(s) for s in ("ingest_inprocess", "train_inprocess",
+                                         "solve_inprocess", "write_inprocess"))
+    _extend_part(res, rec, workdir, tr, sizes, cfg, t_run)
+
     if spark:
         _spark_part(res, rec, workdir, tr, genome, cfg, header, model_l, paths, jobs, master,
                     total_bins, n, n_tracks, chrom, length)
@@ -183,8 +190,34 @@ def run(workdir: str, quick: bool = False, spark: bool = True, master: str | Non
                                    cpu["pybigwig_write"], 3)}
     res["load_average"] = [round(x, 2) for x in os.getloadavg()]
     res["goals"] = {"ingest_vs_pybigwig": "<= 1.25", "write_vs_pybigwig": "<= 1.25",
+                    "extend_vs_run": "<= 0.5",
                     "impute_gemm_fraction": ">= 0.5", "spark_overhead": "<= 1.5 (>= 1 M bins)"}
     return res
+
+
+def _extend_part(res, rec, workdir, tr, sizes, cfg, t_run):
+    """Extend a reference of all but the last cell type with 3 of that one's marks."""
+    from .. import extend, pipeline
+    from ..manifest import write_manifest
+    d = os.path.join(workdir, "extend")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    cell = sorted({t.cell_type for t in tr})[-1]
+    write_manifest([t for t in tr if t.cell_type != cell], os.path.join(d, "ref.tsv"))
+    new = [t for t in tr if t.cell_type == cell][:3]
+    write_manifest(new, os.path.join(d, "new.tsv"))
+    ref_run = pipeline.open_run(os.path.join(d, "ref.tsv"), sizes, os.path.join(d, "ref"), cfg,
+                                progress=False)
+    rec.run("extend_reference_run", pipeline.run_all, ref_run)
+    ref = extend.open_reference(os.path.join(d, "ref"))
+    run = extend.open_extension(ref, os.path.join(d, "new.tsv"), os.path.join(d, "out"),
+                                ref.config(), progress=False)
+    done = rec.run("extend_inprocess", extend.extend_all, run)
+    res["extend_vs_run"] = round(rec.seconds("extend_inprocess") / t_run, 3)
+    res["extend"] = {"cell_type": cell, "marks": [t.assay for t in new],
+                     "reference_cell_types": len(ref.model.cell_types),
+                     "tracks_written": done["impute"]["written"],
+                     "run_seconds": round(t_run, 3)}
 
 
 def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jobs, master,

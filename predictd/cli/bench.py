@@ -92,7 +92,8 @@ def bench(as_json, quick, workdir, no_spark, master, workers, roadmap_scale, bin
 
     \b
     Ratios (goal): ingest_vs_pybigwig (<= 1.25), write_vs_pybigwig (<= 1.25),
-    impute_gemm_fraction (>= 0.5), spark_overhead (<= 1.5); also the write with the factor
+    impute_gemm_fraction (>= 0.5), spark_overhead (<= 1.5), extend_vs_run (<= 0.5: `predictd
+    extend` of one cell type with 3 marks against the whole run); also the write with the factor
     model alone and through Spark against pyBigWig in as many processes; plus times,
     throughputs and peak memory per stage. Data: the shared Roadmap pilot tracks when present
     ($PREDICTD_SHARED/data/roadmap_pilot), else synthetic tracks of the same shape.

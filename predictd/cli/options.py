@@ -35,6 +35,26 @@ set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                             "latent_factors=30 (repeatable).")
 
 
+targets = click.option("--targets", multiple=True, metavar="CELL:ASSAY",
+                       help="Write only this track (repeatable; with --cell-type/--assay: "
+                            "their union). Default: every (cell type, assay) pair.")
+cell_type = click.option("--cell-type", "cell_types", multiple=True, metavar="C",
+                         help="Write only this cell type's tracks (repeatable; comma-separated "
+                              "or shell patterns such as 'E0*').")
+assay = click.option("--assay", "assays", multiple=True, metavar="A",
+                     help="Write only this assay's tracks (repeatable; comma-separated or "
+                          "patterns).")
+regions = click.option("--regions", metavar="BED",
+                       help="Compute and write only these regions (the tracks have no data "
+                            "elsewhere).")
+
+
+def selection_options(f):
+    for opt in reversed([targets, cell_type, assay, regions]):
+        f = opt(f)
+    return f
+
+
 def pipeline_options(f):
     for opt in reversed([manifest, genome, out, config, set_opt, holdout, master, no_spark,
                          overwrite, public]):
@@ -43,6 +63,19 @@ def pipeline_options(f):
 
 
 def load_config(path, sets):
+    return config_mod.load(path, _set_values(sets))
+
+
+def config_overrides(path, sets) -> dict:
+    """Only the keys the config file and --set give (validated), for commands whose other
+    keys come from elsewhere (``extend``: the reference's config)."""
+    data = config_mod.read_toml(path) if path else {}
+    data.update(_set_values(sets))
+    config_mod.from_dict(data, source=f"config file {path}" if path else "config")
+    return data
+
+
+def _set_values(sets) -> dict:
     overrides = {}
     for s in sets or ():
         if "=" not in s:
@@ -52,4 +85,4 @@ def load_config(path, sets):
             overrides[k.strip()] = config_mod.tomllib.loads(f"x = {v}")["x"]
         except config_mod.tomllib.TOMLDecodeError:
             overrides[k.strip()] = v  # a bare string
-    return config_mod.load(path, overrides)
+    return overrides

@@ -10,10 +10,11 @@ from . import options
 from .main import cli
 
 
-def _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public):
+def _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public,
+          selection=None):
     cfg = options.load_config(config_path, sets)
     run = pipeline.open_run(manifest, genome, out, cfg, holdout, public=public,
-                            progress=True)
+                            progress=True, **(selection or {}))
     if not no_spark:
         from ..spark import get_context
         run.sc = get_context(master)
@@ -37,19 +38,25 @@ def _summary(run, results):
                    f"mse {row['mse']:.4f}  gwcorr {row['gwcorr']:.3f}")
 
 
-def _stage_command(name, stages, doc, with_folds=False):
+def _stage_command(name, stages, doc, with_folds=False, with_selection=True):
+    def selecting(f):
+        # the selection narrows the write stage: no use to the commands that stop before it
+        return options.selection_options(f) if with_selection else f
+
     @cli.command(name=name, help=doc)
     @options.pipeline_options
+    @selecting
     @click.option("--folds", type=int, default=0, metavar="T",
                   help="Cross-validate: T balanced test folds of tracks, `ensemble_size` models "
                        "per fold, tracks imputed by the models that did not see them, and a "
                        "report scoring every observed track (model, ensemble, average).",
                   hidden=not with_folds)
     def command(manifest, genome, out, config_path, sets, holdout, master, no_spark, overwrite,
-                public, folds):
+                public, folds, **selection):
         if folds and holdout:
             raise click.BadParameter("use either --folds or --holdout", param_hint="--folds")
-        run = _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public)
+        run = _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public,
+                    selection)
         results = pipeline.run_all(run, overwrite=overwrite, stages=stages, folds=folds)
         _summary(run, results)
     return command
@@ -59,7 +66,8 @@ _stage_command("run", pipeline.STAGES, with_folds=True, doc="""Run the whole pip
 evaluate.
 
 \b
-Writes OUT/tracks/{cell_type}.{assay}.imputed.bw for every (cell type, assay) pair, the model
+Writes OUT/tracks/{cell_type}.{assay}.imputed.bw for every (cell type, assay) pair (or those
+--targets, --cell-type and --assay choose; --regions writes only those loci), the model
 (OUT/model), run.json, and with --holdout a report (OUT/report/index.html). Re-running the same
 command resumes: completed stages, blocks and tracks are skipped.
 
@@ -67,11 +75,12 @@ command resumes: completed stages, blocks and tracks are skipped.
 Example:
   predictd run -m tracks.tsv -g hg38 -o out/ --holdout E116:H3K4me3 --set latent_factors=30
   predictd run -m tracks.tsv -g hg38 -o out/ --folds 5        # cross-validated ensemble
+  predictd run -m tracks.tsv -g hg38 -o out/ --cell-type 'E11*' --assay H3K27me3
 """)
-_stage_command("ingest", ("ingest",), """Bin the manifest's bigWigs into the tensor (OUT/tensor,
-Parquet + header.json).""")
-_stage_command("train", ("ingest", "train"), """Fit the model on a training subset of bins
-(ingests first if needed).""")
+_stage_command("ingest", ("ingest",), with_selection=False, doc="""Bin the manifest's bigWigs
+into the tensor (OUT/tensor, Parquet + header.json).""")
+_stage_command("train", ("ingest", "train"), with_selection=False, doc="""Fit the model on a
+training subset of bins (ingests first if needed).""")
 _stage_command("impute", ("ingest", "train", "impute"), """Write every imputed track (runs the
 earlier stages first if needed).""")
 _stage_command("evaluate", pipeline.STAGES, """Score the --holdout tracks against the average

@@ -1,0 +1,489 @@
+"""Reference imputation: impute new cell types against a finished run without retraining it
+(docs/design.md §11).
+
+A *reference* REF is the OUT of a finished ``predictd run``; it is only ever read. New cell
+types (a manifest NEW of tracks on REF's assays) are imputed in four stages under their own OUT:
+
+1. *ingest* — NEW's tracks are checked and binned on REF's genome, bin size, transform and
+   block layout (:mod:`predictd.ingest`) into ``OUT/tensor``.
+2. *fit* — with REF's model frozen (A, bA, μ, the genome factors [G | bG] and REF's observed
+   tracks), each new cell type gets ``[C_j; bC_j]`` in closed form
+   (:mod:`predictd.solvers.reference`) and, for a stacked REF, its transfer-regression weights:
+   the stacking statistics of REF's training cell types and of the new one, summed over the
+   same sampled bins as in training and solved as training solves them
+   (:func:`predictd.train.fit_stacking`'s pieces). Saved as ``OUT/model`` (a model of the new
+   cell types on REF's assays).
+3. *impute* — ``OUT/tracks/{cell}.{assay}.imputed.bw`` for every (new cell type, REF assay)
+   pair not observed in NEW (or the chosen assays), optionally only inside ``regions``.
+4. *evaluate* — held-out NEW tracks are scored as ``predictd run`` scores them.
+
+Each new cell type is imputed against REF alone: its tracks do not depend on which other new
+cell types share NEW. Everything is summed in a fixed order, so the same REF and NEW give the
+same bits in process, under local Spark and on a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import config as config_mod
+from . import layout, pipeline, storage, tensor
+from .errors import PredictdError
+from .impute import block_values, gf_uri, read_gf, write_tracks
+from .model import Model
+from .names import experiment_name, split_experiment
+from .selection import Regions, read_regions
+from .solvers import reference as ref_solver
+from .solvers import stacking
+from .spark import map_tasks
+from .train import STACK_GROUPS, stack_blocks
+from .transform import inverse
+
+log = logging.getLogger("predictd.extend")
+
+STAGES = ("ingest", "fit", "impute", "evaluate")
+#: Keys REF fixes: the grid its tensor and genome factors are on, and its factors' size.
+FIXED_KEYS = ("bin_size", "block_bins", "transform", "latent_factors")
+
+
+# --------------------------------------------------------------------------- the reference
+@dataclass
+class Reference:
+    """A finished run opened read-only: its model, tensor header and config."""
+
+    uri: str
+    model: Model
+    header: tensor.TensorHeader
+    cfg: config_mod.Config
+    model_sha256: str
+
+    @property
+    def tensor_root(self) -> str:
+        return layout.tensor_dir(self.uri)
+
+    @property
+    def gf_root(self) -> str:
+        return layout.genome_factors_dir(self.uri)
+
+    @property
+    def experiments(self) -> list[str]:
+        """REF's training experiments (its held-out tracks are never used)."""
+        return [experiment_name(c, a) for c, a in self.model.observed]
+
+    def config(self, overrides: dict | None = None) -> config_mod.Config:
+        """REF's config with ``overrides``; a key REF fixes may only repeat REF's value."""
+        overrides = dict(overrides or {})
+        checked = config_mod.from_dict(overrides, source="config")  # unknown keys, types
+        for k in FIXED_KEYS:
+            if k in overrides and getattr(checked, k) != getattr(self.cfg, k):
+                raise PredictdError(f"config key {k!r}: fixed by the reference "
+                                    f"{storage.display_uri(self.uri)} ({getattr(self.cfg, k)!r})")
+        return self.cfg.replace(**{k: getattr(checked, k) for k in overrides})
+
+    def extend(self, manifest, assays=(), regions: str | None = None, holdout=(),
+               workdir: str | None = None, sc=None, **config) -> "Extension":
+        """Fit new cell types against this reference (Python API).
+
+        ``manifest`` is a manifest path or URI, or ``{(cell_type, assay): bigWig uri}``.
+        ``workdir`` keeps NEW's tensor and fitted model (default: a new temporary
+        directory); ``config`` overrides config keys. Returns an :class:`Extension`."""
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="predictd-extend-")
+        if isinstance(manifest, dict):
+            manifest = _manifest_from_dict(manifest, workdir)
+        run = open_extension(self, manifest, workdir, self.config(config), holdout=holdout,
+                             assays=assays, regions=regions, sc=sc, progress=False)
+        extend_all(run, stages=("ingest", "fit"))
+        return Extension(run)
+
+
+def _manifest_from_dict(tracks: dict, directory: str) -> str:
+    from .manifest import Track, write_manifest
+    rows = []
+    for key, uri in tracks.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise PredictdError(f"extend: key {key!r}: expected (cell_type, assay)")
+        uri = str(uri)
+        if not storage.is_remote(uri):
+            uri = os.path.abspath(uri)
+        rows.append(Track(key[0], key[1], uri))
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "manifest.tsv")
+    write_manifest(rows, path)
+    return path
+
+
+def open_reference(uri: str) -> Reference:
+    """Open the OUT of a finished ``predictd run`` (local or remote) read-only, checking that
+    it is finished and that its model files are the ones its run saved."""
+    shown = storage.display_uri(uri)
+    if not storage.exists(layout.model_file(uri)):
+        raise PredictdError(f"reference {shown}: no model (model/model.json missing): not the "
+                            "output of a finished `predictd run`")
+    if not storage.exists(layout.marker_file(uri, "impute")):
+        raise PredictdError(f"reference {shown}: unfinished run (its impute stage has not "
+                            "completed, so its genome factors are incomplete)")
+    model = pipeline.load_model(uri)  # checks the factors against model.json's checksum
+    mark = json.loads(storage.read_text(layout.marker_file(uri, "train"))) \
+        if storage.exists(layout.marker_file(uri, "train")) else {}
+    sha = pipeline.model_checksum(uri)
+    if mark.get("model_sha256") not in (None, sha):
+        raise PredictdError(f"reference {shown}: model files altered (model/model.json does "
+                            "not match the checksum its run recorded)")
+    header = tensor.read_header(layout.tensor_dir(uri))
+    if "config" not in model.meta:
+        raise PredictdError(f"reference {shown}: its model records no config")
+    cfg = config_mod.from_dict(model.meta["config"], source=f"reference {shown} config")
+    return Reference(uri=uri, model=model, header=header, cfg=cfg, model_sha256=sha)
+
+
+# --------------------------------------------------------------------------- the new model
+def extended_model(ref: Model, new: Model, cell: str) -> Model:
+    """REF's model with one new cell type appended (the last cell type), as the imputation of
+    that cell type's tracks uses it: REF's factors and training experiments, the new cell
+    type's factors, bias, training experiments and stacking weights."""
+    j = new.cell_types.index(cell)
+    stack = None
+    if new.stack is not None:
+        # REF's own weights are never used here (only the new cell type's targets are
+        # imputed), and the new ones may have other features: NaN rows for REF
+        stack = np.full((len(ref.cell_types) + 1, *new.stack.shape[1:]), np.nan)
+        stack[-1] = new.stack[j]
+    return Model(cell_types=[*ref.cell_types, cell], assays=list(ref.assays), mu=ref.mu,
+                 bC=np.append(ref.bC, new.bC[j]), bA=ref.bA,
+                 C=np.vstack([ref.C, new.C[j:j + 1]]), A=ref.A,
+                 observed=[*ref.observed, *[p for p in new.observed if p[0] == cell]],
+                 meta=dict(ref.meta), stack=stack, stack_windows=new.stack_windows,
+                 stack_similar=new.stack_similar)
+
+
+def _fit_task(group, payload):
+    """Per new cell type, the sums of its factor regression and the stacking statistics of
+    REF's cell types and it, over a group of blocks (the training and stacking samples drawn
+    as in training)."""
+    (union, ref_exps, gf_root, ref, cells, cfg, fraction, chrom_index) = payload
+    n_ref = len(ref.cell_types)
+    aidx = {a: i for i, a in enumerate(ref.assays)}
+    cidx = {c: i for i, c in enumerate(ref.cell_types)}
+    ec_ref = np.array([cidx[c] for c, _ in ref.observed], dtype=int)
+    ea_ref = np.array([aidx[a] for _, a in ref.observed], dtype=int)
+    windows, similar = cfg.stack_windows(), cfg.stack_similarity()
+    out = {cell: {"sums": [], "stats": []} for cell, _ in cells}
+    for chrom, block, start, n in group:
+        cols = list(ref_exps) + [e for _, exps in cells for e in exps]
+        _, X = tensor.read_columns(union, chrom, block, cols)
+        GB = read_gf(gf_uri(gf_root, chrom, block))
+        ci = chrom_index[chrom]
+        # the training bins (train._sample_task's first draw) and the stacking sample
+        train_rows = np.random.default_rng([cfg.seed, ci, block]).random(n) < fraction
+        stack_rows = np.random.default_rng([cfg.seed, 17, ci, block]).random(n) < \
+            cfg.stack_sample
+        off = len(ref_exps)
+        for cell, exps in cells:
+            mine = list(range(off, off + len(exps)))
+            off += len(exps)
+            assays = np.array([aidx[split_experiment(e)[1]] for e in exps], dtype=int)
+            if train_rows.any():
+                out[cell]["sums"].append(ref_solver.cell_type_sums(
+                    GB[train_rows], X[train_rows][:, mine], ref.A, ref.bA, ref.mu, assays))
+            if cfg.stack and stack_rows.any():
+                Xc = X[:, list(range(len(ref_exps))) + mine]
+                ec = np.concatenate([ec_ref, np.full(len(exps), n_ref)])
+                ea = np.concatenate([ea_ref, assays])
+                out[cell]["stats"].append(stacking.stack_stats(
+                    Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=stack_rows,
+                    similar=similar))
+    return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
+                   "stats": stacking.sum_stack_stats(v["stats"]) if v["stats"] else None}
+            for cell, v in out.items()}
+
+
+def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
+                       cells: list[tuple[str, list[str]]], cfg) -> Model:
+    """The new cell types' factors, biases and stacking weights against the frozen REF
+    (``cells`` = [(cell type, its training experiments), ...]); a :class:`Model` of the new
+    cell types on REF's assays."""
+    model = ref.model
+    blocks = stack_blocks(ref.header.blocks(), cfg.stack_max_blocks)
+    # a fixed grouping: the sums, hence the factors, are the same bits on any master
+    n_groups = max(1, min(len(blocks), STACK_GROUPS))
+    groups = [blocks[g::n_groups] for g in range(n_groups)]
+    total = ref.header.genome_obj.total_bins(ref.header.bin_size)
+    fraction = min(cfg.training_fraction, cfg.max_training_bins / max(total, 1))
+    chrom_index = {c: i for i, (c, _) in enumerate(ref.header.genome["chroms"])}
+    parts = map_tasks(sc, _fit_task, groups,
+                      (union, tuple(ref.experiments), ref.gf_root, model, cells, cfg, fraction,
+                       chrom_index))
+    n_ref, n_assay = len(model.cell_types), len(model.assays)
+    aidx = {a: i for i, a in enumerate(model.assays)}
+    L = model.latent_factors
+    lam_c = cfg.rc / (L * (n_ref + 1))
+    C, bC, rows, observed = [], [], [], []
+    for cell, exps in cells:
+        sums = ref_solver.sum_cell_type_sums([p[cell]["sums"] for p in parts
+                                              if p[cell]["sums"] is not None])
+        if sums is None or sums["n"] == 0:
+            raise PredictdError(f"cell type {cell}: no observed value in the sampled bins; "
+                                "raise training_fraction")
+        c, b = ref_solver.solve_cell_type(sums, lam_c, cfg.bias_penalty)
+        C.append(c)
+        bC.append(b)
+        observed += [split_experiment(e) for e in exps]
+        if cfg.stack:
+            stats = stacking.sum_stack_stats([p[cell]["stats"] for p in parts
+                                              if p[cell]["stats"] is not None])
+            if stats is None:
+                raise PredictdError("stacking: no bins sampled; raise stack_sample")
+            obs = np.zeros((n_ref + 1, n_assay), dtype=bool)
+            for c_, a_ in model.observed:
+                obs[model.cell_types.index(c_), aidx[a_]] = True
+            for e in exps:
+                obs[n_ref, aidx[split_experiment(e)[1]]] = True
+            windows, similar = cfg.stack_windows(), cfg.stack_similarity() is not None
+            W = stacking.fit_stack(stats, obs, cfg.stack_ridge, windows, cfg.stack_per_cell,
+                                   similar)
+            if cfg.stack_blend:
+                W, _ = stacking.blend_with_average(
+                    stats, obs, W, min(cfg.stack_blend_context, len(windows)), similar)
+            rows.append(W[n_ref])
+    new = Model(cell_types=[c for c, _ in cells], assays=list(model.assays), mu=model.mu,
+                bC=np.array(bC), bA=model.bA, C=np.array(C).reshape(len(cells), L), A=model.A,
+                observed=observed,
+                meta={"reference": storage.display_uri(ref.uri),
+                      "reference_model_sha256": ref.model_sha256,
+                      "transform": ref.header.transform, "bin_size": ref.header.bin_size})
+    if cfg.stack:
+        new.stack = np.array(rows)
+        new.stack_windows = cfg.stack_windows()
+        new.stack_similar = cfg.stack_similarity()
+    return new
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class ExtendRun(pipeline.Run):
+    """``predictd extend``: NEW's tensor, model, tracks and report under OUT, REF only read.
+
+    The stages run through :class:`predictd.pipeline.Run`'s machinery (claim, markers,
+    resume, run.json); ingest is the ordinary one on REF's genome and grid."""
+
+    ref: Reference | None = None
+    assays: list[str] = field(default_factory=list)   # empty: every assay not observed
+    regions: Regions | None = None
+    stage_names = STAGES
+
+    def identity(self) -> dict:
+        return {**super().identity(), "reference": storage.display_uri(self.ref.uri),
+                "reference_model": self.ref.model_sha256, "assays": sorted(self.assays),
+                "regions": None if self.regions is None else self.regions.to_json()}
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        if self.checked is None:
+            return  # a resume with the ingest complete
+        sizes = self.genome.sizes
+        for t, info in zip(self.tracks, self.checked):
+            for c, n in info["chroms"].items():
+                if c in sizes and n != sizes[c]:
+                    raise PredictdError(
+                        f"{storage.display_uri(t.uri)} (manifest row {t.row}): chromosome {c} "
+                        f"of {n} bp, the reference's genome {self.genome.name} has {sizes[c]} "
+                        "bp (other chrom sizes than the reference)")
+
+    # ------------------------------------------------------------------ pieces
+    def new_cells(self) -> list[tuple[str, list[str]]]:
+        """[(new cell type, its training experiments)], in name order."""
+        cells = sorted({t.cell_type for t in self.tracks})
+        return [(c, [t.name for t in self.tracks
+                     if t.cell_type == c and t.name not in self.holdout]) for c in cells]
+
+    def union(self) -> tensor.TensorUnion:
+        return tensor.TensorUnion(((self.ref.tensor_root, tuple(self.ref.experiments)),
+                                   (self.tensor_root, tuple(t.name for t in self.tracks))))
+
+    def targets(self, cell: str) -> list[str]:
+        """The assays imputed for a new cell type: the chosen ones, or every REF assay it has
+        no training track of."""
+        if self.assays:
+            return [a for a in self.ref.model.assays if a in self.assays]
+        have = {split_experiment(e)[1] for c, exps in self.new_cells() if c == cell
+                for e in exps}
+        return [a for a in self.ref.model.assays if a not in have]
+
+    def cell_parts(self, new: Model, cell: str):
+        """(extended model, tensor header of its experiments, target track indices)."""
+        ext = extended_model(self.ref.model, new, cell)
+        exps = [experiment_name(c, a) for c, a in ext.observed]
+        exps += [h for h in self.holdout if split_experiment(h)[0] == cell]
+        header = dataclasses.replace(self.ref.header, experiments=exps)
+        j = len(ext.cell_types) - 1
+        idx = [j * len(ext.assays) + ext.assays.index(a) for a in self.targets(cell)]
+        return ext, header, idx
+
+    def write_tracks_to(self, out: str, new: Model | None = None) -> list[str]:
+        """Write every new cell type's target tracks under ``out`` (then its track index)."""
+        new = new or self.load_model()
+        written = []
+        for cell in new.cell_types:
+            ext, header, idx = self.cell_parts(new, cell)
+            if not idx:
+                continue
+            written += write_tracks(self.sc, header, out, self.ref.gf_root, ext, self.cfg,
+                                    public=self.public, root=self.union(), only=idx,
+                                    regions=self.regions, stored_sums=False,
+                                    by_cell_type=True)
+        layout.write_track_index(out, public=self.public, hash_local=False)
+        return written
+
+    # ------------------------------------------------------------------ stages
+    def _fit(self) -> dict:
+        new = fit_new_cell_types(self.sc, self.ref, self.union(), self.new_cells(), self.cfg)
+        self.save_model(new)
+        return {"cell_types": new.cell_types, "model_sha256": pipeline.model_checksum(self.out)}
+
+    def _impute(self) -> dict:
+        written = self.write_tracks_to(self.out)
+        return {"written": len(written),
+                "tracks": sum(len(self.targets(c)) for c, _ in self.new_cells())}
+
+    def _evaluate(self) -> dict:
+        from . import evaluate
+        if not self.holdout:
+            return {"tracks": 0}
+        new = self.load_model()
+        vec = {}
+        for cell in new.cell_types:
+            mine = [h for h in self.holdout if split_experiment(h)[0] == cell]
+            if mine:
+                ext, header, _ = self.cell_parts(new, cell)
+                vec.update(evaluate.collect(self.sc, header, self.union(), self.ref.gf_root,
+                                            ext, mine))
+        from .annotations import genome_region_masks
+        masks = genome_region_masks(self.ref.header.genome, self.ref.header.bin_size)
+        rows = evaluate.score(vec, masks)
+        examples, errors = evaluate.example_regions(vec, self.ref.header.genome["chroms"],
+                                                    self.ref.header.bin_size)
+        evaluate.write_report(self.out, rows, None, examples, public=self.public,
+                              errors=errors)
+        return {"tracks": len(self.holdout), "metrics": rows}
+
+    def run_doc(self) -> dict:
+        doc = super().run_doc()
+        doc["reference"] = {"uri": storage.display_uri(self.ref.uri),
+                            "model_sha256": self.ref.model_sha256}
+        doc["assays"] = self.assays
+        doc["regions"] = None if self.regions is None else self.regions.to_json()
+        return doc
+
+
+def open_extension(ref: Reference, manifest: str, out: str, cfg, holdout=(), assays=(),
+                   regions: str | None = None, sc=None, public: bool = False,
+                   progress: bool = True) -> ExtendRun:
+    """Validate NEW against REF before anything is written (one line naming the culprit)."""
+    if _place(out) == _place(ref.uri) or _place(out).startswith(_place(ref.uri) + "/"):
+        raise PredictdError(f"--out {out}: inside the reference, which is only read; "
+                            "use an OUT of its own")
+    tracks, msum = pipeline.load_tracks(manifest)
+    model = ref.model
+    for t in tracks:
+        where = f"{manifest}, row {t.row}"
+        if t.cell_type in model.cell_types:
+            raise PredictdError(f"{where}: cell type {t.cell_type} is already in the reference")
+        if t.assay not in model.assays:
+            raise PredictdError(f"{where}: assay {t.assay} is unknown to the reference "
+                                f"(its assays: {', '.join(model.assays)})")
+    for a in assays or ():
+        if a not in model.assays:
+            raise PredictdError(f"--assay {a}: not an assay of the reference "
+                                f"({', '.join(model.assays)})")
+    hold = pipeline.parse_holdout(holdout)
+    names = {t.name for t in tracks}
+    for h in hold:
+        if h not in names:
+            raise PredictdError(f"--holdout {':'.join(split_experiment(h))}: not a track of "
+                                f"the manifest {manifest}")
+    for c in sorted({t.cell_type for t in tracks}):
+        if all(t.name in hold for t in tracks if t.cell_type == c):
+            raise PredictdError(f"cell type {c} has no track left after --holdout")
+    reg = read_regions(regions, ref.header.genome["chroms"]) if regions else None
+    return ExtendRun(out=out, cfg=cfg, tracks=tracks, genome=ref.header.genome_obj,
+                     holdout=hold, manifest_uri=manifest, manifest_sum=msum, sc=sc,
+                     public=public, progress=progress, ref=ref, assays=list(assays or ()),
+                     regions=reg)
+
+
+def _place(uri: str) -> str:
+    uri = str(uri)
+    return uri.rstrip("/") if storage.is_remote(uri) else os.path.realpath(uri)
+
+
+def extend_all(r: ExtendRun, overwrite: bool = False, stages=STAGES) -> dict:
+    """Run the extension's stages under its OUT (resumable, as :func:`pipeline.run_all`)."""
+    r.claim(overwrite, dry_run=True)
+    r.check_inputs()
+    r.claim(overwrite)
+    r.sweep_temp_files()
+    r.write_run_json()
+    return {s: r.run_stage(s) for s in stages}
+
+
+# --------------------------------------------------------------------------- Python API
+class Extension:
+    """New cell types fitted against a reference (:meth:`Reference.extend`)."""
+
+    def __init__(self, run: ExtendRun):
+        self.run = run
+        self.model = run.load_model()
+
+    @property
+    def cell_types(self) -> list[str]:
+        return list(self.model.cell_types)
+
+    def impute(self, cell_type: str, assay: str, chrom: str, start: int, end: int
+               ) -> np.ndarray:
+        """Imputed values of one track over ``[start, end)`` bp of ``chrom``: float32, in the
+        input's units, one value per bin (bins overlapping the interval). Reads only the
+        genome-factor and tensor blocks the interval overlaps; the values are those
+        :meth:`write` writes to the track."""
+        run, h = self.run, self.run.ref.header
+        if cell_type not in self.model.cell_types:
+            raise PredictdError(f"impute: {cell_type} is not a new cell type of this extension "
+                                f"({', '.join(self.model.cell_types)})")
+        if assay not in self.model.assays:
+            raise PredictdError(f"impute: assay {assay} is unknown to the reference")
+        sizes = dict(h.genome_obj.sizes)
+        if chrom not in sizes:
+            raise PredictdError(f"impute: chromosome {chrom} is not in the genome")
+        if not 0 <= start < end <= sizes[chrom]:
+            raise PredictdError(f"impute: [{start}, {end}) is not inside {chrom} "
+                                f"(0-{sizes[chrom]})")
+        ext, header, idx = run.cell_parts(self.model, cell_type)
+        A = len(ext.assays)
+        # the cell type's tracks as a write task computes them (same tracks, same products)
+        todo = idx if assay in run.targets(cell_type) else [
+            (len(ext.cell_types) - 1) * A + ext.assays.index(assay)]
+        pairs = [(p // A, p % A) for p in todo]
+        t = todo.index((len(ext.cell_types) - 1) * A + ext.assays.index(assay))
+        b0, b1 = start // h.bin_size, -(-end // h.bin_size)
+        W = np.ones((1, len(todo)), dtype=np.float32)
+        parts = []
+        for c, block, first, n in h.blocks():
+            if c != chrom or first + n <= b0 or first >= b1:
+                continue
+            Y = block_values(run.union(), list(header.experiments), [(run.ref.gf_root, ext)],
+                             W, c, block, pairs, stored_sums=False)
+            Y = inverse(Y, h.transform)
+            parts.append(Y[max(b0 - first, 0):min(b1 - first, n), t])
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def write(self, out: str) -> list[str]:
+        """Write the imputed tracks under ``out`` (``out/tracks/…``, as ``predictd extend``);
+        returns the names written."""
+        return self.run.write_tracks_to(out, self.model)

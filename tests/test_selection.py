@@ -1,0 +1,88 @@
+"""Choosing the tracks a run writes: --targets, --cell-type, --assay, --regions
+(predictd.selection), shared by `predictd run`/`impute` and `predictd extend`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyBigWig
+import pytest
+from click.testing import CliRunner
+
+from predictd.cli import stages as _stage_cmds  # noqa: F401 - registers the commands
+from predictd.cli.main import cli
+from predictd.errors import PredictdError
+from predictd.selection import read_regions, select_pairs
+
+PAIRS = [("A", "x"), ("A", "y"), ("B", "x"), ("B", "y")]
+
+
+def test_select_pairs_by_targets_and_patterns():
+    assert select_pairs(PAIRS) == PAIRS
+    assert select_pairs(PAIRS, assays=["y"]) == [("A", "y"), ("B", "y")]
+    assert select_pairs(PAIRS, cell_types=["A"], assays=["y"]) == [("A", "y")]
+    assert select_pairs(PAIRS, targets=[("B", "x")], cell_types=["A*"]) == \
+        [("A", "x"), ("A", "y"), ("B", "x")]
+    with pytest.raises(PredictdError, match="--targets C:x"):
+        select_pairs(PAIRS, targets=[("C", "x")])
+    with pytest.raises(PredictdError, match="--assay z"):
+        select_pairs(PAIRS, assays=["z*"])
+
+
+def test_regions_mask_blocks_and_refuse_other_chromosomes(tmp_path):
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t100\t160\nchr1\t1000\t1001\n")
+    r = read_regions(str(bed), [("chr1", 5000), ("chr2", 5000)])
+    m = r.block_mask("chr1", 2, 40, 25)   # bins 2..41 (50-1050 bp): bins 4-6 and 40
+    assert np.flatnonzero(m).tolist() == [2, 3, 4, 38]
+    assert not r.block_mask("chr2", 0, 10, 25).any()
+    bed.write_text("chr1\t0\t10\nchrQ\t0\t10\n")
+    with pytest.raises(PredictdError, match="chromosome chrQ is not in the genome"):
+        read_regions(str(bed), [("chr1", 5000)])
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_run_writes_only_the_selected_tracks_and_regions(tmp_path, write_small_run_inputs):
+    inp = write_small_run_inputs(tmp_path / "in")
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr2\t10000\t20000\n")
+    out = tmp_path / "out"
+    r = invoke("run", "-m", inp.manifest, "-g", inp.sizes, "-o", out, "--no-spark",
+               *inp.args, "--targets", "A:x", "--assay", "y", "--cell-type", "B,C",
+               "--regions", bed)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert sorted(p.name for p in (out / "tracks").iterdir()) == \
+        ["A.x.imputed.bw", "B.y.imputed.bw", "C.y.imputed.bw"]
+    with pyBigWig.open(str(out / "tracks" / "B.y.imputed.bw")) as bw:
+        assert bw.intervals("chr1") is None
+        iv = bw.intervals("chr2")
+        assert iv[0][0] == 10_000 and iv[-1][1] == 20_000
+    # the same run without a selection writes the same values there
+    full = tmp_path / "full"
+    assert invoke("run", "-m", inp.manifest, "-g", inp.sizes, "-o", full, "--no-spark",
+                  *inp.args).exit_code == 0
+    with pyBigWig.open(str(out / "tracks" / "B.y.imputed.bw")) as a, \
+            pyBigWig.open(str(full / "tracks" / "B.y.imputed.bw")) as b:
+        np.testing.assert_array_equal(a.values("chr2", 10_000, 20_000),
+                                      b.values("chr2", 10_000, 20_000))
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--targets", "Z:x"], "--targets Z:x"),
+    (["--cell-type", "Q*"], "--cell-type Q*"),
+    (["--regions", "BED"], "chromosome chrQ is not in the genome"),
+])
+def test_bad_selection_is_one_line_and_writes_nothing(tmp_path, write_small_run_inputs, args,
+                                                      culprit):
+    inp = write_small_run_inputs(tmp_path / "in")
+    bed = tmp_path / "r.bed"
+    bed.write_text("chrQ\t0\t100\n")
+    out = tmp_path / "out"
+    r = invoke("run", "-m", inp.manifest, "-g", inp.sizes, "-o", out, "--no-spark",
+               *[str(bed) if a == "BED" else a for a in args])
+    assert r.exit_code != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and culprit in r.stderr
+    assert not out.exists()

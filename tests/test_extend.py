@@ -340,3 +340,22 @@ def test_extend_a_reference_on_s3(reference, tmp_path, s3_endpoint):
     after = {o["Key"]: o["ETag"] for o in storage.s3_client().list_objects_v2(
         Bucket="refs", Prefix="roadmap/")["Contents"]}
     assert after == before
+
+
+@pytest.mark.cloud
+@pytest.mark.slow
+def test_extend_a_reference_on_azure(reference, tmp_path, azure_endpoint):
+    from azure.storage.blob import BlobServiceClient
+
+    container = BlobServiceClient.from_connection_string(
+        os.environ["AZURE_STORAGE_CONNECTION_STRING"]).get_container_client(azure_endpoint)
+    ref = reference["ref"]
+    for p in sorted(ref.rglob("*")):
+        if p.is_file():
+            storage.upload_file(p, f"az://{azure_endpoint}/roadmap/{p.relative_to(ref).as_posix()}")
+    before = {b.name: b.etag for b in container.list_blobs(name_starts_with="roadmap/")}
+    assert extend(reference, tmp_path / "local").exit_code == 0
+    r = extend({**reference, "ref": f"az://{azure_endpoint}/roadmap"}, tmp_path / "remote")
+    assert r.exit_code == 0, r.output + r.stderr
+    assert checksums(tmp_path / "local" / "tracks") == checksums(tmp_path / "remote" / "tracks")
+    assert {b.name: b.etag for b in container.list_blobs(name_starts_with="roadmap/")} == before

@@ -14,7 +14,7 @@ from .. import progress
 from ..errors import PredictdError
 
 COMMANDS = ("run", "ingest", "train", "impute", "evaluate", "demo", "download", "list",
-            "bench", "hub", "config")
+            "bench", "hub", "score", "config")
 
 
 class Group(click.Group):
@@ -73,7 +73,7 @@ def cli(debug: bool, quiet: bool):
 
 
 def main():
-    from . import bench, config_cmd, demo, download, hub, stages  # noqa: F401 - registers
+    from . import bench, config_cmd, demo, download, hub, score, stages  # noqa: F401 - registers
     cli(prog_name="predictd")
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, REPO)  # the checkout's predictd, not an installed one
 
 from predictd.demo import demo_tracks  # noqa: E402
 from predictd.errors import PredictdError  # noqa: E402
-from predictd.metrics import METRIC_NAMES, assay_variance, score_track  # noqa: E402
+from predictd.metrics import assay_variance, score_track  # noqa: E402
 from predictd.names import split_experiment  # noqa: E402
 from predictd.solvers.baselines import average_baseline  # noqa: E402
 

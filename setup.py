@@ -8,7 +8,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["predictd", "predictd.*"]),
-    package_data={"predictd": ["data/genomes/*.chrom.sizes", "data/demo/*", "data/templates/*", "data/*.properties"]},
+    package_data={"predictd": ["data/genomes/*.chrom.sizes", "data/demo/*",
+                               "data/annotations/*/*", "data/templates/*",
+                               "data/*.properties"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -313,47 +312,78 @@ def concat_chrom_masks(
     return out
 
 
-def hg38_annotation_beds(annotation_dir=None) -> dict[str, Path]:
-    """Locate the hg38 annotation BEDs (genes, enhancers, blacklist) if present.
+#: Assemblies whose annotation BEDs ship in ``predictd/data/annotations/<assembly>/`` (see
+#: PROVENANCE.md there).
+BUNDLED_ANNOTATIONS: tuple[str, ...] = ("hg38",)
 
-    Searched in order: ``annotation_dir``; ``$PREDICTD_SHARED/data/annotations/hg38``;
-    ``<repo>/../shared/data/annotations/hg38``.
+
+def annotation_beds(assembly: str | None, annotation_dir=None) -> dict[str, Path]:
+    """The annotation BEDs of an assembly: genes, enhancers, blacklist.
+
+    Parameters
+    ----------
+    assembly : str or None
+        ``"hg38"`` has bundled files; other assemblies (hg19, mm10) have none.
+    annotation_dir : path, optional
+        A directory holding the same file names, used instead of the bundled ones.
 
     Returns
     -------
     dict of str to pathlib.Path
         Keys among ``genes``, ``enhancers``, ``blacklist`` for the files found (maybe empty).
-        Pass ``genes``/``enhancers`` to :func:`region_masks` only for an hg38 genome.
     """
-    candidates = []
     if annotation_dir is not None:
-        candidates.append(Path(annotation_dir))
-    if os.environ.get("PREDICTD_SHARED"):
-        candidates.append(Path(os.environ["PREDICTD_SHARED"]) / "data" / "annotations" / "hg38")
-    candidates.append(
-        Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "annotations" / "hg38"
-    )
-    for d in candidates:
-        found = {k: d / f for k, f in _HG38_FILES.items() if (d / f).is_file()}
-        if found:
-            return found
-    return {}
+        d = Path(annotation_dir)
+    elif assembly in BUNDLED_ANNOTATIONS:
+        d = Path(__file__).resolve().parent / "data" / "annotations" / str(assembly)
+    else:
+        return {}
+    return {k: d / f for k, f in _HG38_FILES.items() if (d / f).is_file()}
+
+
+def assembly_of(genome: Mapping) -> str | None:
+    """The bundled assembly (hg19, hg38, mm10) a genome is, or None.
+
+    ``genome`` is a tensor header's genome, ``{"name": ..., "chroms": [[name, length], ...]}``.
+    A bundled name is taken as is; otherwise the genome is that assembly when every one of its
+    chromosomes has the assembly's length for that name (a chr22-only chrom.sizes of hg38 is
+    hg38), so a user's own chrom.sizes file gets its annotations too.
+    """
+    from .genome import BUNDLED_GENOMES, load_genome
+
+    if genome.get("name") in BUNDLED_GENOMES:
+        return str(genome["name"])
+    chroms = {str(c): int(n) for c, n in genome["chroms"]}
+    for name in BUNDLED_GENOMES:
+        sizes = load_genome(name).sizes
+        if chroms and all(sizes.get(c) == n for c, n in chroms.items()):
+            return name
+    return None
 
 
 def genome_region_masks(genome: Mapping, bin_size: int) -> dict[str, np.ndarray] | None:
     """The mseprom/msegene/mseenh masks over a whole genome (bins concatenated in the genome's
-    chromosome order), or None when the genome is not hg38 or its annotation BEDs are not found
-    ($PREDICTD_ANNOTATIONS or the shared data).
+    chromosome order), or None when the genome's assembly has no bundled annotations (only
+    hg38 has).
 
     ``genome`` is a tensor header's genome: ``{"name": ..., "chroms": [[name, length], ...]}``.
     """
-    if genome["name"] != "hg38":
-        return None
-    beds = hg38_annotation_beds(os.environ.get("PREDICTD_ANNOTATIONS"))
+    beds = annotation_beds(assembly_of(genome))
     if "genes" not in beds:
-        log.warning("hg38 annotation BEDs not found: mseprom/msegene/mseenh not computed")
         return None
-    chroms = [tuple(c) for c in genome["chroms"]]
+    chroms = [(str(c), int(n)) for c, n in genome["chroms"]]
     per_chrom = region_masks(chroms, bin_size, genes_bed=beds["genes"],
                              enhancers_bed=beds.get("enhancers"))
     return concat_chrom_masks(per_chrom, [c for c, _ in chroms])
+
+
+def genome_blacklist(genome: Mapping, bin_size: int) -> np.ndarray | None:
+    """Bins of a whole genome (chromosome order, end to end) that overlap the ENCODE blacklist
+    of its assembly, left out of scoring; None when the assembly has no bundled blacklist
+    (only hg38 has)."""
+    beds = annotation_beds(assembly_of(genome))
+    if "blacklist" not in beds:
+        return None
+    chroms = [(str(c), int(n)) for c, n in genome["chroms"]]
+    per_chrom = _masks_for(read_bed(beds["blacklist"]), chroms, bin_size)
+    return np.concatenate([per_chrom[c] for c, _ in chroms])

@@ -123,6 +123,8 @@ class Config:
     cp_reference: bool = _opt(True, "with --folds: also score a plain rank-4 CP-ALS with biases "
                               "and ridge 1.0 (fitted on each fold's training subset) as a "
                               "reference method 'cp_als4'")
+    score_blacklist: bool = _opt(True, "leave the bins of the assembly's ENCODE blacklist out of "
+                                 "the held-out metrics (bundled for hg38 only)")
     # imputation / output
     output_dtype_check: bool = _opt(True, "refuse NaN/inf in imputed values (should never "
                                     "happen; a guard)")

@@ -1,10 +1,12 @@
 """Evaluate: score held-out tracks against their observed signal, beside the average baseline.
 
 One task per tensor block returns, for each held-out experiment, the observed values, the
-model's imputation (from the stored genome factors) and the ``average`` baseline
-(:func:`predictd.solvers.baselines.average_baseline` over the training tracks, docs/design.md §8).
-The driver scores whole-genome vectors with :func:`predictd.metrics.score_track` (arcsinh space)
-and writes ``OUT/report/``.
+model's imputation (from the stored genome factors), the ``average`` baseline
+(:func:`predictd.solvers.baselines.average_baseline` over the training tracks, docs/design.md §8)
+and the assay's variance across cell types (``msevar``'s weights). The driver scores
+whole-genome vectors with :func:`predictd.metrics.score_track` (arcsinh space), leaving out the
+assembly's blacklisted bins, and writes ``OUT/report/``. :func:`score_bigwigs` scores any pair
+of bigWigs with the same metrics (``predictd score``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from . import layout, tensor
 from .impute import gf_uri, model_values, read_gf
-from .metrics import score_track
+from .metrics import assay_variance, score_track
 from .model import Model
 from .solvers.baselines import average_baseline
 from .names import experiment_name, split_experiment
@@ -43,43 +45,70 @@ def _eval_task(item, payload):
     out = {}
     for t, h in enumerate(holdout):
         # full length: region masks stay aligned
-        out[h] = (X[:, ci[h]], Yhat[:, t], base[:, t])
+        out[h] = (X[:, ci[h]], Yhat[:, t], base[:, t], assay_variance_of(h, cols, X))
     return out
 
 
+def assay_variance_of(track: str, names: list[str], X: np.ndarray) -> np.ndarray:
+    """``msevar``'s weights for a track: the per-bin variance of its assay's observed tracks
+    across cell types (the track itself included) among the block's columns ``names``."""
+    assay = split_experiment(track)[1]
+    idx = [i for i, e in enumerate(names) if split_experiment(e)[1] == assay]
+    return assay_variance(X[:, idx])
+
+
 def collect(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Model,
-            holdout: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Genome-wide (observed, imputed, baseline) vectors for each held-out experiment."""
+            holdout: list[str]
+            ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Genome-wide (observed, imputed, baseline, assay variance) vectors for each held-out
+    experiment."""
     parts = map_tasks(sc, _eval_task, header.blocks(), (root, gf_root, model, holdout),
                       desc="evaluate", unit="block")
     res = {}
     for h in holdout:
-        res[h] = tuple(np.concatenate([p[h][i] for p in parts]) for i in range(3))
+        res[h] = tuple(np.concatenate([p[h][i] for p in parts]) for i in range(4))
     return res
 
 
-def score(vectors: dict, region_masks: dict | None = None) -> list[dict]:
+def score(vectors: dict, region_masks: dict | None = None,
+          blacklist: np.ndarray | None = None) -> list[dict]:
     """metrics.tsv rows: one per held-out track and method (model, average)."""
-    return score_methods({h: {"y": y, "model": yhat, "average": base}
-                          for h, (y, yhat, base) in vectors.items()}, region_masks)
+    return score_methods({h: {"y": y, "model": yhat, "average": base, "var": var}
+                          for h, (y, yhat, base, var) in vectors.items()}, region_masks,
+                         blacklist)
 
 
-def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict | None = None
-                  ) -> list[dict]:
+def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict | None = None,
+                  blacklist: np.ndarray | None = None) -> list[dict]:
     """Rows for ``{track: {"y": observed, method: imputed, ...}}``; a method whose values are
-    not all finite where y is observed (e.g. no baseline source) is left out."""
+    not all finite where y is observed (e.g. no baseline source) is left out. An entry
+    ``"var"`` (the assay's variance across cell types) adds ``msevar``; the bins of
+    ``blacklist`` (bool, genome-wide) are not scored."""
     rows = []
     for h, v in vectors.items():
         cell, assay = split_experiment(h)
         y = v["y"]
         ok = ~np.isnan(y)  # bins of chromosomes the observed track lacks are not scored
+        if blacklist is not None:
+            ok &= ~blacklist
         masks = {k: m[ok] for k, m in region_masks.items()} if region_masks else None
+        var = v["var"][ok] if "var" in v else None
         for method, yhat in v.items():
-            if method == "y" or not np.isfinite(yhat[ok]).all():
+            if method in ("y", "var") or not np.isfinite(yhat[ok]).all():
                 continue
             rows.append({"cell_type": cell, "assay": assay, "method": method,
-                         **score_track(y[ok], yhat[ok], masks)})
+                         **score_track(y[ok], yhat[ok], masks, var)})
     return rows
+
+
+def scoring_masks(genome: dict, bin_size: int, blacklist: bool = True
+                  ) -> tuple[dict | None, np.ndarray | None]:
+    """(region masks, blacklisted bins) of a genome for scoring: the bundled annotations of its
+    assembly (:mod:`predictd.annotations`; None where there are none, or for the blacklist
+    when ``blacklist`` is off)."""
+    from .annotations import genome_blacklist, genome_region_masks
+    return (genome_region_masks(genome, bin_size),
+            genome_blacklist(genome, bin_size) if blacklist else None)
 
 
 def _segments(n: int, chroms, bin_size: int) -> list[tuple[str, int, int, int]]:
@@ -168,7 +197,7 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
     ``error_width`` bins wide (250 kb at 25 bp), as chrom:start-end.
     """
     examples, errors = [], []
-    for h, (y, yhat, base) in vectors.items():
+    for h, (y, yhat, base, *_) in vectors.items():
         segs = _segments(y.size, chroms, bin_size)
         se = (np.asarray(yhat, dtype=np.float64) - y) ** 2  # NaN where y is
         wins = []
@@ -197,3 +226,75 @@ def write_report(out: str, rows: list[dict], curves: dict | None, examples: list
 
     return report.write_report(layout.report_dir(out), rows, curves, examples, errors=errors,
                                public=public)
+
+
+def score_bigwigs(truth: str, pred: str, genome: str | None = None, var: str | None = None,
+                  blacklist: bool = True, transform: str = "arcsinh",
+                  bin_size: int = 25) -> dict[str, float]:
+    """Score any imputed bigWig against an observed one with predictd's metrics.
+
+    Both files are read as per-bin means (``bin_size`` bp; no-data bases count as 0) and put
+    through ``transform`` (arcsinh, as the pipeline scores; ``none`` for values already in the
+    scoring space). Every bin of the scored chromosomes counts except the assembly's
+    blacklisted ones (with ``blacklist``).
+
+    Parameters
+    ----------
+    truth, pred : str
+        Local bigWig files: the observed track and the imputation (or a replicate).
+    genome : str, optional
+        A bundled assembly name (hg19, hg38, mm10) or a chrom.sizes path: the chromosomes
+        scored are those of the genome that ``truth`` has. Default: ``truth``'s chromosomes,
+        the assembly recognised from their lengths.
+    var : str, optional
+        A bigWig of the assay's per-bin variance across cell types in the scoring space
+        (already transformed); adds ``msevar``.
+
+    Returns
+    -------
+    dict
+        Metric name -> value: :data:`~predictd.metrics.METRIC_NAMES`, then ``msevar`` with
+        ``var``, then ``mseprom``/``msegene``/``mseenh`` for an assembly with bundled
+        annotations (hg38).
+
+    Raises
+    ------
+    PredictdError
+        Naming the file: unreadable or not a bigWig, no chromosome in common with the genome,
+        ``pred`` (or ``var``) lacking a chromosome ``truth`` has, or a chromosome longer than
+        the genome's.
+    """
+    from .bigwig import bigwig_chroms, read_binned
+    from .errors import PredictdError
+    from .genome import load_genome
+    from .transform import forward
+
+    have = bigwig_chroms(truth)
+    if genome is not None:
+        g = load_genome(genome)
+        chroms = [(c, n) for c, n in g.chroms if c in have]
+        name = g.name
+        if not chroms:
+            raise PredictdError(f"{truth}: none of its chromosomes is in the genome {genome}")
+    else:
+        chroms, name = [(c, int(n)) for c, n in have.items()], None
+    files = {"truth": truth, "pred": pred, **({"var": var} if var else {})}
+    for role, path in files.items():
+        if role == "truth":
+            continue
+        listed = bigwig_chroms(path)
+        lacking = [c for c, _ in chroms if c not in listed]
+        if lacking:
+            raise PredictdError(f"{path}: has no chromosome {lacking[0]} (the truth {truth} "
+                                "has it)")
+    vals = {role: np.concatenate([read_binned(path, c, n, bin_size) for c, n in chroms])
+            for role, path in files.items()}
+    y = forward(vals["truth"], transform)
+    yhat = forward(vals["pred"], transform)
+    # region masks and blacklist of the assembly, named or recognised from the lengths
+    masks, black = scoring_masks({"name": name, "chroms": [[c, n] for c, n in chroms]},
+                                 bin_size, blacklist)
+    keep = ~black if black is not None else np.ones(y.size, bool)
+    masks = {k: m[keep] for k, m in masks.items()} if masks else None
+    v = vals["var"][keep] if var else None
+    return score_track(y[keep], yhat[keep], masks, v)

@@ -89,7 +89,9 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
                  only=run.selected_tracks(members[0][3]), regions=run.selection.regions)
     layout.write_track_index(run.out, public=run.public, hash_local=False)
     vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
-    rows = evaluate.score_methods(vectors)
+    masks, blacklist = evaluate.scoring_masks(header.genome, header.bin_size,
+                                              run.cfg.score_blacklist)
+    rows = evaluate.score_methods(vectors, masks, blacklist)
     examples, errors = evaluate.example_regions(
         {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()},
         header.genome["chroms"], header.bin_size)
@@ -151,7 +153,7 @@ def _fold_eval_task(item, payload):
         base = average_baseline(X[:, [ci[e] for e in train]], exp_cell, exp_assay, pairs)
         for t, h in enumerate(fold):
             out[h] = {"y": X[:, ci[h]], "model": singles[:, t], "ensemble": ens[:, t],
-                      "average": base[:, t]}
+                      "average": base[:, t], "var": evaluate.assay_variance_of(h, exps, X)}
             if ref is not None:
                 out[h]["cp_als4"] = ref[:, t]
     return out

@@ -70,6 +70,19 @@ def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: floa
     return GBt.T
 
 
+def no_signal(X: np.ndarray) -> np.ndarray:
+    """Bins (rows of a block, bins × experiments) where no observed experiment has signal:
+    every entry is 0 or missing (NaN). Assembly gaps and unmappable regions look like this in
+    every input; the model's intercepts and biases would otherwise paint a constant there, so
+    such bins are imputed as 0 in every track (docs/design.md §5). Per bin and exact: one
+    non-zero value in any input, however small, keeps the bin."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"no_signal: a block is bins × experiments, got shape {X.shape}")
+    # NaN != 0 is True, so NaN is excluded explicitly; negative values count as signal
+    return ~np.any((X != 0) & ~np.isnan(X), axis=1)
+
+
 def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) -> np.ndarray:
     """Model-space values of the given (cell type, assay) index pairs for a block (n × T).
 
@@ -92,6 +105,8 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
 
 
 SUM_COLUMN, COUNT_COLUMN = "stack_sum_", "stack_count_"
+# 1 where no training experiment of the model has signal in the bin (:func:`no_signal`)
+NO_SIGNAL_COLUMN = "no_signal_"
 # The sums (2 columns per assay) are stored when the block has at least this many times as many
 # columns: then they save a write task most of the block's columns (Roadmap: 48 against
 # 1,014). On a small compendium (the 4 × 5 pilot: 10 against 20) reading the block whole is as
@@ -111,13 +126,14 @@ def stores_sums(model: Model) -> bool:
     return uses_sums(model) and len(model.observed) >= SUMS_MIN_RATIO * 2 * len(model.assays)
 
 
-def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None
-             ) -> None:
+def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None,
+             empty: np.ndarray | None = None) -> None:
     """A block's genome factors (columns g0…, bG) and, for a stacked model, the per-assay sums
     and counts of its observed values (``stack_sum_k``, ``stack_count_k`` for assay index k:
     what every cell type's averages are built from, so writing tracks does not read the whole
     tensor block again). The sums are float32 GEMM results and the counts small integers, so
-    float32 holds both exactly."""
+    float32 holds both exactly. ``empty`` (bool per bin, :func:`no_signal` of the model's
+    training experiments) is stored as ``no_signal_``."""
     cols = {f"g{l}": pa.array(GB[:, l]) for l in range(GB.shape[1] - 1)}
     cols["bG"] = pa.array(GB[:, -1])
     if sums is not None:
@@ -126,6 +142,8 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
             cols[f"{SUM_COLUMN}{k}"] = pa.array(tot[:, k].astype(np.float32))
         for k in range(cnt.shape[1]):
             cols[f"{COUNT_COLUMN}{k}"] = pa.array(cnt[:, k].astype(np.float32))
+    if empty is not None:
+        cols[NO_SIGNAL_COLUMN] = pa.array(np.asarray(empty, dtype=bool))
     buf = io.BytesIO()
     # no dictionary: factors are all distinct floats, and dictionary encoding only slows the write
     pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
@@ -133,22 +151,26 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
 
 
 def read_gf_parts(uri: str, sums: bool = True
-                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """``[G | bG]`` of a block (bins × L+1) and, when asked for and stored, the stacked
-    model's per-assay sums and counts (float64, bins × assays each; None when the file has
-    none)."""
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
+    """``[G | bG]`` of a block (bins × L+1); when asked for and stored, the stacked model's
+    per-assay sums and counts (float64, bins × assays each; None when the file has none); and
+    the bins without signal in any training experiment (bool, None when not stored)."""
     pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
     names = pf.schema_arrow.names
-    gcols = [c for c in names if not c.startswith((SUM_COLUMN, COUNT_COLUMN))]
+    gcols = [c for c in names
+             if not c.startswith((SUM_COLUMN, COUNT_COLUMN)) and c != NO_SIGNAL_COLUMN]
     scols = [c for c in names if c.startswith(SUM_COLUMN)] if sums else []
     ccols = [c for c in names if c.startswith(COUNT_COLUMN)] if sums else []
-    t = pf.read(columns=gcols + scols + ccols)
+    ecols = [NO_SIGNAL_COLUMN] if NO_SIGNAL_COLUMN in names else []
+    t = pf.read(columns=gcols + scols + ccols + ecols)
     # built transposed: one contiguous row per column, the layout impute_values wants
     GBt = np.empty((len(gcols), t.num_rows), dtype=np.float32)
     for i, c in enumerate(gcols):
         GBt[i] = t.column(c).to_numpy()
+    empty = (t.column(NO_SIGNAL_COLUMN).to_numpy(zero_copy_only=False).astype(bool)
+             if ecols else None)
     if not scols or len(scols) != len(ccols):
-        return GBt.T, None
+        return GBt.T, None, empty
 
     def stacked(cols, prefix):
         order = sorted(cols, key=lambda c: int(c[len(prefix):]))
@@ -157,7 +179,7 @@ def read_gf_parts(uri: str, sums: bool = True
             A[:, k] = t.column(c).to_numpy()
         return A
 
-    return GBt.T, (stacked(scols, SUM_COLUMN), stacked(ccols, COUNT_COLUMN))
+    return GBt.T, (stacked(scols, SUM_COLUMN), stacked(ccols, COUNT_COLUMN)), empty
 
 
 def read_gf(uri: str) -> np.ndarray:
@@ -178,7 +200,7 @@ def _solve_task(item, payload):
         # the stacked regression's averages over all training experiments, once per block
         aidx = {a: i for i, a in enumerate(model.assays)}
         sums = stacking.assay_sums(X, [aidx[a] for _, a in model.observed], len(model.assays))
-    write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums)
+    write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums, no_signal(X))
     return 1
 
 
@@ -194,12 +216,36 @@ def member_weights(n_members: int, todo: list[int], use: dict | None) -> np.ndar
 
 def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
                  block: tuple[list[str], np.ndarray] | None = None,
-                 sums: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                 sums: tuple[np.ndarray, np.ndarray] | None = None,
+                 empty: np.ndarray | None = None) -> np.ndarray:
     """A model's values of ``pairs`` for a block: the factor model, with the stacked transfer
     regression on top when the model has one. That needs the block's observed data, ``block``
     = (experiment names, bins × experiments): every training experiment of the model, or —
     with the block's stored per-assay ``sums`` (:func:`read_gf_parts`) — only those of the
-    target cell types."""
+    target cell types. ``empty`` marks the bins where no training experiment has signal
+    (:func:`no_signal`): they are 0 in every track. When not given it is computed from
+    ``block`` if that holds every training experiment."""
+    if empty is None and block is not None:
+        empty = _block_no_signal(model, block)
+    Y = _model_values(model, GB, pairs, block, sums)
+    if empty is not None:
+        Y[empty] = 0.0
+    return Y
+
+
+def _block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.ndarray | None:
+    """:func:`no_signal` of the model's training experiments in ``block``; None when the block
+    lacks some of them (only the target cell types' columns were read)."""
+    names, X = block
+    ci = {e: i for i, e in enumerate(names)}
+    obs = [experiment_name(c, a) for c, a in model.observed]
+    if any(e not in ci for e in obs):
+        return None
+    idx = [ci[e] for e in obs]
+    return no_signal(X if idx == list(range(X.shape[1])) else X[:, idx])
+
+
+def _model_values(model, GB, pairs, block, sums):
     Y = impute_values(GB, model, pairs)
     if model.stack is None:
         return Y
@@ -241,9 +287,10 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
     for m, (gf_root, model) in enumerate(members):
         if not W[m].any():
             continue
-        GB, sums = factors[m] if factors is not None else read_gf_parts(
+        GB, sums, empty = factors[m] if factors is not None else read_gf_parts(
             gf_uri(gf_root, chrom, block), sums=uses_sums(model))
-        Ym = model_values(model, GB, pairs, data, sums)
+        # each member is zero where its own training experiments have no signal
+        Ym = model_values(model, GB, pairs, data, sums, empty)
         if len(members) > 1:
             Ym = Ym * W[m][None, :]
         Y = Ym if Y is None else Y + Ym

@@ -24,13 +24,18 @@ Definitions (the names are a contract)
 - ``aucobs1``: ROC AUC of ``yhat`` as a score for the labels ``top1%(y)``; ``aucimp1``: ROC AUC of
   ``y`` for the labels ``top1%(yhat)``. Computed from average ranks (Mann-Whitney U), so a tie
   between a positive and a negative bin counts one half, as in ``sklearn.metrics.roc_auc_score``.
+- ``msevar``: the squared error weighted per bin by ``v``, the variance (population, ``ddof=0``)
+  of the observed signal of the same assay across cell types, the scored one included:
+  ``sum((y - yhat)**2 * v) / sum(v)`` (:func:`msevar`; the ENCODE Imputation Challenge's
+  definition). It stresses the bins where cell types differ, the ones imputation is for.
 - ``mseprom`` / ``msegene`` / ``mseenh``: mse restricted to the bins of a region mask
   (:func:`mse_in_mask`; masks come from :mod:`predictd.annotations`).
 
 Degenerate inputs return ``nan`` quietly: correlations of a constant track, top-1 % metrics when
-``N < 100`` (``n1 = 0``), region mse over an empty mask. Shape mismatches and non-finite values are
-input errors (:class:`~predictd.errors.PredictdError`): a NaN here means a bug upstream, and a
-silently NaN-poisoned score would hide it.
+``N < 100`` (``n1 = 0``), region mse over an empty mask, ``msevar`` when the variance is 0 in
+every bin. Shape mismatches and non-finite values are input errors
+(:class:`~predictd.errors.PredictdError`): a NaN here means a bug upstream, and a silently
+NaN-poisoned score would hide it.
 
 Examples
 --------
@@ -67,9 +72,13 @@ METRIC_NAMES: list[str] = [
 #: :func:`predictd.annotations.region_masks`.
 REGION_METRIC_NAMES: list[str] = ["mseprom", "msegene", "mseenh"]
 
+#: Metrics that need more than the two tracks (the assay's variance across cell types, region
+#: masks): present when their inputs are, in this column order after :data:`METRIC_NAMES`.
+EXTRA_METRIC_NAMES: list[str] = ["msevar", *REGION_METRIC_NAMES]
+
 #: Metrics where a smaller value is better (all the mse variants); the others are better larger.
 LOWER_IS_BETTER: frozenset[str] = frozenset(
-    ["mse", "mse1obs", "mse1imp", *REGION_METRIC_NAMES]
+    ["mse", "mse1obs", "mse1imp", *EXTRA_METRIC_NAMES]
 )
 
 
@@ -370,8 +379,59 @@ def mse_in_mask(y, yhat, mask) -> float:
     return _mse_sel(y, yhat, m)
 
 
+def assay_variance(tracks) -> np.ndarray:
+    """Per-bin variance (``ddof=0``) of one assay's observed tracks across cell types, the
+    weights of :func:`msevar`.
+
+    Parameters
+    ----------
+    tracks : array_like, bins × cell types
+        NaN where a cell type's track is not observed; such entries are left out of the bin's
+        variance, and a bin with fewer than two observed values gets 0 (no spread to weigh).
+
+    Examples
+    --------
+    >>> assay_variance(np.array([[0.0, 2.0], [1.0, 1.0], [3.0, np.nan]]))
+    array([1., 0., 0.])
+    """
+    X = np.asarray(tracks, dtype=np.float64)
+    if X.ndim != 2:
+        raise PredictdError(f"metrics: assay tracks must be bins × cell types, got {X.shape}")
+    ok = ~np.isnan(X)
+    n = ok.sum(axis=1)
+    Z = np.where(ok, X, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = Z.sum(axis=1) / n
+        var = np.where(ok, (X - mean[:, None]) ** 2, 0.0).sum(axis=1) / n
+    var[n < 2] = 0.0
+    return var
+
+
+def msevar(y, yhat, var) -> float:
+    """MSE weighted per bin by the assay's variance across cell types (:func:`assay_variance`):
+    ``sum((y - yhat)**2 * var) / sum(var)``; ``nan`` when ``var`` sums to 0.
+
+    Examples
+    --------
+    >>> msevar(np.array([0.0, 1.0]), np.array([1.0, 1.0]), np.array([3.0, 1.0]))
+    0.75
+    """
+    y, yhat = _as_pair(y, yhat)
+    v = _as_track(var, "var (assay variance)")
+    if v.shape != y.shape:
+        raise PredictdError(
+            f"metrics: var (assay variance) has {v.size} bins but the track has {y.size}")
+    if (v < 0).any():
+        raise PredictdError("metrics: var (assay variance) has negative values")
+    total = float(v.sum())
+    if total == 0.0:
+        return float("nan")
+    d = y - yhat
+    return float(np.dot(d * d, v) / total)
+
+
 def score_track(
-    y, yhat, region_masks: Mapping[str, np.ndarray] | None = None
+    y, yhat, region_masks: Mapping[str, np.ndarray] | None = None, var=None
 ) -> dict[str, float]:
     """All §6 metrics of one track, sharing the sorts between metrics.
 
@@ -384,11 +444,15 @@ def score_track(
         ``gene`` yields ``msegene``, ``enh`` yields ``mseenh`` (any key ``k`` yields ``mse<k>``).
         See :func:`predictd.annotations.region_masks` and
         :func:`predictd.annotations.concat_chrom_masks`.
+    var : array_like, optional
+        The assay's per-bin variance across cell types (:func:`assay_variance`) over the same
+        bins; yields ``msevar``.
 
     Returns
     -------
     dict of str to float
-        Keys :data:`METRIC_NAMES` in order, then the region metrics in the masks' order.
+        Keys :data:`METRIC_NAMES` in order, then ``msevar`` when ``var`` is given, then the
+        region metrics in the masks' order.
 
     Examples
     --------
@@ -420,6 +484,8 @@ def score_track(
         out["catch1imp"] = _overlap_fraction(top1_yhat, top_mask(y, n5), n1)
         out["aucobs1"] = _auc_from_ranks(r_yhat, top1_y)
         out["aucimp1"] = _auc_from_ranks(r_y, top1_yhat)
+    if var is not None:
+        out["msevar"] = msevar(y, yhat, var)
     for region, mask in (region_masks or {}).items():
         out[f"mse{region}"] = mse_in_mask(y, yhat, mask)
     return out

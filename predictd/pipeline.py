@@ -270,9 +270,9 @@ class Run:
         model = self.load_model()
         vec = evaluate.collect(self.sc, header, self.tensor_root, self.gf_root, model,
                                self.holdout)
-        from .annotations import genome_region_masks
-        masks = genome_region_masks(header.genome, header.bin_size)
-        rows = evaluate.score(vec, masks)
+        masks, blacklist = evaluate.scoring_masks(header.genome, header.bin_size,
+                                                  self.cfg.score_blacklist)
+        rows = evaluate.score(vec, masks, blacklist)
         curves = None
         hist_uri = layout.history_file(self.out)
         if storage.exists(hist_uri):

@@ -6,7 +6,7 @@
 report directory (local, or an ``s3://``, ``gs://`` or Azure prefix)::
 
     report/
-      metrics.tsv          cell_type, assay, method, METRIC_NAMES..., region metrics...
+      metrics.tsv          cell_type, assay, method, METRIC_NAMES..., msevar and region metrics...
       bar_<metric>.png     per metric: model vs baselines across tracks
       curves.png           training / validation curves
       signal_<track>.png   observed vs imputed vs baseline over a few regions
@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 
 from predictd import storage
 from predictd.errors import PredictdError
-from predictd.metrics import LOWER_IS_BETTER, METRIC_NAMES, REGION_METRIC_NAMES
+from predictd.metrics import EXTRA_METRIC_NAMES, LOWER_IS_BETTER, METRIC_NAMES
 from predictd.names import experiment_name
 
 #: Key columns of ``metrics.tsv``, first in every row.
@@ -62,6 +62,8 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "catch1imp": "Fraction of the imputed top-1 % bins found in the observed top 5 %.",
     "aucobs1": "ROC AUC of the imputed signal as a classifier of the observed top-1 % bins.",
     "aucimp1": "ROC AUC of the observed signal as a classifier of the imputed top-1 % bins.",
+    "msevar": "MSE weighted per bin by the variance of the assay's observed signal across cell "
+    "types (ENCODE Imputation Challenge): errors where cell types differ count most.",
     "mseprom": "MSE over promoter bins: 2 kb upstream of each gene's TSS, strand-aware.",
     "msegene": "MSE over gene-body bins.",
     "mseenh": "MSE over enhancer bins (FANTOM5 enhancer spans).",
@@ -94,7 +96,7 @@ def _to_float(value: Any, where: str) -> float:
 
 
 def _clean_rows(metrics_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    known = set(METRIC_NAMES) | set(REGION_METRIC_NAMES)
+    known = set(METRIC_NAMES) | set(EXTRA_METRIC_NAMES)
     rows, seen = [], set()
     for i, row in enumerate(metrics_rows, 1):
         for key in KEY_COLUMNS:
@@ -122,12 +124,12 @@ def metrics_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Column order of ``metrics.tsv`` for these rows.
 
     ``cell_type, assay, method``, then :data:`~predictd.metrics.METRIC_NAMES` (always), then the
-    region metrics present in any row (``mseprom, msegene, mseenh`` order), then any other keys in
-    first-seen order.
+    extra metrics present in any row (``msevar, mseprom, msegene, mseenh`` order), then any
+    other keys in first-seen order.
     """
     rows = list(rows)
     present = {k for r in rows for k in r}
-    cols = KEY_COLUMNS + list(METRIC_NAMES) + [m for m in REGION_METRIC_NAMES if m in present]
+    cols = KEY_COLUMNS + list(METRIC_NAMES) + [m for m in EXTRA_METRIC_NAMES if m in present]
     for r in rows:
         for k in r:
             if k not in cols:
@@ -189,7 +191,7 @@ def read_metrics_tsv(path) -> list[dict[str, Any]]:
     >>> read_metrics_tsv(p)[0]["mse"], math.isnan(read_metrics_tsv(p)[0]["gwcorr"])
     (0.5, True)
     """
-    numeric = set(METRIC_NAMES) | set(REGION_METRIC_NAMES)
+    numeric = set(METRIC_NAMES) | set(EXTRA_METRIC_NAMES)
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [k for k in KEY_COLUMNS if k not in (reader.fieldnames or [])]
@@ -782,7 +784,7 @@ def write_report(
     rows = _clean_rows(metrics_rows)
     methods = _method_order(rows)
     present = {k for r in rows for k in r}
-    metrics = list(METRIC_NAMES) + [m for m in REGION_METRIC_NAMES if m in present]
+    metrics = list(METRIC_NAMES) + [m for m in EXTRA_METRIC_NAMES if m in present]
     # Validate the cheap inputs before drawing anything.
     if curves is not None:
         _validate_curves(curves)

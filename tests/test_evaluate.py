@@ -1,11 +1,11 @@
-"""Scoring held-out tracks: methods, region metrics on hg38."""
+"""Scoring held-out tracks: methods, msevar, the blacklist, region metrics on hg38."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from predictd import evaluate
+from predictd import evaluate, metrics
 from predictd.genome import load_genome
 from predictd.annotations import genome_region_masks
 from predictd.tensor import TensorHeader
@@ -19,6 +19,24 @@ def test_score_methods_skips_unavailable_baselines_and_unobserved_bins():
     rows = evaluate.score_methods(v)
     assert [r["method"] for r in rows] == ["model"]
     assert abs(rows[0]["mse"] - 0.01) < 1e-9
+
+
+def test_msevar_from_the_assays_tracks_and_blacklisted_bins_left_out():
+    rng = np.random.default_rng(1)
+    names = ["A.x", "B.x", "C.x", "A.y"]
+    X = rng.gamma(1.0, 1.0, size=(400, 4))
+    var = evaluate.assay_variance_of("B.x", names, X)
+    np.testing.assert_allclose(var, np.var(X[:, :3], axis=1))  # the x tracks, B.x included
+    y, yhat = X[:, 1], X[:, 0]
+    black = np.zeros(400, bool)
+    black[:40] = True
+    yhat = np.where(black, yhat + 100.0, yhat)  # a huge error only where blacklisted
+    rows = evaluate.score_methods({"B.x": {"y": y, "model": yhat, "var": var}}, None, black)
+    (row,) = rows
+    assert row["method"] == "model"
+    want = metrics.score_track(y[40:], yhat[40:], None, var[40:])
+    assert row == {"cell_type": "B", "assay": "x", "method": "model", **want}
+    assert list(want)[-1] == "msevar"
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(
         assert sum(c.startswith("stack_") for c in names) == 2 * n_assay
     # the stored sums are those of the block's observed values, exactly
     block = int(files[2].split("block=")[1][:6])
-    GB, (tot, cnt) = impute.read_gf_parts(files[2])
+    GB, (tot, cnt), empty = impute.read_gf_parts(files[2])
     _, X = tensor.read_block(run.tensor_root, "pilot", block,
                              [f"{c}.{a}" for c, a in model.observed])
     want_t, want_c = impute.stacking.assay_sums(X, ea, n_assay)

@@ -14,7 +14,7 @@ from scipy.stats import pearsonr, rankdata, spearmanr
 from predictd import metrics as M
 from predictd.annotations import (
     concat_chrom_masks,
-    hg38_annotation_beds,
+    annotation_beds,
     interval_mask,
     read_bed,
     region_masks,
@@ -346,9 +346,14 @@ def test_bed_errors_name_file_and_line(tmp_path):
 
 
 def test_real_hg38_annotations_chr21(shared_path):
+    # bundled with the package: the shared data's files, byte for byte
+    beds = annotation_beds("hg38")
+    assert set(beds) == {"genes", "enhancers", "blacklist"}
     annot = shared_path("annotations/hg38")
-    beds = hg38_annotation_beds(annot)
-    assert {"genes", "enhancers"} <= set(beds)
+    for path in beds.values():
+        assert path.read_bytes() == (annot / path.name).read_bytes()
+    assert annotation_beds("hg38", annot) == {k: annot / p.name for k, p in beds.items()}
+    assert annotation_beds("hg19") == {} and annotation_beds(None) == {}
     masks, lines = python_lines_run(region_masks, [("chr21", 46_709_983)], 25, beds["genes"],
                                     beds["enhancers"], skip=[read_bed])
     genes = read_bed(beds["genes"], need_strand=True)
@@ -364,3 +369,40 @@ def test_real_hg38_annotations_chr21(shared_path):
     assert masks["prom"]["chr21"][genes.end[minus] // 25].all()
     frac = {r: masks[r]["chr21"].mean() for r in masks}
     assert 0.01 < frac["prom"] < 0.1 and 0.2 < frac["gene"] < 0.7 and 0.001 < frac["enh"] < 0.05
+
+
+def test_msevar_is_the_variance_weighted_mse(no_warnings):
+    rng = np.random.default_rng(3)
+    tracks = rng.gamma(1.0, 1.0, size=(500, 4))
+    tracks[::7, 2] = np.nan  # a cell type not observed in some bins
+    var = M.assay_variance(tracks)
+    # per bin: the population variance of the observed values
+    for i in (0, 1, 7, 499):
+        row = tracks[i][~np.isnan(tracks[i])]
+        assert var[i] == pytest.approx(np.var(row))
+    y, yhat = tracks[:, 0], rng.gamma(1.0, 1.0, 500)
+    want = sum((a - b) ** 2 * w for a, b, w in zip(y, yhat, var)) / var.sum()
+    assert M.msevar(y, yhat, var) == pytest.approx(want)
+    # uniform weights give the plain mse; weight only where the track is perfect gives 0
+    assert M.msevar(y, yhat, np.ones(500)) == pytest.approx(M.mse(y, yhat))
+    w = np.zeros(500)
+    w[:10] = 1.0
+    assert M.msevar(y, np.r_[y[:10], yhat[10:]], w) == 0.0
+    # one observed value (or none) has no spread; no spread anywhere is undefined
+    np.testing.assert_array_equal(M.assay_variance([[1.0, np.nan], [np.nan, np.nan]]), [0, 0])
+    assert math.isnan(M.msevar(y, yhat, np.zeros(500)))
+    s = M.score_track(y, yhat, {"prom": np.arange(500) < 50}, var)
+    assert list(s) == M.METRIC_NAMES + ["msevar", "mseprom"]
+    assert s["msevar"] == M.msevar(y, yhat, var) and "msevar" in M.LOWER_IS_BETTER
+
+
+def test_msevar_input_errors():
+    y = np.zeros(10)
+    with pytest.raises(PredictdError, match="var .* 9 bins"):
+        M.msevar(y, y, np.ones(9))
+    with pytest.raises(PredictdError, match="negative"):
+        M.msevar(y, y, -np.ones(10))
+    with pytest.raises(PredictdError, match="non-finite"):
+        M.msevar(y, y, np.full(10, np.nan))
+    with pytest.raises(PredictdError, match="bins × cell types"):
+        M.assay_variance(np.ones(3))

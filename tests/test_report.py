@@ -10,7 +10,7 @@ import pytest
 
 from predictd import report as R
 from predictd.errors import PredictdError
-from predictd.metrics import METRIC_NAMES, REGION_METRIC_NAMES, score_track
+from predictd.metrics import EXTRA_METRIC_NAMES, METRIC_NAMES, score_track
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,8 @@ def make_rows(region=True):
         masks = {"prom": rng.random(n) < 0.1, "gene": rng.random(n) < 0.4,
                  "enh": rng.random(n) < 0.02}
         for method, yhat in preds.items():
-            row = score_track(y, yhat, masks if region else None)
+            var = rng.gamma(1.0, 1.0, n)  # the assay's variance across cell types
+            row = score_track(y, yhat, masks if region else None, var if region else None)
             row.update(cell_type=cell, assay=assay, method=method)
             rows.append(row)
     rows[2]["gwcorr"] = float("nan")  # an undefined metric must survive as nan
@@ -62,7 +63,7 @@ def test_write_report_all_files(tmp_path):
     rows = make_rows()
     index = R.write_report(out, rows, CURVES, make_examples())
     assert index == str(out / "index.html")
-    metrics = METRIC_NAMES + REGION_METRIC_NAMES
+    metrics = METRIC_NAMES + EXTRA_METRIC_NAMES
     expected = {"metrics.tsv", "index.html", "curves.png", "signal_E003.H3K4me3.png",
                 "signal_E116.H3K27me3.png"} | {f"bar_{m}.png" for m in metrics}
     assert {p.name for p in out.iterdir()} == expected  # and no temp dir left behind
@@ -81,13 +82,13 @@ def test_metrics_tsv_columns_and_values(tmp_path):
     with open(tmp_path / "metrics.tsv", newline="") as fh:
         table = list(csv.reader(fh, delimiter="\t"))
     header, body = table[0], table[1:]
-    assert header == ["cell_type", "assay", "method"] + METRIC_NAMES + REGION_METRIC_NAMES
+    assert header == ["cell_type", "assay", "method"] + METRIC_NAMES + EXTRA_METRIC_NAMES
     assert len(body) == len(rows) == 6
     expected_keys = [["E003", "H3K4me3", m] for m in ("model", "average", "als")]
     assert [r[:3] for r in body][:3] == expected_keys
     assert body[2][header.index("gwcorr")] == "nan"
     for src, line in zip(rows, body):
-        for k in METRIC_NAMES + REGION_METRIC_NAMES:
+        for k in METRIC_NAMES + EXTRA_METRIC_NAMES:
             v = float(line[header.index(k)])
             assert (math.isnan(v) and math.isnan(src[k])) or v == src[k]  # exact round trip
     back = R.read_metrics_tsv(tmp_path / "metrics.tsv")

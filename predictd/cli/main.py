@@ -14,7 +14,7 @@ from .. import progress
 from ..errors import PredictdError
 
 COMMANDS = ("run", "ingest", "train", "impute", "evaluate", "extend", "demo", "download",
-            "list", "bench", "hub", "config")
+            "list", "bench", "hub", "score", "config")
 
 
 class Group(click.Group):
@@ -73,7 +73,8 @@ def cli(debug: bool, quiet: bool):
 
 
 def main():
-    from . import bench, config_cmd, demo, download, extend, hub, stages  # noqa: F401 - registers
+    from . import (bench, config_cmd, demo, download, extend, hub, score,  # noqa: F401 - registers
+                   stages)
     cli(prog_name="predictd")
 
 

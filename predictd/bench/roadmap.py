@@ -26,7 +26,8 @@ GENOME_BINS = 120_000_000
 
 
 def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: int = 4,
-                  latent_factors: int | None = None, keep: bool = False, say=None) -> dict:
+                  latent_factors: int | None = None, keep: bool = False, say=None,
+                  config: dict | None = None) -> dict:
     """Train and impute on a Roadmap-shaped synthetic tensor in this process.
 
     127 cell types × 24 assays, 1,014 observed experiments (:func:`synthetic.roadmap_pattern`),
@@ -34,7 +35,9 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
     trained on 1 % of the genome. Genome factors are solved for every bin; tracks are written
     for ``write_cell_types`` cell types × 24 assays (the rest is extrapolated from the measured
     per-track throughput). Whole-genome imputation (120 M bins × 3,048 tracks) is extrapolated in
-    core-hours from the measured per-block throughputs.
+    core-hours from the measured per-block throughputs, and so is extending the trained model
+    with one new cell type of 3 marks (:func:`_extend_part`). ``config`` overrides config keys
+    (e.g. ``{"stack_similar": 0}``).
     """
     from .. import impute, train
     from ..model import Model
@@ -54,6 +57,7 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
                  "partitions": max(2, n_bins // 65_536), "transform": "none"}
     if latent_factors:
         overrides["latent_factors"] = latent_factors
+    overrides.update(config or {})
     cfg = Config().replace(**overrides)
     t_fit = time.perf_counter()
 
@@ -95,7 +99,8 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
                  "tensor_gib": round(n_bins * len(observed) * 4 / 2**30, 2),
                  "source": "synthetic.roadmap_pattern + synthetic.write_tensor (rank 10)"},
         "config": {k2: getattr(cfg, k2) for k2 in ("latent_factors", "solver", "partitions",
-                                                    "max_iterations", "block_bins")},
+                                                    "max_iterations", "block_bins",
+                                                    "stack_similar")},
         "train": {"seconds": round(t_train, 1), "iterations": len(fit_res.history),
                   "stopped": fit_res.stopped, "best_valid_mse": fit_res.best_valid_mse,
                   "training_bins": fit_res.n_bins,

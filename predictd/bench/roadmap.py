@@ -143,10 +143,10 @@ EXTEND_MARKS = ("H3K4me1", "H3K4me3", "H3K27me3")
 def _extend_part(rec, base, d, header, model, cfg, cells, assays, observed, n_bins, block_bins
                  ) -> dict:
     """Extend the trained Roadmap-scale reference (``base``, a finished run's layout) under
-    ``d`` with one new cell type of 3 marks through ``predictd extend``'s stages in this process: check its
-    bigWigs, ingest them on the reference's grid, fit the cell type against the frozen model,
-    write its 21 tracks over every bin. Extrapolated to the whole genome in core-hours (CPU
-    time of every thread):
+    ``d`` with one new cell type of 3 marks through ``predictd extend``'s stages in this
+    process: check its bigWigs, ingest them on the reference's grid, fit the cell type against
+    the frozen model, write its 21 tracks over every bin (extend's ``impute`` stage).
+    Extrapolated to the whole genome in core-hours (CPU time of every thread):
 
     * check, ingest and write scale with the bins (the bigWigs are read, binned and written
       whole);

@@ -139,16 +139,26 @@ def synthetic_block(m: SyntheticModel, exp_cell: np.ndarray, exp_assay: np.ndarr
     The noise is a sum of two uniforms (triangular, std ``noise``): numpy draws uniforms ~5x
     faster than normals, and noise generation dominates the cost at Roadmap scale.
     """
+    G = genome_states(m, n, rng)
+    return _signal(m.C, m.A, m.exp_bias, m.noise, G, exp_cell, exp_assay, rng)
+
+
+def genome_states(m: SyntheticModel, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The bins' sparse latent states (``n`` × rank), the first draws of a block's generator."""
     rank = m.C.shape[1]
-    E = len(exp_cell)
     active = rng.random((n, rank), dtype=np.float32) < m.peak_rate
-    G = rng.standard_exponential((n, rank), dtype=np.float32) * active
-    Z = experiment_features(m.C, m.A, exp_cell, exp_assay).astype(np.float32) / rank ** 0.5
+    return rng.standard_exponential((n, rank), dtype=np.float32) * active
+
+
+def _signal(C, A, exp_bias, noise, G, exp_cell, exp_assay, rng) -> np.ndarray:
+    rank = C.shape[1]
+    n, E = G.shape[0], len(exp_cell)
+    Z = experiment_features(C, A, exp_cell, exp_assay).astype(np.float32) / rank ** 0.5
     X = G @ Z.T
     np.log1p(X, out=X)
     X *= np.float32(1.6)
-    X += m.exp_bias.astype(np.float32)[None, :]
-    half_width = np.float32(m.noise * 6 ** 0.5)
+    X += exp_bias.astype(np.float32)[None, :]
+    half_width = np.float32(noise * 6 ** 0.5)
     u = rng.random((n, E), dtype=np.float32)
     u += rng.random((n, E), dtype=np.float32)
     u -= np.float32(1.0)
@@ -222,3 +232,30 @@ def synthetic_tracks(n_bins: int, cell_types: list[str], assays: list[str],
     X = synthetic_block(m, exp_cell, exp_assay, n_bins, np.random.default_rng([seed, 0]))
     return {experiment_name(c, a): np.ascontiguousarray(X[:, e])
             for e, (c, a) in enumerate(observed)}
+
+
+def new_cell_type_tracks(n_bins: int, cell_types: list[str], assays: list[str],
+                         observed: list[tuple[str, str]], marks: list[str], *, rank: int = 10,
+                         seed: int = 0, block_bins: int = 65_536, noise: float = 0.12,
+                         cell_seed: int = 1) -> dict[str, np.ndarray]:
+    """``{assay: float32 values}`` of ``marks`` in one more cell type of the tensor
+    :func:`write_tensor` writes with the same arguments — a new sample for reference imputation.
+
+    Its loadings and biases are drawn as the tensor's cell types' are (from a stream of its own,
+    ``cell_seed``); every bin keeps the tensor's latent states (each block's first draws), so
+    the new cell type shares the tensor's genome and the tensor itself is unchanged."""
+    m = synthetic_model(len(cell_types), len(assays), len(observed), rank=rank, noise=noise,
+                        seed=seed)
+    own = np.random.default_rng([seed, cell_seed, 13])
+    C = own.gamma(2.0, 0.5, size=(1, rank))
+    bias = own.uniform(0.05, 0.3, size=len(marks))
+    ai = {a: i for i, a in enumerate(assays)}
+    exp_assay = np.array([ai[a] for a in marks])
+    exp_cell = np.zeros(len(marks), dtype=int)
+    X = np.empty((int(n_bins), len(marks)), dtype=np.float32)
+    for block, start in enumerate(range(0, int(n_bins), block_bins)):
+        n = min(block_bins, int(n_bins) - start)
+        G = genome_states(m, n, np.random.default_rng([seed, block]))
+        X[start:start + n] = _signal(C, m.A, bias, noise, G, exp_cell, exp_assay,
+                                     np.random.default_rng([seed, cell_seed, 13, block]))
+    return {a: np.ascontiguousarray(X[:, i]) for i, a in enumerate(marks)}

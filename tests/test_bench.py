@@ -87,6 +87,47 @@ def test_synthetic_signal_is_low_rank():
     assert share > 0.6
 
 
+def test_new_cell_type_shares_the_tensors_genome(tmp_path):
+    """A new sample for reference imputation: reproducible, on the tensor's latent states (its
+    marks follow the tensor's same marks), and the tensor itself is unchanged by it."""
+    cells, assays, observed = synthetic.roadmap_pattern()
+    obs = observed[:40]
+    h = synthetic.write_tensor(str(tmp_path / "t"), 5000, cells, assays, obs, block_bins=2048)
+    marks = ["H3K4me3", "H3K27me3", "H3K4me1"]
+    new = synthetic.new_cell_type_tracks(5000, cells, assays, obs, marks, block_bins=2048)
+    again = synthetic.new_cell_type_tracks(5000, cells, assays, obs, marks, block_bins=2048)
+    assert list(new) == marks
+    for a in marks:
+        assert new[a].dtype == np.float32 and new[a].shape == (5000,)
+        assert np.array_equal(new[a], again[a])
+        assert (new[a] >= 0).all()
+    _, X = tensor.read_columns(str(tmp_path / "t"), "synth", 1, h.experiments)
+    e = h.experiments.index(next(n for n in h.experiments if n.endswith(".H3K4me3")))
+    r = np.corrcoef(new["H3K4me3"][2048:4096], X[:, e])[0, 1]
+    assert 0.5 < r < 0.999
+    other = synthetic.new_cell_type_tracks(5000, cells, assays, obs, marks, block_bins=2048,
+                                           cell_seed=2)
+    assert not np.array_equal(other["H3K4me3"], new["H3K4me3"])
+
+
+@pytest.mark.slow
+def test_roadmap_scale_extrapolates_extending_one_cell_type(tmp_path):
+    """The Roadmap-scale bench extends its 127-cell-type reference with one new cell type of 3
+    marks through extend's stages and extrapolates it to the whole genome."""
+    res = bench.roadmap_scale(str(tmp_path), n_bins=4096, write_cell_types=1)
+    assert res["extend_core_hours_per_cell_type"] > 0
+    assert res["goals"]["extend_core_hours_per_cell_type"] == "<= 0.5"
+    ext = res["extend"]
+    assert ext["reference_cell_types"] == 127 and len(ext["marks"]) == 3
+    assert ext["tracks_written"] == 21
+    for stage in ("check", "ingest", "fit", "impute"):
+        assert ext["seconds"][stage] > 0
+        assert ext["core_hours_whole_genome"][stage] > 0
+    assert res["extend_core_hours_per_cell_type"] == pytest.approx(
+        sum(ext["core_hours_whole_genome"].values()), abs=0.01)
+    assert not (tmp_path / "roadmap").exists() and not (tmp_path / "roadmap-extend").exists()
+
+
 # --------------------------------------------------------------------------- imputation math
 def _model(n_cell=4, n_assay=3, L=5, seed=0):
     rng = np.random.default_rng(seed)

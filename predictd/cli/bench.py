@@ -46,6 +46,11 @@ def _table(res: dict) -> str:
         lines.append(f"{'ratio':<32}{'value':>9}   goal")
         for k, g in present:
             lines.append(f"{k:<32}{res[k]:>9.3f}   {g}")
+    if "extend_core_hours_per_cell_type" in res:
+        lines.append("")
+        lines.append(f"{'extend_core_hours_per_cell_type':<32}"
+                     f"{res['extend_core_hours_per_cell_type']:>9.3f}   <= 0.5 (whole genome, "
+                     "extrapolated)")
     if "seconds" in res:
         lines.append("")
         lines.append(f"{'stage':<28}{'seconds':>9}{'cpu s':>9}{'peak MB':>10}{'children MB':>13}")
@@ -80,7 +85,8 @@ def _table(res: dict) -> str:
               "cluster on 127.0.0.1 with each number of 1-core workers, e.g. 1,2.")
 @click.option("--roadmap-scale", is_flag=True, help="Instead: train and impute a Roadmap-shaped "
               "synthetic tensor (127 x 24, 1,014 experiments, 1.2 M bins) in this process and "
-              "extrapolate whole-genome imputation (takes tens of minutes).")
+              "extrapolate whole-genome imputation, and extending it with one new cell type "
+              "of 3 marks, in core-hours (takes tens of minutes).")
 @click.option("--bins", type=int, default=bench_mod.ROADMAP_BINS, show_default=True,
               help="Bins of the --roadmap-scale tensor.")
 @click.option("--write-cell-types", type=int, default=4, show_default=True,
@@ -95,7 +101,9 @@ def bench(as_json, quick, workdir, no_spark, master, workers, roadmap_scale, bin
     impute_gemm_fraction (>= 0.5), spark_overhead (<= 1.5), extend_vs_run (<= 0.5: `predictd
     extend` of one cell type with 3 marks against the whole run); also the write with the factor
     model alone and through Spark against pyBigWig in as many processes; plus times,
-    throughputs and peak memory per stage. Data: the shared Roadmap pilot tracks when present
+    throughputs and peak memory per stage. --roadmap-scale: whole-genome imputation and
+    extend_core_hours_per_cell_type (<= 0.5: one new cell type with 3 marks extended and its 21
+    tracks written), extrapolated in core-hours. Data: the shared Roadmap pilot tracks when present
     ($PREDICTD_SHARED/data/roadmap_pilot), else synthetic tracks of the same shape.
 
     \b

@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
-import time
 from typing import Callable
+
+from tests.support.servers import launch
 
 ACCOUNT = "devstoreaccount1"
 #: Azurite's published development key (documented by Microsoft; not a secret of anyone's).
@@ -46,42 +45,18 @@ def start_azurite(executable: str, timeout: float = 60.0) -> tuple[str, int, Cal
         The connection string, the port, and a function that stops the server and removes its
         workspace.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workspace = tempfile.mkdtemp(prefix="predictd-azurite-")
-    log = open(os.path.join(workspace, "azurite.log"), "wb")
-    proc = subprocess.Popen(
-        [executable, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workspace,
-         "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def argv(port: int, workspace: str) -> list[str]:
+        return [executable, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+                workspace, "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"]
 
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(workspace, ignore_errors=True)
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            log.flush()
-            with open(os.path.join(workspace, "azurite.log"), errors="replace") as fh:
-                tail = fh.read()[-2000:]
-            stop()
-            raise RuntimeError(f"azurite-blob exited with {proc.returncode}: {tail}")
+    def listening(port: int) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                stop()
-                raise RuntimeError(f"azurite-blob did not listen on port {port} in {timeout:.0f} s")
-            time.sleep(0.1)
+            return False
+
+    port, _, stop = launch("azurite-blob", argv, listening, timeout)
     return connection_string(port), port, stop
 
 

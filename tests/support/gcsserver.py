@@ -9,13 +9,10 @@ pointing predictd at the server and no Google credentials, so no real project ca
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.request
 from typing import Callable
+
+from tests.support.servers import launch
 
 #: Every variable predictd's GCS client looks at.
 GCS_ENV = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
@@ -48,43 +45,20 @@ def start_fake_gcs_server(executable: str, timeout: float = 30.0) -> tuple[str, 
     (str, callable)
         The server's URL (for ``STORAGE_EMULATOR_HOST``) and a function that stops it.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    root = tempfile.mkdtemp(prefix="predictd-fake-gcs-")
-    log = open(os.path.join(root, "server.log"), "wb")
-    data = os.path.join(root, "data")
-    proc = subprocess.Popen(
-        [executable, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-         "-external-url", url, "-backend", "filesystem", "-filesystem-root", data,
-         "-log-level", "error"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def argv(port: int, workspace: str) -> list[str]:
+        return [executable, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                "-external-url", f"http://127.0.0.1:{port}", "-backend", "filesystem",
+                "-filesystem-root", os.path.join(workspace, "data"), "-log-level", "error"]
 
-    def stop() -> None:
-        proc.terminate()
+    def answers(port: int) -> bool:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            stop()
-            raise RuntimeError(f"fake-gcs-server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
-                break
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b", timeout=1):
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                stop()
-                raise RuntimeError(f"fake-gcs-server did not answer on {url} in {timeout:.0f} s")
-            time.sleep(0.1)
-    return url, stop
+            return False
+
+    port, _, stop = launch("fake-gcs-server", argv, answers, timeout)
+    return f"http://127.0.0.1:{port}", stop
 
 
 def use_fake_gcs(monkeypatch, url: str) -> None:

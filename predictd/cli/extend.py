@@ -10,7 +10,7 @@ from .main import cli
 
 @cli.command(name="extend")
 @click.option("--reference", "-r", required=True, metavar="REF",
-              help="OUT of a finished `predictd run` (local or s3://...); only read.")
+              help="OUT of a finished `predictd run` (a directory, or s3://, gs://, az:// ...); only read.")
 @click.option("--manifest", "-m", required=True, metavar="NEW.tsv",
               help="Tracks of the new cell types (cell_type, assay, uri), on the reference's "
                    "assays; cell types not in the reference.")

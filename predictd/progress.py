@@ -259,7 +259,11 @@ class TrainingProgress(Progress):
 
 
 def training_progress(max_iterations: int) -> TrainingProgress:
-    return TrainingProgress("training", max_iterations, "iteration")
+    """Training logs from its first iteration (no quiet start): its lines carry the losses, and
+    a short training still shows how it converged; at most one line per tenth of
+    ``max_iterations`` (or every 30 s)."""
+    return TrainingProgress("training", max_iterations, "iteration",
+                            schedule=LogSchedule(LOG_EVERY_SECONDS, LOG_EVERY_FRACTION, 0.0))
 
 
 _ITEM: contextvars.ContextVar = contextvars.ContextVar("predictd_progress_item", default=None)

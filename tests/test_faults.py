@@ -174,8 +174,8 @@ def test_lost_worker_during_sgd_after_a_checkpoint(inputs, cluster, fast_jvm_opt
     try:
         seen = []
         # when stderr is not a terminal, training progress is logged at every tenth of the
-        # iterations once the stage has run a few seconds: wait for one after the checkpoint
-        # at iteration 10 and before the last
+        # iterations (10 of 14 is one): wait for one after the checkpoint at iteration 10 and
+        # before the last
         past_checkpoint = re.compile(r"training: (1[0-3])/14 iterations")
         for line in proc.stderr:
             seen.append(line)

@@ -226,3 +226,18 @@ def test_spark_stage_reports_progress_from_the_status_tracker(spark, monkeypatch
     assert lines[-1].startswith("spark demo: 4/4 blocks (100 %)")
     # the job group (the name in the Spark UI) is this stage's only
     assert spark.getLocalProperty("spark.jobGroup.id") is None
+
+
+def test_training_logs_every_tenth_of_its_iterations_even_when_quick(caplog):
+    # a cluster test waits for the line after SGD's checkpoint at iteration 10: training logs
+    # from its start, whatever its speed, once per tenth of max_iterations
+    caplog.set_level(logging.INFO, logger="predictd")
+    with shown(True):
+        p = progress.training_progress(14)
+        p.mode = "log"
+        for it in range(1, 15):
+            p.show_iteration({"iteration": it, "train_mse": 0.5, "valid_mse": 0.25})
+        p.close()
+    done = [int(m.group(1)) for r in caplog.records
+            if (m := re.match(r"training: (\d+)/14 iterations", r.getMessage()))]
+    assert done == [1, 2, 3, 5, 6, 7, 9, 10, 12, 13, 14]

@@ -8,11 +8,13 @@ types (a manifest NEW of tracks on REF's assays) are imputed in four stages unde
    block layout (:mod:`predictd.ingest`) into ``OUT/tensor``.
 2. *fit* — with REF's model frozen (A, bA, μ, the genome factors [G | bG] and REF's observed
    tracks), each new cell type gets ``[C_j; bC_j]`` in closed form
-   (:mod:`predictd.solvers.reference`) and, for a stacked REF, its transfer-regression weights:
-   the stacking statistics of REF's training cell types and of the new one, summed over the
-   same sampled bins as in training and solved as training solves them
-   (:func:`predictd.train.fit_stacking`'s pieces). Saved as ``OUT/model`` (a model of the new
-   cell types on REF's assays).
+   (:mod:`predictd.solvers.reference`) and, for a stacked REF, its transfer-regression weights,
+   learned from the stacking statistics REF's training saved (``model/stack_stats.npz``: the
+   weights of REF's own cell types came from them) and the new cell type's own statistics over
+   the same sampled bins, solved as training solves them (:func:`predictd.train.fit_stacking`'s
+   pieces). A REF saved without them has its cell types' statistics recomputed with the new
+   cell type among them. Saved as ``OUT/model`` (a model of the new cell types on REF's
+   assays).
 3. *impute* — ``OUT/tracks/{cell}.{assay}.imputed.bw`` for every (new cell type, REF assay)
    pair not observed in NEW (or the chosen assays), optionally only inside ``regions``.
 4. *evaluate* — held-out NEW tracks are scored as ``predictd run`` scores them.
@@ -63,6 +65,9 @@ class Reference:
     header: tensor.TensorHeader
     cfg: config_mod.Config
     model_sha256: str
+    # the stacking statistics REF was fitted from (None: its run did not save them, and a
+    # new cell type's weights then need REF's cell types' statistics recomputed)
+    stack_gram: np.ndarray | None = None
 
     @property
     def tensor_root(self) -> str:
@@ -141,7 +146,8 @@ def open_reference(uri: str) -> Reference:
     if "config" not in model.meta:
         raise PredictdError(f"reference {shown}: its model records no config")
     cfg = config_mod.from_dict(model.meta["config"], source=f"reference {shown} config")
-    return Reference(uri=uri, model=model, header=header, cfg=cfg, model_sha256=sha)
+    return Reference(uri=uri, model=model, header=header, cfg=cfg, model_sha256=sha,
+                     stack_gram=pipeline.load_stack_gram(uri, model))
 
 
 # --------------------------------------------------------------------------- the new model
@@ -168,7 +174,7 @@ def _fit_task(group, payload):
     """Per new cell type, the sums of its factor regression and the stacking statistics of
     REF's cell types and it, over a group of blocks (the training and stacking samples drawn
     as in training)."""
-    (union, ref_exps, gf_root, ref, cells, cfg, fraction, chrom_index) = payload
+    (union, ref_exps, gf_root, ref, cells, cfg, fraction, chrom_index, stored) = payload
     n_ref = len(ref.cell_types)
     aidx = {a: i for i, a in enumerate(ref.assays)}
     cidx = {c: i for i, c in enumerate(ref.cell_types)}
@@ -199,10 +205,20 @@ def _fit_task(group, payload):
                 ea = np.concatenate([ea_ref, assays])
                 out[cell]["stats"].append(stacking.stack_stats(
                     Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=stack_rows,
-                    similar=similar))
+                    similar=similar, cells=[n_ref] if stored else None))
     return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
                    "stats": stacking.sum_stack_stats(v["stats"]) if v["stats"] else None}
             for cell, v in out.items()}
+
+
+def _stats_match(ref: Reference, cfg) -> bool:
+    """Whether REF's saved stacking statistics are those ``cfg``'s stacked regression needs:
+    the same features (context windows, similarity-weighted averages) over the same sampled
+    bins."""
+    keys = ("stack_window_short", "stack_window_long", "stack_window_wide", "stack_similar",
+            "stack_similar_tau", "stack_sample", "stack_max_blocks", "seed")
+    return ref.stack_gram is not None and all(getattr(cfg, k) == getattr(ref.cfg, k)
+                                              for k in keys)
 
 
 def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
@@ -218,9 +234,13 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     total = ref.header.genome_obj.total_bins(ref.header.bin_size)
     fraction = min(cfg.training_fraction, cfg.max_training_bins / max(total, 1))
     chrom_index = {c: i for i, (c, _) in enumerate(ref.header.genome["chroms"])}
+    # REF's cell types' statistics as REF's training computed them, when it saved them: the
+    # new cell type's weights are learned from them and its own (for the blend), so only its
+    # own are computed here
+    stored = ref.stack_gram if cfg.stack and _stats_match(ref, cfg) else None
     parts = map_tasks(sc, _fit_task, groups,
                       (union, tuple(ref.experiments), ref.gf_root, model, cells, cfg, fraction,
-                       chrom_index))
+                       chrom_index, stored is not None))
     n_ref, n_assay = len(model.cell_types), len(model.assays)
     aidx = {a: i for i, a in enumerate(model.assays)}
     L = model.latent_factors
@@ -241,6 +261,8 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
                                               if p[cell]["stats"] is not None])
             if stats is None:
                 raise PredictdError("stacking: no bins sampled; raise stack_sample")
+            if stored is not None:
+                stats = {"gram": np.concatenate([stored, stats["gram"][n_ref:]])}
             obs = np.zeros((n_ref + 1, n_assay), dtype=bool)
             for c_, a_ in model.observed:
                 obs[model.cell_types.index(c_), aidx[a_]] = True
@@ -248,10 +270,11 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
                 obs[n_ref, aidx[split_experiment(e)[1]]] = True
             windows, similar = cfg.stack_windows(), cfg.stack_similarity() is not None
             W = stacking.fit_stack(stats, obs, cfg.stack_ridge, windows, cfg.stack_per_cell,
-                                   similar)
+                                   similar, cells=[n_ref])
             if cfg.stack_blend:
                 W, _ = stacking.blend_with_average(
-                    stats, obs, W, min(cfg.stack_blend_context, len(windows)), similar)
+                    stats, obs, W, min(cfg.stack_blend_context, len(windows)), similar,
+                    cells=[n_ref])
             rows.append(W[n_ref])
     new = Model(cell_types=[c for c, _ in cells], assays=list(model.assays), mu=model.mu,
                 bC=np.array(bC), bA=model.bA, C=np.array(C).reshape(len(cells), L), A=model.A,

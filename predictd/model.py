@@ -16,6 +16,7 @@ form for any block of bins (see :mod:`predictd.solvers.closed_form`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -29,6 +30,9 @@ from .names import experiment_name
 
 MODEL_NPZ = "factors.npz"
 MODEL_JSON = "model.json"
+#: The stacked regression's training statistics, kept beside the model (not in it, so a model
+#: stays small in every Spark task): a reference imputation fits new cell types from them.
+STACK_STATS_NPZ = "stack_stats.npz"
 
 
 def experiment_features(C: np.ndarray, A: np.ndarray, exp_cell, exp_assay,
@@ -119,6 +123,26 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def stack_gram_from_bytes(data: bytes, model: "Model", source: str) -> np.ndarray:
+    """The stacking Gram statistics saved beside ``model`` (the bytes of its
+    ``STACK_STATS_NPZ``), checked against the checksum its ``model.json`` records."""
+    want = model.meta.get("stack_stats_sha256")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            stored = {k: np.asarray(z[k]) for k in z.files}
+        gram = stored["gram"]
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise PredictdError(f"{source} is unreadable: {e}") from None
+    if want is None or arrays_digest(stored) != want:
+        raise PredictdError(f"{source}: model files altered (stacking statistics do not match "
+                            f"the checksum recorded in {MODEL_JSON})")
+    n_cell = len(model.cell_types)
+    if gram.ndim != 3 or gram.shape[0] != n_cell or gram.shape[1] != gram.shape[2]:
+        raise PredictdError(f"{source}: stacking statistics of shape {gram.shape}, not "
+                            f"{n_cell} cell types × D × D")
+    return gram
+
+
 def _similar(value) -> tuple[int, float] | None:
     if value is None:
         return None
@@ -147,6 +171,9 @@ class Model:
     stack_windows: tuple[int, ...] = ()
     # (width, tau) of the similarity-weighted averages the stack was fitted with, or None
     stack_similar: tuple[int, float] | None = None
+    # the Gram statistics the stack was fitted from (n_cell × D × D): saved by :meth:`save` as
+    # STACK_STATS_NPZ, never loaded with the model (:func:`load_stack_gram` reads them)
+    stack_gram: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def latent_factors(self) -> int:
@@ -184,6 +211,15 @@ class Model:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, os.path.join(directory, MODEL_NPZ))
+        meta = dict(self.meta)
+        if self.stack_gram is not None:
+            gram = {"gram": np.asarray(self.stack_gram, dtype=np.float64)}
+            tmp = os.path.join(directory, f".{STACK_STATS_NPZ}.tmp")
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **gram)
+            os.replace(tmp, os.path.join(directory, STACK_STATS_NPZ))
+            # model.json's own checksum then covers them too
+            meta["stack_stats_sha256"] = arrays_digest(gram)
         doc = {
             "format": "predictd-model/1",
             "cell_types": list(self.cell_types),
@@ -193,7 +229,7 @@ class Model:
             "observed": [list(p) for p in self.observed],
             "stack_windows": list(self.stack_windows),
             "stack_similar": None if self.stack_similar is None else list(self.stack_similar),
-            "meta": self.meta,
+            "meta": meta,
             # checked on load: a reference's factors must be the ones its run saved
             "factors_sha256": arrays_digest({k: np.asarray(v) for k, v in arrays.items()}),
         }

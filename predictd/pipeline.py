@@ -19,12 +19,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import __version__, layout, storage, tensor
 from .config import Config
 from .errors import PredictdError
 from .genome import Genome, load_genome
 from .manifest import Track, manifest_checksum, read_manifest
-from .model import MODEL_JSON, MODEL_NPZ, Model
+from .model import MODEL_JSON, MODEL_NPZ, STACK_STATS_NPZ, Model, stack_gram_from_bytes
 from .names import experiment_name, split_experiment
 from .progress import shown as progress_shown, training_progress
 from .selection import Selection, open_selection, parse_pairs
@@ -324,6 +326,17 @@ class Run:
             "spark": _spark_info(self.sc),
             "stages": {s: self.done(s) for s in self.stage_names},
         }
+
+
+def load_stack_gram(out: str, model: Model) -> np.ndarray | None:
+    """The stacking statistics saved beside OUT's model (checked against its model.json), or
+    None when its run did not save them."""
+    if "stack_stats_sha256" not in model.meta:
+        return None
+    uri = layout.model_file(out, STACK_STATS_NPZ)
+    if not storage.exists(uri):
+        raise PredictdError(f"{storage.display_uri(uri)}: missing (model.json records it)")
+    return stack_gram_from_bytes(storage.read_bytes(uri), model, storage.display_uri(uri))
 
 
 def load_model(out: str) -> Model:

@@ -193,9 +193,11 @@ def stack_blocks(blocks: list, limit: int) -> list:
 
 
 def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[str], cfg
-                 ) -> np.ndarray:
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Learn the cross-cell-type transfer regression on the training experiments only (so a
-    held-out pair never trains its own weights). Returns the weights (n_cell × n_assay × D)."""
+    held-out pair never trains its own weights). Returns the weights (n_cell × n_assay × D)
+    and the Gram statistics they were fitted from (n_cell × D × D), which a reference
+    imputation fits new cell types' weights from."""
     idx = {e: i for i, e in enumerate(header.experiments)}
     ec = header.exp_cell[[idx[e] for e in experiments]]
     ea = header.exp_assay[[idx[e] for e in experiments]]
@@ -227,7 +229,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",
                  np.round(per_cell, 2))
-    return W
+    return W, stats["gram"]
 
 
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
@@ -266,7 +268,7 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
                         "transform": header.transform, "bin_size": header.bin_size,
                         "ri2": cfg.ri2, "bias_penalty": cfg.bias_penalty})
     if cfg.stack:
-        model.stack = fit_stacking(sc, header, root, experiments, cfg)
+        model.stack, model.stack_gram = fit_stacking(sc, header, root, experiments, cfg)
         model.stack_windows = cfg.stack_windows()
         model.stack_similar = cfg.stack_similarity()
     return model, res

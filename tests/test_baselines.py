@@ -561,3 +561,21 @@ def test_similarity_features_of_an_assay_no_other_cell_type_has_are_zero():
     assert not np.isnan(V).any()
     assert np.all(V[:, [D0 + 3 * s + 2 for s in range(3)]] == 0.0)
     assert np.all(V[:, [D0 + 3 * s for s in range(3)]] > 0.0)
+
+
+def test_stack_stats_of_chosen_cell_types_are_those_of_the_full_pass():
+    # a reference imputation computes only the new cell type's statistics
+    windows, sim = (3, 7), (15, 0.3)
+    Xk, ck, ak, obs = noisy_target_held_out(seed=4)
+    full = stacking.stack_stats(Xk, ck, ak, 4, 3, windows, similar=sim)["gram"]
+    part = stacking.stack_stats(Xk, ck, ak, 4, 3, windows, similar=sim, cells=[2])["gram"]
+    np.testing.assert_array_equal(part[2], full[2])
+    assert full[[0, 1, 3]].any() and not part[[0, 1, 3]].any()
+    W = stacking.fit_stack({"gram": full}, obs, windows=windows, similar=True)
+    W2 = stacking.fit_stack({"gram": full}, obs, windows=windows, similar=True, cells=[2])
+    np.testing.assert_array_equal(W2[2], W[2])
+    assert np.isnan(W2[[0, 1, 3]]).all() and np.isfinite(W[0]).any()
+    Wb, _ = stacking.blend_with_average({"gram": full}, obs, W, 1, similar=True)
+    Wb2, _ = stacking.blend_with_average({"gram": full}, obs, W, 1, similar=True, cells=[2])
+    np.testing.assert_array_equal(Wb2[2], Wb[2])
+    np.testing.assert_array_equal(Wb2[0], W[0])

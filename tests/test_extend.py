@@ -132,6 +132,52 @@ def test_extend_is_bit_identical_across_runs_and_resumes(reference, tmp_path):
     assert checksums(a / "tracks") == tb
 
 
+def _without_stack_stats(ref):
+    """REF as a run that saved no stacking statistics left it (model.json without their
+    checksum, the train marker recording that model.json)."""
+    model_dir = ref / "model"
+    (model_dir / "stack_stats.npz").unlink()
+    doc = json.loads((model_dir / "model.json").read_text())
+    del doc["meta"]["stack_stats_sha256"]
+    (model_dir / "model.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+    marker = ref / "_predictd" / "train.done.json"
+    mark = json.loads(marker.read_text())
+    mark["model_sha256"] = hashlib.sha256((model_dir / "model.json").read_bytes()).hexdigest()
+    marker.write_text(json.dumps(mark))
+
+
+@pytest.mark.slow
+def test_extend_learns_from_the_statistics_the_reference_saved(reference, tmp_path,
+                                                               monkeypatch):
+    # REF's cell types' statistics come from its model/stack_stats.npz: the fit computes only
+    # the new cell type's own; a REF without them has them recomputed
+    from predictd.solvers import stacking
+    asked = []
+    real = stacking.stack_stats
+
+    def spy(*args, **kw):
+        asked.append(kw.get("cells"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(stacking, "stack_stats", spy)
+    assert extend(reference, tmp_path / "a", "--assay", "y").exit_code == 0
+    n_ref = len(json.loads((reference["ref"] / "model" / "model.json").read_text())
+                ["cell_types"])
+    assert asked and all(c == [n_ref] for c in asked)
+    asked.clear()
+    old = altered_copy(reference, tmp_path, _without_stack_stats)
+    r = extend(old, tmp_path / "b", "--assay", "y")
+    assert r.exit_code == 0, r.output + r.stderr
+    assert asked and all(c is None for c in asked)
+    # both are fits of the same weights on (almost) the same statistics
+    wa = np.load(tmp_path / "a" / "model" / "factors.npz")["stack"]
+    wb = np.load(tmp_path / "b" / "model" / "factors.npz")["stack"]
+    ok = np.isfinite(wa)
+    assert ok.any() and np.array_equal(ok, np.isfinite(wb))
+    assert not np.array_equal(wa[ok], wb[ok])
+    np.testing.assert_allclose(wa[ok], wb[ok], rtol=0.5, atol=0.05)
+
+
 @pytest.mark.slow
 def test_extend_scores_held_out_tracks(reference, tmp_path):
     r = extend(reference, tmp_path / "o", "--holdout", "D:y", manifest=reference["new_xy"])
@@ -176,6 +222,19 @@ def _change_factors(ref):
         np.savez(fh, **arrays)
 
 
+def _change_stack_stats(ref):
+    path = ref / "model" / "stack_stats.npz"
+    with np.load(path) as z:
+        gram = z["gram"].copy()
+    gram[0, 0, 0] += 1.0
+    with open(path, "wb") as fh:
+        np.savez(fh, gram=gram)
+
+
+def _drop_stack_stats(ref):
+    (ref / "model" / "stack_stats.npz").unlink()
+
+
 def _change_model_json(ref):
     path = ref / "model" / "model.json"
     doc = json.loads(path.read_text())
@@ -194,6 +253,8 @@ def _manifest(reference, tmp_path, rows):
     ("unfinished reference", "unfinished"),
     ("factors altered", "model files altered"),
     ("model.json altered", "model files altered"),
+    ("stacking statistics altered", "model files altered"),
+    ("stacking statistics missing", "stack_stats.npz: missing"),
     ("cell type in the reference", "cell type A is already in the reference"),
     ("unknown assay", "assay z is unknown to the reference"),
     ("--assay not in the reference", "--assay z"),
@@ -213,6 +274,10 @@ def test_extend_refuses_bad_inputs_writing_nothing(reference, tmp_path, toy, cas
         ref = altered_copy(reference, tmp_path, _change_factors)
     elif case == "model.json altered":
         ref = altered_copy(reference, tmp_path, _change_model_json)
+    elif case == "stacking statistics altered":
+        ref = altered_copy(reference, tmp_path, _change_stack_stats)
+    elif case == "stacking statistics missing":
+        ref = altered_copy(reference, tmp_path, _drop_stack_stats)
     elif case == "cell type in the reference":
         manifest = _manifest(reference, tmp_path, [("A", "x", str(inp / "C.x.bw"))])
     elif case == "unknown assay":

@@ -175,7 +175,8 @@ def _extend_part(rec, base, d, header, model, cfg, cells, assays, observed, n_bi
 
     rec.run("extend_inputs", prepare)
     ref = extend.Reference(uri=base, model=model, header=header, cfg=cfg,
-                           model_sha256=pipeline.model_checksum(base))
+                           model_sha256=pipeline.model_checksum(base),
+                           stack_gram=pipeline.load_stack_gram(base, model))
     run = extend.open_extension(ref, os.path.join(d, "new.tsv"), os.path.join(d, "out"),
                                 ref.config(), progress=False)
     rec.run("extend_check", extend.extend_all, run, stages=())

@@ -396,9 +396,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
 
 def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, windows=(),
-                rows=None, similar: tuple[int, float] | None = None) -> dict:
+                rows=None, similar: tuple[int, float] | None = None, cells=None) -> dict:
     """Sufficient statistics of a block of training bins: ``gram[c] = Σ_i v_ci v_ciᵀ`` over the
-    bins where every feature of cell type c is present (float64, n_cell × D × D).
+    bins where every feature of cell type c is present (float64, n_cell × D × D). ``cells``
+    restricts the work to those cell types (the others' matrices stay 0).
 
     With context ``windows`` the block must be contiguous bins (a tensor block), not a random
     sample: the context comes from the whole block and ``rows`` (a boolean mask or index
@@ -407,7 +408,10 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     D = n_features(n_assay, windows, similar is not None)
     gram = np.zeros((n_cell, D, D))
     ctx = BlockContext(X, exp_assay, n_assay, windows, rows)
-    for c in np.unique(np.asarray(exp_cell)):
+    todo = np.unique(np.asarray(exp_cell))
+    if cells is not None:
+        todo = todo[np.isin(todo, cells)]
+    for c in todo:
         # features in float32 (as at prediction), the sampled rows' Gram in float64
         Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32,
                           context=ctx, similar=similar).T
@@ -473,9 +477,10 @@ def _ridge_solve(G: np.ndarray, feats: np.ndarray, assay: int, ridge: float, D: 
 
 
 def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=(),
-              per_cell: bool = True, similar: bool = False) -> np.ndarray:
+              per_cell: bool = True, similar: bool = False, cells=None) -> np.ndarray:
     """Weights of every (cell type, assay) pair: (n_cell × n_assay × D), NaN rows for targets
-    without training cell types (they keep the model's imputation).
+    without training cell types (they keep the model's imputation). ``cells`` restricts the
+    fit to those target cell types (the other rows are NaN).
 
     ``per_cell`` (default): the weights are the mean of one regression per training cell type
     — an ensemble of "how the assay relates to the others in cell type c" — instead of one
@@ -496,7 +501,7 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
         raise ValueError(f"statistics have {gram.shape[1]} features, windows {windows} "
                          f"(similar={similar}) need {D}")
     W = np.full((n_cell, n_assay, D), np.nan)
-    for j in range(n_cell):
+    for j in (range(n_cell) if cells is None else cells):
         for k in range(n_assay):
             train, feats = target_design(observed, j, k, len(windows), similar)
             if not train:
@@ -516,7 +521,7 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
 
 
 def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context: int = 0,
-                       similar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                       similar: bool = False, cells=None) -> tuple[np.ndarray, np.ndarray]:
     """Recalibrate each target's transfer regression, per cell type, towards the ``average``
     baseline, by how well regressions learned on other cell types predict *that* cell type.
 
@@ -538,7 +543,8 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
 
     With ``similar`` (statistics holding the similarity-weighted averages), a is the
     similarity-weighted average and the recalibration has both kinds, each over the bin and
-    the first ``context`` windows.
+    the first ``context`` windows. ``cells`` restricts the recalibration to those target cell
+    types (the other rows are returned unchanged).
     """
     gram = stats["gram"]
     observed = np.asarray(observed, dtype=bool)
@@ -567,7 +573,7 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
         return [unit(sim + n_assay * seg + k) for seg in range(1 + context)] + plain
 
     usable = np.isfinite(W).all(axis=2) & (observed.sum(axis=0) >= 2)[None, :]
-    for j in range(n_cell):
+    for j in (range(n_cell) if cells is None else cells):
         G = gram[j]
         if G[0, 0] <= 0:
             continue

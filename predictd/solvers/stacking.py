@@ -107,85 +107,150 @@ def coarse_means(XT: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
-def _spread(row: np.ndarray, w: np.ndarray, step: int, out: np.ndarray) -> None:
-    """out += row × w, w (coarse cells) applied to every bin of its cell."""
-    n = row.size
-    whole = n // step
-    if whole:
-        out[:whole * step].reshape(whole, step)[...] += \
-            row[:whole * step].reshape(whole, step) * w[:whole, None]
-    if whole * step < n:
-        out[whole * step:] += row[whole * step:] * w[-1]
+class SimilarityInputs:
+    """What every target cell type's :func:`similar_averages` share in one block, computed
+    once per assay when first needed: the assay's coarse tracks (:func:`coarse_means`) with
+    their window sums and spread over the resemblance windows, and its values with missing
+    values as 0 (the rows that had some marked). A cell type's resemblance to the others then
+    costs one windowed sum of products per pair of tracks, and each average one weighted sum
+    over the assay's rows.
+
+    XT holds every experiment of the block *experiment-major* (experiments × bins, NaN =
+    missing); ``width`` is the resemblance window in bins."""
+
+    def __init__(self, XT: np.ndarray, exp_assay, width: int):
+        self.XT = XT
+        exp_assay = np.asarray(exp_assay)
+        self.n, self.step = XT.shape[1], similarity_step(width)
+        G = -(-self.n // self.step)
+        self.h = max(1, int(width) // self.step) // 2
+        i = np.arange(G)
+        self.N = (np.minimum(i + self.h + 1, G) - np.maximum(i - self.h, 0)).astype(np.float64)
+        #: each assay's experiments (rows of XT), in experiment order
+        self.rows = {int(a): np.flatnonzero(exp_assay == a) for a in np.unique(exp_assay)}
+        self._coarse: dict[int, tuple] = {}
+        self._values: dict[int, tuple] = {}
+
+    def coarse(self, assay: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The assay's coarse tracks, their window sums, N·(window sums of squares) − sums²,
+        and where that spread is too small for a correlation (rows × cells each)."""
+        if assay not in self._coarse:
+            c = coarse_means(self.XT[self.rows[assay]], self.step)
+            S = _window_sums(c, self.h)
+            V = self.N * _window_sums(c * c, self.h) - S * S
+            # relative guard: cumulative-sum differences leave rounding residue in flat windows
+            self._coarse[assay] = (c, S, V, ~(V > 1e-9 * self.N * self.N))
+        return self._coarse[assay]
+
+    def correlations(self, assay: int, i: int) -> np.ndarray:
+        """:func:`local_correlations` of row i of the assay's experiments with each of them
+        (its own row included), from the shared window sums: float32 (rows × cells)."""
+        c, S, V, flat = self.coarse(assay)
+        cov = _window_sums(c * c[i][None, :], self.h)
+        cov *= self.N
+        cov -= S * S[i][None, :]
+        den = V * V[i][None, :]
+        np.sqrt(den, out=den)
+        # a flat window on either side: r = 0
+        den[flat | flat[i][None, :]] = np.inf
+        cov /= den
+        return np.clip(cov, -1.0, 1.0).astype(np.float32)
+
+    def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """The assay's rows of XT with missing values as 0 (float32), and for each row that
+        had a missing value, where it is observed."""
+        if assay not in self._values:
+            part = np.asarray(self.XT[self.rows[assay]], dtype=np.float32)
+            miss = np.isnan(part)
+            gappy = np.flatnonzero(miss.any(axis=1))
+            self._values[assay] = (np.where(miss, np.float32(0.0), part),
+                                   {int(r): ~miss[r] for r in gappy})
+        return self._values[assay]
+
+    def weighted_average(self, assay: int, w: np.ndarray) -> np.ndarray:
+        """Σ_o w_o x_o / Σ_o w_o over the rows of ``assay`` (weights per coarse cell, rows ×
+        cells, 0 to leave a row out), counting only observed values: float32 per bin, NaN
+        where no weighted row is observed."""
+        X, seen = self.values(assay)
+        n, step = self.n, self.step
+        whole = n // step
+        w = np.asarray(w, dtype=np.float32)
+        num = np.empty(n, dtype=np.float32)
+        if whole:
+            # one weighted sum over the rows for every bin of a cell at once
+            num[:whole * step] = np.einsum("ocs,oc->cs",
+                                           X[:, :whole * step].reshape(len(X), whole, step),
+                                           w[:, :whole]).ravel()
+        if whole * step < n:
+            num[whole * step:] = w[:, -1] @ X[:, whole * step:]
+        full = np.ones(len(X), dtype=bool)
+        full[list(seen)] = False
+        # complete rows weigh the same at every bin of a cell
+        tot = np.repeat(w[full].sum(axis=0), step)[:n]
+        for r, obs in seen.items():
+            tot += obs * np.repeat(w[r], step)[:n]
+        return np.divide(num, tot, out=np.full(n, np.nan, np.float32), where=tot > 0)
 
 
 def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int,
-                     width: int, tau: float, coarse: np.ndarray | None = None) -> np.ndarray:
+                     width: int, tau: float, inputs: SimilarityInputs | None = None
+                     ) -> np.ndarray:
     """Each assay's average over the other cell types, weighted by how much each one resembles
     ``cell`` *locally* (n_assay × bins, float32).
 
     Resemblance is measured on a coarse grid (:func:`similarity_step` bins per cell, each
-    track averaged over a cell; ``coarse`` = :func:`coarse_means` of XT when computed before):
-    cell type o's resemblance at a cell is the mean, over the assays both have observed (the
-    target assay k itself left out), of the Pearson correlation of their coarse tracks over the
-    cells of the centred ``width``-bin window (:func:`local_correlations`; 0 without a shared
-    assay), and it holds for every bin of the cell. With d = 1 − resemblance, o weighs
-    exp(−d/tau) among the cell types observing k at the bin. The nearest-neighbour cell types
-    of ChromImpute, made smooth: where a target cell type looks like one of the others (in
-    this region), that one's track counts more. NaN where no other cell type observes k at the
-    bin; 0 (a constant the fit never selects) where no other cell type has k at all.
+    track averaged over a cell): cell type o's resemblance at a cell is the mean, over the
+    assays both have observed (the target assay k itself left out), of the Pearson correlation
+    of their coarse tracks over the cells of the centred ``width``-bin window
+    (:func:`local_correlations`; 0 without a shared assay), and it holds for every bin of the
+    cell. With d = 1 − resemblance, o weighs exp(−d/tau) among the cell types observing k at
+    the bin. The nearest-neighbour cell types of ChromImpute, made smooth: where a target cell
+    type looks like one of the others (in this region), that one's track counts more. NaN
+    where no other cell type observes k at the bin; 0 (a constant the fit never selects) where
+    no other cell type has k at all.
 
     XT holds every experiment of the block *experiment-major* (experiments × bins, NaN =
-    missing): each experiment's track is read as one contiguous row."""
+    missing). ``inputs`` (:class:`SimilarityInputs` of XT for ``width``) is what every cell
+    type of the block shares; built here when absent."""
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     n = XT.shape[1]
-    step = similarity_step(width)
-    if coarse is None:
-        coarse = coarse_means(XT, step)
-    span = max(1, int(width) // step)
-    mine = {int(exp_assay[e]): int(e) for e in np.flatnonzero(exp_cell == cell)}
+    si = inputs if inputs is not None else SimilarityInputs(XT, exp_assay, width)
     others = np.unique(exp_cell[exp_cell != cell])
-    slot = {int(o): t for t, o in enumerate(others)}
-    R = np.zeros((others.size, coarse.shape[1]))         # Σ over shared assays of r
-    shared = np.zeros(others.size)                       # how many shared assays
-    per_assay = {}                                       # assay → {slot: r}
-    for a, e in sorted(mine.items()):
-        src = np.flatnonzero((exp_assay == a) & (exp_cell != cell))
-        if not src.size:
+    slot = np.full(int(exp_cell.max()) + 1, -1)
+    slot[others] = np.arange(others.size)
+    G = si.N.size
+    R = np.zeros((others.size, G), dtype=np.float32)     # Σ over shared assays of r
+    shared = np.zeros(others.size, dtype=np.float32)     # how many shared assays
+    mine = {}                                            # assay → its rows' r with cell's
+    for a, rows in si.rows.items():
+        own = np.flatnonzero(exp_cell[rows] == cell)
+        if not own.size or rows.size < 2:
             continue
-        r = local_correlations(coarse[e], coarse[src], span)
-        rows = np.array([slot[int(o)] for o in exp_cell[src]])
-        R[rows] += r
-        shared[rows] += 1
-        per_assay[a] = dict(zip(rows.tolist(), r))
+        r = si.correlations(a, int(own[0]))
+        src = exp_cell[rows] != cell
+        R[slot[exp_cell[rows[src]]]] += r[src]
+        shared[slot[exp_cell[rows[src]]]] += 1
+        r[~src] = 0.0
+        mine[a] = r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(shared[:, None] > 0, R / shared[:, None], np.float32(0.0))
     out = np.zeros((n_assay, n), dtype=np.float32)
-    num = np.empty(n, dtype=np.float32)
-    tot = np.empty(n, dtype=np.float32)
-    for k in range(n_assay):
-        src = np.flatnonzero((exp_assay == k) & (exp_cell != cell))
-        if not src.size:
+    for k, rows in si.rows.items():
+        src = exp_cell[rows] != cell
+        if not src.any():
             continue
-        num[:] = 0.0
-        tot[:] = 0.0
-        tot_cells = np.zeros(R.shape[1], dtype=np.float32)   # weights of complete rows
-        for e in src:
-            t = slot[int(exp_cell[e])]
-            res, cnt = R[t], shared[t]
-            if t in per_assay.get(k, {}):   # leave the target assay out of the resemblance
-                res, cnt = res - per_assay[k][t], cnt - 1
-            res = res / cnt if cnt > 0 else np.zeros_like(res)
-            # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
-            w = np.exp((res - 1.0) / tau).astype(np.float32)
-            row = np.asarray(XT[e], dtype=np.float32)
-            seen = ~np.isnan(row)
-            if seen.all():
-                _spread(row, w, step, num)
-                tot_cells += w
-            else:
-                _spread(np.where(seen, row, np.float32(0.0)), w, step, num)
-                _spread(seen.astype(np.float32), w, step, tot)
-        _spread(np.ones(n, dtype=np.float32), tot_cells, step, tot)
-        out[k] = np.divide(num, tot, out=np.full(n, np.nan, np.float32), where=tot > 0)
+        t = slot[exp_cell[rows[src]]]
+        if k in mine:   # leave the target assay out of the resemblance
+            cnt = shared[t] - 1
+            res = np.divide(R[t] - mine[k][src], cnt[:, None], out=np.zeros((t.size, G),
+                            dtype=np.float32), where=cnt[:, None] > 0)
+        else:
+            res = mean[t]
+        w = np.zeros((rows.size, G), dtype=np.float32)
+        # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
+        w[src] = np.exp((res - np.float32(1.0)) / np.float32(tau))
+        out[k] = si.weighted_average(k, w)
     return out
 
 
@@ -292,13 +357,15 @@ class BlockContext:
         self._coarse = None
         self.from_sums = sums is not None
 
-    def similarity_inputs(self, X: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The block's X (every experiment) experiment-major, and its :func:`coarse_means`:
-        computed once for all the cell types whose similarity-weighted averages need them."""
-        if self._coarse is None or self._coarse[0] != step:
+    def similarity_inputs(self, X: np.ndarray, exp_assay, width: int
+                          ) -> tuple[np.ndarray, SimilarityInputs]:
+        """The block's X (every experiment) experiment-major, and its
+        :class:`SimilarityInputs`: computed once for all the cell types whose
+        similarity-weighted averages need them."""
+        if self._coarse is None or self._coarse[0] != width:
             # free when X is column-major (as tensor blocks are decoded)
             XT = np.ascontiguousarray(np.asarray(X, dtype=np.float32).T)
-            self._coarse = (step, XT, coarse_means(XT, step))
+            self._coarse = (width, XT, SimilarityInputs(XT, exp_assay, width))
         return self._coarse[1], self._coarse[2]
 
 
@@ -380,8 +447,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             raise ValueError("similarity-weighted averages need every column of the block, "
                              "not a context from stored sums")
         lo = _similar_offset(n_assay, len(ctx.windows))
-        XT, coarse = ctx.similarity_inputs(X, similarity_step(similar[0]))
-        sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar, coarse=coarse)
+        XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
+        sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar, inputs=inputs)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
             seen = ~np.isnan(sim)

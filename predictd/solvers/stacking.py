@@ -156,47 +156,54 @@ class SimilarityInputs:
         cov /= den
         return np.clip(cov, -1.0, 1.0).astype(np.float32)
 
-    def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """The assay's rows of XT with missing values as 0 (float32), and for each row that
-        had a missing value, where it is observed."""
+    def values(self, assay: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """The assay's rows of XT with missing values as 0 (float32), laid out cell-major for
+        the weighted sums: (whole cells × rows × step) and the bins after the last whole cell
+        (rows × rest); and for each row that had a missing value, where it is observed."""
         if assay not in self._values:
             part = np.asarray(self.XT[self.rows[assay]], dtype=np.float32)
             miss = np.isnan(part)
             gappy = np.flatnonzero(miss.any(axis=1))
-            self._values[assay] = (np.where(miss, np.float32(0.0), part),
+            np.copyto(part, np.float32(0.0), where=miss)
+            whole = self.n // self.step * self.step
+            cells = np.ascontiguousarray(
+                part[:, :whole].reshape(len(part), -1, self.step).transpose(1, 0, 2))
+            self._values[assay] = (cells, np.ascontiguousarray(part[:, whole:]),
                                    {int(r): ~miss[r] for r in gappy})
         return self._values[assay]
 
-    def weighted_average(self, assay: int, w: np.ndarray) -> np.ndarray:
-        """Σ_o w_o x_o / Σ_o w_o over the rows of ``assay`` (weights per coarse cell, rows ×
-        cells, 0 to leave a row out), counting only observed values: float32 per bin, NaN
-        where no weighted row is observed."""
-        X, seen = self.values(assay)
+    def weighted_averages(self, assay: int, w: np.ndarray) -> np.ndarray:
+        """Σ_o w_jo x_o / Σ_o w_jo over the rows o of ``assay`` for each target j (weights
+        per coarse cell, targets × rows × cells, 0 to leave a row out), counting only observed
+        values: float32 (targets × bins), NaN where no weighted row is observed."""
+        cells, rest, seen = self.values(assay)
         n, step = self.n, self.step
-        whole = n // step
+        J, O, _ = w.shape
         w = np.asarray(w, dtype=np.float32)
-        num = np.empty(n, dtype=np.float32)
+        num = np.empty((J, n), dtype=np.float32)
+        whole = cells.shape[0]
         if whole:
-            # one weighted sum over the rows for every bin of a cell at once
-            num[:whole * step] = np.einsum("ocs,oc->cs",
-                                           X[:, :whole * step].reshape(len(X), whole, step),
-                                           w[:, :whole]).ravel()
-        if whole * step < n:
-            num[whole * step:] = w[:, -1] @ X[:, whole * step:]
-        full = np.ones(len(X), dtype=bool)
+            # per cell of the grid, (targets × rows) @ (rows × step): every target at once
+            num[:, :whole * step] = np.matmul(
+                np.ascontiguousarray(w[:, :, :whole].transpose(2, 0, 1)), cells
+            ).transpose(1, 0, 2).reshape(J, whole * step)
+        if rest.shape[1]:
+            num[:, whole * step:] = w[:, :, -1] @ rest
+        full = np.ones(O, dtype=bool)
         full[list(seen)] = False
         # complete rows weigh the same at every bin of a cell
-        tot = np.repeat(w[full].sum(axis=0), step)[:n]
+        tot = np.repeat(w[:, full].sum(axis=1), step, axis=1)[:, :n]
         for r, obs in seen.items():
-            tot += obs * np.repeat(w[r], step)[:n]
-        return np.divide(num, tot, out=np.full(n, np.nan, np.float32), where=tot > 0)
+            tot += obs[None, :] * np.repeat(w[:, r], step, axis=1)[:, :n]
+        return np.divide(num, tot, out=np.full((J, n), np.nan, np.float32), where=tot > 0)
 
 
-def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int,
+def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
                      width: int, tau: float, inputs: SimilarityInputs | None = None
                      ) -> np.ndarray:
     """Each assay's average over the other cell types, weighted by how much each one resembles
-    ``cell`` *locally* (n_assay × bins, float32).
+    ``cell`` *locally* (n_assay × bins, float32; for a list of cell types, one such array
+    per cell type, computed together).
 
     Resemblance is measured on a coarse grid (:func:`similarity_step` bins per cell, each
     track averaged over a cell): cell type o's resemblance at a cell is the mean, over the
@@ -212,46 +219,52 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: in
     XT holds every experiment of the block *experiment-major* (experiments × bins, NaN =
     missing). ``inputs`` (:class:`SimilarityInputs` of XT for ``width``) is what every cell
     type of the block shares; built here when absent."""
+    many = np.ndim(cell) > 0
+    targets = [int(c) for c in np.atleast_1d(cell)]
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     n = XT.shape[1]
     si = inputs if inputs is not None else SimilarityInputs(XT, exp_assay, width)
-    others = np.unique(exp_cell[exp_cell != cell])
-    slot = np.full(int(exp_cell.max()) + 1, -1)
-    slot[others] = np.arange(others.size)
+    n_cell = int(exp_cell.max()) + 1
     G = si.N.size
-    R = np.zeros((others.size, G), dtype=np.float32)     # Σ over shared assays of r
-    shared = np.zeros(others.size, dtype=np.float32)     # how many shared assays
-    mine = {}                                            # assay → its rows' r with cell's
-    for a, rows in si.rows.items():
-        own = np.flatnonzero(exp_cell[rows] == cell)
-        if not own.size or rows.size < 2:
-            continue
-        r = si.correlations(a, int(own[0]))
-        src = exp_cell[rows] != cell
-        R[slot[exp_cell[rows[src]]]] += r[src]
-        shared[slot[exp_cell[rows[src]]]] += 1
-        r[~src] = 0.0
-        mine[a] = r
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(shared[:, None] > 0, R / shared[:, None], np.float32(0.0))
-    out = np.zeros((n_assay, n), dtype=np.float32)
+    J = len(targets)
+    # per target: Σ over shared assays of r with every cell type, how many shared assays,
+    # and each of its own assays' r (to leave the target assay out)
+    R = np.zeros((J, n_cell, G), dtype=np.float32)
+    shared = np.zeros((J, n_cell), dtype=np.float32)
+    mine: dict[tuple[int, int], np.ndarray] = {}
+    for t, c in enumerate(targets):
+        for a, rows in si.rows.items():
+            own = np.flatnonzero(exp_cell[rows] == c)
+            if not own.size or rows.size < 2:
+                continue
+            r = si.correlations(a, int(own[0]))
+            r[own] = 0.0
+            R[t, exp_cell[rows]] += r
+            shared[t, exp_cell[rows]] += 1
+            shared[t, c] -= own.size
+            mine[t, a] = r
+    out = np.zeros((J, n_assay, n), dtype=np.float32)
+    one, inv_tau = np.float32(1.0), np.float32(1.0 / tau)
     for k, rows in si.rows.items():
-        src = exp_cell[rows] != cell
-        if not src.any():
-            continue
-        t = slot[exp_cell[rows[src]]]
-        if k in mine:   # leave the target assay out of the resemblance
-            cnt = shared[t] - 1
-            res = np.divide(R[t] - mine[k][src], cnt[:, None], out=np.zeros((t.size, G),
-                            dtype=np.float32), where=cnt[:, None] > 0)
-        else:
-            res = mean[t]
-        w = np.zeros((rows.size, G), dtype=np.float32)
-        # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
-        w[src] = np.exp((res - np.float32(1.0)) / np.float32(tau))
-        out[k] = si.weighted_average(k, w)
-    return out
+        w = np.zeros((J, rows.size, G), dtype=np.float32)
+        users = []
+        for t, c in enumerate(targets):
+            src = exp_cell[rows] != c
+            if not src.any():
+                continue
+            users.append(t)
+            cnt = shared[t, exp_cell[rows[src]]]
+            res = R[t, exp_cell[rows[src]]]
+            if (t, k) in mine:   # leave the target assay out of the resemblance
+                res = res - mine[t, k][src]
+                cnt = cnt - 1
+            res = np.divide(res, cnt[:, None], out=np.zeros_like(res), where=cnt[:, None] > 0)
+            # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
+            w[t, src] = np.exp((res - one) * inv_tau)
+        if users:
+            out[users, k] = si.weighted_averages(k, w[users])
+    return out if many else out[0]
 
 
 def assay_sums(X: np.ndarray, exp_assay, n_assay: int, chunk: int = 16_384
@@ -371,7 +384,8 @@ class BlockContext:
 
 def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, windows=(),
                  dtype=np.float64, rows=None, context: BlockContext | None = None,
-                 similar: tuple[int, float] | None = None) -> np.ndarray:
+                 similar: tuple[int, float] | None = None,
+                 sim: np.ndarray | None = None) -> np.ndarray:
     """``v_ci`` for the bins of a block (n × :func:`n_features`, or len(rows) × …; a
     transposed view of a feature-major array).
 
@@ -391,7 +405,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
     ``similar`` = (width, tau) appends, after those, the :func:`similar_averages` of every
     assay and their means over the same windows (NaNs skipped); X must then hold every
-    experiment of the block.
+    experiment of the block, unless ``sim`` gives the cell type's :func:`similar_averages`
+    already computed.
     """
     X = np.asarray(X)
     exp_cell = np.asarray(exp_cell)
@@ -447,8 +462,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             raise ValueError("similarity-weighted averages need every column of the block, "
                              "not a context from stored sums")
         lo = _similar_offset(n_assay, len(ctx.windows))
-        XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
-        sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar, inputs=inputs)
+        if sim is None:
+            XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
+            sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar,
+                                   inputs=inputs)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
             seen = ~np.isnan(sim)
@@ -460,6 +477,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                     # assays no other cell type has are 0 throughout: their means stay 0
                     Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]
     return Vt.T
+
+
+#: Cell types whose similarity-weighted averages :func:`stack_stats` computes together.
+SIMILAR_BATCH = 16
 
 
 def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, windows=(),
@@ -478,12 +499,22 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     todo = np.unique(np.asarray(exp_cell))
     if cells is not None:
         todo = todo[np.isin(todo, cells)]
-    for c in todo:
-        # features in float32 (as at prediction), the sampled rows' Gram in float64
-        Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32,
-                          context=ctx, similar=similar).T
-        Vt = Vt[:, ~np.isnan(Vt).any(axis=0)].astype(np.float64)
-        gram[c] = Vt @ Vt.T
+    for s in range(0, todo.size, SIMILAR_BATCH):
+        chunk = todo[s:s + SIMILAR_BATCH]
+        sims = [None] * chunk.size
+        if similar is not None:
+            # the chunk's similarity-weighted averages together (one product per cell of the
+            # grid for all of them); fixed chunks keep the statistics the same bits
+            XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
+            sims = similar_averages(XT, exp_cell, exp_assay, n_assay, chunk, *similar,
+                                    inputs=inputs)
+        for c, sim in zip(chunk, sims):
+            # features in float32 (as at prediction), the sampled rows' Gram in float64
+            Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows,
+                              dtype=np.float32, context=ctx, similar=similar, sim=sim).T
+            Vt = Vt[:, ~np.isnan(Vt).any(axis=0)].astype(np.float64)
+            gram[c] = Vt @ Vt.T
+        del sims
     return {"gram": gram}
 
 

@@ -91,6 +91,11 @@ class Config:
     stack_similar_tau: float = _opt(0.2, "stacking: temperature of the resemblance weights "
                                      "exp(-(1 - r)/tau): smaller follows the most similar cell "
                                      "type more closely", lo=0.0, lo_open=True, hi=100.0)
+    stack_similar_neighbours: int = _opt(10, "stacking: the similarity-weighted averages weigh "
+                                         "only this many other cell types, those resembling "
+                                         "the target cell type most over the stacking sample "
+                                         "(its other assays' correlation); 0 = every other "
+                                         "cell type", lo=0, hi=100_000)
     stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
                                 "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "

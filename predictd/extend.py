@@ -45,14 +45,16 @@ from .selection import Regions, read_regions
 from .solvers import reference as ref_solver
 from .solvers import stacking
 from .spark import map_tasks
-from .train import STACK_GROUPS, stack_blocks
+from .train import stack_blocks, stack_groups, stack_rows
 from .transform import inverse
 
 log = logging.getLogger("predictd.extend")
 
 STAGES = ("ingest", "fit", "impute", "evaluate")
-#: Keys REF fixes: the grid its tensor and genome factors are on, and its factors' size.
-FIXED_KEYS = ("bin_size", "block_bins", "transform", "latent_factors")
+#: Keys REF fixes: the grid its tensor and genome factors are on, its factors' size, and how
+#: many nearest cell types its similarity-weighted averages weigh.
+FIXED_KEYS = ("bin_size", "block_bins", "transform", "latent_factors",
+              "stack_similar_neighbours")
 
 
 # --------------------------------------------------------------------------- the reference
@@ -167,14 +169,17 @@ def extended_model(ref: Model, new: Model, cell: str) -> Model:
                  C=np.vstack([ref.C, new.C[j:j + 1]]), A=ref.A,
                  observed=[*ref.observed, *[p for p in new.observed if p[0] == cell]],
                  meta=dict(ref.meta), stack=stack, stack_windows=new.stack_windows,
-                 stack_similar=new.stack_similar)
+                 stack_similar=new.stack_similar,
+                 stack_neighbours=None if new.stack_neighbours is None else np.concatenate(
+                     [ref.stack_neighbours, new.stack_neighbours[j:j + 1]]))
 
 
 def _fit_task(group, payload):
     """Per new cell type, the sums of its factor regression and the stacking statistics of
     REF's cell types and it, over a group of blocks (the training and stacking samples drawn
     as in training)."""
-    (union, ref_exps, gf_root, ref, cells, cfg, fraction, chrom_index, stored) = payload
+    (union, ref_exps, gf_root, ref, cells, cfg, fraction, chrom_index, stored,
+     neighbours) = payload
     n_ref = len(ref.cell_types)
     aidx = {a: i for i, a in enumerate(ref.assays)}
     cidx = {c: i for i, c in enumerate(ref.cell_types)}
@@ -189,8 +194,7 @@ def _fit_task(group, payload):
         ci = chrom_index[chrom]
         # the training bins (train._sample_task's first draw) and the stacking sample
         train_rows = np.random.default_rng([cfg.seed, ci, block]).random(n) < fraction
-        stack_rows = np.random.default_rng([cfg.seed, 17, ci, block]).random(n) < \
-            cfg.stack_sample
+        sample = stack_rows(cfg.seed, ci, block, n, cfg.stack_sample)
         off = len(ref_exps)
         for cell, exps in cells:
             mine = list(range(off, off + len(exps)))
@@ -199,16 +203,64 @@ def _fit_task(group, payload):
             if train_rows.any():
                 out[cell]["sums"].append(ref_solver.cell_type_sums(
                     GB[train_rows], X[train_rows][:, mine], ref.A, ref.bA, ref.mu, assays))
-            if cfg.stack and stack_rows.any():
+            if cfg.stack and sample.any():
                 Xc = X[:, list(range(len(ref_exps))) + mine]
                 ec = np.concatenate([ec_ref, np.full(len(exps), n_ref)])
                 ea = np.concatenate([ea_ref, assays])
+                near = None if neighbours is None else \
+                    np.concatenate([neighbours[0], neighbours[1][cell][None]])
                 out[cell]["stats"].append(stacking.stack_stats(
-                    Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=stack_rows,
-                    similar=similar, cells=[n_ref] if stored else None))
+                    Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=sample,
+                    similar=similar, cells=[n_ref] if stored else None, neighbours=near))
     return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
                    "stats": stacking.sum_stack_stats(v["stats"]) if v["stats"] else None}
             for cell, v in out.items()}
+
+
+def _resemblance_task(group, payload):
+    """:func:`predictd.solvers.stacking.resemblance_sums` of REF's experiments of the new cell
+    types' assays and of theirs, over a group of blocks' stacking samples."""
+    union, cols, ea, cfg, chrom_index = payload
+    parts = []
+    for chrom, block, start, n in group:
+        sample = stack_rows(cfg.seed, chrom_index[chrom], block, n, cfg.stack_sample)
+        if sample.any():
+            _, X = tensor.read_columns(union, chrom, block, cols)
+            parts.append(stacking.resemblance_sums(X, ea, sample))
+    return stacking.sum_resemblance_sums(parts) if parts else None
+
+
+def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
+                   cells: list[tuple[str, list[str]]], cfg, groups, chrom_index) -> dict:
+    """Each new cell type's nearest REF cell types per assay (n_assay × K, as
+    :func:`predictd.solvers.stacking.choose_neighbours` chooses REF's own), from its tracks'
+    correlation with REF's over the stacking sample."""
+    model = ref.model
+    K = model.stack_neighbours.shape[2]
+    aidx = {a: i for i, a in enumerate(model.assays)}
+    cidx = {c: i for i, c in enumerate(model.cell_types)}
+    theirs = {split_experiment(e)[1] for _, exps in cells for e in exps}
+    ref_cols = [e for e in ref.experiments if split_experiment(e)[1] in theirs]
+    cols = ref_cols + [e for _, exps in cells for e in exps]
+    ea = np.array([aidx[split_experiment(e)[1]] for e in cols])
+    parts = [p for p in map_tasks(sc, _resemblance_task, groups,
+                                  (union, cols, ea, cfg, chrom_index),
+                                  desc="cell type resemblance", unit="block group")
+             if p is not None]
+    if not parts:
+        raise PredictdError("stacking: no bins sampled; raise stack_sample")
+    sums = stacking.sum_resemblance_sums(parts)
+    n_ref = len(model.cell_types)
+    out = {}
+    for cell, exps in cells:
+        idx = list(range(len(ref_cols))) + [cols.index(e) for e in exps]
+        sub = {"n": sums["n"], "sum": sums["sum"][idx], "sumsq": sums["sumsq"][idx],
+               "cross": sums["cross"][np.ix_(idx, idx)]}
+        ec = np.array([cidx[split_experiment(e)[0]] for e in ref_cols] + [n_ref] * len(exps))
+        near = stacking.choose_neighbours(sub, ec, ea[idx], n_ref + 1, len(model.assays), K,
+                                          cells=[n_ref])
+        out[cell] = near[n_ref]
+    return out
 
 
 def _stats_match(ref: Reference, cfg) -> bool:
@@ -216,7 +268,8 @@ def _stats_match(ref: Reference, cfg) -> bool:
     the same features (context windows, similarity-weighted averages) over the same sampled
     bins."""
     keys = ("stack_window_short", "stack_window_long", "stack_window_wide", "stack_similar",
-            "stack_similar_tau", "stack_sample", "stack_max_blocks", "seed")
+            "stack_similar_tau", "stack_similar_neighbours", "stack_sample",
+            "stack_max_blocks", "seed")
     return ref.stack_gram is not None and all(getattr(cfg, k) == getattr(ref.cfg, k)
                                               for k in keys)
 
@@ -229,8 +282,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     model = ref.model
     blocks = stack_blocks(ref.header.blocks(), cfg.stack_max_blocks)
     # a fixed grouping: the sums, hence the factors, are the same bits on any master
-    n_groups = max(1, min(len(blocks), STACK_GROUPS))
-    groups = [blocks[g::n_groups] for g in range(n_groups)]
+    groups = stack_groups(blocks)
     total = ref.header.genome_obj.total_bins(ref.header.bin_size)
     fraction = min(cfg.training_fraction, cfg.max_training_bins / max(total, 1))
     chrom_index = {c: i for i, (c, _) in enumerate(ref.header.genome["chroms"])}
@@ -238,9 +290,13 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     # new cell type's weights are learned from them and its own (for the blend), so only its
     # own are computed here
     stored = ref.stack_gram if cfg.stack and _stats_match(ref, cfg) else None
+    near = None
+    if cfg.stack and model.stack_neighbours is not None:
+        near = (model.stack_neighbours,
+                new_neighbours(sc, ref, union, cells, cfg, groups, chrom_index))
     parts = map_tasks(sc, _fit_task, groups,
                       (union, tuple(ref.experiments), ref.gf_root, model, cells, cfg, fraction,
-                       chrom_index, stored is not None))
+                       chrom_index, stored is not None, near))
     n_ref, n_assay = len(model.cell_types), len(model.assays)
     aidx = {a: i for i, a in enumerate(model.assays)}
     L = model.latent_factors
@@ -286,6 +342,8 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
         new.stack = np.array(rows)
         new.stack_windows = cfg.stack_windows()
         new.stack_similar = cfg.stack_similarity()
+        if near is not None:
+            new.stack_neighbours = np.array([near[1][c] for c, _ in cells])
     return new
 
 
@@ -360,7 +418,8 @@ class ExtendRun(pipeline.Run):
                 continue
             written += write_tracks(self.sc, header, out, self.ref.gf_root, ext, self.cfg,
                                     public=self.public, root=self.union(), only=idx,
-                                    regions=self.regions, stored_sums=False,
+                                    regions=self.regions,
+                                    sums_cover=len(self.ref.model.observed),
                                     by_cell_type=True)
         layout.write_track_index(out, public=self.public, hash_local=False)
         return written
@@ -501,7 +560,8 @@ class Extension:
             if c != chrom or first + n <= b0 or first >= b1:
                 continue
             Y = block_values(run.union(), list(header.experiments), [(run.ref.gf_root, ext)],
-                             W, c, block, pairs, stored_sums=False)
+                             W, c, block, pairs,
+                             sums_cover=len(self.run.ref.model.observed))
             Y = inverse(Y, h.transform)
             parts.append(Y[max(b0 - first, 0):min(b1 - first, n), t])
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)

@@ -115,10 +115,12 @@ SUMS_MIN_RATIO = 4
 
 
 def uses_sums(model: Model) -> bool:
-    """Whether a model's stacked regression can be computed from stored per-assay sums and its
-    target cell types' own columns: its averages are plain ones (the similarity-weighted
-    averages need every column of the block)."""
-    return model.stack is not None and model.stack_similar is None
+    """Whether a model's stacked regression can be computed from stored per-assay sums and a
+    few columns of the block: its target cell types' own, and with similarity-weighted
+    averages those of their nearest cell types (weighing every other cell type needs every
+    column)."""
+    return model.stack is not None and (model.stack_similar is None
+                                         or model.stack_neighbours is not None)
 
 
 def stores_sums(model: Model) -> bool:
@@ -217,17 +219,20 @@ def member_weights(n_members: int, todo: list[int], use: dict | None) -> np.ndar
 def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
                  block: tuple[list[str], np.ndarray] | None = None,
                  sums: tuple[np.ndarray, np.ndarray] | None = None,
-                 empty: np.ndarray | None = None) -> np.ndarray:
+                 empty: np.ndarray | None = None, sums_cover: int | None = None
+                 ) -> np.ndarray:
     """A model's values of ``pairs`` for a block: the factor model, with the stacked transfer
     regression on top when the model has one. That needs the block's observed data, ``block``
     = (experiment names, bins × experiments): every training experiment of the model, or —
-    with the block's stored per-assay ``sums`` (:func:`read_gf_parts`) — only those of the
-    target cell types. ``empty`` marks the bins where no training experiment has signal
-    (:func:`no_signal`): they are 0 in every track. When not given it is computed from
-    ``block`` if that holds every training experiment."""
+    with the block's stored per-assay ``sums`` (:func:`read_gf_parts`) — only those
+    :func:`needed_columns` lists. ``sums_cover``: the sums include only the first that many of
+    the model's training experiments (a reference's, when the model extends it); the others
+    are in ``block`` and added to them. ``empty`` marks the bins where no training experiment
+    has signal (:func:`no_signal`): they are 0 in every track. When not given it is computed
+    from ``block`` if that holds every training experiment."""
     if empty is None and block is not None:
         empty = _block_no_signal(model, block)
-    Y = _model_values(model, GB, pairs, block, sums)
+    Y = _model_values(model, GB, pairs, block, sums, sums_cover)
     if empty is not None:
         Y[empty] = 0.0
     return Y
@@ -245,30 +250,62 @@ def _block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.nd
     return no_signal(X if idx == list(range(X.shape[1])) else X[:, idx])
 
 
-def _model_values(model, GB, pairs, block, sums):
+def _experiment_indices(model: Model) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The model's training experiments: names, cell type and assay indices."""
+    obs = [experiment_name(c, a) for c, a in model.observed]
+    cidx = {c: i for i, c in enumerate(model.cell_types)}
+    aidx = {a: i for i, a in enumerate(model.assays)}
+    return (obs, np.array([cidx[c] for c, _ in model.observed], dtype=int),
+            np.array([aidx[a] for _, a in model.observed], dtype=int))
+
+
+def needed_columns(model: Model, pairs: list[tuple[int, int]],
+                   sums_cover: int | None = None) -> list[str]:
+    """The training experiments a block's stacked values of ``pairs`` read besides the stored
+    per-assay sums: the target cell types' own columns, those their similarity-weighted
+    averages weigh (:func:`predictd.solvers.stacking.similar_columns`), and the experiments
+    the sums do not cover."""
+    obs, ec, ea = _experiment_indices(model)
+    cells = sorted({j for j, _ in pairs})
+    keep = np.isin(ec, cells)
+    if model.stack_similar is not None:
+        keep |= stacking.similar_columns(ec, ea, cells, model.stack_neighbours)
+    if sums_cover is not None:
+        keep[sums_cover:] = True
+    return [e for e, k in zip(obs, keep) if k]
+
+
+def _model_values(model, GB, pairs, block, sums, sums_cover=None):
     Y = impute_values(GB, model, pairs)
     if model.stack is None:
         return Y
     names, X = block
     ci = {e: i for i, e in enumerate(names)}
-    obs = [experiment_name(c, a) for c, a in model.observed]
-    cidx = {c: i for i, c in enumerate(model.cell_types)}
-    aidx = {a: i for i, a in enumerate(model.assays)}
-    ec = np.array([cidx[c] for c, _ in model.observed])
-    ea = np.array([aidx[a] for _, a in model.observed])
+    obs, ec, ea = _experiment_indices(model)
     context = None
     if sums is not None:
+        tot, cnt = sums
+        if sums_cover is not None and sums_cover < len(obs):
+            # the experiments added since the sums were stored: their columns join the sums
+            tot, cnt = tot.copy(), cnt.copy()
+            for e in range(sums_cover, len(obs)):
+                col = X[:, ci[obs[e]]]
+                seen = ~np.isnan(col)
+                tot[:, ea[e]] += np.where(seen, col, 0.0)
+                cnt[:, ea[e]] += seen
         context = stacking.BlockContext(None, ea, len(model.assays), model.stack_windows,
-                                        sums=sums)
-        # only the target cell types' own columns are read from the block
-        keep = np.isin(ec, [j for j, _ in pairs])
-        obs = [e for e, k in zip(obs, keep) if k]
-        ec, ea = ec[keep], ea[keep]
+                                        sums=(tot, cnt))
+        # only the columns the targets need are read from the block
+        keep = set(needed_columns(model, pairs))
+        sel = np.array([e in keep for e in obs])
+        obs = [e for e, k in zip(obs, sel) if k]
+        ec, ea = ec[sel], ea[sel]
     idx = [ci[e] for e in obs]
     Xm = X if idx == list(range(X.shape[1])) else X[:, idx]
     return stacking.predict_pairs(Xm, ec, ea, model.stack, pairs, np.ascontiguousarray(Y),
                                   model.stack_windows, context=context,
-                                  similar=model.stack_similar)
+                                  similar=model.stack_similar,
+                                  neighbours=model.stack_neighbours)
 
 
 def needs_block(members: list[tuple[str, Model]]) -> bool:
@@ -278,7 +315,8 @@ def needs_block(members: list[tuple[str, Model]]) -> bool:
 def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str, block: int,
                     pairs: list[tuple[int, int]],
                     data: tuple[list[str], np.ndarray] | None = None,
-                    factors: list | None = None) -> np.ndarray:
+                    factors: list | None = None, sums_cover: int | None = None
+                    ) -> np.ndarray:
     """Model-space values of ``pairs`` for a block, averaged over ensemble members with the
     weights W (members × pairs). A single model is the one-member case. ``data`` is the
     block's observed tensor (names, values), needed by stacked models; ``factors`` the
@@ -290,7 +328,7 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
         GB, sums, empty = factors[m] if factors is not None else read_gf_parts(
             gf_uri(gf_root, chrom, block), sums=uses_sums(model))
         # each member is zero where its own training experiments have no signal
-        Ym = model_values(model, GB, pairs, data, sums, empty)
+        Ym = model_values(model, GB, pairs, data, sums, empty, sums_cover)
         if len(members) > 1:
             Ym = Ym * W[m][None, :]
         Y = Ym if Y is None else Y + Ym
@@ -299,7 +337,7 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
 
 def _write_task(group, payload):
     (out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public,
-     stored_sums, regions) = payload
+     sums_cover, regions) = payload
     model = members[0][1]
     names = model.track_names()
     todo = [p for p in group if not storage.exists(layout.track_file(out, names[p]))]
@@ -318,7 +356,7 @@ def _write_task(group, payload):
                                                                        bin_size)
                 if mask is not None and not mask.any():
                     continue  # outside the regions: nothing computed, no data in the tracks
-                Y = block_values(root, exps, members, W, chrom, block, pairs, stored_sums)
+                Y = block_values(root, exps, members, W, chrom, block, pairs, sums_cover)
                 Y = inverse(Y, transform)
                 if check and not np.isfinite(Y).all():
                     raise PredictdError(f"imputed values for block {chrom}:{block} are not "
@@ -345,27 +383,29 @@ def _runs(mask: np.ndarray | None, n: int) -> list[tuple[int, int]]:
 
 def block_values(root, exps: list[str], members: list[tuple[str, Model]], W: np.ndarray,
                  chrom: str, block: int, pairs: list[tuple[int, int]],
-                 stored_sums: bool = True) -> np.ndarray:
+                 sums_cover: int | None = None) -> np.ndarray:
     """Model-space values of ``pairs`` for one block, as the write task computes them: the
     members' genome factors, and for stacked models the block's observed data (``root`` a
     tensor root or :class:`predictd.tensor.TensorUnion`, ``exps`` its experiments).
-    ``stored_sums=False`` ignores per-assay sums stored with the genome factors (they do not
-    cover experiments added since, as a reference imputation's)."""
-    model = members[0][1]
+    ``sums_cover``: the per-assay sums stored with the genome factors include only the first
+    that many of the model's training experiments (a reference's, when the model extends it).
+    """
     # the members this task's tracks average (a fold's tracks use its own models)
-    factors = [read_gf_parts(gf_uri(r, chrom, block), sums=stored_sums and uses_sums(m))
+    factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
                if W[i].any() else None for i, (r, m) in enumerate(members)]
     data = None
     if needs_block(members):
-        targets = {model.cell_types[j] for j, _ in pairs}
-        mine = [e for e in exps if split_experiment(e)[0] in targets]
-        # with the stored per-assay sums, only the target cell types' own columns
-        # of the tensor are read (at Roadmap scale a few dozen of a thousand)
+        # with the stored per-assay sums, only the columns the targets need are read (at
+        # Roadmap scale a few hundred of a thousand)
         whole = any(f is not None and m.stack is not None and f[1] is None
                     for (_, m), f in zip(members, factors))
-        cols = exps if whole else mine
+        cols = exps
+        if not whole:
+            need = {e for (_, m), f in zip(members, factors) if f is not None
+                    for e in needed_columns(m, pairs, sums_cover)}
+            cols = [e for e in exps if e in need]
         data = (cols, tensor.read_columns(root, chrom, block, cols)[1])
-    return ensemble_values(members, W, chrom, block, pairs, data, factors)
+    return ensemble_values(members, W, chrom, block, pairs, data, factors, sums_cover)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -384,7 +424,7 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
                  public: bool = False, members: list[tuple[str, Model]] | None = None,
                  use: dict | None = None, root=None, only: list[int] | None = None,
-                 regions=None, stored_sums: bool = True, by_cell_type: bool = False
+                 regions=None, sums_cover: int | None = None, by_cell_type: bool = False
                  ) -> list[str]:
     """Write every (cell type, assay) track; ``public`` makes S3 uploads public-read.
     ``only`` restricts the run to these track indices (cell-type-major, as
@@ -395,7 +435,8 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
 
     With ``members`` (an ensemble of (genome-factor root, model)), each track is the average of
     the members ``use[track index]`` names (default: all). ``root`` is the tensor, read again
-    per block by stacked models (or a :class:`predictd.tensor.TensorUnion`)."""
+    per block by stacked models (or a :class:`predictd.tensor.TensorUnion`); ``sums_cover``:
+    see :func:`block_values`."""
     members = members or [(gf_root, model)]
     if needs_block(members) and root is None:
         raise ValueError("write_tracks: a stacked model needs the tensor root")
@@ -414,7 +455,7 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     done = map_tasks(sc, _write_task, groups,
                      (out, root, list(header.experiments), members, use, header.blocks(),
                       chroms, header.bin_size,
-                      header.transform, cfg.output_dtype_check, public, stored_sums,
+                      header.transform, cfg.output_dtype_check, public, sums_cover,
                       regions),
                      desc="write tracks", unit="track group")
     return [n for d in done for n in d]

@@ -171,6 +171,9 @@ class Model:
     stack_windows: tuple[int, ...] = ()
     # (width, tau) of the similarity-weighted averages the stack was fitted with, or None
     stack_similar: tuple[int, float] | None = None
+    # each (cell type, assay)'s nearest cell types, the only ones its similarity-weighted
+    # average weighs (stacking.choose_neighbours; −1 = none), or None = every other one
+    stack_neighbours: np.ndarray | None = None
     # the Gram statistics the stack was fitted from (n_cell × D × D): saved by :meth:`save` as
     # STACK_STATS_NPZ, never loaded with the model (:func:`load_stack_gram` reads them)
     stack_gram: np.ndarray | None = field(default=None, repr=False)
@@ -208,6 +211,8 @@ class Model:
                   "mu": np.array([self.mu], dtype=np.float64)}
         if self.stack is not None:
             arrays["stack"] = self.stack
+        if self.stack_neighbours is not None:
+            arrays["stack_neighbours"] = np.asarray(self.stack_neighbours, dtype=np.int64)
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, os.path.join(directory, MODEL_NPZ))
@@ -251,6 +256,8 @@ class Model:
             arrays = {k: np.asarray(stored[k], dtype=np.float64)
                       for k in ("C", "A", "bC", "bA", "mu")}
             stack = np.asarray(stored["stack"], dtype=np.float64) if "stack" in stored else None
+            near = np.asarray(stored["stack_neighbours"], dtype=np.int64) \
+                if "stack_neighbours" in stored else None
         except FileNotFoundError as e:
             raise PredictdError(f"model not found: {e.filename}") from None
         except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -273,7 +280,8 @@ class Model:
                     observed=[tuple(p) for p in doc.get("observed", [])],
                     meta=dict(doc.get("meta", {})), stack=stack,
                     stack_windows=tuple(int(w) for w in doc.get("stack_windows", [])),
-                    stack_similar=_similar(doc.get("stack_similar")))
+                    stack_similar=_similar(doc.get("stack_similar")),
+                    stack_neighbours=near)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PredictdError(f"{jpath}: malformed model description ({e})") from None
         if m.C.ndim != 2 or m.C.shape != (len(m.cell_types), m.latent_factors) or \
@@ -282,4 +290,9 @@ class Model:
             raise PredictdError(f"{npath}: factor shapes do not match the names in {jpath}")
         if stack is not None and stack.shape[:2] != (len(m.cell_types), len(m.assays)):
             raise PredictdError(f"{npath}: stacking weights do not match the names in {jpath}")
+        # (an extension's neighbours index its reference's cell types, not its own)
+        if near is not None and (near.ndim != 3 or near.shape[:2] != (len(m.cell_types),
+                                                                      len(m.assays))):
+            raise PredictdError(f"{npath}: stacking neighbours do not match the names in "
+                                f"{jpath}")
         return m

@@ -167,18 +167,46 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
 STACK_GROUPS = 16
 
 
+def stack_rows(seed: int, chrom_index: int, block: int, n: int, fraction: float) -> np.ndarray:
+    """The bins of a block in the stacking sample (a ``fraction`` of them, seeded per block:
+    the same in training and in a reference imputation)."""
+    return np.random.default_rng([seed, 17, chrom_index, block]).random(n) < fraction
+
+
 def _stack_task(group, payload):
     """Sum the stacking layer's Gram statistics over a group of blocks (a random
     ``stack_sample`` of each block's bins, seeded per block)."""
-    root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar = payload
+    (root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar,
+     neighbours) = payload
     parts = []
     for chrom, block, start, n in group:
         _, X = tensor.read_columns(root, chrom, block, list(exps))
-        rows = np.random.default_rng([seed, 17, chrom_index[chrom], block]).random(n) < frac
+        rows = stack_rows(seed, chrom_index[chrom], block, n, frac)
         if rows.any():
             parts.append(stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,
-                                              similar=similar))
+                                              similar=similar, neighbours=neighbours))
     return stacking.sum_stack_stats(parts) if parts else None
+
+
+def _resemblance_task(group, payload):
+    """Sum :func:`predictd.solvers.stacking.resemblance_sums` over a group of blocks' stacking
+    samples (``exps`` of ``root``)."""
+    root, exps, ea, frac, seed, chrom_index = payload
+    parts = []
+    for chrom, block, start, n in group:
+        rows = stack_rows(seed, chrom_index[chrom], block, n, frac)
+        if rows.any():
+            _, X = tensor.read_columns(root, chrom, block, list(exps))
+            parts.append(stacking.resemblance_sums(X, ea, rows))
+    return stacking.sum_resemblance_sums(parts) if parts else None
+
+
+def stack_groups(blocks: list) -> list[list]:
+    """The stacking sample's blocks in a fixed grouping (not the cluster's parallelism): sums
+    over them, hence the weights, are then bit-identical in-process, in local mode and on any
+    cluster."""
+    n_groups = max(1, min(len(blocks), STACK_GROUPS))
+    return [blocks[g::n_groups] for g in range(n_groups)]
 
 
 def stack_blocks(blocks: list, limit: int) -> list:
@@ -193,25 +221,34 @@ def stack_blocks(blocks: list, limit: int) -> list:
 
 
 def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[str], cfg
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Learn the cross-cell-type transfer regression on the training experiments only (so a
-    held-out pair never trains its own weights). Returns the weights (n_cell × n_assay × D)
-    and the Gram statistics they were fitted from (n_cell × D × D), which a reference
-    imputation fits new cell types' weights from."""
+    held-out pair never trains its own weights). Returns the weights (n_cell × n_assay × D),
+    the Gram statistics they were fitted from (n_cell × D × D), which a reference imputation
+    fits new cell types' weights from, and each pair's nearest cell types for the
+    similarity-weighted averages (None: every other cell type)."""
     idx = {e: i for i, e in enumerate(header.experiments)}
     ec = header.exp_cell[[idx[e] for e in experiments]]
     ea = header.exp_assay[[idx[e] for e in experiments]]
     n_cell, n_assay = len(header.cell_types), len(header.assays)
     windows = cfg.stack_windows()
     blocks = stack_blocks(header.blocks(), cfg.stack_max_blocks)
-    # a fixed grouping (not the cluster's parallelism): the sums, hence the weights, are then
-    # bit-identical in-process, in local mode and on any cluster
-    n_groups = max(1, min(len(blocks), STACK_GROUPS))
-    groups = [blocks[g::n_groups] for g in range(n_groups)]
+    groups = stack_groups(blocks)
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
+    neighbours = None
+    if cfg.stack_similarity() is not None and cfg.stack_similar_neighbours > 0:
+        parts = map_tasks(sc, _resemblance_task, groups,
+                          (root, tuple(experiments), ea, cfg.stack_sample, cfg.seed,
+                           chrom_index), desc="cell type resemblance", unit="block group")
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            raise PredictdError("stacking: no bins sampled; raise stack_sample")
+        neighbours = stacking.choose_neighbours(stacking.sum_resemblance_sums(parts), ec, ea,
+                                                n_cell, n_assay, cfg.stack_similar_neighbours)
     parts = map_tasks(sc, _stack_task, groups,
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
-                       cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity()),
+                       cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
+                       neighbours),
                       desc="stacking statistics", unit="block group")
     parts = [p for p in parts if p is not None]
     if not parts:
@@ -229,7 +266,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",
                  np.round(per_cell, 2))
-    return W, stats["gram"]
+    return W, stats["gram"], neighbours
 
 
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
@@ -268,7 +305,8 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
                         "transform": header.transform, "bin_size": header.bin_size,
                         "ri2": cfg.ri2, "bias_penalty": cfg.bias_penalty})
     if cfg.stack:
-        model.stack, model.stack_gram = fit_stacking(sc, header, root, experiments, cfg)
+        model.stack, model.stack_gram, model.stack_neighbours = fit_stacking(
+            sc, header, root, experiments, cfg)
         model.stack_windows = cfg.stack_windows()
         model.stack_similar = cfg.stack_similarity()
     return model, res

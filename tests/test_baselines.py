@@ -593,3 +593,46 @@ def test_similar_averages_of_many_cell_types_are_each_one_s():
         alone = stacking.similar_averages(X.T, cell, assay, 3, c, 51, 0.2)
         np.testing.assert_allclose(together[t], alone, rtol=1e-5, atol=1e-6)
         assert np.array_equal(np.isnan(together[t]), np.isnan(alone))
+
+
+def test_neighbours_are_the_most_resembling_cell_types_with_the_assay_left_out():
+    # cell types 1 and 2 follow cell type 0 in assays 1 and 2 (1 closely), 3 is unrelated;
+    # in assay 0 cell type 3 copies 0 exactly, which must not count for assay 0's neighbours
+    rng = np.random.default_rng(5)
+    n = 4000
+    base = rng.normal(size=(n, 3))
+    X, cell, assay = [], [], []
+    for c, noise in enumerate([0.0, 0.1, 0.6, None]):
+        for a in range(3):
+            if noise is None:
+                x = base[:, a] if a == 0 else rng.normal(size=n)
+            else:
+                x = base[:, a] + noise * rng.normal(size=n)
+            X.append(x)
+            cell.append(c)
+            assay.append(a)
+    X = np.column_stack(X)
+    sums = stacking.sum_resemblance_sums([stacking.resemblance_sums(X[:2000], assay),
+                                          stacking.resemblance_sums(X[2000:], assay)])
+    near = stacking.choose_neighbours(sums, cell, assay, 4, 3, 2)
+    assert near.shape == (4, 3, 2)
+    assert list(near[0, 0]) == [1, 2]          # not 3, whose resemblance is from assay 0
+    assert list(near[0, 1]) == [1, 2]
+    assert set(near[1, 2]) == {0, 2}
+    wide = stacking.choose_neighbours(sums, cell, assay, 4, 3, 5)
+    assert list(wide[0, 0]) == [1, 2, 3, -1, -1]
+    # with every other cell type a neighbour, the averages are the unrestricted ones
+    full = stacking.similar_averages(X[:600].T, cell, assay, 3, [0, 1], 51, 0.2)
+    same = stacking.similar_averages(X[:600].T, cell, assay, 3, [0, 1], 51, 0.2,
+                                     neighbours=wide)
+    np.testing.assert_array_equal(full, same)
+    # restricted: exactly the unrestricted averages of the data without the other cell types,
+    # and the columns similar_columns lists are all it reads
+    keep = stacking.similar_columns(cell, assay, [0], near)
+    assert not keep[np.asarray(cell) == 3].any() and keep[np.asarray(cell) != 3].all()
+    cell, assay = np.asarray(cell), np.asarray(assay)
+    got = stacking.similar_averages(X[:600, keep].T, cell[keep], assay[keep], 3, 0, 51, 0.2,
+                                    neighbours=near)
+    want = stacking.similar_averages(X[:600, cell != 3].T, cell[cell != 3],
+                                     assay[cell != 3], 3, 0, 51, 0.2)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

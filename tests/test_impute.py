@@ -102,29 +102,48 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(
         assert a == open(layout.track_file(old, name), "rb").read(), name
 
 
-def test_similarity_weighted_stack_reads_whole_blocks(
-        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path, monkeypatch):
-    # the similarity-weighted averages compare the target cell type with every other one:
-    # no sums are stored, and every write task reads every column
+@pytest.mark.parametrize("neighbours", [0, 1])
+def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
+        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path, monkeypatch, neighbours):
+    # weighing every other cell type (neighbours 0) needs every column: no sums are stored
+    # and every write task reads whole blocks; with nearest cell types, the sums are stored
+    # and a task reads its cell types' columns and their neighbours'
     small = {k: v[:40_000] for k, v in roadmap.items()
              if k.split(".")[0] in roadmap_cell_types[:3]}
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
-                 write_parallelism=2)
+                 write_parallelism=2, stack_similar_neighbours=neighbours)
     assert cfg.stack_similarity() == (1001, 0.2)
     out = str(tmp_path / "out")
     run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
     pipeline.run_all(run, stages=("ingest", "train"))
     model = run.load_model()
-    assert model.stack_similar == (1001, 0.2) and not impute.stores_sums(model)
+    assert model.stack_similar == (1001, 0.2)
+    assert impute.stores_sums(model) == bool(neighbours)
     asked = spy_on_block_reads(monkeypatch)
     pipeline.run_all(run, stages=("impute",))
     header = tensor.read_header(run.tensor_root)
     gf = os.path.join(out, "model", "genome_factors")
     for f in glob.glob(os.path.join(gf, "chrom=pilot", "*.parquet")):
-        assert not any(c.startswith("stack_") for c in pq.read_schema(f).names)
-    assert asked and all(a == list(header.experiments) for a in asked)
+        assert any(c.startswith("stack_") for c in pq.read_schema(f).names) == bool(neighbours)
+    assert asked
+    if neighbours:
+        near = model.stack_neighbours
+        assert near.shape == (3, 5, 1) and (near >= 0).all()
+        ci = {c: i for i, c in enumerate(model.cell_types)}
+        for cols in asked:
+            read = {(ci[e.split(".")[0]], model.assays.index(e.split(".")[1])) for e in cols}
+            mine = {j for j in range(3) if all((j, a) in read for a in range(5))}
+            # a task's cell types' own columns, each one's neighbour per assay, and the
+            # neighbours' columns of the assays the two share (for their resemblance)
+            want = {(j, a) for j in mine for a in range(5)}
+            want |= {(int(near[j, a, 0]), b) for j in mine for a in range(5)
+                     for b in range(5)}
+            assert read == want
+    else:
+        assert model.stack_neighbours is None
+        assert all(a == list(header.experiments) for a in asked)
     # the written tracks are the model's values from the whole block
     name = model.track_names()[4]
     j, k = divmod(4, len(model.assays))

@@ -107,6 +107,96 @@ def coarse_means(XT: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
+def resemblance_sums(X: np.ndarray, exp_assay, rows=None) -> dict:
+    """What the cell types' overall resemblance is computed from, over a block's ``rows`` (a
+    boolean mask or indices; every bin when None): the number of bins, each experiment's sum
+    and sum of squares, and the products of every pair of experiments of the same assay
+    (E × E, 0 between assays). Missing values count as 0. Shards add them
+    (:func:`sum_resemblance_sums`)."""
+    X = np.asarray(X)
+    exp_assay = np.asarray(exp_assay)
+    part = np.asarray(X if rows is None else X[rows], dtype=np.float64)
+    part = np.where(np.isnan(part), 0.0, part)
+    E = part.shape[1]
+    cross = np.zeros((E, E))
+    for a in np.unique(exp_assay):
+        idx = np.flatnonzero(exp_assay == a)
+        cross[np.ix_(idx, idx)] = part[:, idx].T @ part[:, idx]
+    return {"n": np.array(float(part.shape[0])), "sum": part.sum(axis=0),
+            "sumsq": (part * part).sum(axis=0), "cross": cross}
+
+
+def sum_resemblance_sums(parts: list[dict]) -> dict:
+    """Add :func:`resemblance_sums` of shards in shard order (deterministic)."""
+    out = {k: np.array(v, dtype=np.float64, copy=True) for k, v in parts[0].items()}
+    for p in parts[1:]:
+        for k in out:
+            out[k] += p[k]
+    return out
+
+
+def choose_neighbours(sums: dict, exp_cell, exp_assay, n_cell: int, n_assay: int, k: int,
+                      cells=None) -> np.ndarray:
+    """For every (cell type j, assay a), the ``k`` other cell types observing a that resemble
+    j most over the whole sample: the mean, over the other assays both have observed (a left
+    out, as in :func:`similar_averages`), of the Pearson correlation of their tracks
+    (:func:`resemblance_sums`); 0 without a shared assay; ties by cell type index.
+    ChromImpute's nearest cell types: the similarity-weighted averages then weigh only these,
+    so a target's features read k columns per assay, not every cell type's. Returns
+    (n_cell × n_assay × k) cell type indices, −1 where fewer exist. ``cells`` restricts the
+    choice to those target cell types (the others' rows stay −1)."""
+    exp_cell = np.asarray(exp_cell)
+    exp_assay = np.asarray(exp_assay)
+    n, s, q, cross = sums["n"], sums["sum"], sums["sumsq"], sums["cross"]
+    var = np.maximum(n * q - s * s, 0.0)
+    sd = np.sqrt(var)
+    # correlation per assay between cell types (n_cell × n_cell), 0 where undefined
+    C = np.zeros((n_assay, n_cell, n_cell))
+    P = np.zeros((n_assay, n_cell, n_cell))
+    for a in range(n_assay):
+        idx = np.flatnonzero(exp_assay == a)
+        if not idx.size:
+            continue
+        cov = n * cross[np.ix_(idx, idx)] - np.outer(s[idx], s[idx])
+        den = np.outer(sd[idx], sd[idx])
+        r = np.divide(cov, den, out=np.zeros_like(cov), where=den > 0)
+        ci = exp_cell[idx]
+        C[a][np.ix_(ci, ci)] = r
+        P[a][np.ix_(ci, ci)] = 1.0
+    tot_r, tot_n = (C * P).sum(axis=0), P.sum(axis=0)
+    observed = np.zeros((n_cell, n_assay), dtype=bool)
+    observed[exp_cell, exp_assay] = True
+    out = np.full((n_cell, n_assay, k), -1, dtype=np.int64)
+    for a in range(n_assay):
+        # leave assay a out of the resemblance
+        cnt = tot_n - P[a]
+        res = np.divide(tot_r - C[a] * P[a], cnt, out=np.zeros_like(cnt), where=cnt > 0)
+        for j in (range(n_cell) if cells is None else cells):
+            cand = np.flatnonzero(observed[:, a] & (np.arange(n_cell) != j))
+            best = cand[np.lexsort((cand, -res[j, cand]))][:k]
+            out[j, a, :best.size] = np.sort(best)
+    return out
+
+
+def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None) -> np.ndarray:
+    """Which experiments (boolean mask) the similarity-weighted averages of the cell types
+    ``cells`` read: their own, every neighbour's (:func:`choose_neighbours`) of each assay,
+    and every neighbour's of the target's own assays (for the resemblance). All of them
+    without neighbours."""
+    exp_cell = np.asarray(exp_cell)
+    exp_assay = np.asarray(exp_assay)
+    if neighbours is None:
+        return np.ones(exp_cell.size, dtype=bool)
+    keep = np.isin(exp_cell, cells)
+    for c in cells:
+        own = np.unique(exp_assay[exp_cell == c])
+        near = neighbours[c]
+        for a in range(near.shape[0]):
+            keep |= (exp_assay == a) & np.isin(exp_cell, near[a][near[a] >= 0])
+        keep |= np.isin(exp_assay, own) & np.isin(exp_cell, np.unique(near[near >= 0]))
+    return keep
+
+
 class SimilarityInputs:
     """What every target cell type's :func:`similar_averages` share in one block, computed
     once per assay when first needed: the assay's coarse tracks (:func:`coarse_means`) with
@@ -142,17 +232,23 @@ class SimilarityInputs:
             self._coarse[assay] = (c, S, V, ~(V > 1e-9 * self.N * self.N))
         return self._coarse[assay]
 
-    def correlations(self, assay: int, i: int) -> np.ndarray:
+    def correlations(self, assay: int, i: int, subset=None) -> np.ndarray:
         """:func:`local_correlations` of row i of the assay's experiments with each of them
-        (its own row included), from the shared window sums: float32 (rows × cells)."""
+        (its own row included), or with the rows ``subset`` (indices), from the shared window
+        sums: float32 (rows × cells)."""
         c, S, V, flat = self.coarse(assay)
-        cov = _window_sums(c * c[i][None, :], self.h)
+        if subset is not None:
+            ci, Si, Vi, fi = c[i], S[i], V[i], flat[i]
+            c, S, V, flat = c[subset], S[subset], V[subset], flat[subset]
+        else:
+            ci, Si, Vi, fi = c[i], S[i], V[i], flat[i]
+        cov = _window_sums(c * ci[None, :], self.h)
         cov *= self.N
-        cov -= S * S[i][None, :]
-        den = V * V[i][None, :]
+        cov -= S * Si[None, :]
+        den = V * Vi[None, :]
         np.sqrt(den, out=den)
         # a flat window on either side: r = 0
-        den[flat | flat[i][None, :]] = np.inf
+        den[flat | fi[None, :]] = np.inf
         cov /= den
         return np.clip(cov, -1.0, 1.0).astype(np.float32)
 
@@ -199,8 +295,8 @@ class SimilarityInputs:
 
 
 def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
-                     width: int, tau: float, inputs: SimilarityInputs | None = None
-                     ) -> np.ndarray:
+                     width: int, tau: float, inputs: SimilarityInputs | None = None,
+                     neighbours: np.ndarray | None = None) -> np.ndarray:
     """Each assay's average over the other cell types, weighted by how much each one resembles
     ``cell`` *locally* (n_assay × bins, float32; for a list of cell types, one such array
     per cell type, computed together).
@@ -218,7 +314,10 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
 
     XT holds every experiment of the block *experiment-major* (experiments × bins, NaN =
     missing). ``inputs`` (:class:`SimilarityInputs` of XT for ``width``) is what every cell
-    type of the block shares; built here when absent."""
+    type of the block shares; built here when absent. ``neighbours`` (n_cell × n_assay × K,
+    :func:`choose_neighbours`) restricts each (cell type, assay) average to those cell types;
+    XT need then hold only the columns :func:`similar_columns` lists (``exp_cell`` and
+    ``exp_assay`` describing XT's rows)."""
     many = np.ndim(cell) > 0
     targets = [int(c) for c in np.atleast_1d(cell)]
     exp_cell = np.asarray(exp_cell)
@@ -234,11 +333,18 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
     shared = np.zeros((J, n_cell), dtype=np.float32)
     mine: dict[tuple[int, int], np.ndarray] = {}
     for t, c in enumerate(targets):
+        near = None if neighbours is None else np.unique(neighbours[c][neighbours[c] >= 0])
         for a, rows in si.rows.items():
             own = np.flatnonzero(exp_cell[rows] == c)
             if not own.size or rows.size < 2:
                 continue
-            r = si.correlations(a, int(own[0]))
+            # only the cell types some average of c can weigh need a resemblance
+            sub = None if near is None else np.flatnonzero(np.isin(exp_cell[rows], near))
+            r = np.zeros((rows.size, G), dtype=np.float32)
+            if sub is None:
+                r = si.correlations(a, int(own[0]))
+            elif sub.size:
+                r[sub] = si.correlations(a, int(own[0]), sub)
             r[own] = 0.0
             R[t, exp_cell[rows]] += r
             shared[t, exp_cell[rows]] += 1
@@ -251,6 +357,8 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
         users = []
         for t, c in enumerate(targets):
             src = exp_cell[rows] != c
+            if neighbours is not None:
+                src &= np.isin(exp_cell[rows], neighbours[c, k])
             if not src.any():
                 continue
             users.append(t)
@@ -385,7 +493,8 @@ class BlockContext:
 def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, windows=(),
                  dtype=np.float64, rows=None, context: BlockContext | None = None,
                  similar: tuple[int, float] | None = None,
-                 sim: np.ndarray | None = None) -> np.ndarray:
+                 sim: np.ndarray | None = None,
+                 neighbours: np.ndarray | None = None) -> np.ndarray:
     """``v_ci`` for the bins of a block (n × :func:`n_features`, or len(rows) × …; a
     transposed view of a feature-major array).
 
@@ -406,7 +515,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     ``similar`` = (width, tau) appends, after those, the :func:`similar_averages` of every
     assay and their means over the same windows (NaNs skipped); X must then hold every
     experiment of the block, unless ``sim`` gives the cell type's :func:`similar_averages`
-    already computed.
+    already computed, or ``neighbours`` (:func:`choose_neighbours`) restricts them to the
+    columns :func:`similar_columns` lists.
     """
     X = np.asarray(X)
     exp_cell = np.asarray(exp_cell)
@@ -457,7 +567,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         for s, w in enumerate(ctx.windows, 1):
             fill(s, _window_sum(C, ctx.pad, w // 2, ctx.n, r).astype(np.float32))
     if similar is not None:
-        if ctx.from_sums:
+        if ctx.from_sums and neighbours is None and sim is None:
             # stored sums stand in for the other cell types' columns, which this needs
             raise ValueError("similarity-weighted averages need every column of the block, "
                              "not a context from stored sums")
@@ -465,7 +575,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         if sim is None:
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
             sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar,
-                                   inputs=inputs)
+                                   inputs=inputs, neighbours=neighbours)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
             seen = ~np.isnan(sim)
@@ -484,7 +594,8 @@ SIMILAR_BATCH = 16
 
 
 def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, windows=(),
-                rows=None, similar: tuple[int, float] | None = None, cells=None) -> dict:
+                rows=None, similar: tuple[int, float] | None = None, cells=None,
+                neighbours: np.ndarray | None = None) -> dict:
     """Sufficient statistics of a block of training bins: ``gram[c] = Σ_i v_ci v_ciᵀ`` over the
     bins where every feature of cell type c is present (float64, n_cell × D × D). ``cells``
     restricts the work to those cell types (the others' matrices stay 0).
@@ -492,7 +603,7 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     With context ``windows`` the block must be contiguous bins (a tensor block), not a random
     sample: the context comes from the whole block and ``rows`` (a boolean mask or index
     array, e.g. the block's training sample) selects the bins whose features are built and
-    summed. ``similar``: see :func:`cell_vectors`."""
+    summed. ``similar`` and ``neighbours``: see :func:`cell_vectors`."""
     D = n_features(n_assay, windows, similar is not None)
     gram = np.zeros((n_cell, D, D))
     ctx = BlockContext(X, exp_assay, n_assay, windows, rows)
@@ -507,7 +618,7 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
             # grid for all of them); fixed chunks keep the statistics the same bits
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
             sims = similar_averages(XT, exp_cell, exp_assay, n_assay, chunk, *similar,
-                                    inputs=inputs)
+                                    inputs=inputs, neighbours=neighbours)
         for c, sim in zip(chunk, sims):
             # features in float32 (as at prediction), the sampled rows' Gram in float64
             Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows,
@@ -702,7 +813,8 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
 
 def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs,
                   fallback: np.ndarray, windows=(), context: BlockContext | None = None,
-                  similar: tuple[int, float] | None = None) -> np.ndarray:
+                  similar: tuple[int, float] | None = None,
+                  neighbours: np.ndarray | None = None) -> np.ndarray:
     """Stacked imputation of target pairs for a block of bins.
 
     Parameters
@@ -727,7 +839,8 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         columns of the target cell types. Built from X when absent.
     similar : (width, tau), optional
         The weights were fitted with the similarity-weighted averages
-        (:func:`similar_averages`); X must then hold every training experiment.
+        (:func:`similar_averages`); X must then hold every training experiment, or with
+        ``neighbours`` (:func:`choose_neighbours`) those :func:`similar_columns` lists.
 
     Returns
     -------
@@ -753,7 +866,7 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
             ctx = BlockContext(X, exp_assay, n_assay, windows)
         Wt = np.ascontiguousarray(weights[j, fitted], dtype=np.float32)  # targets × D
         Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
-                          context=ctx, similar=similar).T
+                          context=ctx, similar=similar, neighbours=neighbours).T
         pred = Wt @ Vt  # targets × bins
         ts = [t for t, _ in want]
         fs = [f for _, f in want]

@@ -246,9 +246,9 @@ class SimilarityInputs:
         cov *= self.N
         cov -= S * Si[None, :]
         den = V * Vi[None, :]
-        np.sqrt(den, out=den)
-        # a flat window on either side: r = 0
+        # a flat window on either side (its spread may round below 0): r = 0
         den[flat | fi[None, :]] = np.inf
+        np.sqrt(den, out=den)
         cov /= den
         return np.clip(cov, -1.0, 1.0).astype(np.float32)
 

@@ -45,6 +45,40 @@ def test_bedgraph_runs_and_wig_reading(tmp_path):
     np.testing.assert_array_equal(ci.read_wig(wig, 2), [0.5, 1])
 
 
+def test_finished_folds_are_scored_once_and_tabled_side_by_side(tmp_path):
+    ci = load_script()
+    rng = np.random.default_rng(0)
+    tracks = {f"{c}.{a}": rng.random(300).astype(np.float32)
+              for c in ("E003", "E017", "E116") for a in ("H3K4me3", "H3K9me3")}
+    names, work = sorted(tracks), str(tmp_path / "w")
+    for held, done in (("E003.H3K4me3", True), ("E017.H3K9me3", False)):
+        fold = ci.fold_dir(work, held) + ("" if done else ".partial")  # a killed fold
+        os.makedirs(os.path.join(fold, "impute"))
+        with gzip.open(ci.imputed_wig(fold, held), "wt") as fh:
+            fh.write("fixedStep chrom=pilot start=1 step=25 span=25\n"
+                     + "".join(f"{v:.2f}\n" for v in tracks[held]))
+    assert ci.finished_folds(work, names) == ["E003.H3K4me3"]
+    fold = ci.fold_dir(work, "E003.H3K4me3")
+    rows = ci.fold_scores(tracks, "E003.H3K4me3", fold)
+    assert [r["method"] for r in rows] == ["chromimpute", "average"]
+    assert rows[0]["mse"] < 1e-4 and rows[0]["gwcorr"] > 0.999  # its own values, 2 decimals
+    # kept on disk: a second call reads scores.tsv, never the imputation
+    os.remove(ci.imputed_wig(fold, "E003.H3K4me3"))
+    assert ci.fold_scores(tracks, "E003.H3K4me3", fold)[0]["mse"] == pytest.approx(rows[0]["mse"])
+    # side by side with predictd's rows: the goal is MSE <= 0.8x ChromImpute's and r >= its r
+    def row(track, method, mse, r):
+        cell, assay = track.split(".")
+        return {"cell_type": cell, "assay": assay, "method": method, "mse": mse, "gwcorr": r}
+    table = ci.side_by_side([row("A.m", "chromimpute", 0.2, 0.5), row("A.m", "average", 0.3, 0.4),
+                             row("A.m", "predictd:ensemble", 0.16, 0.5),
+                             row("B.m", "chromimpute", 0.2, 0.5), row("B.m", "average", 0.3, 0.4),
+                             row("B.m", "predictd:ensemble", 0.161, 0.6)])
+    assert [line.split(" | ")[-1] for line in table[2:]] == ["yes |", "no |", "1 of 2 |"]
+    assert "CP-ALS" not in table[0]  # a method without rows gets no column
+    assert table[-1].startswith("| **mean (2 tracks)** | 0.1605 / 0.550 | 0.2000 / 0.500 |")
+    assert ci.side_by_side([row("A.m", "chromimpute", 0.2, 0.5)]) == []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs java")
 def test_one_fold_on_a_small_region(shared, tmp_path):

@@ -276,8 +276,11 @@ def refresh_tables(out: str, work: str, tracks: dict[str, np.ndarray], names: li
     number of tracks they cover."""
     done = finished_folds(work, names)
     rows = [r for h in done for r in fold_scores(tracks, h, fold_dir(work, h))]
-    if predictd:
+    if predictd and os.path.isfile(predictd):
         rows += predictd_rows(predictd, done)
+    elif predictd:  # predictd's own run may still be going: its rows join at a later refresh
+        print(f"chromimpute_loo: no {predictd} yet; tables without predictd's rows",
+              file=sys.stderr)
     return (*write_tables(out, rows), len(done))
 
 
@@ -295,7 +298,8 @@ def main(argv=None) -> int:
                     help="only the first N bins (a quick run; default: all 1,126,469)")
     ap.add_argument("--memory", default="3000M", help="Java heap (default: %(default)s)")
     ap.add_argument("--predictd", metavar="METRICS_TSV",
-                    help="predictd's cross-validation metrics.tsv to put beside (same bins)")
+                    help="predictd's cross-validation metrics.tsv to put beside (same bins); "
+                         "read at each rewrite of the tables, so it may appear later")
     ap.add_argument("--table-only", action="store_true",
                     help="only rewrite the tables from the folds finished in --work")
     args = ap.parse_args(argv)
@@ -342,8 +346,6 @@ def prepare(work: str, jar: str, memory: str, tracks: dict[str, np.ndarray]) -> 
 def run(args) -> int:
     if not args.table_only and not os.path.isfile(args.jar):
         raise PredictdError(f"ChromImpute jar not found: {args.jar}")
-    if args.predictd and not os.path.isfile(args.predictd):
-        raise PredictdError(f"--predictd {args.predictd}: no such file")
     tracks = demo_tracks(args.pilot_dir)
     if args.bins:
         tracks = {k: v[:args.bins] for k, v in tracks.items()}

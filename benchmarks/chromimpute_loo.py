@@ -11,7 +11,7 @@ same pilot) predictd's rows (model, ensemble, average, cp_als4) join the table.
 
 For each held-out track ChromImpute sees only the other 19: the track is left out of
 ``inputinfo.txt`` for the global distances, the training data, the training and the
-application. Conversion to ChromImpute's binary format is per file and done once; every later
+application, and the fold's directory of converted files links only the other 19. Conversion to ChromImpute's binary format is per file and done once; every later
 step depends on which track is held out, so it is run per fold (the distances take seconds,
 GenerateTrainData and Train most of a fold's 8 minutes).
 
@@ -108,6 +108,11 @@ def java(jar: str, memory: str, step: str, *args: str, log: str) -> None:
         raise PredictdError(f"ChromImpute {step} failed (exit {p.returncode}); see {log}")
 
 
+def converted_name(experiment: str) -> str:
+    """The file ChromImpute's Convert makes of an experiment's bedGraph."""
+    return f"{CHROM}_{experiment}.bedgraph.gz.wig.gz"
+
+
 def write_inputinfo(path: str, names: list[str]) -> None:
     with open(path, "w") as fh:
         for name in names:
@@ -139,18 +144,28 @@ def chromimpute_fold(jar: str, memory: str, work: str, names: list[str], held: s
     if os.path.exists(d):  # a killed fold starts again from its first step
         shutil.rmtree(d)
     os.makedirs(d)
+    others = [e for e in names if e != held]
     info = os.path.join(d, "inputinfo.txt")
-    write_inputinfo(info, [e for e in names if e != held])
+    write_inputinfo(info, others)
+    # the fold's view of the shared conversion: links to the other tracks' files only, so the
+    # held-out track is not there to be read, whatever ChromImpute opens
+    view = os.path.join(d, "converted")
+    os.makedirs(view)
+    for e in others:
+        name = converted_name(e)
+        if not os.path.exists(os.path.join(converted, name)):
+            raise PredictdError(f"{converted} lacks {name}; remove it to convert again")
+        os.symlink(os.path.join(converted, name), os.path.join(view, name))
     log = os.path.join(d, "chromimpute.log")
     dist, train, pred, out = (os.path.join(d, x) for x in ("dist", "train", "predictors",
                                                            "impute"))
-    java(jar, memory, "ComputeGlobalDist", converted, info, sizes, dist, log=log)
-    java(jar, memory, "GenerateTrainData", converted, dist, info, sizes, train, assay, log=log)
+    java(jar, memory, "ComputeGlobalDist", view, info, sizes, dist, log=log)
+    java(jar, memory, "GenerateTrainData", view, dist, info, sizes, train, assay, log=log)
     java(jar, memory, "Train", train, info, pred, cell, assay, log=log)
-    java(jar, memory, "Apply", converted, dist, pred, info, sizes, out, cell, assay, log=log)
+    java(jar, memory, "Apply", view, dist, pred, info, sizes, out, cell, assay, log=log)
     if not os.path.exists(imputed_wig(d, held)):
         raise PredictdError(f"ChromImpute Apply wrote no {imputed_wig(d, held)}; see {log}")
-    os.rename(d, final)
+    os.rename(d, final)  # the view's links are absolute: they survive the rename
     return final
 
 

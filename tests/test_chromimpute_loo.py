@@ -113,5 +113,7 @@ def test_one_fold_on_a_small_region(shared, tmp_path):
     # the held-out track never reached ChromImpute's fold
     info = (tmp_path / "w" / "folds" / held / "inputinfo.txt").read_text()
     assert held.replace(".", "\t") not in info and len(info.splitlines()) == 19
+    view = os.listdir(tmp_path / "w" / "folds" / held / "converted")
+    assert len(view) == 19 and not any(held in name for name in view)
     assert avg["mse"] > 0 and "| chromimpute | 1 |" in (out / "chromimpute_loo.md").read_text()
     assert os.path.isdir(tmp_path / "w" / "converted")

@@ -11,8 +11,9 @@ same pilot) predictd's rows (model, ensemble, average, cp_als4) join the table.
 
 For each held-out track ChromImpute sees only the other 19: the track is left out of
 ``inputinfo.txt`` for the global distances, the training data, the training and the
-application, and the fold's directory of converted files links only the other 19. Conversion to ChromImpute's binary format is per file and done once; every later
-step depends on which track is held out, so it is run per fold (the distances take seconds,
+application, and the fold's directory of converted files links only the other 19.
+Conversion to ChromImpute's binary format is per file and done once; every later step depends
+on which track is held out, so it is run per fold (the distances take seconds,
 GenerateTrainData and Train most of a fold's 8 minutes).
 
 Resumable: a fold is built in ``WORK/folds/TRACK.partial`` and renamed to ``WORK/folds/TRACK``
@@ -20,7 +21,9 @@ when ChromImpute's imputation is complete; its scores are kept beside it (``scor
 a killed run continues with the first unfinished fold. After each fold the tables are
 rewritten (atomically) from every fold finished in ``WORK``, so they grow as the run goes and
 runs of different ``--tracks`` into one ``WORK`` add up. ``--table-only`` rewrites them from
-what is on disk without running ChromImpute (e.g. with a newer ``--predictd``).
+what is on disk without running ChromImpute (e.g. with a newer ``--predictd``); ``--docs
+docs/accuracy.md`` also sets the page's side-by-side table (between its ``chromimpute_loo``
+comments), headed by how many of the 20 tracks it covers.
 
 Usage (all 20 tracks take over an hour on 2 cores)::
 
@@ -285,10 +288,33 @@ def write_tables(out: str, rows: list[dict]) -> tuple[str, str]:
     return os.path.join(out, "chromimpute_loo.tsv"), os.path.join(out, "chromimpute_loo.md")
 
 
+DOCS_BEGIN = "<!-- chromimpute_loo: begin (written by benchmarks/chromimpute_loo.py --docs) -->"
+DOCS_END = "<!-- chromimpute_loo: end -->"
+
+
+def docs_block(rows: list[dict], n_tracks: int) -> str:
+    """The side-by-side table for a documentation page, headed by how many tracks it covers."""
+    done = len({(r["cell_type"], r["assay"]) for r in rows if r["method"] == "chromimpute"})
+    head = (f"All {n_tracks} tracks." if done == n_tracks else
+            f"**{done} of the {n_tracks} tracks** (the other {n_tracks - done} are not "
+            "measured yet).")
+    table = side_by_side(rows) or ["(no track scored by both predictd and ChromImpute yet)"]
+    return "\n".join([head, ""] + table)
+
+
+def replace_docs_block(text: str, block: str) -> str:
+    """``text`` with the part between :data:`DOCS_BEGIN` and :data:`DOCS_END` set to ``block``."""
+    if text.count(DOCS_BEGIN) != 1 or text.count(DOCS_END) != 1:
+        raise PredictdError(f"--docs: the page needs one '{DOCS_BEGIN}' and one '{DOCS_END}'")
+    before, rest = text.split(DOCS_BEGIN)
+    _, after = rest.split(DOCS_END)
+    return f"{before}{DOCS_BEGIN}\n{block}\n{DOCS_END}{after}"
+
+
 def refresh_tables(out: str, work: str, tracks: dict[str, np.ndarray], names: list[str],
-                   predictd: str | None) -> tuple[str, str, int]:
-    """Rewrite the tables from every finished fold in ``work``; returns their paths and the
-    number of tracks they cover."""
+                   predictd: str | None, docs: str | None = None) -> tuple[str, str, int]:
+    """Rewrite the tables (and the block of ``docs``) from every finished fold in ``work``;
+    returns the tables' paths and the number of tracks they cover."""
     done = finished_folds(work, names)
     rows = [r for h in done for r in fold_scores(tracks, h, fold_dir(work, h))]
     if predictd and os.path.isfile(predictd):
@@ -296,6 +322,12 @@ def refresh_tables(out: str, work: str, tracks: dict[str, np.ndarray], names: li
     elif predictd:  # predictd's own run may still be going: its rows join at a later refresh
         print(f"chromimpute_loo: no {predictd} yet; tables without predictd's rows",
               file=sys.stderr)
+    if docs:
+        with open(docs) as fh:
+            text = replace_docs_block(fh.read(), docs_block(rows, len(names)))
+        with open(docs + ".partial", "w") as fh:
+            fh.write(text)
+        os.replace(docs + ".partial", docs)
     return (*write_tables(out, rows), len(done))
 
 
@@ -315,6 +347,9 @@ def main(argv=None) -> int:
     ap.add_argument("--predictd", metavar="METRICS_TSV",
                     help="predictd's cross-validation metrics.tsv to put beside (same bins); "
                          "read at each rewrite of the tables, so it may appear later")
+    ap.add_argument("--docs", metavar="PAGE",
+                    help="also set the side-by-side table between the page's chromimpute_loo "
+                         "begin/end comments (e.g. docs/accuracy.md), at the end of the run")
     ap.add_argument("--table-only", action="store_true",
                     help="only rewrite the tables from the folds finished in --work")
     args = ap.parse_args(argv)
@@ -380,8 +415,9 @@ def run(args) -> int:
             print(f"{h}: ChromImpute MSE {r['mse']:.4f} r {r['gwcorr']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s; {n_done} of {len(names)} folds done)",
                   flush=True)
-    tsv, md, n_done = refresh_tables(args.out, work, tracks, names, args.predictd)
-    print(f"wrote {tsv} and {md} ({n_done} of {len(names)} folds)")
+    tsv, md, n_done = refresh_tables(args.out, work, tracks, names, args.predictd, args.docs)
+    print(f"wrote {tsv} and {md}{' and ' + args.docs if args.docs else ''} "
+          f"({n_done} of {len(names)} folds)")
     return 0
 
 

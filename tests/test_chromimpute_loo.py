@@ -77,6 +77,16 @@ def test_finished_folds_are_scored_once_and_tabled_side_by_side(tmp_path):
     assert "CP-ALS" not in table[0]  # a method without rows gets no column
     assert table[-1].startswith("| **mean (2 tracks)** | 0.1605 / 0.550 | 0.2000 / 0.500 |")
     assert ci.side_by_side([row("A.m", "chromimpute", 0.2, 0.5)]) == []
+    # a documentation page's block, headed by how many tracks it covers
+    page = f"# Accuracy\n\n{ci.DOCS_BEGIN}\nold\n{ci.DOCS_END}\n\nafter\n"
+    block = ci.docs_block([row("A.m", "chromimpute", 0.2, 0.5),
+                           row("A.m", "predictd:ensemble", 0.1, 0.6)], 20)
+    new = ci.replace_docs_block(page, block)
+    assert new.startswith(f"# Accuracy\n\n{ci.DOCS_BEGIN}\n**1 of the 20 tracks** (the other 19")
+    assert "old" not in new and new.endswith(f"| 1 of 1 |\n{ci.DOCS_END}\n\nafter\n")
+    assert ci.replace_docs_block(new, block) == new
+    with pytest.raises(ci.PredictdError, match="needs one"):
+        ci.replace_docs_block("# no block\n", block)
 
 
 @pytest.mark.slow

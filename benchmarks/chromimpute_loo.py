@@ -11,7 +11,19 @@ same pilot) predictd's rows (model, ensemble, average, cp_als4) join the table.
 
 For each held-out track ChromImpute sees only the other 19: the track is left out of
 ``inputinfo.txt`` for the global distances, the training data, the training and the
-application. Conversion to ChromImpute's binary format is per file and done once.
+application, and the fold's directory of converted files links only the other 19.
+Conversion to ChromImpute's binary format is per file and done once; every later step depends
+on which track is held out, so it is run per fold (the distances take seconds,
+GenerateTrainData and Train most of a fold's 8 minutes).
+
+Resumable: a fold is built in ``WORK/folds/TRACK.partial`` and renamed to ``WORK/folds/TRACK``
+when ChromImpute's imputation is complete; its scores are kept beside it (``scores.tsv``), so
+a killed run continues with the first unfinished fold. After each fold the tables are
+rewritten (atomically) from every fold finished in ``WORK``, so they grow as the run goes and
+runs of different ``--tracks`` into one ``WORK`` add up. ``--table-only`` rewrites them from
+what is on disk without running ChromImpute (e.g. with a newer ``--predictd``); ``--docs
+docs/accuracy.md`` also sets the page's side-by-side table (between its ``chromimpute_loo``
+comments), headed by how many of the 20 tracks it covers.
 
 Usage (all 20 tracks take over an hour on 2 cores)::
 
@@ -20,7 +32,9 @@ Usage (all 20 tracks take over an hour on 2 cores)::
         --out /tmp/ci/result
 
 Writes ``OUT/chromimpute_loo.tsv`` (one row per track and method, every metric) and
-``OUT/chromimpute_loo.md`` (the mean MSE / Pearson per method and the per-track table).
+``OUT/chromimpute_loo.md`` (the mean MSE / Pearson per method, with ``--predictd`` the
+side-by-side table of predictd, ChromImpute, average and CP-ALS and how many tracks meet
+"MSE <= 0.8 x ChromImpute's and Pearson >= ChromImpute's", then every metric per track).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import argparse
 import gzip
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +58,9 @@ from predictd.demo import demo_tracks  # noqa: E402
 from predictd.errors import PredictdError  # noqa: E402
 from predictd.metrics import assay_variance, score_track  # noqa: E402
 from predictd.names import split_experiment  # noqa: E402
+from predictd.report import read_metrics_tsv, write_metrics_tsv  # noqa: E402
 from predictd.solvers.baselines import average_baseline  # noqa: E402
+from predictd.storage import staged  # noqa: E402
 
 CHROM = "pilot"
 BIN = 25
@@ -79,14 +96,24 @@ def read_wig(path: str, n_bins: int) -> np.ndarray:
     return out
 
 
+#: ChromImpute's own code is single-threaded: one GC thread and one visible processor keep the
+#: JVM from taking the whole (shared) machine for its collector and compiler threads.
+JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:ActiveProcessorCount=1"]
+
+
 def java(jar: str, memory: str, step: str, *args: str, log: str) -> None:
-    cmd = ["java", f"-mx{memory}", "-jar", jar, step, *args]
+    cmd = ["java", f"-mx{memory}", *JVM_FLAGS, "-jar", jar, step, *args]
     with open(log, "a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
         p = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if p.returncode != 0:
         raise PredictdError(f"ChromImpute {step} failed (exit {p.returncode}); see {log}")
+
+
+def converted_name(experiment: str) -> str:
+    """The file ChromImpute's Convert makes of an experiment's bedGraph."""
+    return f"{CHROM}_{experiment}.bedgraph.gz.wig.gz"
 
 
 def write_inputinfo(path: str, names: list[str]) -> None:
@@ -96,25 +123,72 @@ def write_inputinfo(path: str, names: list[str]) -> None:
             fh.write(f"{cell}\t{assay}\t{name}.bedgraph.gz\n")
 
 
-def chromimpute_fold(jar: str, memory: str, work: str, names: list[str], held: str,
-                     sizes: str, converted: str, n_bins: int) -> np.ndarray:
-    """ChromImpute's imputation of ``held`` from the other tracks (arcsinh space)."""
+def fold_dir(work: str, held: str) -> str:
+    """Where the finished fold of ``held`` lives (built in ``<this>.partial``)."""
+    return os.path.join(work, "folds", held)
+
+
+def imputed_wig(fold: str, held: str) -> str:
     cell, assay = split_experiment(held)
-    d = os.path.join(work, "folds", held)
-    out = os.path.join(d, "impute")
-    result = os.path.join(out, f"{CHROM}_impute_{cell}_{assay}.wig.gz")
-    if not os.path.exists(result):  # resumable: a finished fold is kept
-        os.makedirs(d, exist_ok=True)
-        info = os.path.join(d, "inputinfo.txt")
-        write_inputinfo(info, [e for e in names if e != held])
-        log = os.path.join(d, "chromimpute.log")
-        dist, train, pred = (os.path.join(d, x) for x in ("dist", "train", "predictors"))
-        java(jar, memory, "ComputeGlobalDist", converted, info, sizes, dist, log=log)
-        java(jar, memory, "GenerateTrainData", converted, dist, info, sizes, train, assay,
-             log=log)
-        java(jar, memory, "Train", train, info, pred, cell, assay, log=log)
-        java(jar, memory, "Apply", converted, dist, pred, info, sizes, out, cell, assay, log=log)
-    return read_wig(result, n_bins)
+    return os.path.join(fold, "impute", f"{CHROM}_impute_{cell}_{assay}.wig.gz")
+
+
+def chromimpute_fold(jar: str, memory: str, work: str, names: list[str], held: str,
+                     sizes: str, converted: str) -> str:
+    """Run ChromImpute's imputation of ``held`` from the other tracks; returns the finished
+    fold's directory (kept as is when already there)."""
+    cell, assay = split_experiment(held)
+    final = fold_dir(work, held)
+    if os.path.exists(imputed_wig(final, held)):
+        return final
+    if os.path.exists(final):  # a fold directory without its imputation: not ours to trust
+        shutil.rmtree(final)
+    d = final + ".partial"
+    if os.path.exists(d):  # a killed fold starts again from its first step
+        shutil.rmtree(d)
+    os.makedirs(d)
+    others = [e for e in names if e != held]
+    info = os.path.join(d, "inputinfo.txt")
+    write_inputinfo(info, others)
+    # the fold's view of the shared conversion: links to the other tracks' files only, so the
+    # held-out track is not there to be read, whatever ChromImpute opens
+    view = os.path.join(d, "converted")
+    os.makedirs(view)
+    for e in others:
+        name = converted_name(e)
+        if not os.path.exists(os.path.join(converted, name)):
+            raise PredictdError(f"{converted} lacks {name}; remove it to convert again")
+        os.symlink(os.path.join(converted, name), os.path.join(view, name))
+    log = os.path.join(d, "chromimpute.log")
+    dist, train, pred, out = (os.path.join(d, x) for x in ("dist", "train", "predictors",
+                                                           "impute"))
+    java(jar, memory, "ComputeGlobalDist", view, info, sizes, dist, log=log)
+    java(jar, memory, "GenerateTrainData", view, dist, info, sizes, train, assay, log=log)
+    java(jar, memory, "Train", train, info, pred, cell, assay, log=log)
+    java(jar, memory, "Apply", view, dist, pred, info, sizes, out, cell, assay, log=log)
+    if not os.path.exists(imputed_wig(d, held)):
+        raise PredictdError(f"ChromImpute Apply wrote no {imputed_wig(d, held)}; see {log}")
+    os.rename(d, final)  # the view's links are absolute: they survive the rename
+    return final
+
+
+def fold_scores(tracks: dict[str, np.ndarray], held: str, fold: str) -> list[dict]:
+    """The held-out track's rows (ChromImpute and the average baseline), scored once and kept
+    in the fold's ``scores.tsv``."""
+    path = os.path.join(fold, "scores.tsv")
+    if os.path.exists(path):
+        return read_metrics_tsv(path)
+    n = next(iter(tracks.values())).size
+    ci = read_wig(imputed_wig(fold, held), n)
+    rows = score_rows(tracks, held, {"chromimpute": ci, "average": average_of(tracks, held)})
+    write_metrics_tsv(path + ".partial", rows)
+    os.replace(path + ".partial", path)
+    return rows
+
+
+def finished_folds(work: str, names: list[str]) -> list[str]:
+    """The held-out tracks whose fold is finished in ``work``, in name order."""
+    return [e for e in names if os.path.exists(imputed_wig(fold_dir(work, e), e))]
 
 
 def score_rows(tracks: dict[str, np.ndarray], held: str, imputed: dict[str, np.ndarray]
@@ -146,23 +220,60 @@ def average_of(tracks: dict[str, np.ndarray], held: str) -> np.ndarray:
 
 def predictd_rows(path: str, held: list[str]) -> list[dict]:
     """predictd's rows for the held-out tracks from a cross-validation metrics.tsv."""
-    from predictd.report import read_metrics_tsv
     want = {tuple(split_experiment(h)) for h in held}
     return [dict(r, method=f"predictd:{r['method']}") for r in read_metrics_tsv(path)
             if (r["cell_type"], r["assay"]) in want]
 
 
+#: The side-by-side columns: predictd's imputation (its ``ensemble``; with ``ensemble_size=1``
+#: the same as ``model``), ChromImpute, the average baseline, predictd's CP-ALS reference.
+SIDE_BY_SIDE = [("predictd", "predictd:ensemble"), ("ChromImpute", "chromimpute"),
+                ("average", "average"), ("CP-ALS r4", "predictd:cp_als4")]
+
+
+def side_by_side(rows: list[dict]) -> list[str]:
+    """Markdown of the per-track comparison: MSE / Pearson r of each method, and whether
+    predictd's MSE is at most 0.8 x ChromImpute's and its r at least ChromImpute's; a mean row
+    and the count of such tracks. Empty when predictd's or ChromImpute's rows are missing."""
+    by = {(f"{r['cell_type']}.{r['assay']}", r["method"]): r for r in rows}
+    tracks = sorted({t for t, m in by if m == "chromimpute"}
+                    & {t for t, m in by if m == "predictd:ensemble"})
+    if not tracks:
+        return []
+    cols = [(label, m) for label, m in SIDE_BY_SIDE if all((t, m) in by for t in tracks)]
+
+    def cell(mse, r):
+        return f"{mse:.4f} / {r:.3f}".replace("-", "−")
+
+    md = ["| held-out track | " + " | ".join(f"{label} MSE / r" for label, _ in cols)
+          + " | MSE ≤ 0.8× ChromImpute's, r ≥ ChromImpute's |",
+          "| --- | " + " | ".join("---" for _ in cols) + " | --- |"]
+    met = 0
+    for t in tracks:
+        p, c = by[(t, "predictd:ensemble")], by[(t, "chromimpute")]
+        ok = p["mse"] <= 0.8 * c["mse"] and p["gwcorr"] >= c["gwcorr"]
+        met += ok
+        md.append(f"| {t} | " + " | ".join(cell(by[(t, m)]["mse"], by[(t, m)]["gwcorr"])
+                                           for _, m in cols)
+                  + f" | {'yes' if ok else 'no'} |")
+    means = [cell(np.mean([by[(t, m)]["mse"] for t in tracks]),
+                  np.mean([by[(t, m)]["gwcorr"] for t in tracks])) for _, m in cols]
+    md.append(f"| **mean ({len(tracks)} tracks)** | " + " | ".join(means)
+              + f" | {met} of {len(tracks)} |")
+    return md
+
+
 def write_tables(out: str, rows: list[dict]) -> tuple[str, str]:
-    from predictd.report import write_metrics_tsv
-    os.makedirs(out, exist_ok=True)
-    tsv = os.path.join(out, "chromimpute_loo.tsv")
-    write_metrics_tsv(tsv, rows)
+    """``chromimpute_loo.tsv`` and ``chromimpute_loo.md`` in ``out``, published together."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     md = ["| method | tracks | mean MSE | mean Pearson r |", "| --- | --- | --- | --- |"]
     for m in methods:
         sel = [r for r in rows if r["method"] == m]
         md.append(f"| {m} | {len(sel)} | {np.mean([r['mse'] for r in sel]):.4f} | "
                   f"{np.nanmean([r['gwcorr'] for r in sel]):.3f} |")
+    both = side_by_side(rows)
+    if both:
+        md += [""] + both
     cols = ["mse", "gwcorr", "msevar", "mse1obs", "match1", "aucobs1"]
     md += ["", "| track | method | " + " | ".join(cols) + " |",
            "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
@@ -170,10 +281,54 @@ def write_tables(out: str, rows: list[dict]) -> tuple[str, str]:
         vals = " | ".join("nan" if math.isnan(r.get(c, math.nan)) else f"{r[c]:.4g}"
                           for c in cols)
         md.append(f"| {r['cell_type']}.{r['assay']} | {r['method']} | {vals} |")
-    path = os.path.join(out, "chromimpute_loo.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(md) + "\n")
-    return tsv, path
+    with staged(out) as d:
+        write_metrics_tsv(os.path.join(d, "chromimpute_loo.tsv"), rows)
+        with open(os.path.join(d, "chromimpute_loo.md"), "w") as fh:
+            fh.write("\n".join(md) + "\n")
+    return os.path.join(out, "chromimpute_loo.tsv"), os.path.join(out, "chromimpute_loo.md")
+
+
+DOCS_BEGIN = "<!-- chromimpute_loo: begin (written by benchmarks/chromimpute_loo.py --docs) -->"
+DOCS_END = "<!-- chromimpute_loo: end -->"
+
+
+def docs_block(rows: list[dict], n_tracks: int) -> str:
+    """The side-by-side table for a documentation page, headed by how many tracks it covers."""
+    done = len({(r["cell_type"], r["assay"]) for r in rows if r["method"] == "chromimpute"})
+    head = (f"All {n_tracks} tracks." if done == n_tracks else
+            f"**{done} of the {n_tracks} tracks** (the other {n_tracks - done} are not "
+            "measured yet).")
+    table = side_by_side(rows) or ["(no track scored by both predictd and ChromImpute yet)"]
+    return "\n".join([head, ""] + table)
+
+
+def replace_docs_block(text: str, block: str) -> str:
+    """``text`` with the part between :data:`DOCS_BEGIN` and :data:`DOCS_END` set to ``block``."""
+    if text.count(DOCS_BEGIN) != 1 or text.count(DOCS_END) != 1:
+        raise PredictdError(f"--docs: the page needs one '{DOCS_BEGIN}' and one '{DOCS_END}'")
+    before, rest = text.split(DOCS_BEGIN)
+    _, after = rest.split(DOCS_END)
+    return f"{before}{DOCS_BEGIN}\n{block}\n{DOCS_END}{after}"
+
+
+def refresh_tables(out: str, work: str, tracks: dict[str, np.ndarray], names: list[str],
+                   predictd: str | None, docs: str | None = None) -> tuple[str, str, int]:
+    """Rewrite the tables (and the block of ``docs``) from every finished fold in ``work``;
+    returns the tables' paths and the number of tracks they cover."""
+    done = finished_folds(work, names)
+    rows = [r for h in done for r in fold_scores(tracks, h, fold_dir(work, h))]
+    if predictd and os.path.isfile(predictd):
+        rows += predictd_rows(predictd, done)
+    elif predictd:  # predictd's own run may still be going: its rows join at a later refresh
+        print(f"chromimpute_loo: no {predictd} yet; tables without predictd's rows",
+              file=sys.stderr)
+    if docs:
+        with open(docs) as fh:
+            text = replace_docs_block(fh.read(), docs_block(rows, len(names)))
+        with open(docs + ".partial", "w") as fh:
+            fh.write(text)
+        os.replace(docs + ".partial", docs)
+    return (*write_tables(out, rows), len(done))
 
 
 def main(argv=None) -> int:
@@ -188,13 +343,59 @@ def main(argv=None) -> int:
                     help="held-out tracks (default: all 20)")
     ap.add_argument("--bins", type=int, default=0,
                     help="only the first N bins (a quick run; default: all 1,126,469)")
-    ap.add_argument("--memory", default="6000M", help="Java heap (default: %(default)s)")
+    ap.add_argument("--memory", default="3000M", help="Java heap (default: %(default)s)")
     ap.add_argument("--predictd", metavar="METRICS_TSV",
-                    help="predictd's cross-validation metrics.tsv to put beside (same bins)")
+                    help="predictd's cross-validation metrics.tsv to put beside (same bins); "
+                         "read at each rewrite of the tables, so it may appear later")
+    ap.add_argument("--docs", metavar="PAGE",
+                    help="also set the side-by-side table between the page's chromimpute_loo "
+                         "begin/end comments (e.g. docs/accuracy.md), at the end of the run")
+    ap.add_argument("--table-only", action="store_true",
+                    help="only rewrite the tables from the folds finished in --work")
     args = ap.parse_args(argv)
-    if not os.path.isfile(args.jar):
-        print(f"chromimpute_loo: ChromImpute jar not found: {args.jar}", file=sys.stderr)
+    try:
+        return run(args)
+    except PredictdError as e:
+        print(f"chromimpute_loo: {e}", file=sys.stderr)
         return 2
+
+
+def prepare(work: str, jar: str, memory: str, tracks: dict[str, np.ndarray]) -> tuple[str, str]:
+    """The chrom.sizes of the pseudo-chromosome and ChromImpute's conversion of all 20 tracks,
+    made once per work directory (the conversion is per file, the same for every fold)."""
+    names = sorted(tracks)
+    n = next(iter(tracks.values())).size
+    inputs, converted = os.path.join(work, "inputs"), os.path.join(work, "converted")
+    sizes = os.path.join(work, "chrom.sizes")
+    want = f"{CHROM}\t{n * BIN}\n"
+    if os.path.exists(sizes):
+        with open(sizes) as fh:
+            have = fh.read()
+        if have != want:  # another --bins: its folds would not line up with these tracks
+            raise PredictdError(f"--work {work} holds {have.split()[-1]} bp, not {n * BIN} "
+                                "(another --bins); use another --work")
+    else:
+        os.makedirs(work, exist_ok=True)
+        with open(sizes + ".partial", "w") as fh:
+            fh.write(want)
+        os.replace(sizes + ".partial", sizes)
+    if not os.path.isdir(converted):
+        os.makedirs(inputs, exist_ok=True)
+        for e in names:
+            write_bedgraph(os.path.join(inputs, f"{e}.bedgraph.gz"), tracks[e])
+        info = os.path.join(work, "inputinfo.all.txt")
+        write_inputinfo(info, names)
+        if os.path.exists(converted + ".partial"):
+            shutil.rmtree(converted + ".partial")
+        java(jar, memory, "Convert", inputs, info, sizes, converted + ".partial",
+             log=os.path.join(work, "convert.log"))
+        os.rename(converted + ".partial", converted)
+    return sizes, converted
+
+
+def run(args) -> int:
+    if not args.table_only and not os.path.isfile(args.jar):
+        raise PredictdError(f"ChromImpute jar not found: {args.jar}")
     tracks = demo_tracks(args.pilot_dir)
     if args.bins:
         tracks = {k: v[:args.bins] for k, v in tracks.items()}
@@ -202,35 +403,21 @@ def main(argv=None) -> int:
     held = args.tracks or names
     unknown = [h for h in held if h not in tracks]
     if unknown:
-        print(f"chromimpute_loo: no track {unknown[0]} in {args.pilot_dir}", file=sys.stderr)
-        return 2
-    n = next(iter(tracks.values())).size
+        raise PredictdError(f"no track {unknown[0]} in {args.pilot_dir}")
     work = os.path.abspath(args.work)
-    inputs, converted = os.path.join(work, "inputs"), os.path.join(work, "converted")
-    os.makedirs(inputs, exist_ok=True)
-    sizes = os.path.join(work, "chrom.sizes")
-    with open(sizes, "w") as fh:
-        fh.write(f"{CHROM}\t{n * BIN}\n")
-    if not os.path.isdir(converted):
-        for e in names:
-            write_bedgraph(os.path.join(inputs, f"{e}.bedgraph.gz"), tracks[e])
-        info = os.path.join(work, "inputinfo.all.txt")
-        write_inputinfo(info, names)
-        java(args.jar, args.memory, "Convert", inputs, info, sizes, converted + ".partial",
-             log=os.path.join(work, "convert.log"))
-        os.rename(converted + ".partial", converted)
-    rows = []
-    for h in held:
-        t0 = time.perf_counter()
-        ci = chromimpute_fold(args.jar, args.memory, work, names, h, sizes, converted, n)
-        rows += score_rows(tracks, h, {"chromimpute": ci, "average": average_of(tracks, h)})
-        r = rows[-2]
-        print(f"{h}: ChromImpute MSE {r['mse']:.4f} r {r['gwcorr']:.3f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    if args.predictd:
-        rows += predictd_rows(args.predictd, held)
-    tsv, md = write_tables(args.out, rows)
-    print(f"wrote {tsv} and {md}")
+    if not args.table_only:
+        sizes, converted = prepare(work, args.jar, args.memory, tracks)
+        for h in held:
+            t0 = time.perf_counter()
+            fold = chromimpute_fold(args.jar, args.memory, work, names, h, sizes, converted)
+            r = next(r for r in fold_scores(tracks, h, fold) if r["method"] == "chromimpute")
+            tsv, md, n_done = refresh_tables(args.out, work, tracks, names, args.predictd)
+            print(f"{h}: ChromImpute MSE {r['mse']:.4f} r {r['gwcorr']:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s; {n_done} of {len(names)} folds done)",
+                  flush=True)
+    tsv, md, n_done = refresh_tables(args.out, work, tracks, names, args.predictd, args.docs)
+    print(f"wrote {tsv} and {md}{' and ' + args.docs if args.docs else ''} "
+          f"({n_done} of {len(names)} folds)")
     return 0
 
 

@@ -45,6 +45,50 @@ def test_bedgraph_runs_and_wig_reading(tmp_path):
     np.testing.assert_array_equal(ci.read_wig(wig, 2), [0.5, 1])
 
 
+def test_finished_folds_are_scored_once_and_tabled_side_by_side(tmp_path):
+    ci = load_script()
+    rng = np.random.default_rng(0)
+    tracks = {f"{c}.{a}": rng.random(300).astype(np.float32)
+              for c in ("E003", "E017", "E116") for a in ("H3K4me3", "H3K9me3")}
+    names, work = sorted(tracks), str(tmp_path / "w")
+    for held, done in (("E003.H3K4me3", True), ("E017.H3K9me3", False)):
+        fold = ci.fold_dir(work, held) + ("" if done else ".partial")  # a killed fold
+        os.makedirs(os.path.join(fold, "impute"))
+        with gzip.open(ci.imputed_wig(fold, held), "wt") as fh:
+            fh.write("fixedStep chrom=pilot start=1 step=25 span=25\n"
+                     + "".join(f"{v:.2f}\n" for v in tracks[held]))
+    assert ci.finished_folds(work, names) == ["E003.H3K4me3"]
+    fold = ci.fold_dir(work, "E003.H3K4me3")
+    rows = ci.fold_scores(tracks, "E003.H3K4me3", fold)
+    assert [r["method"] for r in rows] == ["chromimpute", "average"]
+    assert rows[0]["mse"] < 1e-4 and rows[0]["gwcorr"] > 0.999  # its own values, 2 decimals
+    # kept on disk: a second call reads scores.tsv, never the imputation
+    os.remove(ci.imputed_wig(fold, "E003.H3K4me3"))
+    assert ci.fold_scores(tracks, "E003.H3K4me3", fold)[0]["mse"] == pytest.approx(rows[0]["mse"])
+    # side by side with predictd's rows: the goal is MSE <= 0.8x ChromImpute's and r >= its r
+    def row(track, method, mse, r):
+        cell, assay = track.split(".")
+        return {"cell_type": cell, "assay": assay, "method": method, "mse": mse, "gwcorr": r}
+    table = ci.side_by_side([row("A.m", "chromimpute", 0.2, 0.5), row("A.m", "average", 0.3, 0.4),
+                             row("A.m", "predictd:ensemble", 0.16, 0.5),
+                             row("B.m", "chromimpute", 0.2, 0.5), row("B.m", "average", 0.3, 0.4),
+                             row("B.m", "predictd:ensemble", 0.161, 0.6)])
+    assert [line.split(" | ")[-1] for line in table[2:]] == ["yes |", "no |", "1 of 2 |"]
+    assert "CP-ALS" not in table[0]  # a method without rows gets no column
+    assert table[-1].startswith("| **mean (2 tracks)** | 0.1605 / 0.550 | 0.2000 / 0.500 |")
+    assert ci.side_by_side([row("A.m", "chromimpute", 0.2, 0.5)]) == []
+    # a documentation page's block, headed by how many tracks it covers
+    page = f"# Accuracy\n\n{ci.DOCS_BEGIN}\nold\n{ci.DOCS_END}\n\nafter\n"
+    block = ci.docs_block([row("A.m", "chromimpute", 0.2, 0.5),
+                           row("A.m", "predictd:ensemble", 0.1, 0.6)], 20)
+    new = ci.replace_docs_block(page, block)
+    assert new.startswith(f"# Accuracy\n\n{ci.DOCS_BEGIN}\n**1 of the 20 tracks** (the other 19")
+    assert "old" not in new and new.endswith(f"| 1 of 1 |\n{ci.DOCS_END}\n\nafter\n")
+    assert ci.replace_docs_block(new, block) == new
+    with pytest.raises(ci.PredictdError, match="needs one"):
+        ci.replace_docs_block("# no block\n", block)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs java")
 def test_one_fold_on_a_small_region(shared, tmp_path):
@@ -79,5 +123,7 @@ def test_one_fold_on_a_small_region(shared, tmp_path):
     # the held-out track never reached ChromImpute's fold
     info = (tmp_path / "w" / "folds" / held / "inputinfo.txt").read_text()
     assert held.replace(".", "\t") not in info and len(info.splitlines()) == 19
+    view = os.listdir(tmp_path / "w" / "folds" / held / "converted")
+    assert len(view) == 19 and not any(held in name for name in view)
     assert avg["mse"] > 0 and "| chromimpute | 1 |" in (out / "chromimpute_loo.md").read_text()
     assert os.path.isdir(tmp_path / "w" / "converted")

@@ -257,8 +257,12 @@ def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
         sub = {"n": sums["n"], "sum": sums["sum"][idx], "sumsq": sums["sumsq"][idx],
                "cross": sums["cross"][np.ix_(idx, idx)]}
         ec = np.array([cidx[split_experiment(e)[0]] for e in ref_cols] + [n_ref] * len(exps))
+        # candidates: every REF cell type observing the assay (the sums cover only the new
+        # cell type's assays, which the resemblance is measured on)
+        obs = np.zeros((n_ref + 1, len(model.assays)), dtype=bool)
+        obs[[cidx[c] for c, _ in model.observed], [aidx[a] for _, a in model.observed]] = True
         near = stacking.choose_neighbours(sub, ec, ea[idx], n_ref + 1, len(model.assays), K,
-                                          cells=[n_ref])
+                                          cells=[n_ref], observed=obs)
         out[cell] = near[n_ref]
     return out
 

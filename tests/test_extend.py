@@ -164,6 +164,11 @@ def test_extend_learns_from_the_statistics_the_reference_saved(reference, tmp_pa
     n_ref = len(json.loads((reference["ref"] / "model" / "model.json").read_text())
                 ["cell_types"])
     assert asked and all(c == [n_ref] for c in asked)
+    # the new cell type's nearest REF cell types for every assay, those it lacks included:
+    # here every REF cell type (fewer than the limit)
+    near = np.load(tmp_path / "a" / "model" / "factors.npz")["stack_neighbours"]
+    assert near.shape[:2] == (1, 2) and (np.sort(near[0], axis=1)[:, -n_ref:] ==
+                                         np.arange(n_ref)).all()
     asked.clear()
     old = altered_copy(reference, tmp_path, _without_stack_stats)
     r = extend(old, tmp_path / "b", "--assay", "y")

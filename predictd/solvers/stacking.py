@@ -136,7 +136,7 @@ def sum_resemblance_sums(parts: list[dict]) -> dict:
 
 
 def choose_neighbours(sums: dict, exp_cell, exp_assay, n_cell: int, n_assay: int, k: int,
-                      cells=None) -> np.ndarray:
+                      cells=None, observed: np.ndarray | None = None) -> np.ndarray:
     """For every (cell type j, assay a), the ``k`` other cell types observing a that resemble
     j most over the whole sample: the mean, over the other assays both have observed (a left
     out, as in :func:`similar_averages`), of the Pearson correlation of their tracks
@@ -144,7 +144,9 @@ def choose_neighbours(sums: dict, exp_cell, exp_assay, n_cell: int, n_assay: int
     ChromImpute's nearest cell types: the similarity-weighted averages then weigh only these,
     so a target's features read k columns per assay, not every cell type's. Returns
     (n_cell × n_assay × k) cell type indices, −1 where fewer exist. ``cells`` restricts the
-    choice to those target cell types (the others' rows stay −1)."""
+    choice to those target cell types (the others' rows stay −1). ``observed`` (n_cell ×
+    n_assay) says which cell types observe each assay, when the sums do not cover every
+    experiment (a new cell type's, against the reference's tracks of its own assays)."""
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     n, s, q, cross = sums["n"], sums["sum"], sums["sumsq"], sums["cross"]
@@ -164,8 +166,9 @@ def choose_neighbours(sums: dict, exp_cell, exp_assay, n_cell: int, n_assay: int
         C[a][np.ix_(ci, ci)] = r
         P[a][np.ix_(ci, ci)] = 1.0
     tot_r, tot_n = (C * P).sum(axis=0), P.sum(axis=0)
-    observed = np.zeros((n_cell, n_assay), dtype=bool)
-    observed[exp_cell, exp_assay] = True
+    if observed is None:
+        observed = np.zeros((n_cell, n_assay), dtype=bool)
+        observed[exp_cell, exp_assay] = True
     out = np.full((n_cell, n_assay, k), -1, dtype=np.int64)
     for a in range(n_assay):
         # leave assay a out of the resemblance

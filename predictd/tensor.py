@@ -112,14 +112,21 @@ def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int)
     return buf.getvalue()
 
 
-def decode_block(source, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+def decode_block(source, columns: list[str], where: str, into: np.ndarray | None = None,
+                 at=None) -> tuple[np.ndarray, np.ndarray]:
     """(bins, X) from a block's Parquet (an open seekable file or Arrow buffer: only the
-    requested columns' chunks are read); X is float32 bins × columns with NaN for null."""
+    requested columns' chunks are read); X is float32 bins × columns with NaN for null.
+    ``into`` (a column-major bins × N float32 array) receives the columns at indices ``at``
+    instead, and is returned as X."""
     try:
         t = pq.read_table(source, columns=["bin", *columns])
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
     bins = t.column("bin").to_numpy()
+    if into is not None:
+        for j, c in zip(at, columns):
+            into[:, j] = t.column(c).to_numpy(zero_copy_only=False)
+        return bins, into
     # filled experiment by experiment into contiguous rows, returned as its (column-major)
     # transpose: each column is one contiguous track, which is how the columns are read
     XT = np.empty((len(columns), t.num_rows), dtype=np.float32)
@@ -134,13 +141,14 @@ def write_block(root: str, chrom: str, block: int, start_bin: int, X: np.ndarray
                                encode_block(start_bin, X, names, bin_size))
 
 
-def read_block(root: str, chrom: str, block: int, columns: list[str]
-               ) -> tuple[np.ndarray, np.ndarray]:
+def read_block(root: str, chrom: str, block: int, columns: list[str],
+               into: np.ndarray | None = None, at=None) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, X) of a block's ``columns`` (``into``, ``at``: see :func:`decode_block`)."""
     uri = block_uri(root, chrom, block)
     # read in place (memory-mapped, or by byte ranges on S3): a task that needs a few of the
     # columns (writing a few cell types' tracks) reads only theirs, not the whole block
     with storage.open_random_access(uri) as fh:
-        return decode_block(fh, columns, uri)
+        return decode_block(fh, columns, uri, into, at)
 
 
 def write_header(root: str, header: TensorHeader) -> None:
@@ -171,17 +179,20 @@ class TensorUnion:
         missing = [c for c in columns if c not in where]
         if missing:
             raise PredictdError(f"no tensor holds experiment {missing[0]}")
+        if not columns:
+            raise PredictdError("TensorUnion.read_block: no columns asked for")
         bins, X = None, None
         for p, (root, _) in enumerate(self.parts):
             mine = [i for i, c in enumerate(columns) if where[c] == p]
             if not mine:
                 continue
-            bins, Xp = read_block(root, chrom, block, [columns[i] for i in mine])
             if X is None:
+                bins, Xp = read_block(root, chrom, block, [columns[i] for i in mine])
+                # every part's columns decode straight into one column-major array
                 X = np.empty((Xp.shape[0], len(columns)), dtype=np.float32, order="F")
-            X[:, mine] = Xp
-        if X is None:
-            raise PredictdError("TensorUnion.read_block: no columns asked for")
+                X[:, mine] = Xp
+            else:
+                bins, X = read_block(root, chrom, block, [columns[i] for i in mine], X, mine)
         return bins, X
 
 

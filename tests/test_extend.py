@@ -323,8 +323,8 @@ def test_impute_reads_only_overlapping_blocks_and_equals_the_written_track(refer
     read = []
     real_block, real_gf = tensor.read_block, impute.read_gf_parts
     monkeypatch.setattr(tensor, "read_block",
-                        lambda root, c, b, cols: read.append(("tensor", c, b)) or
-                        real_block(root, c, b, cols))
+                        lambda root, c, b, cols, *into: read.append(("tensor", c, b)) or
+                        real_block(root, c, b, cols, *into))
     monkeypatch.setattr(impute, "read_gf_parts",
                         lambda uri, sums=True: read.append(("gf", uri)) or real_gf(uri, sums))
     x = ext.impute("D", "y", "chr1", 30_010, 60_000)   # bins 1200..2399: blocks 1 and 2

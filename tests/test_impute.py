@@ -23,9 +23,9 @@ def spy_on_block_reads(monkeypatch) -> list:
     asked = []
     real = tensor.read_block
 
-    def spy(root, chrom, blk, columns):
+    def spy(root, chrom, blk, columns, *into):
         asked.append(list(columns))
-        return real(root, chrom, blk, columns)
+        return real(root, chrom, blk, columns, *into)
 
     monkeypatch.setattr(impute.tensor, "read_block", spy)
     return asked

@@ -222,7 +222,7 @@ class SimilarityInputs:
         #: each assay's experiments (rows of XT), in experiment order
         self.rows = {int(a): np.flatnonzero(exp_assay == a) for a in np.unique(exp_assay)}
         self._coarse: dict[int, tuple] = {}
-        self._values: dict[int, tuple] = {}
+        self._values: dict = {}
 
     def coarse(self, assay: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The assay's coarse tracks, their window sums, N·(window sums of squares) − sums²,
@@ -255,39 +255,51 @@ class SimilarityInputs:
         cov /= den
         return np.clip(cov, -1.0, 1.0).astype(np.float32)
 
-    def values(self, assay: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        """The assay's rows of XT with missing values as 0 (float32), laid out cell-major for
-        the weighted sums: (whole cells × rows × step) and the bins after the last whole cell
-        (rows × rest); and for each row that had a missing value, where it is observed."""
+    def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """The assay's rows of XT with missing values as 0 (float32, rows × bins), and for
+        each row that had a missing value, where it is observed."""
         if assay not in self._values:
             part = np.asarray(self.XT[self.rows[assay]], dtype=np.float32)
             miss = np.isnan(part)
             gappy = np.flatnonzero(miss.any(axis=1))
             np.copyto(part, np.float32(0.0), where=miss)
-            whole = self.n // self.step * self.step
-            cells = np.ascontiguousarray(
-                part[:, :whole].reshape(len(part), -1, self.step).transpose(1, 0, 2))
-            self._values[assay] = (cells, np.ascontiguousarray(part[:, whole:]),
-                                   {int(r): ~miss[r] for r in gappy})
+            self._values[assay] = (part, {int(r): ~miss[r] for r in gappy})
         return self._values[assay]
+
+    def cell_major(self, assay: int) -> np.ndarray:
+        """:meth:`values` of the assay's whole grid cells laid out cell-major (cells × rows ×
+        step), for the weighted sums of many targets at once."""
+        key = ("cells", assay)
+        if key not in self._values:
+            part = self.values(assay)[0]
+            whole = self.n // self.step * self.step
+            self._values[key] = np.ascontiguousarray(
+                part[:, :whole].reshape(len(part), -1, self.step).transpose(1, 0, 2))
+        return self._values[key]
 
     def weighted_averages(self, assay: int, w: np.ndarray) -> np.ndarray:
         """Σ_o w_jo x_o / Σ_o w_jo over the rows o of ``assay`` for each target j (weights
         per coarse cell, targets × rows × cells, 0 to leave a row out), counting only observed
         values: float32 (targets × bins), NaN where no weighted row is observed."""
-        cells, rest, seen = self.values(assay)
+        part, seen = self.values(assay)
         n, step = self.n, self.step
         J, O, _ = w.shape
         w = np.asarray(w, dtype=np.float32)
         num = np.empty((J, n), dtype=np.float32)
-        whole = cells.shape[0]
-        if whole:
+        whole = n // step
+        if whole and J == 1:
+            # one target: a weighted sum over the rows it weighs, in their own layout
+            use = np.flatnonzero(w[0].any(axis=1))
+            num[0, :whole * step] = np.einsum(
+                "ocs,oc->cs", part[use, :whole * step].reshape(use.size, whole, step),
+                w[0, use, :whole]).ravel()
+        elif whole:
             # per cell of the grid, (targets × rows) @ (rows × step): every target at once
             num[:, :whole * step] = np.matmul(
-                np.ascontiguousarray(w[:, :, :whole].transpose(2, 0, 1)), cells
+                np.ascontiguousarray(w[:, :, :whole].transpose(2, 0, 1)), self.cell_major(assay)
             ).transpose(1, 0, 2).reshape(J, whole * step)
-        if rest.shape[1]:
-            num[:, whole * step:] = w[:, :, -1] @ rest
+        if whole * step < n:
+            num[:, whole * step:] = w[:, :, -1] @ part[:, whole * step:]
         full = np.ones(O, dtype=bool)
         full[list(seen)] = False
         # complete rows weigh the same at every bin of a cell

@@ -101,6 +101,40 @@ def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict 
     return rows
 
 
+def calibration_rows(vectors: dict, transform: str, blacklist: np.ndarray | None = None
+                     ) -> list[dict]:
+    """Per held-out track, how its uncertainty track describes its errors, in the output's
+    units (the values users get: the observed track, the imputed track and its standard
+    deviation by the delta method, :func:`predictd.solvers.uncertainty.output_sd`):
+    :func:`predictd.solvers.uncertainty.calibration`'s coverage of the ±1.645 sd interval and
+    Spearman correlation of |error| and sd. ``vectors`` maps a track to its genome-wide
+    model-space (observed, imputed, sd); the bins of ``blacklist`` are not counted."""
+    from .solvers.uncertainty import calibration, output_sd
+    from .transform import inverse
+    rows = []
+    for h, (y, yhat, sd) in vectors.items():
+        cell, assay = split_experiment(h)
+        keep = slice(None) if blacklist is None else ~blacklist
+        y, yhat, sd = y[keep], yhat[keep], sd[keep]
+        # the observed values in the output's units (NaN where not observed stays NaN)
+        y_out = np.where(np.isnan(y), np.nan, inverse(np.nan_to_num(y), transform))
+        rows.append({"cell_type": cell, "assay": assay,
+                     **calibration(y_out, inverse(yhat, transform),
+                                   output_sd(yhat, sd, transform))})
+    return rows
+
+
+def write_calibration(out: str, rows: list[dict], public: bool = False) -> str:
+    """Write ``OUT/report/calibration.tsv`` (one row per held-out track); returns its URI."""
+    from . import storage
+    cols = ["cell_type", "assay", "bins", "coverage", "spearman", "mean_sd", "rmse"]
+    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) if c in ("cell_type", "assay", "bins")
+                                           else f"{r[c]:.6g}" for c in cols) for r in rows]
+    uri = layout.calibration_file(out)
+    storage.write_text_atomic(uri, "\n".join(lines) + "\n", public=public)
+    return uri
+
+
 def scoring_masks(genome: dict, bin_size: int, blacklist: bool = True
                   ) -> tuple[dict | None, np.ndarray | None]:
     """(region masks, blacklisted bins) of a genome for scoring: the bundled annotations of its

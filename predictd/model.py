@@ -147,6 +147,10 @@ class Model:
     stack_windows: tuple[int, ...] = ()
     # (width, tau) of the similarity-weighted averages the stack was fitted with, or None
     stack_similar: tuple[int, float] | None = None
+    # the stacked regression's predictive-variance model (predictd.solvers.uncertainty): the
+    # calibrated β of every pair (n_cell × n_assay × m, NaN rows without one); None = no
+    # uncertainty tracks
+    stack_variance: np.ndarray | None = None
 
     @property
     def latent_factors(self) -> int:
@@ -181,6 +185,8 @@ class Model:
                   "mu": np.array([self.mu], dtype=np.float64)}
         if self.stack is not None:
             arrays["stack"] = self.stack
+        if self.stack_variance is not None:
+            arrays["stack_variance"] = self.stack_variance
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, os.path.join(directory, MODEL_NPZ))
@@ -215,6 +221,8 @@ class Model:
             arrays = {k: np.asarray(stored[k], dtype=np.float64)
                       for k in ("C", "A", "bC", "bA", "mu")}
             stack = np.asarray(stored["stack"], dtype=np.float64) if "stack" in stored else None
+            variance = (np.asarray(stored["stack_variance"], dtype=np.float64)
+                        if "stack_variance" in stored else None)
         except FileNotFoundError as e:
             raise PredictdError(f"model not found: {e.filename}") from None
         except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -237,7 +245,8 @@ class Model:
                     observed=[tuple(p) for p in doc.get("observed", [])],
                     meta=dict(doc.get("meta", {})), stack=stack,
                     stack_windows=tuple(int(w) for w in doc.get("stack_windows", [])),
-                    stack_similar=_similar(doc.get("stack_similar")))
+                    stack_similar=_similar(doc.get("stack_similar")),
+                    stack_variance=variance)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PredictdError(f"{jpath}: malformed model description ({e})") from None
         if m.C.ndim != 2 or m.C.shape != (len(m.cell_types), m.latent_factors) or \
@@ -246,4 +255,8 @@ class Model:
             raise PredictdError(f"{npath}: factor shapes do not match the names in {jpath}")
         if stack is not None and stack.shape[:2] != (len(m.cell_types), len(m.assays)):
             raise PredictdError(f"{npath}: stacking weights do not match the names in {jpath}")
+        if variance is not None and (stack is None or variance.ndim != 3 or
+                                     variance.shape[:2] != stack.shape[:2]):
+            raise PredictdError(f"{npath}: the uncertainty model does not match the stacking "
+                                "weights")
         return m

@@ -448,7 +448,7 @@ class ExtendRun(pipeline.Run):
             if mine:
                 ext, header, _ = self.cell_parts(new, cell)
                 vec.update(evaluate.collect(self.sc, header, self.union(), self.ref.gf_root,
-                                            ext, mine))
+                                            ext, mine, self.cfg.uncertainty))
         from .annotations import genome_region_masks
         masks = genome_region_masks(self.ref.header.genome, self.ref.header.bin_size)
         rows = evaluate.score(vec, masks)
@@ -456,7 +456,10 @@ class ExtendRun(pipeline.Run):
                                                     self.ref.header.bin_size)
         evaluate.write_report(self.out, rows, None, examples, public=self.public,
                               errors=errors)
-        return {"tracks": len(self.holdout), "metrics": rows}
+        calibration = evaluate.holdout_calibration(self.out, vec, self.ref.header.transform,
+                                                   public=self.public)
+        extra = {"calibration": calibration} if calibration else {}
+        return {"tracks": len(self.holdout), "metrics": rows, **extra}
 
     def run_doc(self) -> dict:
         doc = super().run_doc()

@@ -227,14 +227,14 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     (:func:`no_signal`): they are 0 in every track. When not given it is computed from
     ``block`` if that holds every training experiment."""
     if empty is None and block is not None:
-        empty = _block_no_signal(model, block)
+        empty = block_no_signal(model, block)
     Y = _model_values(model, GB, pairs, block, sums)
     if empty is not None:
         Y[empty] = 0.0
     return Y
 
 
-def _block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.ndarray | None:
+def block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.ndarray | None:
     """:func:`no_signal` of the model's training experiments in ``block``; None when the block
     lacks some of them (only the target cell types' columns were read)."""
     names, X = block
@@ -337,7 +337,7 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
         Ym = model_values(model, GB, pairs, data, sums, empty)
         if uncertainty:
             if empty is None:
-                empty = _block_no_signal(model, data)
+                empty = block_no_signal(model, data)
             Vm = model_variance(model, Ym, pairs, data, empty)
             Vm += np.square(Ym, dtype=np.float64)
             Vm *= W[m][None, :]

@@ -31,8 +31,10 @@ format::
                  "assay": "H3K4me3", "bytes": 994992, "md5": "0f34...", }, ...],
      "files":  [{"path": "model/model.json", "bytes": 2310, "md5": null}, ...]}
 
-Paths are relative to OUT; ``md5`` is null when it was not computed (e.g. tracks written to
-S3, whose ETags are not MD5s for multipart uploads or under SSE-KMS).
+An uncertainty track (``tracks/E003.H3K4me3.uncertainty.bw``) is listed among the tracks with
+``"kind": "uncertainty"``; imputed tracks have no ``kind``. Paths are relative to OUT; ``md5``
+is null when it was not computed (e.g. tracks written to S3, whose ETags are not MD5s for
+multipart uploads or under SSE-KMS).
 
 Examples
 --------

@@ -277,6 +277,15 @@ def test_extend_with_uncertainty(tmp_path, write_small_run_inputs):
     assert _sha(imputed) == _sha(layout.track_file(str(tmp_path / "plain"), "D.y"))
     assert not os.path.exists(layout.uncertainty_file(str(tmp_path / "plain"), "D.y"))
     _check_uncertainty_track(imputed, layout.uncertainty_file(str(tmp_path / "sd"), "D.y"))
+    # a held-out track: its calibration is reported
+    (tmp_path / "in" / "new_xy.tsv").write_text(f"{lines[0]}\nD\tx\tC.x.bw\nD\ty\tC.y.bw\n")
+    r = _invoke("extend", "-r", tmp_path / "ref", "-m", tmp_path / "in" / "new_xy.tsv",
+                "-o", tmp_path / "held", "--holdout", "D:y", "--no-spark", "--uncertainty")
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "held" / "report" / "calibration.tsv").read_text().splitlines()
+    assert [x.split("\t")[:2] for x in rows[1:]] == [["D", "y"]]
+    cov, rho = map(float, rows[1].split("\t")[3:5])
+    assert 0.5 < cov <= 1.0 and rho > 0.0
 
 
 def test_uncertainty_needs_the_stacked_regression(tmp_path, write_small_run_inputs):
@@ -286,3 +295,26 @@ def test_uncertainty_needs_the_stacked_regression(tmp_path, write_small_run_inpu
     assert r.exit_code == 2
     assert "'uncertainty': needs stack = true" in r.output
     assert not (tmp_path / "o").exists()   # refused before anything is written
+
+
+def test_calibration_scale_has_an_assay_and_a_cell_type_effect():
+    """Cell type 2's errors are twice as wide in assay 1: its assay-0 target is widened by
+    that factor, never by its own assay-0 errors."""
+    rng = np.random.default_rng(4)
+    ec, ea = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 0, 1, 0, 1])
+    Z, r, _ = _heteroscedastic(20_000)
+    mom = unc.residual_moments(Z, r)
+    moments = {"zz": np.stack([mom["zz"]] * 6), "zr": np.stack([mom["zr"]] * 6),
+               "n": np.full(6, mom["n"])}
+    u = np.abs(rng.normal(size=(6, 50_000)))
+    u[5] *= 2.0                      # cell type 2, assay 1
+    hist = {"hist": np.stack([unc.ratio_histogram(x, np.ones_like(x)) for x in u])}
+    V = stacking.fit_uncertainty(moments, hist, ec, ea, np.ones((3, 2), bool))
+    ratio = V[2, 0].sum() / V[1, 0].sum()   # the same β, scaled
+    # cell 2's effect is log 2 − 0 = log 2; cell 1's is 0 − (0 + log 2)/2: s ratio 2^1.5
+    assert ratio == pytest.approx(2.0 ** 3, rel=0.1)
+    # the widened experiment (2, 1) does not widen its own target beyond the assay's others
+    u[4] *= 3.0                      # cell type 2, assay 0: its own errors never count
+    hist2 = {"hist": np.stack([unc.ratio_histogram(x, np.ones_like(x)) for x in u])}
+    V2 = stacking.fit_uncertainty(moments, hist2, ec, ea, np.ones((3, 2), bool))
+    np.testing.assert_allclose(V2[2, 0], V[2, 0])

@@ -740,10 +740,14 @@ def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
     for the calibration histograms (E × m, NaN where no other cell type has k).
 
     Otherwise: per target (j, k), β fitted on the experiments (c, k) of the other cell types,
-    times the square of the calibration scale read from their pooled histograms ``hist``
-    (:func:`predictd.solvers.uncertainty.calibration_scale`): σ² = (s² β) · z. Returns
-    (n_cell × n_assay × m), NaN for targets no other cell type's assay k informs (the
-    experiments of every other cell type are pooled for those)."""
+    times the square of a calibration scale s: σ² = (s² β) · z. Each training experiment's
+    own scale comes from its histogram in ``hist``
+    (:func:`predictd.solvers.uncertainty.calibration_scale`), and log s is a two-way model,
+    an assay effect plus a cell-type effect: the mean log scale of assay k's other cell
+    types, plus the mean of how much j's *other* assays' log scales exceed their other cell
+    types' (0 when j has no other assay). Neither uses (j, k) itself. Returns
+    (n_cell × n_assay × m), NaN for targets without enough sampled bins; a target whose assay
+    no other cell type has pools every other cell type's experiments."""
     from . import uncertainty as unc
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
@@ -766,6 +770,18 @@ def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
             if beta is not None:
                 B[e] = beta
         return B
+    # log of each experiment's own scale (NaN without counts): the calibration is a two-way
+    # model on the log scale, log s = assay effect + cell-type effect
+    H = hist["hist"] if hist is not None else np.zeros((exp_cell.size, 1), np.int64)
+    log_s = np.full(exp_cell.size, np.nan)
+    for e in np.flatnonzero(H.sum(axis=1) > 0):
+        log_s[e] = np.log(unc.calibration_scale(H[e]))
+
+    def mean_log(sel):
+        v = log_s[sel]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else np.nan
+
     out = np.full((n_cell, n_assay, unc.N_FEATURES), np.nan)
     for j in range(n_cell):
         for k in range(n_assay):
@@ -775,7 +791,17 @@ def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
             beta = unc.fit_variance(pooled(sel))
             if beta is None:
                 continue
-            h = hist["hist"][np.flatnonzero(sel)].sum(axis=0) if hist is not None else None
-            s = unc.calibration_scale(h) if h is not None else 1.0
+            # assay effect: the mean log scale of k's other cell types
+            ls = mean_log(sel)
+            if np.isnan(ls):
+                ls = 0.0
+            # cell-type effect: how much j's other assays' scales exceed their other cell
+            # types' (never assay k itself)
+            gaps = [log_s[e] - mean_log((exp_assay == exp_assay[e]) & (exp_cell != j))
+                    for e in np.flatnonzero((exp_cell == j) & (exp_assay != k))]
+            gaps = [g for g in gaps if np.isfinite(g)]
+            if gaps:
+                ls += float(np.mean(gaps))
+            s = float(np.exp(ls))
             out[j, k] = beta * s * s
     return out

@@ -16,9 +16,11 @@ is a non-negative least-squares fit on the experiments of its training cell type
 
 A calibration scale then makes ``ŷ ± 1.645 σ`` hold 90 % of the bins: each training
 experiment's standardised errors ``|r| / σ`` (σ from a β fitted without that experiment's cell
-type) are counted in a fixed histogram (:func:`ratio_histogram`, again additive), and the
-target's scale is the 90 % quantile of its training cell types' pooled counts divided by
-1.645 (:func:`calibration_scale`). The target's track is used by neither step.
+type) are counted in a fixed histogram (:func:`ratio_histogram`, again additive); its 90 %
+quantile divided by 1.645 is the experiment's scale (:func:`calibration_scale`), and a target's
+scale is a two-way (assay + cell type) model of their logarithms
+(:func:`predictd.solvers.stacking.fit_uncertainty`). The target's track is used by neither
+step.
 
 Output units: by the delta method of the inverse transform (:func:`output_sd`), for arcsinh
 ``sd_out = cosh(ŷ) · σ``.

@@ -299,8 +299,9 @@ def model_variance(model: Model, Y: np.ndarray, pairs: list[tuple[int, int]],
     for t, (j, k) in enumerate(pairs):   # one vectorised pass per track
         beta = model.stack_variance[j, k]
         if not np.isfinite(beta).all():
-            raise PredictdError(f"no uncertainty model for {model.track_names()[j * len(model.assays) + k]}"
-                                " (too few sampled bins of its assay)")
+            name = experiment_name(model.cell_types[j], model.assays[k])
+            raise PredictdError(f"no uncertainty model for {name} (too few sampled bins of "
+                                "its assay; raise stack_sample)")
         own = (np.asarray(X[:, col[(j, k)]], dtype=np.float64) if (j, k) in col
                else np.full(Y.shape[0], np.nan))
         mean, var = unc.other_cell_moments(tot[:, k], tot2[:, k], cnt[:, k], own)

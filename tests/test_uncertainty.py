@@ -318,3 +318,20 @@ def test_calibration_scale_has_an_assay_and_a_cell_type_effect():
     hist2 = {"hist": np.stack([unc.ratio_histogram(x, np.ones_like(x)) for x in u])}
     V2 = stacking.fit_uncertainty(moments, hist2, ec, ea, np.ones((3, 2), bool))
     np.testing.assert_allclose(V2[2, 0], V[2, 0])
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_uncertainty_under_spark_gives_the_same_bits(tmp_path, write_small_run_inputs, spark):
+    inp = write_small_run_inputs(tmp_path / "in")
+    for out, extra in (("local", ("--no-spark",)), ("spark", ("--master", spark.master))):
+        r = _invoke("run", "-m", inp.manifest, "-g", inp.sizes, "-o", tmp_path / out,
+                    *SMALL, "--uncertainty", *extra)
+        assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in (tmp_path / "local" / "tracks").iterdir())
+    assert sum(f.endswith(".uncertainty.bw") for f in files) == 6
+    for f in files:
+        assert _sha(tmp_path / "local" / "tracks" / f) == _sha(tmp_path / "spark" / "tracks" / f)
+    a = np.load(tmp_path / "local" / "model" / "factors.npz")
+    b = np.load(tmp_path / "spark" / "model" / "factors.npz")
+    np.testing.assert_array_equal(a["stack_variance"], b["stack_variance"])

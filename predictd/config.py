@@ -133,6 +133,9 @@ class Config:
     # imputation / output
     output_dtype_check: bool = _opt(True, "refuse NaN/inf in imputed values (should never "
                                     "happen; a guard)")
+    uncertainty: bool = _opt(False, "also write OUT/tracks/{cell}.{assay}.uncertainty.bw, a "
+                             "per-bin standard deviation in the input's units, from the stacked "
+                             "regression's calibrated predictive variance (needs stack)")
     write_parallelism: int = _opt(0, "track groups written in parallel (0 = Spark default "
                                   "parallelism)", lo=0)
 
@@ -140,6 +143,9 @@ class Config:
         # Config(...) built in code is held to the same rules as a TOML file
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check("config", f.name, getattr(self, f.name), f))
+        if self.uncertainty and not self.stack:
+            raise PredictdError("config key 'uncertainty': needs stack = true (the stacked "
+                                "regression's predictive variance is the uncertainty's source)")
 
     # ------------------------------------------------------------------ helpers
     def lambdas(self, n_cell_types: int, n_assays: int, n_bins: int) -> tuple[float, float, float]:

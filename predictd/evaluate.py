@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from . import layout, tensor
-from .impute import gf_uri, model_values, read_gf
+from .impute import block_no_signal, gf_uri, model_values, model_variance, read_gf
 from .metrics import assay_variance, score_track
 from .model import Model
 from .solvers.baselines import average_baseline
@@ -28,7 +28,7 @@ log = logging.getLogger("predictd.evaluate")
 
 def _eval_task(item, payload):
     chrom, block, start, n = item
-    root, gf_root, model, holdout = payload
+    root, gf_root, model, holdout, uncertainty = payload
     obs = [experiment_name(c, a) for c, a in model.observed]
     cols = sorted(set(holdout) | set(obs))
     _, X = tensor.read_columns(root, chrom, block, cols)
@@ -37,6 +37,10 @@ def _eval_task(item, payload):
     pairs = [(model.cell_types.index(c), model.assays.index(a))
              for c, a in map(split_experiment, holdout)]
     Yhat = model_values(model, GB, pairs, (cols, X))
+    sd = None
+    if uncertainty:
+        sd = np.sqrt(model_variance(model, Yhat, pairs, (cols, X),
+                                    block_no_signal(model, (cols, X))))
     # the baseline's sources are the training tracks, in the model's order (the order of the sum)
     train = [ci[e] for e in obs]
     exp_cell = np.array([model.cell_types.index(c) for c, _ in model.observed], dtype=int)
@@ -46,6 +50,8 @@ def _eval_task(item, payload):
     for t, h in enumerate(holdout):
         # full length: region masks stay aligned
         out[h] = (X[:, ci[h]], Yhat[:, t], base[:, t], assay_variance_of(h, cols, X))
+        if sd is not None:
+            out[h] += (sd[:, t].astype(np.float32),)
     return out
 
 
@@ -58,15 +64,18 @@ def assay_variance_of(track: str, names: list[str], X: np.ndarray) -> np.ndarray
 
 
 def collect(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Model,
-            holdout: list[str]
-            ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+            holdout: list[str], uncertainty: bool = False
+            ) -> dict[str, tuple[np.ndarray, ...]]:
     """Genome-wide (observed, imputed, baseline, assay variance) vectors for each held-out
-    experiment."""
-    parts = map_tasks(sc, _eval_task, header.blocks(), (root, gf_root, model, holdout),
+    experiment, all in model space; with ``uncertainty`` a fifth, the imputation's standard
+    deviation (:func:`predictd.impute.model_variance`)."""
+    parts = map_tasks(sc, _eval_task, header.blocks(),
+                      (root, gf_root, model, holdout, uncertainty),
                       desc="evaluate", unit="block")
     res = {}
     for h in holdout:
-        res[h] = tuple(np.concatenate([p[h][i] for p in parts]) for i in range(4))
+        res[h] = tuple(np.concatenate([p[h][i] for p in parts])
+                       for i in range(len(parts[0][h])))
     return res
 
 
@@ -74,7 +83,7 @@ def score(vectors: dict, region_masks: dict | None = None,
           blacklist: np.ndarray | None = None) -> list[dict]:
     """metrics.tsv rows: one per held-out track and method (model, average)."""
     return score_methods({h: {"y": y, "model": yhat, "average": base, "var": var}
-                          for h, (y, yhat, base, var) in vectors.items()}, region_masks,
+                          for h, (y, yhat, base, var, *_) in vectors.items()}, region_masks,
                          blacklist)
 
 
@@ -99,6 +108,52 @@ def score_methods(vectors: dict[str, dict[str, np.ndarray]], region_masks: dict 
             rows.append({"cell_type": cell, "assay": assay, "method": method,
                          **score_track(y[ok], yhat[ok], masks, var)})
     return rows
+
+
+def calibration_rows(vectors: dict, transform: str, blacklist: np.ndarray | None = None
+                     ) -> list[dict]:
+    """Per held-out track, how its uncertainty track describes its errors, in the output's
+    units (the values users get: the observed track, the imputed track and its standard
+    deviation by the delta method, :func:`predictd.solvers.uncertainty.output_sd`):
+    :func:`predictd.solvers.uncertainty.calibration`'s coverage of the ±1.645 sd interval and
+    Spearman correlation of |error| and sd. ``vectors`` maps a track to its genome-wide
+    model-space (observed, imputed, sd); the bins of ``blacklist`` are not counted."""
+    from .solvers.uncertainty import calibration, output_sd
+    from .transform import inverse
+    rows = []
+    for h, (y, yhat, sd) in vectors.items():
+        cell, assay = split_experiment(h)
+        keep = slice(None) if blacklist is None else ~blacklist
+        y, yhat, sd = y[keep], yhat[keep], sd[keep]
+        # the observed values in the output's units (NaN where not observed stays NaN)
+        y_out = np.where(np.isnan(y), np.nan, inverse(np.nan_to_num(y), transform))
+        rows.append({"cell_type": cell, "assay": assay,
+                     **calibration(y_out, inverse(yhat, transform),
+                                   output_sd(yhat, sd, transform))})
+    return rows
+
+
+def holdout_calibration(out: str, vectors: dict, transform: str,
+                        blacklist: np.ndarray | None = None, public: bool = False) -> list[dict]:
+    """:func:`calibration_rows` of :func:`collect`'s vectors that carry a standard deviation,
+    written to ``OUT/report/calibration.tsv`` (nothing when none does)."""
+    with_sd = {h: (v[0], v[1], v[4]) for h, v in vectors.items() if len(v) > 4}
+    if not with_sd:
+        return []
+    rows = calibration_rows(with_sd, transform, blacklist)
+    write_calibration(out, rows, public=public)
+    return rows
+
+
+def write_calibration(out: str, rows: list[dict], public: bool = False) -> str:
+    """Write ``OUT/report/calibration.tsv`` (one row per held-out track); returns its URI."""
+    from . import storage
+    cols = ["cell_type", "assay", "bins", "coverage", "spearman", "mean_sd", "rmse"]
+    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) if c in ("cell_type", "assay", "bins")
+                                           else f"{r[c]:.6g}" for c in cols) for r in rows]
+    uri = layout.calibration_file(out)
+    storage.write_text_atomic(uri, "\n".join(lines) + "\n", public=public)
+    return uri
 
 
 def scoring_masks(genome: dict, bin_size: int, blacklist: bool = True

@@ -164,6 +164,10 @@ def extended_model(ref: Model, new: Model, cell: str) -> Model:
         # imputed), and the new ones may have other features: NaN rows for REF
         stack = np.full((len(ref.cell_types) + 1, *new.stack.shape[1:]), np.nan)
         stack[-1] = new.stack[j]
+    variance = None
+    if new.stack_variance is not None:
+        variance = np.full((len(ref.cell_types) + 1, *new.stack_variance.shape[1:]), np.nan)
+        variance[-1] = new.stack_variance[j]
     return Model(cell_types=[*ref.cell_types, cell], assays=list(ref.assays), mu=ref.mu,
                  bC=np.append(ref.bC, new.bC[j]), bA=ref.bA,
                  C=np.vstack([ref.C, new.C[j:j + 1]]), A=ref.A,
@@ -171,7 +175,8 @@ def extended_model(ref: Model, new: Model, cell: str) -> Model:
                  meta=dict(ref.meta), stack=stack, stack_windows=new.stack_windows,
                  stack_similar=new.stack_similar,
                  stack_neighbours=None if new.stack_neighbours is None else np.concatenate(
-                     [ref.stack_neighbours, new.stack_neighbours[j:j + 1]]))
+                     [ref.stack_neighbours, new.stack_neighbours[j:j + 1]]),
+                 stack_variance=variance)
 
 
 def _fit_task(group, payload):
@@ -276,6 +281,76 @@ def _stats_match(ref: Reference, cfg) -> bool:
             "stack_max_blocks", "seed")
     return ref.stack_gram is not None and all(getattr(cfg, k) == getattr(ref.cfg, k)
                                               for k in keys)
+def _cell_design(ref: Model, exps: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(cell type, assay) indices of REF's training experiments followed by a new cell type's
+    ``exps`` (index len(REF's cell types)): the columns of its stacking statistics."""
+    aidx = {a: i for i, a in enumerate(ref.assays)}
+    cidx = {c: i for i, c in enumerate(ref.cell_types)}
+    ec = [cidx[c] for c, _ in ref.observed] + [len(ref.cell_types)] * len(exps)
+    ea = [aidx[a] for _, a in ref.observed] + [aidx[split_experiment(e)[1]] for e in exps]
+    return np.array(ec, dtype=int), np.array(ea, dtype=int)
+
+
+def _residual_task(group, payload):
+    """Per new cell type, the uncertainty model's statistics
+    (:func:`predictd.solvers.stacking.residual_stats`) of REF's experiments and its own, with
+    its fitted weights, on the stacking sample of a group of blocks."""
+    from .impute import no_signal
+    union, ref_exps, ref, cells, cfg, chrom_index, fitted, near = payload
+    out = {cell: [] for cell, _ in cells}
+    for chrom, block, start, n in group:
+        cols = list(ref_exps) + [e for _, exps in cells for e in exps]
+        _, X = tensor.read_columns(union, chrom, block, cols)
+        rows = stack_rows(cfg.seed, chrom_index[chrom], block, n, cfg.stack_sample)
+        if not rows.any():
+            continue
+        off = len(ref_exps)
+        for cell, exps in cells:
+            mine = list(range(off, off + len(exps)))
+            off += len(exps)
+            Xc = X[:, list(range(len(ref_exps))) + mine]
+            ec, ea = _cell_design(ref, exps)
+            W, betas = fitted[cell]
+            out[cell].append(stacking.residual_stats(
+                Xc, ec, ea, len(ref.assays), W, cfg.stack_windows(), rows=rows,
+                similar=cfg.stack_similarity(), keep=~no_signal(Xc[rows]), betas=betas,
+                neighbours=None if near is None else near[cell]))
+    return {cell: stacking.sum_residual_stats(v) for cell, v in out.items()}
+
+
+def fit_new_uncertainty(sc, ref: Reference, union: tensor.TensorUnion,
+                        cells: list[tuple[str, list[str]]], cfg, weights: dict,
+                        observed: dict, neighbours: dict | None = None) -> dict:
+    """Each new cell type's uncertainty model (``uncertainty``), as
+    :func:`predictd.train.fit_uncertainty` fits a run's: the honest residuals of REF's
+    experiments and the new cell type's own under the weights fitted with it (``weights[cell]``,
+    all cell types' rows), then the calibration histograms. Returns {cell: its targets' scaled
+    β (n_assay × m)}."""
+    groups = stack_groups(stack_blocks(ref.header.blocks(), cfg.stack_max_blocks))
+    chrom_index = {c: i for i, (c, _) in enumerate(ref.header.genome["chroms"])}
+
+    def pass_(betas, desc):
+        fitted = {cell: (weights[cell], betas[cell] if betas else None) for cell, _ in cells}
+        parts = map_tasks(sc, _residual_task, groups,
+                          (union, tuple(ref.experiments), ref.model, cells, cfg, chrom_index,
+                           fitted, neighbours), desc=desc, unit="block group")
+        return {cell: stacking.sum_residual_stats([p[cell] for p in parts])
+                for cell, _ in cells}
+
+    moments = pass_(None, "uncertainty: residuals")
+    betas = {}
+    for cell, exps in cells:
+        if moments[cell] is None:
+            raise PredictdError("uncertainty: no bins sampled; raise stack_sample")
+        ec, ea = _cell_design(ref.model, exps)
+        betas[cell] = stacking.fit_uncertainty(moments[cell], None, ec, ea, observed[cell],
+                                               leave_out=True)
+    hist = pass_(betas, "uncertainty: calibration")
+    n_ref = len(ref.model.cell_types)
+    return {cell: stacking.fit_uncertainty(moments[cell], hist[cell],
+                                           *_cell_design(ref.model, exps),
+                                           observed[cell])[n_ref]
+            for cell, exps in cells}
 
 
 def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
@@ -306,6 +381,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     L = model.latent_factors
     lam_c = cfg.rc / (L * (n_ref + 1))
     C, bC, rows, observed = [], [], [], []
+    fitted_weights, fitted_observed = {}, {}
     for cell, exps in cells:
         sums = ref_solver.sum_cell_type_sums([p[cell]["sums"] for p in parts
                                               if p[cell]["sums"] is not None])
@@ -329,13 +405,17 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
             for e in exps:
                 obs[n_ref, aidx[split_experiment(e)[1]]] = True
             windows, similar = cfg.stack_windows(), cfg.stack_similarity() is not None
+            # the uncertainty model needs every cell type's weights (its residuals are REF's
+            # tracks' too); otherwise only the new cell type's
+            targets = None if cfg.uncertainty else [n_ref]
             W = stacking.fit_stack(stats, obs, cfg.stack_ridge, windows, cfg.stack_per_cell,
-                                   similar, cells=[n_ref])
+                                   similar, cells=targets)
             if cfg.stack_blend:
                 W, _ = stacking.blend_with_average(
                     stats, obs, W, min(cfg.stack_blend_context, len(windows)), similar,
-                    cells=[n_ref])
+                    cells=targets)
             rows.append(W[n_ref])
+            fitted_weights[cell], fitted_observed[cell] = W, obs
     new = Model(cell_types=[c for c, _ in cells], assays=list(model.assays), mu=model.mu,
                 bC=np.array(bC), bA=model.bA, C=np.array(C).reshape(len(cells), L), A=model.A,
                 observed=observed,
@@ -348,6 +428,12 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
         new.stack_similar = cfg.stack_similarity()
         if near is not None:
             new.stack_neighbours = np.array([near[1][c] for c, _ in cells])
+        if cfg.uncertainty:
+            var = fit_new_uncertainty(
+                sc, ref, union, cells, cfg, fitted_weights, fitted_observed,
+                None if near is None else {c: np.concatenate([near[0], near[1][c][None]])
+                                           for c, _ in cells})
+            new.stack_variance = np.array([var[cell] for cell, _ in cells])
     return new
 
 
@@ -450,7 +536,7 @@ class ExtendRun(pipeline.Run):
             if mine:
                 ext, header, _ = self.cell_parts(new, cell)
                 vec.update(evaluate.collect(self.sc, header, self.union(), self.ref.gf_root,
-                                            ext, mine))
+                                            ext, mine, self.cfg.uncertainty))
         from .annotations import genome_region_masks
         masks = genome_region_masks(self.ref.header.genome, self.ref.header.bin_size)
         rows = evaluate.score(vec, masks)
@@ -458,7 +544,10 @@ class ExtendRun(pipeline.Run):
                                                     self.ref.header.bin_size)
         evaluate.write_report(self.out, rows, None, examples, public=self.public,
                               errors=errors)
-        return {"tracks": len(self.holdout), "metrics": rows}
+        calibration = evaluate.holdout_calibration(self.out, vec, self.ref.header.transform,
+                                                   public=self.public)
+        extra = {"calibration": calibration} if calibration else {}
+        return {"tracks": len(self.holdout), "metrics": rows, **extra}
 
     def run_doc(self) -> dict:
         doc = super().run_doc()

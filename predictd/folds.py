@@ -26,6 +26,8 @@ from .names import split_experiment
 from .progress import Progress
 
 log = logging.getLogger("predictd.folds")
+#: The vectors' entry of the ensemble's model-space standard deviation (with ``uncertainty``).
+SD = "sd"
 
 
 def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str]]:
@@ -88,16 +90,27 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
                  members=[(mem[2], mem[3]) for mem in members], use=use, root=run.tensor_root,
                  only=run.selected_tracks(members[0][3]), regions=run.selection.regions)
     layout.write_track_index(run.out, public=run.public, hash_local=False)
-    vectors = collect(run.sc, header, run.tensor_root, members, folds, references)
+    vectors = collect(run.sc, header, run.tensor_root, members, folds, references,
+                      run.cfg.uncertainty)
     masks, blacklist = evaluate.scoring_masks(header.genome, header.bin_size,
                                               run.cfg.score_blacklist)
+    sds = {h: v.pop(SD) for h, v in vectors.items() if SD in v}
+    calibration = []
+    if sds:
+        calibration = evaluate.calibration_rows(
+            {h: (v["y"], v["ensemble"], sds[h]) for h, v in vectors.items()},
+            header.transform, blacklist)
     rows = evaluate.score_methods(vectors, masks, blacklist)
     examples, errors = evaluate.example_regions(
         {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()},
         header.genome["chroms"], header.bin_size)
     evaluate.write_report(run.out, rows, None, examples, public=run.public, errors=errors)
+    if calibration:
+        evaluate.write_calibration(run.out, calibration, public=run.public)
     summary = summarize(rows)
-    return {"folds": folds, "ensemble_size": ensemble_size, "metrics": rows, **summary}
+    extra = {"calibration": calibration} if calibration else {}
+    return {"folds": folds, "ensemble_size": ensemble_size, "metrics": rows, **summary,
+            **extra}
 
 
 def _reference(run, header, sub, fold) -> tuple[str, object]:
@@ -128,7 +141,7 @@ def _reference(run, header, sub, fold) -> tuple[str, object]:
 
 def _fold_eval_task(item, payload):
     chrom, block, start, n = item
-    root, members, folds, exps, references = payload
+    root, members, folds, exps, references, uncertainty = payload
     _, X = tensor.read_block(root, chrom, block, exps)
     ci = {e: i for i, e in enumerate(exps)}
     out = {}
@@ -141,7 +154,10 @@ def _fold_eval_task(item, payload):
         singles = ensemble_values(mine[:1], np.ones((1, len(pairs)), np.float32), chrom, block,
                                   pairs, data)
         W = member_weights(len(mine), list(range(len(pairs))), None)
-        ens = ensemble_values(mine, W, chrom, block, pairs, data)
+        if uncertainty:
+            ens, var = ensemble_values(mine, W, chrom, block, pairs, data, uncertainty=True)
+        else:
+            ens = ensemble_values(mine, W, chrom, block, pairs, data)
         ref = None
         if f in references:
             ref = ensemble_values([references[f]], np.ones((1, len(pairs)), np.float32), chrom,
@@ -156,15 +172,20 @@ def _fold_eval_task(item, payload):
                       "average": base[:, t], "var": evaluate.assay_variance_of(h, exps, X)}
             if ref is not None:
                 out[h]["cp_als4"] = ref[:, t]
+            if uncertainty:
+                out[h][SD] = np.sqrt(var[:, t]).astype(np.float32)
     return out
 
 
-def collect(sc, header, root, members, folds, references=None
+def collect(sc, header, root, members, folds, references=None, uncertainty: bool = False
             ) -> dict[str, dict[str, np.ndarray]]:
+    """Genome-wide vectors of every observed track: ``y``, each method's imputation (model
+    space), ``var`` (msevar's weights) and, with ``uncertainty``, :data:`SD` (the ensemble's
+    model-space standard deviation)."""
     from .spark import map_tasks
     exps = list(header.experiments)
     parts = map_tasks(sc, _fold_eval_task, header.blocks(),
-                      (root, members, folds, exps, references or {}),
+                      (root, members, folds, exps, references or {}, uncertainty),
                       desc="evaluate folds", unit="block")
     return {h: {k: np.concatenate([p[h][k] for p in parts]) for k in parts[0][h]}
             for h in exps}

@@ -169,7 +169,8 @@ def imputed_tracks(out: str, url_base: str | None = None) -> list[HubTrack]:
     """The imputed tracks found at ``out``, with bigDataUrls relative to the hub (or under
     ``url_base``)."""
     base = _check_url_base(url_base)
-    out_files = [f for f in list_outputs(out) if f.is_track]
+    # uncertainty tracks (standard deviations) are not signal: the hub shows the imputations
+    out_files = [f for f in list_outputs(out) if f.is_track and f.kind == "imputed"]
     return [HubTrack(f.cell_type, f.assay,
                      f"{base}/{quote(f.path, safe='/')}" if base else quote(f.path, safe="/"))
             for f in out_files]

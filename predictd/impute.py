@@ -27,6 +27,7 @@ from .errors import PredictdError
 from .model import Model
 from .names import experiment_name, split_experiment
 from .solvers import stacking
+from .solvers import uncertainty as unc
 from .solvers.closed_form import projection, resolve_missing_rows
 from .progress import within_item
 from .spark import default_parallelism, map_tasks
@@ -231,14 +232,14 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     has signal (:func:`no_signal`): they are 0 in every track. When not given it is computed
     from ``block`` if that holds every training experiment."""
     if empty is None and block is not None:
-        empty = _block_no_signal(model, block)
+        empty = block_no_signal(model, block)
     Y = _model_values(model, GB, pairs, block, sums, sums_cover)
     if empty is not None:
         Y[empty] = 0.0
     return Y
 
 
-def _block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.ndarray | None:
+def block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.ndarray | None:
     """:func:`no_signal` of the model's training experiments in ``block``; None when the block
     lacks some of them (only the target cell types' columns were read)."""
     names, X = block
@@ -308,6 +309,45 @@ def _model_values(model, GB, pairs, block, sums, sums_cover=None):
                                   neighbours=model.stack_neighbours)
 
 
+def model_variance(model: Model, Y: np.ndarray, pairs: list[tuple[int, int]],
+                   block: tuple[list[str], np.ndarray],
+                   empty: np.ndarray | None = None) -> np.ndarray:
+    """Model-space predictive variance (n × T, float64) of ``pairs`` whose values (from
+    :func:`model_values`) are Y, from the model's uncertainty model
+    (:mod:`predictd.solvers.uncertainty`). ``block`` = (names, bins × experiments) must hold
+    every training experiment of the model: each target's quantities include the mean and
+    variance of its assay over the other cell types. 0 at the bins of ``empty``."""
+    from .solvers import uncertainty as unc
+    if model.stack_variance is None:
+        raise PredictdError("the model has no uncertainty model: train it with --uncertainty")
+    names, X = block
+    ci = {e: i for i, e in enumerate(names)}
+    obs = [experiment_name(c, a) for c, a in model.observed]
+    if any(e not in ci for e in obs):
+        raise ValueError("model_variance needs every training experiment of the block")
+    cidx = {c: i for i, c in enumerate(model.cell_types)}
+    aidx = {a: i for i, a in enumerate(model.assays)}
+    col = {(cidx[c], aidx[a]): ci[e] for (c, a), e in zip(model.observed, obs)}
+    ea = np.array([aidx[a] for _, a in model.observed])
+    Xm = np.asarray(X[:, [ci[e] for e in obs]], dtype=np.float64)
+    tot, cnt = stacking.assay_sums(Xm, ea, len(model.assays))
+    tot2, _ = stacking.assay_sums(np.square(Xm), ea, len(model.assays))
+    out = np.empty((Y.shape[0], len(pairs)))
+    for t, (j, k) in enumerate(pairs):   # one vectorised pass per track
+        beta = model.stack_variance[j, k]
+        if not np.isfinite(beta).all():
+            name = experiment_name(model.cell_types[j], model.assays[k])
+            raise PredictdError(f"no uncertainty model for {name} (too few sampled bins of "
+                                "its assay; raise stack_sample)")
+        own = (np.asarray(X[:, col[(j, k)]], dtype=np.float64) if (j, k) in col
+               else np.full(Y.shape[0], np.nan))
+        mean, var = unc.other_cell_moments(tot[:, k], tot2[:, k], cnt[:, k], own)
+        out[:, t] = unc.predictive_variance(unc.variance_features(Y[:, t], mean, var), beta)
+    if empty is not None:
+        out[empty] = 0.0
+    return out
+
+
 def needs_block(members: list[tuple[str, Model]]) -> bool:
     return any(m.stack is not None for _, m in members)
 
@@ -315,13 +355,18 @@ def needs_block(members: list[tuple[str, Model]]) -> bool:
 def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str, block: int,
                     pairs: list[tuple[int, int]],
                     data: tuple[list[str], np.ndarray] | None = None,
-                    factors: list | None = None, sums_cover: int | None = None
-                    ) -> np.ndarray:
+                    factors: list | None = None, sums_cover: int | None = None,
+                    uncertainty: bool = False):
     """Model-space values of ``pairs`` for a block, averaged over ensemble members with the
     weights W (members × pairs). A single model is the one-member case. ``data`` is the
     block's observed tensor (names, values), needed by stacked models; ``factors`` the
-    members' :func:`read_gf_parts` of the block when already read."""
+    members' :func:`read_gf_parts` of the block when already read.
+
+    With ``uncertainty``, returns (values, variance): each member's predictive variance
+    (:func:`model_variance`; ``data`` must then hold every training experiment) and, across
+    members, the spread of their values — the mixture's variance ``Σ w (σ²_m + ŷ_m²) − ŷ²``."""
     Y = None
+    V = None
     for m, (gf_root, model) in enumerate(members):
         if not W[m].any():
             continue
@@ -329,41 +374,66 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
             gf_uri(gf_root, chrom, block), sums=uses_sums(model))
         # each member is zero where its own training experiments have no signal
         Ym = model_values(model, GB, pairs, data, sums, empty, sums_cover)
+        if uncertainty:
+            if empty is None:
+                empty = block_no_signal(model, data)
+            Vm = model_variance(model, Ym, pairs, data, empty)
+            Vm += np.square(Ym, dtype=np.float64)
+            Vm *= W[m][None, :]
+            V = Vm if V is None else V + Vm
         if len(members) > 1:
             Ym = Ym * W[m][None, :]
         Y = Ym if Y is None else Y + Ym
-    return Y
+    if not uncertainty:
+        return Y
+    return Y, np.maximum(V - np.square(Y, dtype=np.float64), 0.0)
 
 
 def _write_task(group, payload):
     (out, root, exps, members, use, blocks, chroms, bin_size, transform, check, public,
-     sums_cover, regions) = payload
+     sums_cover, regions, uncertainty) = payload
     model = members[0][1]
     names = model.track_names()
-    todo = [p for p in group if not storage.exists(layout.track_file(out, names[p]))]
-    if not todo:
+    # (track, uncertainty?) files still to write: a resumed run writes only the missing ones
+    files = [(p, False) for p in group if not storage.exists(layout.track_file(out, names[p]))]
+    if uncertainty:
+        files += [(p, True) for p in group
+                  if not storage.exists(layout.uncertainty_file(out, names[p]))]
+    if not files:
         return []
+    todo = sorted({p for p, _ in files})
     pairs = [(p // len(model.assays), p % len(model.assays)) for p in todo]
+    col = {p: t for t, p in enumerate(todo)}
     W = member_weights(len(members), todo, use)
     writers = []
     with storage.staged(layout.tracks_dir(out), public=public, in_place=True) as staging:
         try:
-            for p in todo:
-                dest = os.path.join(staging, layout.track_file_name(names[p]))
+            for p, sd in files:
+                dest = os.path.join(staging, layout.uncertainty_file_name(names[p]) if sd
+                                    else layout.track_file_name(names[p]))
                 writers.append(BigWigWriter(dest, chroms, bin_size).open())
             for chrom, block, start, n in within_item(blocks):
                 mask = None if regions is None else regions.block_mask(chrom, start, n,
                                                                        bin_size)
                 if mask is not None and not mask.any():
                     continue  # outside the regions: nothing computed, no data in the tracks
-                Y = block_values(root, exps, members, W, chrom, block, pairs, sums_cover)
-                Y = inverse(Y, transform)
+                if uncertainty:
+                    Ym, V = block_values(root, exps, members, W, chrom, block, pairs,
+                                         sums_cover, uncertainty=True)
+                    S = unc.output_sd(Ym, np.sqrt(V), transform)
+                    Y = inverse(Ym, transform)
+                else:
+                    Y = inverse(block_values(root, exps, members, W, chrom, block, pairs,
+                                             sums_cover), transform)
                 if check and not np.isfinite(Y).all():
                     raise PredictdError(f"imputed values for block {chrom}:{block} are not "
                                         "finite (diverged model?)")
+                if uncertainty and check and not np.isfinite(S).all():
+                    raise PredictdError(f"uncertainty for block {chrom}:{block} is not "
+                                        "finite (diverged model?)")
                 for lo, hi in _runs(mask, n):
-                    for t, w in enumerate(writers):
-                        w.add_block(chrom, start + lo, Y[lo:hi, t])
+                    for (p, sd), w in zip(files, writers):
+                        w.add_block(chrom, start + lo, (S if sd else Y)[lo:hi, col[p]])
             for w in writers:
                 w.close()
         except BaseException:
@@ -383,29 +453,32 @@ def _runs(mask: np.ndarray | None, n: int) -> list[tuple[int, int]]:
 
 def block_values(root, exps: list[str], members: list[tuple[str, Model]], W: np.ndarray,
                  chrom: str, block: int, pairs: list[tuple[int, int]],
-                 sums_cover: int | None = None) -> np.ndarray:
+                 sums_cover: int | None = None, uncertainty: bool = False):
     """Model-space values of ``pairs`` for one block, as the write task computes them: the
     members' genome factors, and for stacked models the block's observed data (``root`` a
     tensor root or :class:`predictd.tensor.TensorUnion`, ``exps`` its experiments).
     ``sums_cover``: the per-assay sums stored with the genome factors include only the first
     that many of the model's training experiments (a reference's, when the model extends it).
-    """
+    ``uncertainty`` returns (values, model-space variance) (:func:`ensemble_values`); the
+    block is then read whole."""
     # the members this task's tracks average (a fold's tracks use its own models)
     factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
                if W[i].any() else None for i, (r, m) in enumerate(members)]
     data = None
     if needs_block(members):
         # with the stored per-assay sums, only the columns the targets need are read (at
-        # Roadmap scale a few hundred of a thousand)
-        whole = any(f is not None and m.stack is not None and f[1] is None
-                    for (_, m), f in zip(members, factors))
+        # Roadmap scale a few hundred of a thousand); the uncertainty's spread across cell
+        # types needs every column
+        whole = uncertainty or any(f is not None and m.stack is not None and f[1] is None
+                                   for (_, m), f in zip(members, factors))
         cols = exps
         if not whole:
             need = {e for (_, m), f in zip(members, factors) if f is not None
                     for e in needed_columns(m, pairs, sums_cover)}
             cols = [e for e in exps if e in need]
         data = (cols, tensor.read_columns(root, chrom, block, cols)[1])
-    return ensemble_values(members, W, chrom, block, pairs, data, factors, sums_cover)
+    return ensemble_values(members, W, chrom, block, pairs, data, factors, sums_cover,
+                           uncertainty)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -456,6 +529,6 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
                      (out, root, list(header.experiments), members, use, header.blocks(),
                       chroms, header.bin_size,
                       header.transform, cfg.output_dtype_check, public, sums_cover,
-                      regions),
+                      regions, cfg.uncertainty),
                      desc="write tracks", unit="track group")
     return [n for d in done for n in d]

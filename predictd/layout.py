@@ -8,7 +8,8 @@ OUT is a local directory or an object-store prefix (``s3://``, ``gs://``, ``az:/
     OUT/tracks.json              the track index: every imputed track with its size and MD5
     OUT/tensor/                  the data tensor (Parquet + header.json)
     OUT/model/                   model.json + factors.npz, history.json; genome_factors/ (Parquet)
-    OUT/tracks/                  {cell_type}.{assay}.imputed.bw for every pair of the model
+    OUT/tracks/                  {cell_type}.{assay}.imputed.bw for every pair of the model;
+                                 with ``uncertainty``, {cell_type}.{assay}.uncertainty.bw too
     OUT/report/                  metrics.tsv, PNG plots, index.html (when tracks are held out)
     OUT/hub.txt, genomes.txt, trackDb.txt    a UCSC track hub of the tracks (``predictd hub``)
     OUT/_predictd/               run identity and stage completion markers
@@ -30,8 +31,10 @@ format::
                  "assay": "H3K4me3", "bytes": 994992, "md5": "0f34...", }, ...],
      "files":  [{"path": "model/model.json", "bytes": 2310, "md5": null}, ...]}
 
-Paths are relative to OUT; ``md5`` is null when it was not computed (e.g. tracks written to
-S3, whose ETags are not MD5s for multipart uploads or under SSE-KMS).
+An uncertainty track (``tracks/E003.H3K4me3.uncertainty.bw``) is listed among the tracks with
+``"kind": "uncertainty"``; imputed tracks have no ``kind``. Paths are relative to OUT; ``md5``
+is null when it was not computed (e.g. tracks written to S3, whose ETags are not MD5s for
+multipart uploads or under SSE-KMS).
 
 Examples
 --------
@@ -57,6 +60,7 @@ from .model import MODEL_JSON, MODEL_NPZ
 from .names import experiment_name, split_experiment
 
 __all__ = [
+    "calibration_file",
     "HUB_FILE",
     "HUB_FILES",
     "INDEX_FILE",
@@ -87,9 +91,13 @@ __all__ = [
     "track_file",
     "track_file_name",
     "track_index",
+    "track_kind",
     "track_path",
     "tracks_dir",
     "training_subset_dir",
+    "uncertainty_file",
+    "uncertainty_file_name",
+    "uncertainty_path",
     "write_track_index",
 ]
 
@@ -98,6 +106,7 @@ RUN_FILE = "run.json"
 INDEX_FILE = "tracks.json"
 TRACKS_DIR = "tracks"
 TRACK_SUFFIX = ".imputed.bw"
+UNCERTAINTY_SUFFIX = ".uncertainty.bw"
 MODEL_DIR = "model"
 HISTORY_FILE = "history.json"
 REPORT_DIR = "report"
@@ -115,7 +124,7 @@ RUN_ENTRIES = ("_predictd", "tensor", MODEL_DIR, TRACKS_DIR, REPORT_DIR, "work",
 INDEX_FORMAT = "predictd-tracks/1"
 #: Threads hashing local tracks for the index (hashlib releases the GIL on large buffers).
 HASH_THREADS = 4
-_TRACK_RE = re.compile(r"^tracks/([A-Za-z0-9_+-][A-Za-z0-9_.+-]*)\.imputed\.bw$")
+_TRACK_RE = re.compile(r"^tracks/([A-Za-z0-9_+-][A-Za-z0-9_.+-]*)\.(imputed|uncertainty)\.bw$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -170,6 +179,28 @@ def track_file(out: str, name: str) -> str:
     return storage.join(out, track_path(name))
 
 
+def uncertainty_file_name(name: str) -> str:
+    """The file name of the uncertainty track of experiment ``name`` (in ``OUT/tracks/``): a
+    standard deviation per bin of its imputed track (``uncertainty``)."""
+    return f"{name}{UNCERTAINTY_SUFFIX}"
+
+
+def uncertainty_path(name: str) -> str:
+    """The uncertainty track of experiment ``name``, relative to OUT."""
+    return f"{TRACKS_DIR}/{uncertainty_file_name(name)}"
+
+
+def uncertainty_file(out: str, name: str) -> str:
+    """The uncertainty track of experiment ``name`` (``cell_type.assay``)."""
+    return storage.join(out, uncertainty_path(name))
+
+
+def track_kind(path: str) -> str | None:
+    """``"imputed"`` or ``"uncertainty"`` for a track's path relative to OUT, else None."""
+    m = _TRACK_RE.match(path)
+    return None if m is None else m.group(2)
+
+
 def split_track_path(path: str) -> tuple[str, str] | None:
     """``(cell_type, assay)`` of an imputed track's path relative to OUT, or None if ``path``
     is not one."""
@@ -190,6 +221,12 @@ def report_dir(out: str) -> str:
 def report_page(out: str) -> str:
     """The report's page, ``OUT/report/index.html`` (written last: present means complete)."""
     return storage.join(out, REPORT_PAGE)
+
+
+def calibration_file(out: str) -> str:
+    """How the held-out tracks' uncertainty tracks describe their errors,
+    ``OUT/report/calibration.tsv`` (``uncertainty`` with ``--folds``)."""
+    return storage.join(out, REPORT_DIR, "calibration.tsv")
 
 
 def hub_file(out: str, name: str = HUB_FILE) -> str:
@@ -249,15 +286,27 @@ class OutputFile:
         return self.cell_type is not None
 
     @property
+    def kind(self) -> str | None:
+        """``"imputed"`` or ``"uncertainty"`` (its standard deviation per bin) for a track,
+        None for other files."""
+        return track_kind(self.path) if self.is_track else None
+
+    @property
     def name(self) -> str:
-        """``cell_type.assay`` for a track, else the path."""
-        return experiment_name(self.cell_type, self.assay) if self.is_track else self.path
+        """``cell_type.assay`` for an imputed track, ``cell_type.assay.uncertainty`` for an
+        uncertainty track, else the path."""
+        if not self.is_track:
+            return self.path
+        name = experiment_name(self.cell_type, self.assay)
+        return name if self.kind == "imputed" else f"{name}.{self.kind}"
 
     def to_json(self) -> dict:
         d = {"path": self.path, "bytes": self.size, "md5": self.md5}
         if self.is_track:
             d = {"path": self.path, "cell_type": self.cell_type, "assay": self.assay,
                  "bytes": self.size, "md5": self.md5}
+            if self.kind != "imputed":
+                d["kind"] = self.kind
         return d
 
 

@@ -177,6 +177,10 @@ class Model:
     # the Gram statistics the stack was fitted from (n_cell × D × D): saved by :meth:`save` as
     # STACK_STATS_NPZ, never loaded with the model (:func:`load_stack_gram` reads them)
     stack_gram: np.ndarray | None = field(default=None, repr=False)
+    # the stacked regression's predictive-variance model (predictd.solvers.uncertainty): the
+    # calibrated β of every pair (n_cell × n_assay × m, NaN rows without one); None = no
+    # uncertainty tracks
+    stack_variance: np.ndarray | None = None
 
     @property
     def latent_factors(self) -> int:
@@ -213,6 +217,8 @@ class Model:
             arrays["stack"] = self.stack
         if self.stack_neighbours is not None:
             arrays["stack_neighbours"] = np.asarray(self.stack_neighbours, dtype=np.int64)
+        if self.stack_variance is not None:
+            arrays["stack_variance"] = self.stack_variance
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, os.path.join(directory, MODEL_NPZ))
@@ -258,6 +264,8 @@ class Model:
             stack = np.asarray(stored["stack"], dtype=np.float64) if "stack" in stored else None
             near = np.asarray(stored["stack_neighbours"], dtype=np.int64) \
                 if "stack_neighbours" in stored else None
+            variance = (np.asarray(stored["stack_variance"], dtype=np.float64)
+                        if "stack_variance" in stored else None)
         except FileNotFoundError as e:
             raise PredictdError(f"model not found: {e.filename}") from None
         except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -281,7 +289,7 @@ class Model:
                     meta=dict(doc.get("meta", {})), stack=stack,
                     stack_windows=tuple(int(w) for w in doc.get("stack_windows", [])),
                     stack_similar=_similar(doc.get("stack_similar")),
-                    stack_neighbours=near)
+                    stack_neighbours=near, stack_variance=variance)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PredictdError(f"{jpath}: malformed model description ({e})") from None
         if m.C.ndim != 2 or m.C.shape != (len(m.cell_types), m.latent_factors) or \
@@ -295,4 +303,8 @@ class Model:
                                                                       len(m.assays))):
             raise PredictdError(f"{npath}: stacking neighbours do not match the names in "
                                 f"{jpath}")
+        if variance is not None and (stack is None or variance.ndim != 3 or
+                                     variance.shape[:2] != stack.shape[:2]):
+            raise PredictdError(f"{npath}: the uncertainty model does not match the stacking "
+                                "weights")
         return m

@@ -271,7 +271,7 @@ class Run:
         header = tensor.read_header(self.tensor_root)
         model = self.load_model()
         vec = evaluate.collect(self.sc, header, self.tensor_root, self.gf_root, model,
-                               self.holdout)
+                               self.holdout, self.cfg.uncertainty)
         masks, blacklist = evaluate.scoring_masks(header.genome, header.bin_size,
                                                   self.cfg.score_blacklist)
         rows = evaluate.score(vec, masks, blacklist)
@@ -286,7 +286,10 @@ class Run:
                                                     header.bin_size)
         evaluate.write_report(self.out, rows, curves, examples, public=self.public,
                               errors=errors)
-        return {"tracks": len(self.holdout), "metrics": rows}
+        calibration = evaluate.holdout_calibration(self.out, vec, header.transform, blacklist,
+                                                   public=self.public)
+        extra = {"calibration": calibration} if calibration else {}
+        return {"tracks": len(self.holdout), "metrics": rows, **extra}
 
     # ------------------------------------------------------------------ model i/o
     def save_model(self, model: Model) -> None:

@@ -269,6 +269,53 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     return W, stats["gram"], neighbours
 
 
+def _residual_task(group, payload):
+    """The uncertainty model's statistics (:func:`predictd.solvers.stacking.residual_stats`)
+    over a group of blocks, on the bins of the stacking sample."""
+    from .impute import no_signal
+    (root, exps, ec, ea, n_assay, windows, frac, seed, chrom_index, similar, W, betas,
+     neighbours) = payload
+    parts = []
+    for chrom, block, start, n in group:
+        _, X = tensor.read_columns(root, chrom, block, list(exps))
+        rows = stack_rows(seed, chrom_index[chrom], block, n, frac)
+        if rows.any():
+            parts.append(stacking.residual_stats(X, ec, ea, n_assay, W, windows, rows=rows,
+                                                 similar=similar, keep=~no_signal(X[rows]),
+                                                 betas=betas, neighbours=neighbours))
+    return stacking.sum_residual_stats(parts)
+
+
+def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: list[str], cfg,
+                    W: np.ndarray, neighbours: np.ndarray | None = None) -> np.ndarray:
+    """The stacked regression's predictive-variance model (``uncertainty``): two passes over
+    the stacking sample, the residual moments of every training experiment, then their
+    standardised errors' histograms for the calibration scale. Returns the scaled β of every
+    target (n_cell × n_assay × m; :func:`predictd.solvers.stacking.fit_uncertainty`)."""
+    idx = {e: i for i, e in enumerate(header.experiments)}
+    ec = header.exp_cell[[idx[e] for e in experiments]]
+    ea = header.exp_assay[[idx[e] for e in experiments]]
+    n_cell, n_assay = len(header.cell_types), len(header.assays)
+    groups = stack_groups(stack_blocks(header.blocks(), cfg.stack_max_blocks))
+    chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
+    observed = np.zeros((n_cell, n_assay), dtype=bool)
+    observed[ec, ea] = True
+
+    def pass_(betas, desc):
+        common = (root, tuple(experiments), ec, ea, n_assay, cfg.stack_windows(),
+                  cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(), W, betas,
+                  neighbours)
+        parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group")
+        return stacking.sum_residual_stats(parts)
+
+    moments = pass_(None, "uncertainty: residuals")
+    if moments is None:
+        raise PredictdError("uncertainty: no bins sampled; raise stack_sample")
+    betas = stacking.fit_uncertainty(moments, None, ec, ea, observed, leave_out=True)
+    hist = pass_(betas, "uncertainty: calibration")
+    return stacking.fit_uncertainty(moments, hist, ec, ea, observed)
+
+
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
           progress=None) -> tuple[Model, FitResult]:
     """Sample the training subset into ``work`` and fit the model."""
@@ -309,4 +356,7 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
             sc, header, root, experiments, cfg)
         model.stack_windows = cfg.stack_windows()
         model.stack_similar = cfg.stack_similarity()
+        if cfg.uncertainty:
+            model.stack_variance = fit_uncertainty(sc, header, root, experiments, cfg,
+                                                   model.stack, model.stack_neighbours)
     return model, res

@@ -58,7 +58,9 @@ def list_command(source, cell_types, assays, include_model, as_json):
     total = dl.format_size(sum(sizes)) if None not in sizes else "size unknown"
     cells = sorted({f.cell_type for f in tracks})
     assay_names = sorted({f.assay for f in tracks})
-    click.echo(f"{_n(len(tracks), 'track')} ({total}): {_n(len(cells), 'cell type')}, "
+    n_sd = sum(f.kind == "uncertainty" for f in tracks)
+    counted = _n(len(tracks) - n_sd, "track") + (f" + {n_sd} uncertainty" if n_sd else "")
+    click.echo(f"{counted} ({total}): {_n(len(cells), 'cell type')}, "
                f"{_n(len(assay_names), 'assay')}")
 
 

@@ -27,8 +27,9 @@ from .main import cli
 @options.no_spark
 @options.overwrite
 @options.public
+@options.uncertainty
 def extend(reference, manifest, out, assays, regions, config_path, sets, holdout, master,
-           no_spark, overwrite, public):
+           no_spark, overwrite, public, uncertainty):
     """Impute new cell types against a trained reference, without retraining it.
 
     \b
@@ -41,10 +42,14 @@ def extend(reference, manifest, out, assays, regions, config_path, sets, holdout
     Example:
       predictd extend --reference s3://bucket/roadmap --manifest my_sample.tsv --out my_out/
       predictd extend -r ref/ -m new.tsv -o out/ --assay H3K27me3 --regions loci.bed
+      predictd extend -r ref/ -m new.tsv -o out/ --uncertainty  # + *.uncertainty.bw
     """
     from .. import extend as ext
     ref = ext.open_reference(reference)
-    cfg = ref.config(options.config_overrides(config_path, sets))
+    overrides = options.config_overrides(config_path, sets)
+    # asked for here, not inherited from the reference's config
+    overrides["uncertainty"] = uncertainty or bool(overrides.get("uncertainty", False))
+    cfg = ref.config(overrides)
     run = ext.open_extension(ref, manifest, out, cfg, holdout=holdout, assays=assays,
                              regions=regions, public=public)
     if not no_spark:

@@ -35,6 +35,15 @@ set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                             "latent_factors=30 (repeatable).")
 
 
+uncertainty = click.option(
+    "--uncertainty", is_flag=True,
+    help="Also write OUT/tracks/{cell_type}.{assay}.uncertainty.bw: a standard deviation per "
+         "bin, in the input's units, from the stacked regression's predictive variance, "
+         "calibrated on the training cell types so that imputed ± 1.645 sd holds about 90 % "
+         "of the bins (docs/accuracy.md). Costs two more passes over the stacking sample in "
+         "training, and reads each block's every track when writing.")
+
+
 targets = click.option("--targets", multiple=True, metavar="CELL:ASSAY",
                        help="Write only this track (repeatable; with --cell-type/--assay: "
                             "their union). Default: every (cell type, assay) pair.")
@@ -62,8 +71,12 @@ def pipeline_options(f):
     return f
 
 
-def load_config(path, sets):
-    return config_mod.load(path, _set_values(sets))
+def load_config(path, sets, uncertainty: bool = False):
+    """The config of a file and --set values; ``--uncertainty`` sets ``uncertainty``."""
+    values = _set_values(sets)
+    if uncertainty:
+        values["uncertainty"] = True
+    return config_mod.load(path, values)
 
 
 def config_overrides(path, sets) -> dict:

@@ -11,8 +11,8 @@ from .main import cli
 
 
 def _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public,
-          selection=None):
-    cfg = options.load_config(config_path, sets)
+          selection=None, uncertainty=False):
+    cfg = options.load_config(config_path, sets, uncertainty)
     run = pipeline.open_run(manifest, genome, out, cfg, holdout, public=public,
                             progress=True, **(selection or {}))
     if not no_spark:
@@ -51,12 +51,13 @@ def _stage_command(name, stages, doc, with_folds=False, with_selection=True):
                        "per fold, tracks imputed by the models that did not see them, and a "
                        "report scoring every observed track (model, ensemble, average).",
                   hidden=not with_folds)
+    @options.uncertainty
     def command(manifest, genome, out, config_path, sets, holdout, master, no_spark, overwrite,
-                public, folds, **selection):
+                public, folds, uncertainty, **selection):
         if folds and holdout:
             raise click.BadParameter("use either --folds or --holdout", param_hint="--folds")
         run = _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public,
-                    selection)
+                    selection, uncertainty)
         results = pipeline.run_all(run, overwrite=overwrite, stages=stages, folds=folds)
         _summary(run, results)
     return command
@@ -76,6 +77,7 @@ Example:
   predictd run -m tracks.tsv -g hg38 -o out/ --holdout E116:H3K4me3 --set latent_factors=30
   predictd run -m tracks.tsv -g hg38 -o out/ --folds 5        # cross-validated ensemble
   predictd run -m tracks.tsv -g hg38 -o out/ --cell-type 'E11*' --assay H3K27me3
+  predictd run -m tracks.tsv -g hg38 -o out/ --uncertainty   # + *.uncertainty.bw (sd per bin)
 """)
 _stage_command("ingest", ("ingest",), with_selection=False, doc="""Bin the manifest's bigWigs
 into the tensor (OUT/tensor, Parquet + header.json).""")

@@ -897,3 +897,145 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
             pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], (Wt @ Vh)[fs])
         outT[ts] = pred[fs]
     return outT.T
+
+
+def residual_stats(X: np.ndarray, exp_cell, exp_assay, n_assay: int, weights: np.ndarray,
+                   windows=(), rows=None, similar: tuple[int, float] | None = None,
+                   keep: np.ndarray | None = None, betas: np.ndarray | None = None,
+                   neighbours: np.ndarray | None = None) -> dict:
+    """The uncertainty model's statistics of a block's sampled bins, per training experiment
+    (:mod:`predictd.solvers.uncertainty`).
+
+    For each experiment e = (c, k) of X (columns as ``exp_cell``/``exp_assay``) whose target
+    has weights, its held-out prediction ``ŷ = weights[c, k] · v_c`` (those weights never saw
+    its track) is compared with the observed values at the bins of ``rows`` (as in
+    :func:`stack_stats`) where every feature is present and ``keep`` (bool per row of ``rows``,
+    e.g. not :func:`predictd.impute.no_signal`) holds. Without ``betas`` the result is the
+    residuals' moments (``zz`` E × m × m, ``zr`` E × m, ``n`` E); with ``betas`` (E × m, NaN
+    rows skipped) the standardised errors' histograms (``hist`` E × cells). Shards add both.
+    ``neighbours``: as in :func:`cell_vectors`."""
+    from . import uncertainty as unc
+    X = np.asarray(X)
+    exp_cell = np.asarray(exp_cell)
+    exp_assay = np.asarray(exp_assay)
+    E, m = exp_cell.size, unc.N_FEATURES
+    ctx = BlockContext(X, exp_assay, n_assay, windows, rows)
+    r = ctx.rows
+    Xr = np.asarray(X if r is None else X[r], dtype=np.float64)
+    if keep is None:
+        keep = np.ones(Xr.shape[0], dtype=bool)
+    tot, cnt = assay_sums(Xr, exp_assay, n_assay)
+    tot2, _ = assay_sums(np.square(Xr), exp_assay, n_assay)
+    out = ({"zz": np.zeros((E, m, m)), "zr": np.zeros((E, m)), "n": np.zeros(E)}
+           if betas is None else {"hist": np.zeros((E, unc.RATIO_EDGES.size - 1), np.int64)})
+    for c in np.unique(exp_cell):
+        mine = [e for e in np.flatnonzero(exp_cell == c)
+                if np.isfinite(weights[c, exp_assay[e]]).all()
+                and (betas is None or np.isfinite(betas[e]).all())]
+        if not mine:
+            continue
+        Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32,
+                          context=ctx, similar=similar, neighbours=neighbours).T
+        ok = keep & ~np.isnan(Vt).any(axis=0)
+        Vt = Vt[:, ok].astype(np.float64)
+        for e in mine:
+            k = exp_assay[e]
+            x = Xr[ok, e]
+            yhat = weights[c, k] @ Vt
+            mean, var = unc.other_cell_moments(tot[ok, k], tot2[ok, k], cnt[ok, k], x)
+            Z = unc.variance_features(yhat, mean, var)
+            if betas is None:
+                mom = unc.residual_moments(Z, x - yhat)
+                out["zz"][e], out["zr"][e], out["n"][e] = mom["zz"], mom["zr"], mom["n"]
+            else:
+                out["hist"][e] = unc.ratio_histogram(
+                    x - yhat, unc.predictive_variance(Z, betas[e]))
+    return out
+
+
+def sum_residual_stats(parts: list[dict]) -> dict | None:
+    """Add shard :func:`residual_stats` in shard order (deterministic)."""
+    out = None
+    for p in parts:
+        if p is None:
+            continue
+        out = {k: v.copy() for k, v in p.items()} if out is None else \
+            {k: out[k] + p[k] for k in out}
+    return out
+
+
+def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
+                    observed: np.ndarray, leave_out: bool = False):
+    """The uncertainty model of every (cell type, assay) target from summed
+    :func:`residual_stats`.
+
+    With ``leave_out`` (the first step): one β per training experiment e = (c, k), fitted on
+    the moments of the other cell types' experiments of assay k — what standardises e's errors
+    for the calibration histograms (E × m, NaN where no other cell type has k).
+
+    Otherwise: per target (j, k), β fitted on the experiments (c, k) of the other cell types,
+    times the square of a calibration scale s: σ² = (s² β) · z. Each training experiment's
+    own scale comes from its histogram in ``hist``
+    (:func:`predictd.solvers.uncertainty.calibration_scale`), and log s is a two-way model,
+    an assay effect plus a cell-type effect: the mean log scale of assay k's other cell
+    types, plus the mean of how much j's *other* assays' log scales exceed their other cell
+    types' (0 when j has no other assay). Neither uses (j, k) itself. Returns
+    (n_cell × n_assay × m), NaN for targets without enough sampled bins; a target whose assay
+    no other cell type has pools every other cell type's experiments."""
+    from . import uncertainty as unc
+    exp_cell = np.asarray(exp_cell)
+    exp_assay = np.asarray(exp_assay)
+    observed = np.asarray(observed, dtype=bool)
+    n_cell, n_assay = observed.shape
+    has = moments["n"] > 0
+
+    def pooled(sel):
+        idx = np.flatnonzero(sel & has)
+        if not idx.size:
+            return None
+        return {"zz": moments["zz"][idx].sum(axis=0), "zr": moments["zr"][idx].sum(axis=0),
+                "n": float(moments["n"][idx].sum())}
+
+    if leave_out:
+        B = np.full((exp_cell.size, unc.N_FEATURES), np.nan)
+        for e in range(exp_cell.size):
+            beta = unc.fit_variance(pooled((exp_assay == exp_assay[e]) &
+                                           (exp_cell != exp_cell[e])))
+            if beta is not None:
+                B[e] = beta
+        return B
+    # log of each experiment's own scale (NaN without counts): the calibration is a two-way
+    # model on the log scale, log s = assay effect + cell-type effect
+    H = hist["hist"] if hist is not None else np.zeros((exp_cell.size, 1), np.int64)
+    log_s = np.full(exp_cell.size, np.nan)
+    for e in np.flatnonzero(H.sum(axis=1) > 0):
+        log_s[e] = np.log(unc.calibration_scale(H[e]))
+
+    def mean_log(sel):
+        v = log_s[sel]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else np.nan
+
+    out = np.full((n_cell, n_assay, unc.N_FEATURES), np.nan)
+    for j in range(n_cell):
+        for k in range(n_assay):
+            sel = (exp_assay == k) & (exp_cell != j)
+            if not (sel & has).any():
+                sel = exp_cell != j   # no other cell type has k: every other experiment
+            beta = unc.fit_variance(pooled(sel))
+            if beta is None:
+                continue
+            # assay effect: the mean log scale of k's other cell types
+            ls = mean_log(sel)
+            if np.isnan(ls):
+                ls = 0.0
+            # cell-type effect: how much j's other assays' scales exceed their other cell
+            # types' (never assay k itself)
+            gaps = [log_s[e] - mean_log((exp_assay == exp_assay[e]) & (exp_cell != j))
+                    for e in np.flatnonzero((exp_cell == j) & (exp_assay != k))]
+            gaps = [g for g in gaps if np.isfinite(g)]
+            if gaps:
+                ls += float(np.mean(gaps))
+            s = float(np.exp(ls))
+            out[j, k] = beta * s * s
+    return out

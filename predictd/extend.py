@@ -51,6 +51,12 @@ from .transform import inverse
 log = logging.getLogger("predictd.extend")
 
 STAGES = ("ingest", "fit", "impute", "evaluate")
+#: REF's saved stacking statistics stand for its cell types' only from this many cell types
+#: on. They were computed without the new cell type, which every REF cell type's averages
+#: over the others would include in a retrain: a share of 1/(n − 1) of their sources, which
+#: is negligible at Roadmap scale (127) but not with a handful, where recomputing them is
+#: cheap anyway (the cost grows with REF's cell types).
+SAVED_STATS_MIN_CELL_TYPES = 16
 #: Keys REF fixes: the grid its tensor and genome factors are on, its factors' size, and how
 #: many nearest cell types its similarity-weighted averages weigh.
 FIXED_KEYS = ("bin_size", "block_bins", "transform", "latent_factors",
@@ -293,7 +299,8 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     # REF's cell types' statistics as REF's training computed them, when it saved them: the
     # new cell type's weights are learned from them and its own (for the blend), so only its
     # own are computed here
-    stored = ref.stack_gram if cfg.stack and _stats_match(ref, cfg) else None
+    stored = ref.stack_gram if cfg.stack and _stats_match(ref, cfg) and \
+        len(model.cell_types) >= SAVED_STATS_MIN_CELL_TYPES else None
     near = None
     if cfg.stack and model.stack_neighbours is not None:
         near = (model.stack_neighbours,

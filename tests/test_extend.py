@@ -160,6 +160,12 @@ def test_extend_learns_from_the_statistics_the_reference_saved(reference, tmp_pa
         return real(*args, **kw)
 
     monkeypatch.setattr(stacking, "stack_stats", spy)
+    # (a reference of 2 cell types: its statistics are recomputed unless told otherwise)
+    from predictd import extend as extend_mod
+    assert extend(reference, tmp_path / "c", "--assay", "y").exit_code == 0
+    assert asked and all(c is None for c in asked)
+    asked.clear()
+    monkeypatch.setattr(extend_mod, "SAVED_STATS_MIN_CELL_TYPES", 2)
     assert extend(reference, tmp_path / "a", "--assay", "y").exit_code == 0
     n_ref = len(json.loads((reference["ref"] / "model" / "model.json").read_text())
                 ["cell_types"])
@@ -181,6 +187,9 @@ def test_extend_learns_from_the_statistics_the_reference_saved(reference, tmp_pa
     assert ok.any() and np.array_equal(ok, np.isfinite(wb))
     assert not np.array_equal(wa[ok], wb[ok])
     np.testing.assert_allclose(wa[ok], wb[ok], rtol=0.5, atol=0.05)
+    # recomputed because REF is small or because it saved none: the same computation
+    wc = np.load(tmp_path / "c" / "model" / "factors.npz")["stack"]
+    np.testing.assert_array_equal(wc, wb)
 
 
 @pytest.mark.slow

@@ -438,3 +438,18 @@ def test_extend_a_reference_on_azure(reference, tmp_path, azure_endpoint):
     assert r.exit_code == 0, r.output + r.stderr
     assert checksums(tmp_path / "local" / "tracks") == checksums(tmp_path / "remote" / "tracks")
     assert {b.name: b.etag for b in container.list_blobs(name_starts_with="roadmap/")} == before
+
+
+def test_a_new_cell_type_joins_the_reference_neighbour_lists_that_have_room():
+    from predictd.extend import with_new_cell
+    ref = np.array([[[1, 2, -1], [1, 2, 3]],     # cell type 0: assay 0 has room, 1 is full
+                    [[0, -1, -1], [0, 2, 3]],
+                    [[0, 1, -1], [0, 1, 3]],
+                    [[-1, -1, -1], [0, 1, 2]]])  # cell type 3 lacks assay 0's candidates
+    new = np.array([[0, 1, 2], [0, 1, 2]])
+    got = with_new_cell(ref, new, [0], others=True)
+    assert got.shape == (5, 2, 3)
+    np.testing.assert_array_equal(got[:4, 0], [[1, 2, 4], [0, 4, -1], [0, 1, 4], [4, -1, -1]])
+    np.testing.assert_array_equal(got[:4, 1], ref[:, 1])   # the new one lacks assay 1
+    np.testing.assert_array_equal(got[4], new)
+    np.testing.assert_array_equal(with_new_cell(ref, new, [0], others=False)[:4], ref)

@@ -51,6 +51,12 @@ from .transform import inverse
 log = logging.getLogger("predictd.extend")
 
 STAGES = ("ingest", "fit", "impute", "evaluate")
+#: REF's saved stacking statistics stand for its cell types' only from this many cell types
+#: on. They were computed without the new cell type, which every REF cell type's averages
+#: over the others would include in a retrain: a share of 1/(n − 1) of their sources, which
+#: is negligible at Roadmap scale (127) but not with a handful, where recomputing them is
+#: cheap anyway (the cost grows with REF's cell types).
+SAVED_STATS_MIN_CELL_TYPES = 16
 #: Keys REF fixes: the grid its tensor and genome factors are on, its factors' size, and how
 #: many nearest cell types its similarity-weighted averages weigh.
 FIXED_KEYS = ("bin_size", "block_bins", "transform", "latent_factors",
@@ -213,13 +219,37 @@ def _fit_task(group, payload):
                 ec = np.concatenate([ec_ref, np.full(len(exps), n_ref)])
                 ea = np.concatenate([ea_ref, assays])
                 near = None if neighbours is None else \
-                    np.concatenate([neighbours[0], neighbours[1][cell][None]])
+                    with_new_cell(neighbours[0], neighbours[1][cell], assays,
+                                  others=not stored)
                 out[cell]["stats"].append(stacking.stack_stats(
                     Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=sample,
                     similar=similar, cells=[n_ref] if stored else None, neighbours=near))
     return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
                    "stats": stacking.sum_stack_stats(v["stats"]) if v["stats"] else None}
             for cell, v in out.items()}
+
+
+def with_new_cell(ref_near: np.ndarray, new_near: np.ndarray, new_assays, others: bool
+                  ) -> np.ndarray:
+    """The neighbours of REF's cell types and a new one (its row last: n_ref + 1 × n_assay ×
+    K). With ``others``, as a retrain would choose them for REF's cell types' statistics: the
+    new cell type joins each REF cell type's neighbours of the assays it observes
+    (``new_assays``) wherever they hold every candidate (fewer than K); a full list keeps
+    REF's choice."""
+    near = np.concatenate([ref_near, np.asarray(new_near)[None]])
+    if not others:
+        return near
+    n_ref = ref_near.shape[0]
+    for a in np.unique(new_assays):
+        rows = near[:n_ref, a]
+        room = (rows < 0).any(axis=1)
+        # the first free slot, then back to ascending cell type order (−1 last)
+        slot = np.argmax(rows < 0, axis=1)
+        rows[room, slot[room]] = n_ref
+        rows[room] = np.sort(np.where(rows[room] < 0, np.iinfo(np.int64).max, rows[room]),
+                             axis=1)
+        rows[rows == np.iinfo(np.int64).max] = -1
+    return near
 
 
 def _resemblance_task(group, payload):
@@ -368,7 +398,8 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     # REF's cell types' statistics as REF's training computed them, when it saved them: the
     # new cell type's weights are learned from them and its own (for the blend), so only its
     # own are computed here
-    stored = ref.stack_gram if cfg.stack and _stats_match(ref, cfg) else None
+    stored = ref.stack_gram if cfg.stack and _stats_match(ref, cfg) and \
+        len(model.cell_types) >= SAVED_STATS_MIN_CELL_TYPES else None
     near = None
     if cfg.stack and model.stack_neighbours is not None:
         near = (model.stack_neighbours,

@@ -160,6 +160,12 @@ def test_extend_learns_from_the_statistics_the_reference_saved(reference, tmp_pa
         return real(*args, **kw)
 
     monkeypatch.setattr(stacking, "stack_stats", spy)
+    # (a reference of 2 cell types: its statistics are recomputed unless told otherwise)
+    from predictd import extend as extend_mod
+    assert extend(reference, tmp_path / "c", "--assay", "y").exit_code == 0
+    assert asked and all(c is None for c in asked)
+    asked.clear()
+    monkeypatch.setattr(extend_mod, "SAVED_STATS_MIN_CELL_TYPES", 2)
     assert extend(reference, tmp_path / "a", "--assay", "y").exit_code == 0
     n_ref = len(json.loads((reference["ref"] / "model" / "model.json").read_text())
                 ["cell_types"])
@@ -181,6 +187,9 @@ def test_extend_learns_from_the_statistics_the_reference_saved(reference, tmp_pa
     assert ok.any() and np.array_equal(ok, np.isfinite(wb))
     assert not np.array_equal(wa[ok], wb[ok])
     np.testing.assert_allclose(wa[ok], wb[ok], rtol=0.5, atol=0.05)
+    # recomputed because REF is small or because it saved none: the same computation
+    wc = np.load(tmp_path / "c" / "model" / "factors.npz")["stack"]
+    np.testing.assert_array_equal(wc, wb)
 
 
 @pytest.mark.slow
@@ -429,3 +438,18 @@ def test_extend_a_reference_on_azure(reference, tmp_path, azure_endpoint):
     assert r.exit_code == 0, r.output + r.stderr
     assert checksums(tmp_path / "local" / "tracks") == checksums(tmp_path / "remote" / "tracks")
     assert {b.name: b.etag for b in container.list_blobs(name_starts_with="roadmap/")} == before
+
+
+def test_a_new_cell_type_joins_the_reference_neighbour_lists_that_have_room():
+    from predictd.extend import with_new_cell
+    ref = np.array([[[1, 2, -1], [1, 2, 3]],     # cell type 0: assay 0 has room, 1 is full
+                    [[0, -1, -1], [0, 2, 3]],
+                    [[0, 1, -1], [0, 1, 3]],
+                    [[-1, -1, -1], [0, 1, 2]]])  # cell type 3 lacks assay 0's candidates
+    new = np.array([[0, 1, 2], [0, 1, 2]])
+    got = with_new_cell(ref, new, [0], others=True)
+    assert got.shape == (5, 2, 3)
+    np.testing.assert_array_equal(got[:4, 0], [[1, 2, 4], [0, 4, -1], [0, 1, 4], [4, -1, -1]])
+    np.testing.assert_array_equal(got[:4, 1], ref[:, 1])   # the new one lacks assay 1
+    np.testing.assert_array_equal(got[4], new)
+    np.testing.assert_array_equal(with_new_cell(ref, new, [0], others=False)[:4], ref)

@@ -462,8 +462,11 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
         if cfg.uncertainty:
             var = fit_new_uncertainty(
                 sc, ref, union, cells, cfg, fitted_weights, fitted_observed,
-                None if near is None else {c: np.concatenate([near[0], near[1][c][None]])
-                                           for c, _ in cells})
+                None if near is None else {
+                    c: with_new_cell(near[0], near[1][c],
+                                     [aidx[split_experiment(e)[1]] for e in exps],
+                                     others=stored is None)
+                    for c, exps in cells})
             new.stack_variance = np.array([var[cell] for cell, _ in cells])
     return new
 

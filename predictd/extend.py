@@ -45,7 +45,7 @@ from .selection import Regions, read_regions
 from .solvers import reference as ref_solver
 from .solvers import stacking
 from .spark import map_tasks
-from .train import stack_blocks, stack_groups, stack_rows
+from .train import resemblance_task, stack_blocks, stack_groups, stack_rows
 from .transform import inverse
 
 log = logging.getLogger("predictd.extend")
@@ -252,19 +252,6 @@ def with_new_cell(ref_near: np.ndarray, new_near: np.ndarray, new_assays, others
     return near
 
 
-def _resemblance_task(group, payload):
-    """:func:`predictd.solvers.stacking.resemblance_sums` of REF's experiments of the new cell
-    types' assays and of theirs, over a group of blocks' stacking samples."""
-    union, cols, ea, cfg, chrom_index = payload
-    parts = []
-    for chrom, block, start, n in group:
-        sample = stack_rows(cfg.seed, chrom_index[chrom], block, n, cfg.stack_sample)
-        if sample.any():
-            _, X = tensor.read_columns(union, chrom, block, cols)
-            parts.append(stacking.resemblance_sums(X, ea, sample))
-    return stacking.sum_resemblance_sums(parts) if parts else None
-
-
 def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
                    cells: list[tuple[str, list[str]]], cfg, groups, chrom_index) -> dict:
     """Each new cell type's nearest REF cell types per assay (n_assay × K, as
@@ -278,8 +265,8 @@ def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
     ref_cols = [e for e in ref.experiments if split_experiment(e)[1] in theirs]
     cols = ref_cols + [e for _, exps in cells for e in exps]
     ea = np.array([aidx[split_experiment(e)[1]] for e in cols])
-    parts = [p for p in map_tasks(sc, _resemblance_task, groups,
-                                  (union, cols, ea, cfg, chrom_index),
+    parts = [p for p in map_tasks(sc, resemblance_task, groups,
+                                  (union, cols, ea, cfg.stack_sample, cfg.seed, chrom_index),
                                   desc="cell type resemblance", unit="block group")
              if p is not None]
     if not parts:

@@ -173,31 +173,32 @@ def stack_rows(seed: int, chrom_index: int, block: int, n: int, fraction: float)
     return np.random.default_rng([seed, 17, chrom_index, block]).random(n) < fraction
 
 
+def sampled_blocks(group, root, exps, seed: int, fraction: float, chrom_index: dict):
+    """(X, rows) of each block of ``group`` with bins in the stacking sample (:func:`stack_rows`):
+    the block's columns ``exps`` of ``root`` and the sampled bins."""
+    for chrom, block, start, n in group:
+        rows = stack_rows(seed, chrom_index[chrom], block, n, fraction)
+        if rows.any():
+            yield tensor.read_columns(root, chrom, block, list(exps))[1], rows
+
+
 def _stack_task(group, payload):
     """Sum the stacking layer's Gram statistics over a group of blocks (a random
     ``stack_sample`` of each block's bins, seeded per block)."""
     (root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar,
      neighbours) = payload
-    parts = []
-    for chrom, block, start, n in group:
-        _, X = tensor.read_columns(root, chrom, block, list(exps))
-        rows = stack_rows(seed, chrom_index[chrom], block, n, frac)
-        if rows.any():
-            parts.append(stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,
-                                              similar=similar, neighbours=neighbours))
+    parts = [stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,
+                                  similar=similar, neighbours=neighbours)
+             for X, rows in sampled_blocks(group, root, exps, seed, frac, chrom_index)]
     return stacking.sum_stack_stats(parts) if parts else None
 
 
-def _resemblance_task(group, payload):
+def resemblance_task(group, payload):
     """Sum :func:`predictd.solvers.stacking.resemblance_sums` over a group of blocks' stacking
     samples (``exps`` of ``root``)."""
     root, exps, ea, frac, seed, chrom_index = payload
-    parts = []
-    for chrom, block, start, n in group:
-        rows = stack_rows(seed, chrom_index[chrom], block, n, frac)
-        if rows.any():
-            _, X = tensor.read_columns(root, chrom, block, list(exps))
-            parts.append(stacking.resemblance_sums(X, ea, rows))
+    parts = [stacking.resemblance_sums(X, ea, rows)
+             for X, rows in sampled_blocks(group, root, exps, seed, frac, chrom_index)]
     return stacking.sum_resemblance_sums(parts) if parts else None
 
 
@@ -237,7 +238,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
     neighbours = None
     if cfg.stack_similarity() is not None and cfg.stack_similar_neighbours > 0:
-        parts = map_tasks(sc, _resemblance_task, groups,
+        parts = map_tasks(sc, resemblance_task, groups,
                           (root, tuple(experiments), ea, cfg.stack_sample, cfg.seed,
                            chrom_index), desc="cell type resemblance", unit="block group")
         parts = [p for p in parts if p is not None]
@@ -275,14 +276,10 @@ def _residual_task(group, payload):
     from .impute import no_signal
     (root, exps, ec, ea, n_assay, windows, frac, seed, chrom_index, similar, W, betas,
      neighbours) = payload
-    parts = []
-    for chrom, block, start, n in group:
-        _, X = tensor.read_columns(root, chrom, block, list(exps))
-        rows = stack_rows(seed, chrom_index[chrom], block, n, frac)
-        if rows.any():
-            parts.append(stacking.residual_stats(X, ec, ea, n_assay, W, windows, rows=rows,
-                                                 similar=similar, keep=~no_signal(X[rows]),
-                                                 betas=betas, neighbours=neighbours))
+    parts = [stacking.residual_stats(X, ec, ea, n_assay, W, windows, rows=rows,
+                                     similar=similar, keep=~no_signal(X[rows]), betas=betas,
+                                     neighbours=neighbours)
+             for X, rows in sampled_blocks(group, root, exps, seed, frac, chrom_index)]
     return stacking.sum_residual_stats(parts)
 
 

@@ -17,6 +17,7 @@ setup(
         "pyspark>=3.5",
         "pyBigWig>=0.3.22",
         "isal>=1.5",
+        "threadpoolctl>=3.1",
         "pyarrow>=14",
         "click>=8.1",
         "tqdm>=4.60",

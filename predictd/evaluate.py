@@ -43,8 +43,7 @@ def _eval_task(item, payload):
                                     block_no_signal(model, (cols, X))))
     # the baseline's sources are the training tracks, in the model's order (the order of the sum)
     train = [ci[e] for e in obs]
-    exp_cell = np.array([model.cell_types.index(c) for c, _ in model.observed], dtype=int)
-    exp_assay = np.array([model.assays.index(a) for _, a in model.observed], dtype=int)
+    _, exp_cell, exp_assay = model.observed_indices()
     base = average_baseline(X[:, train], exp_cell, exp_assay, pairs)
     out = {}
     for t, h in enumerate(holdout):

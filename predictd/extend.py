@@ -193,9 +193,7 @@ def _fit_task(group, payload):
      neighbours) = payload
     n_ref = len(ref.cell_types)
     aidx = {a: i for i, a in enumerate(ref.assays)}
-    cidx = {c: i for i, c in enumerate(ref.cell_types)}
-    ec_ref = np.array([cidx[c] for c, _ in ref.observed], dtype=int)
-    ea_ref = np.array([aidx[a] for _, a in ref.observed], dtype=int)
+    _, ec_ref, ea_ref = ref.observed_indices()
     windows, similar = cfg.stack_windows(), cfg.stack_similarity()
     out = {cell: {"sums": [], "stats": []} for cell, _ in cells}
     for chrom, block, start, n in group:
@@ -281,10 +279,8 @@ def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
         ec = np.array([cidx[split_experiment(e)[0]] for e in ref_cols] + [n_ref] * len(exps))
         # candidates: every REF cell type observing the assay (the sums cover only the new
         # cell type's assays, which the resemblance is measured on)
-        obs = np.zeros((n_ref + 1, len(model.assays)), dtype=bool)
-        obs[[cidx[c] for c, _ in model.observed], [aidx[a] for _, a in model.observed]] = True
         near = stacking.choose_neighbours(sub, ec, ea[idx], n_ref + 1, len(model.assays), K,
-                                          cells=[n_ref], observed=obs)
+                                          cells=[n_ref], observed=model.observed_matrix(1))
         out[cell] = near[n_ref]
     return out
 
@@ -302,10 +298,9 @@ def _cell_design(ref: Model, exps: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(cell type, assay) indices of REF's training experiments followed by a new cell type's
     ``exps`` (index len(REF's cell types)): the columns of its stacking statistics."""
     aidx = {a: i for i, a in enumerate(ref.assays)}
-    cidx = {c: i for i, c in enumerate(ref.cell_types)}
-    ec = [cidx[c] for c, _ in ref.observed] + [len(ref.cell_types)] * len(exps)
-    ea = [aidx[a] for _, a in ref.observed] + [aidx[split_experiment(e)[1]] for e in exps]
-    return np.array(ec, dtype=int), np.array(ea, dtype=int)
+    _, ec, ea = ref.observed_indices()
+    return (np.concatenate([ec, np.full(len(exps), len(ref.cell_types), dtype=int)]),
+            np.concatenate([ea, [aidx[split_experiment(e)[1]] for e in exps]]).astype(int))
 
 
 def _residual_task(group, payload):
@@ -417,9 +412,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
                 raise PredictdError("stacking: no bins sampled; raise stack_sample")
             if stored is not None:
                 stats = {"gram": np.concatenate([stored, stats["gram"][n_ref:]])}
-            obs = np.zeros((n_ref + 1, n_assay), dtype=bool)
-            for c_, a_ in model.observed:
-                obs[model.cell_types.index(c_), aidx[a_]] = True
+            obs = model.observed_matrix(1)
             for e in exps:
                 obs[n_ref, aidx[split_experiment(e)[1]]] = True
             windows, similar = cfg.stack_windows(), cfg.stack_similarity() is not None

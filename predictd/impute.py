@@ -201,8 +201,7 @@ def _solve_task(item, payload):
     sums = None
     if stores_sums(model):
         # the stacked regression's averages over all training experiments, once per block
-        aidx = {a: i for i, a in enumerate(model.assays)}
-        sums = stacking.assay_sums(X, [aidx[a] for _, a in model.observed], len(model.assays))
+        sums = stacking.assay_sums(X, model.observed_indices()[2], len(model.assays))
     write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums, no_signal(X))
     return 1
 
@@ -251,22 +250,13 @@ def block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.nda
     return no_signal(X if idx == list(range(X.shape[1])) else X[:, idx])
 
 
-def _experiment_indices(model: Model) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The model's training experiments: names, cell type and assay indices."""
-    obs = [experiment_name(c, a) for c, a in model.observed]
-    cidx = {c: i for i, c in enumerate(model.cell_types)}
-    aidx = {a: i for i, a in enumerate(model.assays)}
-    return (obs, np.array([cidx[c] for c, _ in model.observed], dtype=int),
-            np.array([aidx[a] for _, a in model.observed], dtype=int))
-
-
 def needed_columns(model: Model, pairs: list[tuple[int, int]],
                    sums_cover: int | None = None) -> list[str]:
     """The training experiments a block's stacked values of ``pairs`` read besides the stored
     per-assay sums: the target cell types' own columns, those their similarity-weighted
     averages weigh (:func:`predictd.solvers.stacking.similar_columns`), and the experiments
     the sums do not cover."""
-    obs, ec, ea = _experiment_indices(model)
+    obs, ec, ea = model.observed_indices()
     cells = sorted({j for j, _ in pairs})
     keep = np.isin(ec, cells)
     if model.stack_similar is not None:
@@ -282,7 +272,7 @@ def _model_values(model, GB, pairs, block, sums, sums_cover=None):
         return Y
     names, X = block
     ci = {e: i for i, e in enumerate(names)}
-    obs, ec, ea = _experiment_indices(model)
+    obs, ec, ea = model.observed_indices()
     context = None
     if sums is not None:
         tot, cnt = sums
@@ -322,13 +312,10 @@ def model_variance(model: Model, Y: np.ndarray, pairs: list[tuple[int, int]],
         raise PredictdError("the model has no uncertainty model: train it with --uncertainty")
     names, X = block
     ci = {e: i for i, e in enumerate(names)}
-    obs = [experiment_name(c, a) for c, a in model.observed]
+    obs, ec, ea = model.observed_indices()
     if any(e not in ci for e in obs):
         raise ValueError("model_variance needs every training experiment of the block")
-    cidx = {c: i for i, c in enumerate(model.cell_types)}
-    aidx = {a: i for i, a in enumerate(model.assays)}
-    col = {(cidx[c], aidx[a]): ci[e] for (c, a), e in zip(model.observed, obs)}
-    ea = np.array([aidx[a] for _, a in model.observed])
+    col = {(j, k): ci[e] for j, k, e in zip(ec, ea, obs)}
     Xm = np.asarray(X[:, [ci[e] for e in obs]], dtype=np.float64)
     tot, cnt = stacking.assay_sums(Xm, ea, len(model.assays))
     tot2, _ = stacking.assay_sums(np.square(Xm), ea, len(model.assays))

@@ -198,6 +198,22 @@ class Model:
     def track_names(self) -> list[str]:
         return [experiment_name(c, a) for c in self.cell_types for a in self.assays]
 
+    def observed_indices(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The training experiments: their names, cell type and assay indices (int arrays)."""
+        cidx = {c: i for i, c in enumerate(self.cell_types)}
+        aidx = {a: i for i, a in enumerate(self.assays)}
+        return ([experiment_name(c, a) for c, a in self.observed],
+                np.array([cidx[c] for c, _ in self.observed], dtype=int),
+                np.array([aidx[a] for _, a in self.observed], dtype=int))
+
+    def observed_matrix(self, extra_cells: int = 0) -> np.ndarray:
+        """Which (cell type, assay) pairs are training experiments (bool, n_cell × n_assay),
+        with ``extra_cells`` more rows of False (for cell types appended to the model)."""
+        _, ec, ea = self.observed_indices()
+        obs = np.zeros((len(self.cell_types) + extra_cells, len(self.assays)), dtype=bool)
+        obs[ec, ea] = True
+        return obs
+
     def experiment_features(self, exp_cell, exp_assay) -> np.ndarray:
         """:func:`experiment_features` of this model's factors (E × L, float64)."""
         return experiment_features(self.C, self.A, exp_cell, exp_assay)

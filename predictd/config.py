@@ -96,6 +96,10 @@ class Config:
                                          "the target cell type most over the stacking sample "
                                          "(its other assays' correlation); 0 = every other "
                                          "cell type", lo=0, hi=100_000)
+    stack_hinges: bool = _opt(False, "stacking: add hinge features max(0, s - t) of the "
+                              "similarity-weighted average s at the bin (knots t = 0.5, 1, 2 "
+                              "in model units), a piecewise-linear fit where the other cell "
+                              "types' signal peaks (needs stack_similar)")
     stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
                                 "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
@@ -143,6 +147,9 @@ class Config:
         # Config(...) built in code is held to the same rules as a TOML file
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check("config", f.name, getattr(self, f.name), f))
+        if self.stack_hinges and self.stack_similar <= 0:
+            raise PredictdError("config key 'stack_hinges': needs stack_similar > 0 (the "
+                                "hinges bend the similarity-weighted average)")
         if self.uncertainty and not self.stack:
             raise PredictdError("config key 'uncertainty': needs stack = true (the stacked "
                                 "regression's predictive variance is the uncertainty's source)")

@@ -221,7 +221,8 @@ def _fit_task(group, payload):
                                   others=not stored)
                 out[cell]["stats"].append(stacking.stack_stats(
                     Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=sample,
-                    similar=similar, cells=[n_ref] if stored else None, neighbours=near))
+                    similar=similar, cells=[n_ref] if stored else None, neighbours=near,
+                    hinges=cfg.stack_hinges))
     return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
                    "stats": stacking.sum_stack_stats(v["stats"]) if v["stats"] else None}
             for cell, v in out.items()}
@@ -290,7 +291,7 @@ def _stats_match(ref: Reference, cfg) -> bool:
     the same features (context windows, similarity-weighted averages) over the same sampled
     bins."""
     keys = ("stack_window_short", "stack_window_long", "stack_window_wide", "stack_similar",
-            "stack_similar_tau", "stack_similar_neighbours", "stack_sample",
+            "stack_similar_tau", "stack_similar_neighbours", "stack_hinges", "stack_sample",
             "stack_max_blocks", "seed")
     return ref.stack_gram is not None and all(getattr(cfg, k) == getattr(ref.cfg, k)
                                               for k in keys)
@@ -424,7 +425,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
             if cfg.stack_blend:
                 W, _ = stacking.blend_with_average(
                     stats, obs, W, min(cfg.stack_blend_context, len(windows)), similar,
-                    cells=targets)
+                    cells=targets, hinges=cfg.stack_hinges)
             rows.append(W[n_ref])
             fitted_weights[cell], fitted_observed[cell] = W, obs
     new = Model(cell_types=[c for c, _ in cells], assays=list(model.assays), mu=model.mu,

@@ -186,9 +186,9 @@ def _stack_task(group, payload):
     """Sum the stacking layer's Gram statistics over a group of blocks (a random
     ``stack_sample`` of each block's bins, seeded per block)."""
     (root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar,
-     neighbours) = payload
+     neighbours, hinges) = payload
     parts = [stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,
-                                  similar=similar, neighbours=neighbours)
+                                  similar=similar, neighbours=neighbours, hinges=hinges)
              for X, rows in sampled_blocks(group, root, exps, seed, frac, chrom_index)]
     return stacking.sum_stack_stats(parts) if parts else None
 
@@ -249,7 +249,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     parts = map_tasks(sc, _stack_task, groups,
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
                        cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
-                       neighbours),
+                       neighbours, cfg.stack_hinges),
                       desc="stacking statistics", unit="block group")
     parts = [p for p in parts if p is not None]
     if not parts:
@@ -262,7 +262,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                            similar)
     if cfg.stack_blend:
         W, alpha = stacking.blend_with_average(
-            stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar)
+            stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar,
+            hinges=cfg.stack_hinges)
         ok = np.isfinite(alpha)
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",

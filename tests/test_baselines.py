@@ -636,3 +636,40 @@ def test_neighbours_are_the_most_resembling_cell_types_with_the_assay_left_out()
     want = stacking.similar_averages(X[:600, cell != 3].T, cell[cell != 3],
                                      assay[cell != 3], 3, 0, 51, 0.2)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_hinge_features_bend_the_similarity_weighted_average():
+    rng = np.random.default_rng(21)
+    cell = np.repeat(np.arange(4), 3)
+    assay = np.tile(np.arange(3), 4)
+    X = (2.5 * rng.random((2000, 12)) ** 2).astype(np.float32)
+    windows, sim = (3, 11), (21, 0.3)
+    V = stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim, hinges=True)
+    D0 = stacking.n_features(3, windows, True)
+    assert V.shape[1] == stacking.n_features(3, windows, True, True) == D0 + 3 * 3
+    np.testing.assert_array_equal(
+        V[:, :D0], stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim))
+    s = V[:, D0 - 3 * (1 + len(windows)):D0 - 3 * len(windows)]   # each assay's, at the bin
+    for k in range(3):
+        for i, t in enumerate(stacking.HINGE_KNOTS):
+            np.testing.assert_allclose(V[:, D0 + 3 * k + i], np.maximum(s[:, k] - t, 0),
+                                       atol=1e-6)
+    obs = np.ones((4, 3), bool)
+    _, feats = stacking.target_design(obs, 1, 2, 2, similar=True, hinges=True)
+    _, base = stacking.target_design(obs, 1, 2, 2, similar=True)
+    assert set(feats) - set(base) == {D0 + 6, D0 + 7, D0 + 8}
+    with pytest.raises(ValueError, match="similarity-weighted"):
+        stacking.cell_vectors(X, cell, assay, 3, 1, windows, hinges=True)
+    # fitted with them (weights on the hinges), predicted from the same features
+    st = stacking.stack_stats(X, cell, assay, 4, 3, windows, similar=sim, hinges=True)
+    W = stacking.fit_stack(st, obs, windows=windows, similar=True)
+    assert W.shape[2] == D0 + 9 and np.all(W[1, 2, D0 + 6:] != 0)
+    assert not W[1, 2, D0:D0 + 6].any()
+    keep = ~((cell == 1) & (assay == 2))
+    pred = stacking.predict_pairs(X[:, keep], cell[keep], assay[keep], W, [(1, 2)],
+                                  np.zeros((2000, 1)), windows, similar=sim)[:, 0]
+    Vk = stacking.cell_vectors(X[:, keep], cell[keep], assay[keep], 3, 1, windows,
+                               similar=sim, hinges=True)
+    np.testing.assert_allclose(pred, Vk @ W[1, 2], rtol=1e-4, atol=1e-5)
+    Wb, _ = stacking.blend_with_average(st, obs, W, 2, True, hinges=True)
+    assert Wb.shape == W.shape and np.isfinite(Wb[1, 2]).all()

@@ -187,3 +187,9 @@ def test_config_markdown_command_prints_the_reference():
     res = CliRunner().invoke(cli, ["config", "--markdown"])
     assert res.exit_code == 0, res.output
     assert res.output == config_reference_markdown()
+
+
+def test_stack_hinges_need_the_similarity_weighted_averages():
+    assert Config(stack_hinges=True).stack_hinges
+    with pytest.raises(PredictdError, match="stack_hinges"):
+        Config(stack_hinges=True, stack_similar=0)

@@ -35,10 +35,30 @@ from __future__ import annotations
 import numpy as np
 
 
-def n_features(n_assay: int, windows=(), similar: bool = False) -> int:
+#: Knots (model units, arcsinh by default) of the hinge features max(0, s − t) of each
+#: similarity-weighted average s at the bin (config ``stack_hinges``): its median is ~0.2,
+#: its 90th–99th percentiles ~0.4–3.4 on the Roadmap pilot, so the knots bend the regression
+#: where the other cell types' signal is a peak, not background.
+HINGE_KNOTS = (0.5, 1.0, 2.0)
+
+
+def n_features(n_assay: int, windows=(), similar: bool = False, hinges: bool = False) -> int:
     """Length of a cell type's feature vector ``v``: 1 + 2·n_assays·(1 + len(windows)), and
-    n_assays·(1 + len(windows)) more with the similarity-weighted averages."""
-    return 1 + (3 if similar else 2) * n_assay * (1 + len(windows))
+    n_assays·(1 + len(windows)) more with the similarity-weighted averages, and
+    n_assays·len(:data:`HINGE_KNOTS`) more with their hinges."""
+    return 1 + (3 if similar else 2) * n_assay * (1 + len(windows)) + \
+        (n_assay * len(HINGE_KNOTS) if hinges else 0)
+
+
+def has_hinges(D: int, n_assay: int, windows=(), similar: bool = False) -> bool:
+    """Whether weights (or statistics) of ``D`` features hold the hinge features."""
+    if D == n_features(n_assay, windows, similar):
+        return False
+    if similar and D == n_features(n_assay, windows, similar, True):
+        return True
+    raise ValueError(f"{D} features: windows {tuple(windows)} (similar={similar}) need "
+                     f"{n_features(n_assay, windows, similar)}, or "
+                     f"{n_features(n_assay, windows, similar, True)} with hinges")
 
 
 def _similar_offset(n_assay: int, n_windows: int) -> int:
@@ -509,7 +529,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                  dtype=np.float64, rows=None, context: BlockContext | None = None,
                  similar: tuple[int, float] | None = None,
                  sim: np.ndarray | None = None,
-                 neighbours: np.ndarray | None = None) -> np.ndarray:
+                 neighbours: np.ndarray | None = None, hinges: bool = False) -> np.ndarray:
     """``v_ci`` for the bins of a block (n × :func:`n_features`, or len(rows) × …; a
     transposed view of a feature-major array).
 
@@ -531,8 +551,13 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     assay and their means over the same windows (NaNs skipped); X must then hold every
     experiment of the block, unless ``sim`` gives the cell type's :func:`similar_averages`
     already computed, or ``neighbours`` (:func:`choose_neighbours`) restricts them to the
-    columns :func:`similar_columns` lists.
+    columns :func:`similar_columns` lists. ``hinges`` (needs ``similar``) appends
+    max(0, s − t) of each similarity-weighted average s at the bin, for each knot t of
+    :data:`HINGE_KNOTS` (assay-major): the regression stays linear in its weights but bends
+    where the other cell types' signal peaks, as a regression tree's splits on it would.
     """
+    if hinges and similar is None:
+        raise ValueError("hinge features need the similarity-weighted averages")
     X = np.asarray(X)
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
@@ -551,7 +576,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     XS[k:] = seen
     has_source = ctx.assay_count - np.bincount(a_own, minlength=n_assay) > 0
     m = ctx.n if r is None else r.size
-    Vt = np.zeros((n_features(n_assay, windows, similar is not None), m), dtype=dtype)
+    Vt = np.zeros((n_features(n_assay, windows, similar is not None, hinges), m), dtype=dtype)
     Vt[0] = 1.0
 
     def fill(seg, S, own_values=None):
@@ -601,6 +626,12 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                 with np.errstate(divide="ignore", invalid="ignore"):
                     # assays no other cell type has are 0 throughout: their means stay 0
                     Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]
+        if hinges:
+            # NaN (no source at the bin) stays NaN: np.maximum propagates it
+            hi = lo + n_assay * (1 + len(ctx.windows))
+            knots = np.asarray(HINGE_KNOTS, dtype=np.float32)[None, :, None]
+            Vt[hi:hi + n_assay * knots.size] = np.maximum(
+                Vt[lo:lo + n_assay][:, None, :] - knots, 0.0).reshape(-1, m)
     return Vt.T
 
 
@@ -610,7 +641,7 @@ SIMILAR_BATCH = 16
 
 def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, windows=(),
                 rows=None, similar: tuple[int, float] | None = None, cells=None,
-                neighbours: np.ndarray | None = None) -> dict:
+                neighbours: np.ndarray | None = None, hinges: bool = False) -> dict:
     """Sufficient statistics of a block of training bins: ``gram[c] = Σ_i v_ci v_ciᵀ`` over the
     bins where every feature of cell type c is present (float64, n_cell × D × D). ``cells``
     restricts the work to those cell types (the others' matrices stay 0).
@@ -618,8 +649,8 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     With context ``windows`` the block must be contiguous bins (a tensor block), not a random
     sample: the context comes from the whole block and ``rows`` (a boolean mask or index
     array, e.g. the block's training sample) selects the bins whose features are built and
-    summed. ``similar`` and ``neighbours``: see :func:`cell_vectors`."""
-    D = n_features(n_assay, windows, similar is not None)
+    summed. ``similar``, ``neighbours`` and ``hinges``: see :func:`cell_vectors`."""
+    D = n_features(n_assay, windows, similar is not None, hinges)
     gram = np.zeros((n_cell, D, D))
     ctx = BlockContext(X, exp_assay, n_assay, windows, rows)
     todo = np.unique(np.asarray(exp_cell))
@@ -637,7 +668,8 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
         for c, sim in zip(chunk, sims):
             # features in float32 (as at prediction), the sampled rows' Gram in float64
             Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows,
-                              dtype=np.float32, context=ctx, similar=similar, sim=sim).T
+                              dtype=np.float32, context=ctx, similar=similar, sim=sim,
+                              hinges=hinges).T
             Vt = Vt[:, ~np.isnan(Vt).any(axis=0)].astype(np.float64)
             gram[c] = Vt @ Vt.T
         del sims
@@ -653,7 +685,7 @@ def sum_stack_stats(parts: list[dict]) -> dict:
 
 
 def target_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 0,
-                  similar: bool = False) -> tuple[list[int], np.ndarray]:
+                  similar: bool = False, hinges: bool = False) -> tuple[list[int], np.ndarray]:
     """Training cell types and feature indices (into ``v``) of one target pair.
 
     ``observed`` is the (n_cell × n_assay) boolean matrix of training experiments. Training cell
@@ -661,7 +693,8 @@ def target_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 
     observed assays and, when the assay is observed in at least two cell types (so every training
     cell type has a source too), its average — each also at every context width. Feature assays
     that no training cell type shares are dropped, rarest first, until some training cell type
-    has them all. With ``similar`` the similarity-weighted average replaces the plain one.
+    has them all. With ``similar`` the similarity-weighted average replaces the plain one;
+    ``hinges`` adds its hinge features (:func:`cell_vectors`).
     """
     n_cell, n_assay = observed.shape
     train = [c for c in range(n_cell) if c != cell and observed[c, assay]]
@@ -683,6 +716,9 @@ def target_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 
         if average:
             feats.append(sim + n_assay * s + assay if similar
                          else 1 + 2 * n_assay * s + n_assay + assay)
+    if average and similar and hinges:
+        hi = sim + n_assay * (1 + n_windows) + assay * len(HINGE_KNOTS)
+        feats += range(hi, hi + len(HINGE_KNOTS))
     return train, np.asarray(feats, dtype=int)
 
 
@@ -715,19 +751,18 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
     ``ridge`` is relative: ``ridge × (number of training rows)`` is added to the diagonal of the
     non-constant features, so it does not depend on the size of the training subset.
     ``windows`` (and ``similar``: whether they hold the similarity-weighted averages, which
-    then replace the plain ones as features) must be those the statistics were computed with.
+    then replace the plain ones as features) must be those the statistics were computed with;
+    statistics with the hinge features (:func:`stack_stats` ``hinges``) fit them too.
     """
     gram = stats["gram"]
     observed = np.asarray(observed, dtype=bool)
     n_cell, n_assay = observed.shape
-    D = n_features(n_assay, windows, similar)
-    if gram.shape[1] != D:
-        raise ValueError(f"statistics have {gram.shape[1]} features, windows {windows} "
-                         f"(similar={similar}) need {D}")
+    D = gram.shape[1]
+    hinges = has_hinges(D, n_assay, windows, similar)
     W = np.full((n_cell, n_assay, D), np.nan)
     for j in (range(n_cell) if cells is None else cells):
         for k in range(n_assay):
-            train, feats = target_design(observed, j, k, len(windows), similar)
+            train, feats = target_design(observed, j, k, len(windows), similar, hinges)
             if not train:
                 continue
             # too few training rows for this many weights: that cell type (or target) sits out
@@ -745,7 +780,8 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
 
 
 def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context: int = 0,
-                       similar: bool = False, cells=None) -> tuple[np.ndarray, np.ndarray]:
+                       similar: bool = False, cells=None, hinges: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Recalibrate each target's transfer regression, per cell type, towards the ``average``
     baseline, by how well regressions learned on other cell types predict *that* cell type.
 
@@ -768,13 +804,16 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
     With ``similar`` (statistics holding the similarity-weighted averages), a is the
     similarity-weighted average and the recalibration has both kinds, each over the bin and
     the first ``context`` windows. ``cells`` restricts the recalibration to those target cell
-    types (the other rows are returned unchanged).
+    types (the other rows are returned unchanged). ``hinges``: the weights hold the hinge
+    features (:func:`cell_vectors`).
     """
     gram = stats["gram"]
     observed = np.asarray(observed, dtype=bool)
     n_cell, n_assay = observed.shape
     D = W.shape[2]
-    n_windows = (D - 1) // ((3 if similar else 2) * n_assay) - 1
+    # the hinge features come last and take no part in the averages
+    D0 = D - (n_assay * len(HINGE_KNOTS) if hinges else 0)
+    n_windows = (D0 - 1) // ((3 if similar else 2) * n_assay) - 1
     sim = _similar_offset(n_assay, n_windows)
     if not 0 <= context <= n_windows:
         raise ValueError(f"context {context}: the statistics have {n_windows} context windows")
@@ -856,12 +895,14 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         The weights were fitted with the similarity-weighted averages
         (:func:`similar_averages`); X must then hold every training experiment, or with
         ``neighbours`` (:func:`choose_neighbours`) those :func:`similar_columns` lists.
+        Weights with the hinge features (:func:`cell_vectors`) have them computed too.
 
     Returns
     -------
     (n, T) float32 array
     """
     n_assay = weights.shape[1]
+    hinges = has_hinges(weights.shape[2], n_assay, windows, similar is not None)
     # built track-major and returned as its transpose: each track's column is contiguous
     outT = np.array(np.asarray(fallback).T, dtype=np.float32, order="C", copy=True)
     pairs = [(int(j), int(k)) for j, k in pairs]
@@ -881,7 +922,8 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
             ctx = BlockContext(X, exp_assay, n_assay, windows)
         Wt = np.ascontiguousarray(weights[j, fitted], dtype=np.float32)  # targets × D
         Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
-                          context=ctx, similar=similar, neighbours=neighbours).T
+                          context=ctx, similar=similar, neighbours=neighbours,
+                          hinges=hinges).T
         pred = Wt @ Vt  # targets × bins
         ts = [t for t, _ in want]
         fs = [f for _, f in want]
@@ -919,6 +961,7 @@ def residual_stats(X: np.ndarray, exp_cell, exp_assay, n_assay: int, weights: np
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     E, m = exp_cell.size, unc.N_FEATURES
+    hinges = has_hinges(weights.shape[2], n_assay, windows, similar is not None)
     ctx = BlockContext(X, exp_assay, n_assay, windows, rows)
     r = ctx.rows
     Xr = np.asarray(X if r is None else X[r], dtype=np.float64)
@@ -935,7 +978,8 @@ def residual_stats(X: np.ndarray, exp_cell, exp_assay, n_assay: int, weights: np
         if not mine:
             continue
         Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows, dtype=np.float32,
-                          context=ctx, similar=similar, neighbours=neighbours).T
+                          context=ctx, similar=similar, neighbours=neighbours,
+                          hinges=hinges).T
         ok = keep & ~np.isnan(Vt).any(axis=0)
         Vt = Vt[:, ok].astype(np.float64)
         for e in mine:

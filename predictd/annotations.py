@@ -48,10 +48,17 @@ PROMOTER_LENGTH = 2000
 #: Region keys produced by :func:`region_masks`, in metric column order.
 REGION_NAMES: list[str] = ["prom", "gene", "enh"]
 
-_HG38_FILES = {
-    "genes": "gencode.v29.genes.gtf.bed.gz",
-    "enhancers": "F5.hg38.enhancers.bed.gz",
-    "blacklist": "hg38.blacklist.bed.gz",
+#: The annotation BEDs bundled per assembly in ``predictd/data/annotations/<assembly>/`` (their
+#: sources in PROVENANCE.md there): genes (BED6 with strand; gives ``prom`` and ``gene``),
+#: enhancers (gives ``enh``) and the ENCODE blacklist. mm10 has a blacklist only.
+ANNOTATION_FILES: dict[str, dict[str, str]] = {
+    "hg19": {"genes": "CollapsedGeneBounds.hg19.bed.gz",
+             "enhancers": "F5.hg19.enhancers.bed.gz",
+             "blacklist": "hg19-blacklist.v2.bed.gz"},
+    "hg38": {"genes": "gencode.v29.genes.gtf.bed.gz",
+             "enhancers": "F5.hg38.enhancers.bed.gz",
+             "blacklist": "hg38.blacklist.bed.gz"},
+    "mm10": {"blacklist": "mm10-blacklist.v2.bed.gz"},
 }
 
 
@@ -314,7 +321,7 @@ def concat_chrom_masks(
 
 #: Assemblies whose annotation BEDs ship in ``predictd/data/annotations/<assembly>/`` (see
 #: PROVENANCE.md there).
-BUNDLED_ANNOTATIONS: tuple[str, ...] = ("hg38",)
+BUNDLED_ANNOTATIONS: tuple[str, ...] = tuple(ANNOTATION_FILES)
 
 
 def annotation_beds(assembly: str | None, annotation_dir=None) -> dict[str, Path]:
@@ -323,9 +330,11 @@ def annotation_beds(assembly: str | None, annotation_dir=None) -> dict[str, Path
     Parameters
     ----------
     assembly : str or None
-        ``"hg38"`` has bundled files; other assemblies (hg19, mm10) have none.
+        hg19 and hg38 have bundled genes, enhancers and blacklist, mm10 a blacklist
+        (:data:`ANNOTATION_FILES`); other assemblies have none.
     annotation_dir : path, optional
-        A directory holding the same file names, used instead of the bundled ones.
+        A directory holding the assembly's file names (hg38's when the assembly has none),
+        used instead of the bundled ones.
 
     Returns
     -------
@@ -334,11 +343,13 @@ def annotation_beds(assembly: str | None, annotation_dir=None) -> dict[str, Path
     """
     if annotation_dir is not None:
         d = Path(annotation_dir)
+        names = ANNOTATION_FILES.get(str(assembly), ANNOTATION_FILES["hg38"])
     elif assembly in BUNDLED_ANNOTATIONS:
         d = Path(__file__).resolve().parent / "data" / "annotations" / str(assembly)
+        names = ANNOTATION_FILES[str(assembly)]
     else:
         return {}
-    return {k: d / f for k, f in _HG38_FILES.items() if (d / f).is_file()}
+    return {k: d / f for k, f in names.items() if (d / f).is_file()}
 
 
 def assembly_of(genome: Mapping) -> str | None:
@@ -363,8 +374,8 @@ def assembly_of(genome: Mapping) -> str | None:
 
 def genome_region_masks(genome: Mapping, bin_size: int) -> dict[str, np.ndarray] | None:
     """The mseprom/msegene/mseenh masks over a whole genome (bins concatenated in the genome's
-    chromosome order), or None when the genome's assembly has no bundled annotations (only
-    hg38 has).
+    chromosome order), or None when the genome's assembly has no bundled genes (hg19 and hg38
+    have).
 
     ``genome`` is a tensor header's genome: ``{"name": ..., "chroms": [[name, length], ...]}``.
     """
@@ -380,7 +391,7 @@ def genome_region_masks(genome: Mapping, bin_size: int) -> dict[str, np.ndarray]
 def genome_blacklist(genome: Mapping, bin_size: int) -> np.ndarray | None:
     """Bins of a whole genome (chromosome order, end to end) that overlap the ENCODE blacklist
     of its assembly, left out of scoring; None when the assembly has no bundled blacklist
-    (only hg38 has)."""
+    (hg19, hg38 and mm10 have)."""
     beds = annotation_beds(assembly_of(genome))
     if "blacklist" not in beds:
         return None

@@ -133,7 +133,7 @@ class Config:
                               "and ridge 1.0 (fitted on each fold's training subset) as a "
                               "reference method 'cp_als4'")
     score_blacklist: bool = _opt(True, "leave the bins of the assembly's ENCODE blacklist out of "
-                                 "the held-out metrics (bundled for hg38 only)")
+                                 "the held-out metrics (bundled for hg19, hg38 and mm10)")
     # imputation / output
     output_dtype_check: bool = _opt(True, "refuse NaN/inf in imputed values (should never "
                                     "happen; a guard)")

@@ -309,7 +309,7 @@ def score_bigwigs(truth: str, pred: str, genome: str | None = None, var: str | N
     dict
         Metric name -> value: :data:`~predictd.metrics.METRIC_NAMES`, then ``msevar`` with
         ``var``, then ``mseprom``/``msegene``/``mseenh`` for an assembly with bundled
-        annotations (hg38).
+        annotations (hg19, hg38).
 
     Raises
     ------

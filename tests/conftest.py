@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.support import azurite, gcsserver, inputs, s3server, sparkcluster
+from tests.support import azurite, gcsserver, inputs, s3server, scripts, sparkcluster
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PREDICTD_SHARED", REPO.parent / "shared")) / "data"
@@ -43,6 +43,15 @@ def pytest_collection_modifyitems(config, items):
     if missing:
         raise pytest.UsageError("tests without the markers their fixtures need:\n"
                                 + "\n".join(missing))
+
+
+# --------------------------------------------------------------------------- benchmark scripts
+
+
+@pytest.fixture
+def benchmark_script():
+    """``benchmark_script(name)``: ``benchmarks/<name>.py`` loaded as a module."""
+    return scripts.load_benchmark
 
 
 # --------------------------------------------------------------------------- shared real data

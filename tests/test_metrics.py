@@ -353,7 +353,7 @@ def test_real_hg38_annotations_chr21(shared_path):
     for path in beds.values():
         assert path.read_bytes() == (annot / path.name).read_bytes()
     assert annotation_beds("hg38", annot) == {k: annot / p.name for k, p in beds.items()}
-    assert annotation_beds("hg19") == {} and annotation_beds(None) == {}
+    assert annotation_beds("hg18") == {} and annotation_beds(None) == {}
     masks, lines = python_lines_run(region_masks, [("chr21", 46_709_983)], 25, beds["genes"],
                                     beds["enhancers"], skip=[read_bed])
     genes = read_bed(beds["genes"], need_strand=True)
@@ -406,3 +406,19 @@ def test_msevar_input_errors():
         M.msevar(y, y, np.full(10, np.nan))
     with pytest.raises(PredictdError, match="bins × cell types"):
         M.assay_variance(np.ones(3))
+
+
+def test_bundled_hg19_and_mm10_annotations():
+    """The hg19 genes, enhancers and blacklist and the mm10 blacklist are bundled and readable,
+    with the interval counts PROVENANCE.md gives; on hg19 chr22 they give region masks and a
+    blacklist in the same proportions as hg38's."""
+    hg19, mm10 = annotation_beds("hg19"), annotation_beds("mm10")
+    assert set(hg19) == {"genes", "enhancers", "blacklist"} and set(mm10) == {"blacklist"}
+    counts = {k: len(read_bed(p)) for k, p in hg19.items()}
+    assert counts == {"genes": 20_629, "enhancers": 63_090, "blacklist": 834}
+    assert len(read_bed(mm10["blacklist"])) == 3_435
+    assert len(read_bed(hg19["genes"], need_strand=True)) == 20_629
+    masks = region_masks([("chr22", 51_304_566)], 25, hg19["genes"], hg19["enhancers"])
+    frac = {r: masks[r]["chr22"].mean() for r in masks}
+    assert 0.01 < frac["prom"] < 0.05 and 0.2 < frac["gene"] < 0.5
+    assert 0.003 < frac["enh"] < 0.02

@@ -127,15 +127,42 @@ def test_hg38_blacklist_by_default_and_region_metrics(tmp_path):
     y = np.arcsinh(t["chr21"])
     assert whole["mse"] == pytest.approx(metrics.mse(y, np.arcsinh(p["chr21"])), rel=1e-5)
     assert whole["mse"] > 0
-    # on hg19 (no bundled blacklist) the same chromosome is scored whole
+    # a chrom.sizes file of the same lengths is recognised as hg38: its blacklist applies
     assert evaluate.score_bigwigs(truth, pred, genome=os.fspath(_sizes(tmp_path, chroms))
                                   )["mse"] == 0.0
-    g19 = [("chr21", load_genome("hg19").sizes["chr21"])]
-    t19 = tracks(0, g19)
-    p19 = {"chr21": t19["chr21"] + np.float32(1.0)}
-    got = evaluate.score_bigwigs(write(tmp_path / "t19.bw", t19, g19),
-                                 write(tmp_path / "p19.bw", p19, g19), genome="hg19")
-    assert list(got) == metrics.METRIC_NAMES and got["mse"] > 0
+
+
+@pytest.mark.slow
+def test_real_hg19_bigwig_blacklist_and_region_metrics(shared_path, tmp_path):
+    """A real ENCODE hg19 chr22 bigWig against itself with the blacklisted bins changed: the
+    bundled hg19 blacklist leaves them out (mse 0) unless --no-blacklist, and the bundled hg19
+    genes and enhancers give the region metrics. mm10's blacklist applies the same way."""
+    from predictd.bigwig import read_binned
+    real = str(shared_path("real_bigwigs/ENCFF826FLP.bw"))
+    g19 = [("chr22", load_genome("hg19").sizes["chr22"])]
+    black = genome_blacklist({"name": "hg19", "chroms": g19}, 25)
+    assert black is not None and 0.2 < black.mean() < 0.5   # the short arm and 15 more regions
+    values = read_binned(real, "chr22", g19[0][1], 25)
+    pred = write(tmp_path / "p.bw", {"chr22": np.where(black, values + 50.0, values)}, g19)
+    got = json.loads(run_cli("--truth", real, "--pred", pred, "--genome", "hg19",
+                             "--json").output)
+    assert list(got) == metrics.METRIC_NAMES + metrics.REGION_METRIC_NAMES
+    assert got["mse"] == pytest.approx(0.0, abs=1e-9)
+    assert all(np.isfinite(got[m]) for m in metrics.REGION_METRIC_NAMES)
+    whole = json.loads(run_cli("--truth", real, "--pred", pred, "--json",
+                               "--no-blacklist").output)
+    y = np.arcsinh(values)
+    expect = metrics.mse(y, np.arcsinh(np.where(black, values + 50.0, values).astype(np.float32)))
+    assert whole["mse"] == pytest.approx(expect, rel=1e-4) and whole["mse"] > 1.0
+    # mm10: its blacklist, no region metrics
+    m10 = [("chr19", load_genome("mm10").sizes["chr19"])]
+    bm = genome_blacklist({"name": "mm10", "chroms": m10}, 25)
+    assert bm is not None and 0 < bm.mean() < 0.2
+    t10 = tracks(0, m10)
+    p10 = {"chr19": np.where(bm, t10["chr19"] + 50.0, t10["chr19"]).astype(np.float32)}
+    got = evaluate.score_bigwigs(write(tmp_path / "t10.bw", t10, m10),
+                                 write(tmp_path / "p10.bw", p10, m10), genome="mm10")
+    assert list(got) == metrics.METRIC_NAMES and got["mse"] == 0.0
 
 
 def _sizes(tmp_path, chroms):

@@ -22,8 +22,8 @@ from .main import cli
               help="Per-bin variance of the assay across cell types, in arcsinh space "
                    "(the ENCODE Imputation Challenge's weights): adds msevar.")
 @click.option("--no-blacklist", is_flag=True,
-              help="Score the ENCODE blacklist's bins too (the blacklist is bundled for hg38 "
-                   "only; hg19 and mm10 are scored whole).")
+              help="Score the ENCODE blacklist's bins too (the blacklist is bundled for hg19, "
+                   "hg38 and mm10; other assemblies are scored whole).")
 @click.option("--transform", type=click.Choice(["arcsinh", "none"]), default="arcsinh",
               show_default=True,
               help="Space the metrics are computed in: arcsinh of the files' values, as the "
@@ -38,8 +38,9 @@ def score_command(truth, pred, genome, var, no_blacklist, transform, bin_size, a
 
     \b
     Metrics: mse, gwcorr, gwspear, mse1obs, mse1imp, match1, catch1obs, catch1imp, aucobs1,
-    aucimp1; msevar with --var; mseprom, msegene, mseenh on hg38 (bundled annotations).
-    On hg38 the ENCODE blacklist's bins are left out unless --no-blacklist.
+    aucimp1; msevar with --var; mseprom, msegene, mseenh on hg19 and hg38 (bundled
+    annotations). On hg19, hg38 and mm10 the ENCODE blacklist's bins are left out unless
+    --no-blacklist.
 
     \b
     Examples:

@@ -88,23 +88,39 @@ def similarity_step(width: int) -> int:
     return max(1, int(width) // 100)
 
 
-def coarse_means(XT: np.ndarray, step: int) -> np.ndarray:
-    """Means of each row of XT (experiments × bins) over consecutive cells of ``step`` bins
-    (the last one possibly shorter), missing values counting as 0: (experiments × cells)
-    float64."""
+def coarse_sums(XT: np.ndarray, step: int) -> np.ndarray:
+    """Sums of each row of XT (experiments × bins) over consecutive cells of ``step`` bins (the
+    last one possibly shorter), missing values counting as 0: (experiments × cells) float32,
+    each the float32 sum of its cell's values. A row's sums do not depend on the other rows,
+    so sums stored once per block (:func:`predictd.impute.write_coarse`) are those a task
+    would compute from the same columns."""
     E, n = XT.shape
     whole = n // step
-    out = np.zeros((E, -(-n // step)))
+    out = np.zeros((E, -(-n // step)), dtype=np.float32)
     for s in range(0, E, 64):   # bounded temporaries at any number of experiments
         part = np.asarray(XT[s:s + 64], dtype=np.float32)
         part = np.where(np.isnan(part), np.float32(0.0), part)
         if whole:
-            # sums of ≤ step float32 values, then float64
             out[s:s + 64, :whole] = part[:, :whole * step].reshape(-1, whole, step).sum(axis=2)
-            out[s:s + 64, :whole] /= step
         if whole * step < n:
-            out[s:s + 64, -1] = part[:, whole * step:].astype(np.float64).mean(axis=1)
+            out[s:s + 64, -1] = part[:, whole * step:].sum(axis=1)
     return out
+
+
+def coarse_cell_sizes(n: int, step: int) -> np.ndarray:
+    """Bins in each cell of the coarse grid of ``n`` bins (float64: ``step``, the last one
+    possibly fewer)."""
+    sizes = np.full(-(-n // step), float(step))
+    if n % step:
+        sizes[-1] = n % step
+    return sizes
+
+
+def coarse_means(XT: np.ndarray, step: int) -> np.ndarray:
+    """Means of each row of XT (experiments × bins) over consecutive cells of ``step`` bins
+    (the last one possibly shorter), missing values counting as 0: (experiments × cells)
+    float64, :func:`coarse_sums` over the cells' sizes."""
+    return coarse_sums(XT, step) / coarse_cell_sizes(XT.shape[1], step)
 
 
 def resemblance_sums(X: np.ndarray, exp_assay, rows=None) -> dict:
@@ -181,11 +197,12 @@ def choose_neighbours(sums: dict, exp_cell, exp_assay, n_cell: int, n_assay: int
     return out
 
 
-def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None) -> np.ndarray:
+def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None,
+                    resemblance: bool = True) -> np.ndarray:
     """Which experiments (boolean mask) the similarity-weighted averages of the cell types
     ``cells`` read: their own, every neighbour's (:func:`choose_neighbours`) of each assay,
-    and every neighbour's of the target's own assays (for the resemblance). All of them
-    without neighbours."""
+    and (with ``resemblance``) every neighbour's of the target's own assays, whose coarse
+    tracks the resemblance is measured on. All of them without neighbours."""
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     if neighbours is None:
@@ -196,7 +213,8 @@ def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None) -
         near = neighbours[c]
         for a in range(near.shape[0]):
             keep |= (exp_assay == a) & np.isin(exp_cell, near[a][near[a] >= 0])
-        keep |= np.isin(exp_assay, own) & np.isin(exp_cell, np.unique(near[near >= 0]))
+        if resemblance:
+            keep |= np.isin(exp_assay, own) & np.isin(exp_cell, np.unique(near[near >= 0]))
     return keep
 
 
@@ -209,18 +227,39 @@ class SimilarityInputs:
     over the assay's rows.
 
     XT holds every experiment of the block *experiment-major* (experiments × bins, NaN =
-    missing); ``width`` is the resemblance window in bins."""
+    missing); ``width`` is the resemblance window in bins.
 
-    def __init__(self, XT: np.ndarray, exp_assay, width: int):
+    ``sums`` (experiments × cells, the :func:`coarse_sums` of every experiment ``exp_assay``
+    lists, e.g. stored once per block) give the coarse tracks instead; XT then holds only the
+    rows ``full`` (indices into those experiments, ascending) — the experiments an average
+    weighs, which need every bin — and ``exp_cell`` names the experiments' cell types for
+    :func:`similar_averages` (:attr:`exp_cell`, :attr:`exp_assay`)."""
+
+    def __init__(self, XT: np.ndarray, exp_assay, width: int, sums: np.ndarray | None = None,
+                 full=None, exp_cell=None):
         self.XT = XT
         exp_assay = np.asarray(exp_assay)
+        self.width = int(width)
         self.n, self.step = XT.shape[1], similarity_step(width)
         G = -(-self.n // self.step)
         self.h = max(1, int(width) // self.step) // 2
         i = np.arange(G)
         self.N = (np.minimum(i + self.h + 1, G) - np.maximum(i - self.h, 0)).astype(np.float64)
-        #: each assay's experiments (rows of XT), in experiment order
+        #: each assay's experiments (rows of the coarse tracks), in experiment order
         self.rows = {int(a): np.flatnonzero(exp_assay == a) for a in np.unique(exp_assay)}
+        self.sums = sums
+        self.exp_cell = None if exp_cell is None else np.asarray(exp_cell)
+        self.exp_assay = exp_assay if sums is not None else None
+        if sums is not None and sums.shape != (exp_assay.size, G):
+            raise ValueError(f"coarse sums of shape {sums.shape}, not {exp_assay.size} × {G}")
+        # per assay: the positions (among its rows) that XT holds, and their rows of XT
+        full = np.arange(exp_assay.size) if full is None else np.asarray(full)
+        if full.size != XT.shape[0]:
+            raise ValueError(f"{full.size} full-resolution experiments for {XT.shape[0]} rows")
+        self._full = {}
+        for a, rows in self.rows.items():
+            pos = np.flatnonzero(np.isin(rows, full))
+            self._full[a] = (pos, np.searchsorted(full, rows[pos]))
         self._coarse: dict[int, tuple] = {}
         self._values: dict = {}
 
@@ -228,7 +267,10 @@ class SimilarityInputs:
         """The assay's coarse tracks, their window sums, N·(window sums of squares) − sums²,
         and where that spread is too small for a correlation (rows × cells each)."""
         if assay not in self._coarse:
-            c = coarse_means(self.XT[self.rows[assay]], self.step)
+            if self.sums is None:
+                c = coarse_means(self.XT[self.rows[assay]], self.step)
+            else:
+                c = self.sums[self.rows[assay]] / coarse_cell_sizes(self.n, self.step)
             S = _window_sums(c, self.h)
             V = self.N * _window_sums(c * c, self.h) - S * S
             # relative guard: cumulative-sum differences leave rounding residue in flat windows
@@ -256,10 +298,11 @@ class SimilarityInputs:
         return np.clip(cov, -1.0, 1.0).astype(np.float32)
 
     def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """The assay's rows of XT with missing values as 0 (float32, rows × bins), and for
-        each row that had a missing value, where it is observed."""
+        """The assay's rows of XT with missing values as 0 (float32, rows × bins; with coarse
+        ``sums``, only the rows XT holds), and for each row that had a missing value, where
+        it is observed."""
         if assay not in self._values:
-            part = np.asarray(self.XT[self.rows[assay]], dtype=np.float32)
+            part = np.asarray(self.XT[self._full[assay][1]], dtype=np.float32)
             miss = np.isnan(part)
             gappy = np.flatnonzero(miss.any(axis=1))
             np.copyto(part, np.float32(0.0), where=miss)
@@ -283,8 +326,15 @@ class SimilarityInputs:
         values: float32 (targets × bins), NaN where no weighted row is observed."""
         part, seen = self.values(assay)
         n, step = self.n, self.step
-        J, O, _ = w.shape
         w = np.asarray(w, dtype=np.float32)
+        pos = self._full[assay][0]
+        if pos.size < w.shape[1]:
+            # only the rows held at full resolution can be weighed
+            if np.delete(w, pos, axis=1).any():
+                raise ValueError(f"weights on experiments of assay {assay} that are not "
+                                 "held at full resolution")
+            w = w[:, pos]
+        J, O, _ = w.shape
         num = np.empty((J, n), dtype=np.float32)
         whole = n // step
         if whole and J == 1:
@@ -453,10 +503,14 @@ class BlockContext:
 
     ``sums`` — the block's :func:`assay_sums` computed earlier (the imputation stores them with
     the genome factors) — replaces the pass over X, which may then be None; ``exp_assay`` still
-    lists the assay of every experiment, whose counts tell which averages exist."""
+    lists the assay of every experiment, whose counts tell which averages exist.
+
+    ``similarity``: the block's :class:`SimilarityInputs` built beforehand (e.g. from stored
+    coarse sums), which :meth:`similarity_inputs` then returns for its width."""
 
     def __init__(self, X: np.ndarray | None, exp_assay, n_assay: int, windows=(), rows=None,
-                 dtype=np.float32, sums: tuple[np.ndarray, np.ndarray] | None = None):
+                 dtype=np.float32, sums: tuple[np.ndarray, np.ndarray] | None = None,
+                 similarity: SimilarityInputs | None = None):
         if sums is None:
             tot, cnt = assay_sums(X, exp_assay, n_assay)
         else:
@@ -490,7 +544,8 @@ class BlockContext:
             avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(dtype)
             avg[~present] = 0.0
             self.segments.append((t, c, avg))
-        self._coarse = None
+        self._coarse = None if similarity is None else (similarity.width, similarity.XT,
+                                                         similarity)
         self.from_sums = sums is not None
 
     def similarity_inputs(self, X: np.ndarray, exp_assay, width: int
@@ -589,8 +644,11 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         lo = _similar_offset(n_assay, len(ctx.windows))
         if sim is None:
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
-            sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar,
-                                   inputs=inputs, neighbours=neighbours)
+            # inputs built from coarse sums name their own experiments (a superset of X's)
+            ec, ea = ((exp_cell, exp_assay) if inputs.exp_cell is None
+                      else (inputs.exp_cell, inputs.exp_assay))
+            sim = similar_averages(XT, ec, ea, n_assay, cell, *similar, inputs=inputs,
+                                   neighbours=neighbours)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
             seen = ~np.isnan(sim)

@@ -159,10 +159,12 @@ def read_coarse(uri: str, names: list[str]) -> tuple[list[str], np.ndarray] | No
     names, float32 experiments × cells); None when the block has none stored."""
     if not storage.exists(uri):
         return None
-    pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
-    stored = set(pf.schema_arrow.names)
-    have = [e for e in names if e in stored]
-    t = pf.read(columns=have)
+    # read in place: only the asked columns' chunks (by byte ranges on object stores)
+    with storage.open_random_access(uri) as fh:
+        pf = pq.ParquetFile(fh)
+        stored = set(pf.schema_arrow.names)
+        have = [e for e in names if e in stored]
+        t = pf.read(columns=have, use_threads=False)
     C = np.empty((len(have), t.num_rows), dtype=np.float32)
     for i, e in enumerate(have):
         C[i] = t.column(e).to_numpy()
@@ -305,14 +307,28 @@ def needed_columns(model: Model, pairs: list[tuple[int, int]],
     averages weigh (:func:`predictd.solvers.stacking.similar_columns`; with
     ``resemblance``, also those whose coarse tracks their resemblance is measured on), and
     the experiments the sums do not cover."""
-    obs, ec, ea = model.observed_indices()
-    cells = sorted({j for j, _ in pairs})
-    keep = np.isin(ec, cells)
-    if model.stack_similar is not None:
-        keep |= stacking.similar_columns(ec, ea, cells, model.stack_neighbours, resemblance)
-    if sums_cover is not None:
-        keep[sums_cover:] = True
-    return [e for e, k in zip(obs, keep) if k]
+    cells = tuple(sorted({j for j, _ in pairs}))
+    near = model.stack_neighbours
+    # asked for several times per block with the same tracks: worked out once, keyed by
+    # what the answer depends on
+    key = (tuple(model.observed), model.stack_similar is not None,
+           None if near is None else (near.shape, near.tobytes()), cells, sums_cover,
+           resemblance)
+    if key not in _NEEDED:
+        obs, ec, ea = model.observed_indices()
+        keep = np.isin(ec, cells)
+        if model.stack_similar is not None:
+            keep |= stacking.similar_columns(ec, ea, list(cells), near, resemblance)
+        if sums_cover is not None:
+            keep[sums_cover:] = True
+        if len(_NEEDED) >= 64:
+            _NEEDED.clear()
+        _NEEDED[key] = [e for e, k in zip(obs, keep) if k]
+    return list(_NEEDED[key])
+
+
+#: :func:`needed_columns`' answers, by question
+_NEEDED: dict = {}
 
 
 def _model_values(model, GB, pairs, block, sums, sums_cover=None, coarse=None):

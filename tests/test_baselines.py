@@ -636,3 +636,41 @@ def test_neighbours_are_the_most_resembling_cell_types_with_the_assay_left_out()
     want = stacking.similar_averages(X[:600, cell != 3].T, cell[cell != 3],
                                      assay[cell != 3], 3, 0, 51, 0.2)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_similar_averages_from_coarse_sums_read_only_the_weighed_columns():
+    # the resemblance from stored coarse sums of every experiment, the averages from the full
+    # resolution of the experiments they weigh: the same as from every column at full
+    # resolution, bit for bit (grid cells whole), and within float rounding with a short
+    # last cell
+    rng = np.random.default_rng(8)
+    n_cell, n_assay = 6, 3
+    cell = np.repeat(np.arange(n_cell), n_assay)
+    assay = np.tile(np.arange(n_assay), n_cell)
+    base = rng.normal(size=(1, n_assay, 1))
+    for n in (2000, 1995):
+        X = (base + rng.normal(size=(n_cell, n_assay, n))).reshape(-1, n).T.astype(np.float32)
+        X[rng.random(X.shape) < 0.01] = np.nan
+        sums = stacking.sum_resemblance_sums([stacking.resemblance_sums(X, assay)])
+        near = stacking.choose_neighbours(sums, cell, assay, n_cell, n_assay, 2)
+        want = stacking.similar_averages(X.T, cell, assay, n_assay, 0, 101, 0.2,
+                                         neighbours=near)
+        read = stacking.similar_columns(cell, assay, [0], near)
+        full = stacking.similar_columns(cell, assay, [0], near, resemblance=False)
+        assert full.sum() < read.sum()
+        step = stacking.similarity_step(101)
+        C = stacking.coarse_sums(X.T, step)
+        np.testing.assert_array_equal(stacking.coarse_means(X.T[:4], step),
+                                      C[:4] / stacking.coarse_cell_sizes(n, step))
+        XT = np.ascontiguousarray(X[:, full].T)
+        si = stacking.SimilarityInputs(XT, assay[read], 101, sums=C[read],
+                                       full=np.flatnonzero(full[read]), exp_cell=cell[read])
+        got = stacking.similar_averages(XT, cell[read], assay[read], n_assay, 0, 101, 0.2,
+                                        inputs=si, neighbours=near)
+        if n % step == 0:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="exp_cell"):
+            stacking.SimilarityInputs(XT, assay[read], 101, sums=C[read],
+                                      full=np.flatnonzero(full[read]))

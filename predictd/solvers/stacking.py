@@ -252,6 +252,8 @@ class SimilarityInputs:
         self.exp_assay = exp_assay if sums is not None else None
         if sums is not None and sums.shape != (exp_assay.size, G):
             raise ValueError(f"coarse sums of shape {sums.shape}, not {exp_assay.size} × {G}")
+        if sums is not None and (self.exp_cell is None or self.exp_cell.size != exp_assay.size):
+            raise ValueError("coarse sums need the cell type of every experiment (exp_cell)")
         # per assay: the positions (among its rows) that XT holds, and their rows of XT
         full = np.arange(exp_assay.size) if full is None else np.asarray(full)
         if full.size != XT.shape[0]:

@@ -218,11 +218,13 @@ def read_gf_parts(uri: str, sums: bool = True
         return GBt.T, None, empty
 
     def stacked(cols, prefix):
+        # built assay-major (contiguous rows), returned as bins × assays: the layout
+        # stacking.BlockContext stacks them in
         order = sorted(cols, key=lambda c: int(c[len(prefix):]))
-        A = np.empty((t.num_rows, len(order)))
+        At = np.empty((len(order), t.num_rows))
         for k, c in enumerate(order):
-            A[:, k] = t.column(c).to_numpy()
-        return A
+            At[k] = t.column(c).to_numpy()
+        return At.T
 
     return GBt.T, (stacked(scols, SUM_COLUMN), stacked(ccols, COUNT_COLUMN)), empty
 

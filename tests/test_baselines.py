@@ -674,3 +674,22 @@ def test_similar_averages_from_coarse_sums_read_only_the_weighed_columns():
         with pytest.raises(ValueError, match="exp_cell"):
             stacking.SimilarityInputs(XT, assay[read], 101, sums=C[read],
                                       full=np.flatnonzero(full[read]))
+
+
+def test_window_sums_of_constant_count_rows_are_the_cumulative_sums_ones():
+    # rows of one integer value (counts, observed masks) skip the cumulative sums: the same
+    # bits as the rows that take them
+    rng = np.random.default_rng(9)
+    n, pad, widths = 300, 12, (3, 9, 25)
+    A = np.stack([rng.random(n), np.ones(n), np.full(n, 7.0), np.full(n, 0.1), np.zeros(n),
+                  np.where(rng.random(n) < 0.1, 0.0, 1.0)])
+    for rows in (None, np.array([0, 5, 150, 299])):
+        C = stacking._padded_cumsum(A, pad)
+        want = [stacking._window_sum(C, pad, w // 2, n, rows) for w in widths]
+        for dtype in (np.float64, np.float32):
+            got = stacking._window_sums_of(A.astype(dtype), pad, widths, n, rows)
+            C = stacking._padded_cumsum(A.astype(dtype), pad)
+            for g, w in zip(got, widths):
+                np.testing.assert_array_equal(g, stacking._window_sum(C, pad, w // 2, n, rows))
+        for g, w in zip(stacking._window_sums_of(A, pad, widths, n, rows), want):
+            np.testing.assert_array_equal(g, w)

@@ -297,7 +297,7 @@ class SimilarityInputs:
         den[flat | fi[None, :]] = np.inf
         np.sqrt(den, out=den)
         cov /= den
-        return np.clip(cov, -1.0, 1.0).astype(np.float32)
+        return np.clip(cov, -1.0, 1.0, out=cov).astype(np.float32)
 
     def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """The assay's rows of XT with missing values as 0 (float32, rows × bins; with coarse
@@ -496,6 +496,33 @@ def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
     return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
 
 
+def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndarray]:
+    """:func:`_window_sum` (float64) of each row of A (series × bins) over the centred window
+    of every width in ``widths``, at ``rows`` (None = every bin), from one pass of cumulative
+    sums. A row holding one integer value throughout (a count, or an observed mask, where
+    nothing is missing) is that value times each window's length — exactly what its
+    cumulative sums give — and needs none."""
+    first = A[:, 0].astype(np.float64)
+    const = ((A == A[:, :1]).all(axis=1) & (first == np.round(first))
+             & (np.abs(first) < 2.0 ** 32))
+    m = n if rows is None else rows.size
+    if not const.any():
+        C = _padded_cumsum(A, pad)
+        return [_window_sum(C, pad, w // 2, n, rows) for w in widths]
+    out = [np.empty((A.shape[0], m)) for _ in widths]
+    vary = np.flatnonzero(~const)
+    if vary.size:
+        C = _padded_cumsum(A[vary], pad)
+        for o, w in zip(out, widths):
+            o[vary] = _window_sum(C, pad, w // 2, n, rows)
+    i = np.arange(n) if rows is None else rows
+    for o, w in zip(out, widths):
+        h = w // 2
+        length = (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
+        o[const] = first[const, None] * length[None, :]
+    return out
+
+
 class BlockContext:
     """What every cell type's feature vectors of one block share: the per-assay sums and
     counts over all experiments (:func:`assay_sums`), their window sums at every context
@@ -531,19 +558,21 @@ class BlockContext:
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows
         self.rows = rows
         present = self.assay_count > 0
-        TC = np.ascontiguousarray(np.concatenate([tot, cnt], axis=1).T)  # 2K × n
+        # 2K × n: the sums are bins × assays, usually column-major (as decoded or summed),
+        # so their transposes are contiguous rows to stack
+        TC = np.concatenate([np.asarray(tot).T, np.asarray(cnt).T], axis=0, dtype=np.float64)
         # the windows' sums are differences of float64 cumulative sums; once taken, float32
         # holds them (and halves the memory traffic of every cell type's features)
         segs = [(TC if rows is None else TC[:, rows]).astype(np.float32)]
         if self.windows:
-            C = _padded_cumsum(TC, self.pad)
-            segs += [_window_sum(C, self.pad, w // 2, self.n, rows).astype(np.float32)
-                     for w in self.windows]
+            segs += [W.astype(np.float32)
+                     for W in _window_sums_of(TC, self.pad, self.windows, self.n, rows)]
         # per segment (bins, then each window): sums, counts, and their ratio
         self.segments = []
         for S in segs:
             t, c = S[:n_assay], S[n_assay:]
-            avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(dtype)
+            avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(
+                dtype, copy=False)
             avg[~present] = 0.0
             self.segments.append((t, c, avg))
         self._coarse = None if similarity is None else (similarity.width, similarity.XT,
@@ -635,9 +664,9 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
     fill(0, XS if r is None else XS[:, r], own_values=xs if r is None else xs[:, r])
     if ctx.windows:
-        C = _padded_cumsum(XS, ctx.pad)
-        for s, w in enumerate(ctx.windows, 1):
-            fill(s, _window_sum(C, ctx.pad, w // 2, ctx.n, r).astype(np.float32))
+        sums = _window_sums_of(XS, ctx.pad, ctx.windows, ctx.n, r)
+        for s, W in enumerate(sums, 1):
+            fill(s, W.astype(np.float32))
     if similar is not None:
         if ctx.from_sums and neighbours is None and sim is None:
             # stored sums stand in for the other cell types' columns, which this needs
@@ -655,9 +684,7 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         if ctx.windows:
             seen = ~np.isnan(sim)
             SS = np.concatenate([np.where(seen, sim, np.float32(0.0)), seen], axis=0)
-            C = _padded_cumsum(SS, ctx.pad)
-            for s, w in enumerate(ctx.windows, 1):
-                Ws = _window_sum(C, ctx.pad, w // 2, ctx.n, r)
+            for s, Ws in enumerate(_window_sums_of(SS, ctx.pad, ctx.windows, ctx.n, r), 1):
                 with np.errstate(divide="ignore", invalid="ignore"):
                     # assays no other cell type has are 0 throughout: their means stay 0
                     Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]

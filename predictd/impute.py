@@ -150,7 +150,9 @@ def write_coarse(uri: str, names: list[str], sums: np.ndarray) -> None:
     measured on, computed once per block instead of once per write task."""
     cols = {e: pa.array(sums[i]) for i, e in enumerate(names)}
     buf = io.BytesIO()
-    pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
+    # LZ4: a write task reads hundreds of these columns per block, and zstd's decoding was
+    # most of that read (0.043 s against 0.027 s for about 590 Roadmap columns)
+    pq.write_table(pa.table(cols), buf, compression="lz4", use_dictionary=False)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 

@@ -332,7 +332,9 @@ class SimilarityInputs:
         pos = self._full[assay][0]
         if pos.size < w.shape[1]:
             # only the rows held at full resolution can be weighed
-            if np.delete(w, pos, axis=1).any():
+            weighed = w.any(axis=(0, 2))
+            weighed[pos] = False
+            if weighed.any():
                 raise ValueError(f"weights on experiments of assay {assay} that are not "
                                  "held at full resolution")
             w = w[:, pos]

@@ -1,5 +1,7 @@
 """Reference imputers (average, plain CP-ALS) and the cross-cell-type stacking layer."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -681,9 +683,11 @@ def test_window_sums_of_constant_count_rows_are_the_cumulative_sums_ones():
     # bits as the rows that take them
     rng = np.random.default_rng(9)
     n, pad, widths = 300, 12, (3, 9, 25)
-    A = np.stack([rng.random(n), np.ones(n), np.full(n, 7.0), np.full(n, 0.1), np.zeros(n),
-                  np.where(rng.random(n) < 0.1, 0.0, 1.0)])
-    for rows in (None, np.array([0, 5, 150, 299])):
+    values = [rng.random(n), np.full(n, 0.1), np.where(rng.random(n) < 0.1, 0.0, 1.0)]
+    counts = [np.ones(n), np.full(n, 7.0), np.zeros(n)]
+    for A, rows in itertools.product([np.stack(values + counts), np.stack(counts + values),
+                                      np.stack(counts)],
+                                     (None, np.array([0, 5, 150, 299]))):
         C = stacking._padded_cumsum(A, pad)
         want = [stacking._window_sum(C, pad, w // 2, n, rows) for w in widths]
         for dtype in (np.float64, np.float32):
@@ -693,3 +697,6 @@ def test_window_sums_of_constant_count_rows_are_the_cumulative_sums_ones():
                 np.testing.assert_array_equal(g, stacking._window_sum(C, pad, w // 2, n, rows))
         for g, w in zip(stacking._window_sums_of(A, pad, widths, n, rows), want):
             np.testing.assert_array_equal(g, w)
+        for g, w in zip(stacking._window_sums_of(A, pad, widths, n, rows, np.float32), want):
+            assert g.dtype == np.float32
+            np.testing.assert_array_equal(g, w.astype(np.float32))

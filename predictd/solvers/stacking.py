@@ -299,6 +299,11 @@ class SimilarityInputs:
         cov /= den
         return np.clip(cov, -1.0, 1.0, out=cov).astype(np.float32)
 
+    def held(self, assay: int) -> np.ndarray:
+        """Positions, among the assay's rows, of those XT holds at full resolution
+        (ascending; every row without coarse ``sums``)."""
+        return self._full[assay][0]
+
     def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """The assay's rows of XT with missing values as 0 (float32, rows × bins; with coarse
         ``sums``, only the rows XT holds), and for each row that had a missing value, where
@@ -324,13 +329,15 @@ class SimilarityInputs:
 
     def weighted_averages(self, assay: int, w: np.ndarray) -> np.ndarray:
         """Σ_o w_jo x_o / Σ_o w_jo over the rows o of ``assay`` for each target j (weights
-        per coarse cell, targets × rows × cells, 0 to leave a row out), counting only observed
-        values: float32 (targets × bins), NaN where no weighted row is observed."""
+        per coarse cell, targets × rows × cells, 0 to leave a row out; the rows are those
+        :meth:`held` lists, or every row of the assay with 0 on the others), counting only
+        observed values: float32 (targets × bins), NaN where no weighted row is observed."""
         part, seen = self.values(assay)
         n, step = self.n, self.step
         w = np.asarray(w, dtype=np.float32)
         pos = self._full[assay][0]
         if pos.size < w.shape[1]:
+            # weights over every row of the assay
             # only the rows held at full resolution can be weighed
             weighed = w.any(axis=(0, 2))
             weighed[pos] = False
@@ -410,7 +417,8 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
             # only the cell types some average of c can weigh need a resemblance
             sub = None if near is None else np.flatnonzero(np.isin(exp_cell[rows], near))
             r = np.zeros((rows.size, G), dtype=np.float32)
-            if sub is None:
+            if sub is None or np.union1d(sub, own).size == rows.size:
+                # every row (as when only those were read): no subset to gather
                 r = si.correlations(a, int(own[0]))
             elif sub.size:
                 r[sub] = si.correlations(a, int(own[0]), sub)
@@ -422,7 +430,9 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
     out = np.zeros((J, n_assay, n), dtype=np.float32)
     one, inv_tau = np.float32(1.0), np.float32(1.0 / tau)
     for k, rows in si.rows.items():
-        w = np.zeros((J, rows.size, G), dtype=np.float32)
+        # weights over the rows held at full resolution (every row without coarse sums)
+        pos = si.held(k)
+        w = np.zeros((J, pos.size, G), dtype=np.float32)
         users = []
         for t, c in enumerate(targets):
             src = exp_cell[rows] != c
@@ -430,11 +440,16 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
                 src &= np.isin(exp_cell[rows], neighbours[c, k])
             if not src.any():
                 continue
+            if src.sum() != src[pos].sum():
+                raise ValueError(f"the average of assay {k} for cell type {c} weighs "
+                                 "experiments not held at full resolution")
+            src = src[pos]
             users.append(t)
-            cnt = shared[t, exp_cell[rows[src]]]
-            res = R[t, exp_cell[rows[src]]]
+            held = rows[pos[src]]
+            cnt = shared[t, exp_cell[held]]
+            res = R[t, exp_cell[held]]
             if (t, k) in mine:   # leave the target assay out of the resemblance
-                res = res - mine[t, k][src]
+                res = res - mine[t, k][pos[src]]
                 cnt = cnt - 1
             res = np.divide(res, cnt[:, None], out=np.zeros_like(res), where=cnt[:, None] > 0)
             # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
@@ -498,30 +513,36 @@ def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
     return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
 
 
-def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndarray]:
-    """:func:`_window_sum` (float64) of each row of A (series × bins) over the centred window
-    of every width in ``widths``, at ``rows`` (None = every bin), from one pass of cumulative
-    sums. A row holding one integer value throughout (a count, or an observed mask, where
-    nothing is missing) is that value times each window's length — exactly what its
-    cumulative sums give — and needs none."""
+def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows, dtype=np.float64
+                    ) -> list[np.ndarray]:
+    """:func:`_window_sum` of each row of A (series × bins) over the centred window of every
+    width in ``widths``, at ``rows`` (None = every bin), from one pass of cumulative sums,
+    as ``dtype`` (the float64 sums rounded once). Trailing rows that each hold one integer value throughout (counts, or observed
+    masks, where nothing is missing: A is usually values then their counts) are that value
+    times each window's length — exactly what their cumulative sums give — and need none."""
     first = A[:, 0].astype(np.float64)
     const = ((A == A[:, :1]).all(axis=1) & (first == np.round(first))
              & (np.abs(first) < 2.0 ** 32))
-    m = n if rows is None else rows.size
-    if not const.any():
+    k = A.shape[0] - (np.argmin(const[::-1]) if not const.all() else A.shape[0])
+    if k == A.shape[0]:
         C = _padded_cumsum(A, pad)
-        return [_window_sum(C, pad, w // 2, n, rows) for w in widths]
-    out = [np.empty((A.shape[0], m)) for _ in widths]
-    vary = np.flatnonzero(~const)
-    if vary.size:
-        C = _padded_cumsum(A[vary], pad)
-        for o, w in zip(out, widths):
-            o[vary] = _window_sum(C, pad, w // 2, n, rows)
+        return [_window_sum(C, pad, w // 2, n, rows).astype(dtype, copy=False)
+                for w in widths]
+    m = n if rows is None else rows.size
+    C = _padded_cumsum(A[:k], pad) if k else None
     i = np.arange(n) if rows is None else rows
-    for o, w in zip(out, widths):
+    out = []
+    for w in widths:
         h = w // 2
+        o = np.empty((A.shape[0], m), dtype=dtype)
+        if k and rows is None:
+            np.subtract(C[:, pad + h + 1:pad + h + 1 + n], C[:, pad - h:pad - h + n],
+                        out=o[:k])
+        elif k:
+            o[:k] = _window_sum(C, pad, h, n, rows)
         length = (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
-        o[const] = first[const, None] * length[None, :]
+        np.multiply(first[k:, None], length[None, :], out=o[k:])
+        out.append(o)
     return out
 
 
@@ -567,8 +588,7 @@ class BlockContext:
         # holds them (and halves the memory traffic of every cell type's features)
         segs = [(TC if rows is None else TC[:, rows]).astype(np.float32)]
         if self.windows:
-            segs += [W.astype(np.float32)
-                     for W in _window_sums_of(TC, self.pad, self.windows, self.n, rows)]
+            segs += _window_sums_of(TC, self.pad, self.windows, self.n, rows, np.float32)
         # per segment (bins, then each window): sums, counts, and their ratio
         self.segments = []
         for S in segs:
@@ -666,9 +686,9 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
     fill(0, XS if r is None else XS[:, r], own_values=xs if r is None else xs[:, r])
     if ctx.windows:
-        sums = _window_sums_of(XS, ctx.pad, ctx.windows, ctx.n, r)
-        for s, W in enumerate(sums, 1):
-            fill(s, W.astype(np.float32))
+        for s, W in enumerate(_window_sums_of(XS, ctx.pad, ctx.windows, ctx.n, r,
+                                              np.float32), 1):
+            fill(s, W)
     if similar is not None:
         if ctx.from_sums and neighbours is None and sim is None:
             # stored sums stand in for the other cell types' columns, which this needs

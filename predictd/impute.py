@@ -40,6 +40,12 @@ def gf_uri(gf_root: str, chrom: str, block: int) -> str:
     return storage.join(gf_root, f"chrom={chrom}", f"block={block:06d}.parquet")
 
 
+def coarse_uri(gf_root: str, chrom: str, block: int) -> str:
+    """Where the solve stores a block's coarse sums (:func:`write_coarse`): beside its genome
+    factors, in their own directory."""
+    return storage.join(gf_root, "coarse", f"chrom={chrom}", f"block={block:06d}.parquet")
+
+
 def model_arrays(model: Model, experiments: list[str]):
     """Experiment loadings and biases of the model's observed experiments."""
     ci = {c: i for i, c in enumerate(model.cell_types)}
@@ -129,6 +135,44 @@ def stores_sums(model: Model) -> bool:
     return uses_sums(model) and len(model.observed) >= SUMS_MIN_RATIO * 2 * len(model.assays)
 
 
+def stores_coarse(model: Model) -> bool:
+    """Whether the solve stores the block's coarse sums of every training experiment with a
+    model's genome factors: when its similarity-weighted averages weigh nearest cell types
+    from stored per-assay sums. A write task then reads at full resolution only the columns
+    the averages weigh, and takes the resemblance's coarse tracks from the stored sums
+    (at Roadmap scale about 210 columns instead of 590 per cell type)."""
+    return stores_sums(model) and model.stack_similar is not None
+
+
+def write_coarse(uri: str, names: list[str], sums: np.ndarray) -> None:
+    """A block's :func:`predictd.solvers.stacking.coarse_sums` (experiments × cells,
+    float32) as Parquet, one column per experiment: what every cell type's resemblance is
+    measured on, computed once per block instead of once per write task."""
+    cols = {e: pa.array(sums[i]) for i, e in enumerate(names)}
+    buf = io.BytesIO()
+    # LZ4: a write task reads hundreds of these columns per block, and zstd's decoding was
+    # most of that read (0.043 s against 0.027 s for about 590 Roadmap columns)
+    pq.write_table(pa.table(cols), buf, compression="lz4", use_dictionary=False)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+def read_coarse(uri: str, names: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """Those of ``names`` stored in a block's coarse sums (:func:`write_coarse`), as (their
+    names, float32 experiments × cells); None when the block has none stored."""
+    if not storage.exists(uri):
+        return None
+    # read in place: only the asked columns' chunks (by byte ranges on object stores)
+    with storage.open_random_access(uri) as fh:
+        pf = pq.ParquetFile(fh)
+        stored = set(pf.schema_arrow.names)
+        have = [e for e in names if e in stored]
+        t = pf.read(columns=have, use_threads=False)
+    C = np.empty((len(have), t.num_rows), dtype=np.float32)
+    for i, e in enumerate(have):
+        C[i] = t.column(e).to_numpy()
+    return have, C
+
+
 def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None,
              empty: np.ndarray | None = None) -> None:
     """A block's genome factors (columns g0…, bG) and, for a stacked model, the per-assay sums
@@ -176,11 +220,13 @@ def read_gf_parts(uri: str, sums: bool = True
         return GBt.T, None, empty
 
     def stacked(cols, prefix):
+        # built assay-major (contiguous rows), returned as bins × assays: the layout
+        # stacking.BlockContext stacks them in
         order = sorted(cols, key=lambda c: int(c[len(prefix):]))
-        A = np.empty((t.num_rows, len(order)))
+        At = np.empty((len(order), t.num_rows))
         for k, c in enumerate(order):
-            A[:, k] = t.column(c).to_numpy()
-        return A
+            At[k] = t.column(c).to_numpy()
+        return At.T
 
     return GBt.T, (stacked(scols, SUM_COLUMN), stacked(ccols, COUNT_COLUMN)), empty
 
@@ -202,6 +248,11 @@ def _solve_task(item, payload):
     if stores_sums(model):
         # the stacked regression's averages over all training experiments, once per block
         sums = stacking.assay_sums(X, model.observed_indices()[2], len(model.assays))
+    if stores_coarse(model):
+        # written before the genome factors, whose file marks the block done
+        step = stacking.similarity_step(model.stack_similar[0])
+        write_coarse(coarse_uri(gf_root, chrom, block), experiments,
+                     stacking.coarse_sums(np.asarray(X, dtype=np.float32).T, step))
     write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums, no_signal(X))
     return 1
 
@@ -219,8 +270,8 @@ def member_weights(n_members: int, todo: list[int], use: dict | None) -> np.ndar
 def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
                  block: tuple[list[str], np.ndarray] | None = None,
                  sums: tuple[np.ndarray, np.ndarray] | None = None,
-                 empty: np.ndarray | None = None, sums_cover: int | None = None
-                 ) -> np.ndarray:
+                 empty: np.ndarray | None = None, sums_cover: int | None = None,
+                 coarse: tuple[list[str], np.ndarray] | None = None) -> np.ndarray:
     """A model's values of ``pairs`` for a block: the factor model, with the stacked transfer
     regression on top when the model has one. That needs the block's observed data, ``block``
     = (experiment names, bins × experiments): every training experiment of the model, or —
@@ -229,10 +280,13 @@ def model_values(model: Model, GB: np.ndarray, pairs: list[tuple[int, int]],
     the model's training experiments (a reference's, when the model extends it); the others
     are in ``block`` and added to them. ``empty`` marks the bins where no training experiment
     has signal (:func:`no_signal`): they are 0 in every track. When not given it is computed
-    from ``block`` if that holds every training experiment."""
+    from ``block`` if that holds every training experiment. ``coarse``: the block's stored
+    coarse sums (:func:`read_coarse`) of the experiments the resemblance reads; with them and
+    the ``sums``, ``block`` need only hold the columns the similarity-weighted averages
+    weigh (:func:`needed_columns` without ``resemblance``)."""
     if empty is None and block is not None:
         empty = block_no_signal(model, block)
-    Y = _model_values(model, GB, pairs, block, sums, sums_cover)
+    Y = _model_values(model, GB, pairs, block, sums, sums_cover, coarse)
     if empty is not None:
         Y[empty] = 0.0
     return Y
@@ -251,22 +305,37 @@ def block_no_signal(model: Model, block: tuple[list[str], np.ndarray]) -> np.nda
 
 
 def needed_columns(model: Model, pairs: list[tuple[int, int]],
-                   sums_cover: int | None = None) -> list[str]:
+                   sums_cover: int | None = None, resemblance: bool = True) -> list[str]:
     """The training experiments a block's stacked values of ``pairs`` read besides the stored
     per-assay sums: the target cell types' own columns, those their similarity-weighted
-    averages weigh (:func:`predictd.solvers.stacking.similar_columns`), and the experiments
-    the sums do not cover."""
-    obs, ec, ea = model.observed_indices()
-    cells = sorted({j for j, _ in pairs})
-    keep = np.isin(ec, cells)
-    if model.stack_similar is not None:
-        keep |= stacking.similar_columns(ec, ea, cells, model.stack_neighbours)
-    if sums_cover is not None:
-        keep[sums_cover:] = True
-    return [e for e, k in zip(obs, keep) if k]
+    averages weigh (:func:`predictd.solvers.stacking.similar_columns`; with
+    ``resemblance``, also those whose coarse tracks their resemblance is measured on), and
+    the experiments the sums do not cover."""
+    cells = tuple(sorted({j for j, _ in pairs}))
+    near = model.stack_neighbours
+    # asked for several times per block with the same tracks: worked out once, keyed by
+    # what the answer depends on
+    key = (tuple(model.observed), model.stack_similar is not None,
+           None if near is None else (near.shape, near.tobytes()), cells, sums_cover,
+           resemblance)
+    if key not in _NEEDED:
+        obs, ec, ea = model.observed_indices()
+        keep = np.isin(ec, cells)
+        if model.stack_similar is not None:
+            keep |= stacking.similar_columns(ec, ea, list(cells), near, resemblance)
+        if sums_cover is not None:
+            keep[sums_cover:] = True
+        if len(_NEEDED) >= 64:
+            _NEEDED.clear()
+        _NEEDED[key] = [e for e, k in zip(obs, keep) if k]
+    return list(_NEEDED[key])
 
 
-def _model_values(model, GB, pairs, block, sums, sums_cover=None):
+#: :func:`needed_columns`' answers, by question
+_NEEDED: dict = {}
+
+
+def _model_values(model, GB, pairs, block, sums, sums_cover=None, coarse=None):
     Y = impute_values(GB, model, pairs)
     if model.stack is None:
         return Y
@@ -284,19 +353,49 @@ def _model_values(model, GB, pairs, block, sums, sums_cover=None):
                 seen = ~np.isnan(col)
                 tot[:, ea[e]] += np.where(seen, col, 0.0)
                 cnt[:, ea[e]] += seen
-        context = stacking.BlockContext(None, ea, len(model.assays), model.stack_windows,
-                                        sums=(tot, cnt))
-        # only the columns the targets need are read from the block
-        keep = set(needed_columns(model, pairs))
+        ea_all = ea
+        # only the columns the targets need are read from the block; with stored coarse
+        # sums, the resemblance's columns are not among them
+        coarse = coarse if model.stack_similar is not None else None
+        keep = set(needed_columns(model, pairs, resemblance=coarse is None))
         sel = np.array([e in keep for e in obs])
         obs = [e for e, k in zip(obs, sel) if k]
         ec, ea = ec[sel], ea[sel]
     idx = [ci[e] for e in obs]
     Xm = X if idx == list(range(X.shape[1])) else X[:, idx]
+    if sums is not None:
+        similarity = None if coarse is None else _coarse_inputs(model, pairs, X, ci, Xm,
+                                                                 coarse)
+        context = stacking.BlockContext(None, ea_all, len(model.assays), model.stack_windows,
+                                        sums=(tot, cnt), similarity=similarity)
     return stacking.predict_pairs(Xm, ec, ea, model.stack, pairs, np.ascontiguousarray(Y),
                                   model.stack_windows, context=context,
                                   similar=model.stack_similar,
                                   neighbours=model.stack_neighbours)
+
+
+def _coarse_inputs(model: Model, pairs, X: np.ndarray, ci: dict, Xm: np.ndarray,
+                   coarse: tuple[list[str], np.ndarray]) -> stacking.SimilarityInputs:
+    """The block's :class:`predictd.solvers.stacking.SimilarityInputs` for ``pairs`` from
+    stored coarse sums: the experiments the resemblance reads (:func:`needed_columns`), the
+    sums of those not stored (added since, so in the block: X, columns ``ci``) computed from
+    the block, and Xm — the columns the averages weigh, in the model's order — at full
+    resolution."""
+    obs, ec, ea = model.observed_indices()
+    rel = set(needed_columns(model, pairs))
+    full = set(needed_columns(model, pairs, resemblance=False))
+    pick = np.array([e in rel for e in obs])
+    names = [e for e, k in zip(obs, pick) if k]
+    step = stacking.similarity_step(model.stack_similar[0])
+    stored, C = coarse
+    row = {e: i for i, e in enumerate(stored)}
+    S = np.empty((len(names), -(-X.shape[0] // step)), dtype=np.float32)
+    for i, e in enumerate(names):
+        S[i] = C[row[e]] if e in row else stacking.coarse_sums(
+            np.asarray(X[:, ci[e]], dtype=np.float32)[None, :], step)[0]
+    return stacking.SimilarityInputs(
+        np.asarray(Xm, dtype=np.float32).T, ea[pick], model.stack_similar[0], sums=S,
+        full=[i for i, e in enumerate(names) if e in full], exp_cell=ec[pick])
 
 
 def model_variance(model: Model, Y: np.ndarray, pairs: list[tuple[int, int]],
@@ -343,11 +442,12 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
                     pairs: list[tuple[int, int]],
                     data: tuple[list[str], np.ndarray] | None = None,
                     factors: list | None = None, sums_cover: int | None = None,
-                    uncertainty: bool = False):
+                    uncertainty: bool = False, coarse: list | None = None):
     """Model-space values of ``pairs`` for a block, averaged over ensemble members with the
     weights W (members × pairs). A single model is the one-member case. ``data`` is the
     block's observed tensor (names, values), needed by stacked models; ``factors`` the
-    members' :func:`read_gf_parts` of the block when already read.
+    members' :func:`read_gf_parts` of the block when already read, ``coarse`` their
+    :func:`read_coarse` (None per member without; see :func:`model_values`).
 
     With ``uncertainty``, returns (values, variance): each member's predictive variance
     (:func:`model_variance`; ``data`` must then hold every training experiment) and, across
@@ -360,7 +460,8 @@ def ensemble_values(members: list[tuple[str, Model]], W: np.ndarray, chrom: str,
         GB, sums, empty = factors[m] if factors is not None else read_gf_parts(
             gf_uri(gf_root, chrom, block), sums=uses_sums(model))
         # each member is zero where its own training experiments have no signal
-        Ym = model_values(model, GB, pairs, data, sums, empty, sums_cover)
+        Ym = model_values(model, GB, pairs, data, sums, empty, sums_cover,
+                          coarse[m] if coarse is not None else None)
         if uncertainty:
             if empty is None:
                 empty = block_no_signal(model, data)
@@ -451,7 +552,7 @@ def block_values(root, exps: list[str], members: list[tuple[str, Model]], W: np.
     # the members this task's tracks average (a fold's tracks use its own models)
     factors = [read_gf_parts(gf_uri(r, chrom, block), sums=uses_sums(m))
                if W[i].any() else None for i, (r, m) in enumerate(members)]
-    data = None
+    data = coarse = None
     if needs_block(members):
         # with the stored per-assay sums, only the columns the targets need are read (at
         # Roadmap scale a few hundred of a thousand); the uncertainty's spread across cell
@@ -460,12 +561,16 @@ def block_values(root, exps: list[str], members: list[tuple[str, Model]], W: np.
                                    for (_, m), f in zip(members, factors))
         cols = exps
         if not whole:
-            need = {e for (_, m), f in zip(members, factors) if f is not None
-                    for e in needed_columns(m, pairs, sums_cover)}
+            # with stored coarse sums, the resemblance's columns are not read whole
+            coarse = [read_coarse(coarse_uri(r, chrom, block), needed_columns(m, pairs))
+                      if f is not None and stores_coarse(m) else None
+                      for (r, m), f in zip(members, factors)]
+            need = {e for (_, m), f, c in zip(members, factors, coarse) if f is not None
+                    for e in needed_columns(m, pairs, sums_cover, resemblance=c is None)}
             cols = [e for e in exps if e in need]
         data = (cols, tensor.read_columns(root, chrom, block, cols)[1])
     return ensemble_values(members, W, chrom, block, pairs, data, factors, sums_cover,
-                           uncertainty)
+                           uncertainty, coarse)
 
 
 # --------------------------------------------------------------------------- the stage

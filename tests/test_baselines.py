@@ -1,5 +1,7 @@
 """Reference imputers (average, plain CP-ALS) and the cross-cell-type stacking layer."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -673,3 +675,65 @@ def test_hinge_features_bend_the_similarity_weighted_average():
     np.testing.assert_allclose(pred, Vk @ W[1, 2], rtol=1e-4, atol=1e-5)
     Wb, _ = stacking.blend_with_average(st, obs, W, 2, True, hinges=True)
     assert Wb.shape == W.shape and np.isfinite(Wb[1, 2]).all()
+
+
+def test_similar_averages_from_coarse_sums_read_only_the_weighed_columns():
+    # the resemblance from stored coarse sums of every experiment, the averages from the full
+    # resolution of the experiments they weigh: the same as from every column at full
+    # resolution, bit for bit (grid cells whole), and within float rounding with a short
+    # last cell
+    rng = np.random.default_rng(8)
+    n_cell, n_assay = 6, 3
+    cell = np.repeat(np.arange(n_cell), n_assay)
+    assay = np.tile(np.arange(n_assay), n_cell)
+    base = rng.normal(size=(1, n_assay, 1))
+    for n in (2000, 1995):
+        X = (base + rng.normal(size=(n_cell, n_assay, n))).reshape(-1, n).T.astype(np.float32)
+        X[rng.random(X.shape) < 0.01] = np.nan
+        sums = stacking.sum_resemblance_sums([stacking.resemblance_sums(X, assay)])
+        near = stacking.choose_neighbours(sums, cell, assay, n_cell, n_assay, 2)
+        want = stacking.similar_averages(X.T, cell, assay, n_assay, 0, 101, 0.2,
+                                         neighbours=near)
+        read = stacking.similar_columns(cell, assay, [0], near)
+        full = stacking.similar_columns(cell, assay, [0], near, resemblance=False)
+        assert full.sum() < read.sum()
+        step = stacking.similarity_step(101)
+        C = stacking.coarse_sums(X.T, step)
+        np.testing.assert_array_equal(stacking.coarse_means(X.T[:4], step),
+                                      C[:4] / stacking.coarse_cell_sizes(n, step))
+        XT = np.ascontiguousarray(X[:, full].T)
+        si = stacking.SimilarityInputs(XT, assay[read], 101, sums=C[read],
+                                       full=np.flatnonzero(full[read]), exp_cell=cell[read])
+        got = stacking.similar_averages(XT, cell[read], assay[read], n_assay, 0, 101, 0.2,
+                                        inputs=si, neighbours=near)
+        if n % step == 0:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="exp_cell"):
+            stacking.SimilarityInputs(XT, assay[read], 101, sums=C[read],
+                                      full=np.flatnonzero(full[read]))
+
+
+def test_window_sums_of_constant_count_rows_are_the_cumulative_sums_ones():
+    # rows of one integer value (counts, observed masks) skip the cumulative sums: the same
+    # bits as the rows that take them
+    rng = np.random.default_rng(9)
+    n, pad, widths = 300, 12, (3, 9, 25)
+    values = [rng.random(n), np.full(n, 0.1), np.where(rng.random(n) < 0.1, 0.0, 1.0)]
+    counts = [np.ones(n), np.full(n, 7.0), np.zeros(n)]
+    for A, rows in itertools.product([np.stack(values + counts), np.stack(counts + values),
+                                      np.stack(counts)],
+                                     (None, np.array([0, 5, 150, 299]))):
+        C = stacking._padded_cumsum(A, pad)
+        want = [stacking._window_sum(C, pad, w // 2, n, rows) for w in widths]
+        for dtype in (np.float64, np.float32):
+            got = stacking._window_sums_of(A.astype(dtype), pad, widths, n, rows)
+            C = stacking._padded_cumsum(A.astype(dtype), pad)
+            for g, w in zip(got, widths):
+                np.testing.assert_array_equal(g, stacking._window_sum(C, pad, w // 2, n, rows))
+        for g, w in zip(stacking._window_sums_of(A, pad, widths, n, rows), want):
+            np.testing.assert_array_equal(g, w)
+        for g, w in zip(stacking._window_sums_of(A, pad, widths, n, rows, np.float32), want):
+            assert g.dtype == np.float32
+            np.testing.assert_array_equal(g, w.astype(np.float32))

@@ -127,6 +127,18 @@ def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
     gf = os.path.join(out, "model", "genome_factors")
     for f in glob.glob(os.path.join(gf, "chrom=pilot", "*.parquet")):
         assert any(c.startswith("stack_") for c in pq.read_schema(f).names) == bool(neighbours)
+        # with them, the coarse sums of every training experiment the resemblance is
+        # measured on, exactly those the block's columns give
+        coarse = impute.coarse_uri(gf, "pilot", int(f.split("block=")[1][:6]))
+        assert os.path.exists(coarse) == bool(neighbours)
+        if neighbours:
+            names = [f"{c}.{a}" for c, a in model.observed]
+            _, X = tensor.read_block(run.tensor_root, "pilot",
+                                     int(f.split("block=")[1][:6]), names)
+            got = impute.read_coarse(coarse, names)
+            assert got[0] == names
+            np.testing.assert_array_equal(got[1], impute.stacking.coarse_sums(
+                X.T, impute.stacking.similarity_step(1001)))
     assert asked
     if neighbours:
         near = model.stack_neighbours

@@ -108,23 +108,39 @@ def similarity_step(width: int) -> int:
     return max(1, int(width) // 100)
 
 
-def coarse_means(XT: np.ndarray, step: int) -> np.ndarray:
-    """Means of each row of XT (experiments × bins) over consecutive cells of ``step`` bins
-    (the last one possibly shorter), missing values counting as 0: (experiments × cells)
-    float64."""
+def coarse_sums(XT: np.ndarray, step: int) -> np.ndarray:
+    """Sums of each row of XT (experiments × bins) over consecutive cells of ``step`` bins (the
+    last one possibly shorter), missing values counting as 0: (experiments × cells) float32,
+    each the float32 sum of its cell's values. A row's sums do not depend on the other rows,
+    so sums stored once per block (:func:`predictd.impute.write_coarse`) are those a task
+    would compute from the same columns."""
     E, n = XT.shape
     whole = n // step
-    out = np.zeros((E, -(-n // step)))
+    out = np.zeros((E, -(-n // step)), dtype=np.float32)
     for s in range(0, E, 64):   # bounded temporaries at any number of experiments
         part = np.asarray(XT[s:s + 64], dtype=np.float32)
         part = np.where(np.isnan(part), np.float32(0.0), part)
         if whole:
-            # sums of ≤ step float32 values, then float64
             out[s:s + 64, :whole] = part[:, :whole * step].reshape(-1, whole, step).sum(axis=2)
-            out[s:s + 64, :whole] /= step
         if whole * step < n:
-            out[s:s + 64, -1] = part[:, whole * step:].astype(np.float64).mean(axis=1)
+            out[s:s + 64, -1] = part[:, whole * step:].sum(axis=1)
     return out
+
+
+def coarse_cell_sizes(n: int, step: int) -> np.ndarray:
+    """Bins in each cell of the coarse grid of ``n`` bins (float64: ``step``, the last one
+    possibly fewer)."""
+    sizes = np.full(-(-n // step), float(step))
+    if n % step:
+        sizes[-1] = n % step
+    return sizes
+
+
+def coarse_means(XT: np.ndarray, step: int) -> np.ndarray:
+    """Means of each row of XT (experiments × bins) over consecutive cells of ``step`` bins
+    (the last one possibly shorter), missing values counting as 0: (experiments × cells)
+    float64, :func:`coarse_sums` over the cells' sizes."""
+    return coarse_sums(XT, step) / coarse_cell_sizes(XT.shape[1], step)
 
 
 def resemblance_sums(X: np.ndarray, exp_assay, rows=None) -> dict:
@@ -201,11 +217,12 @@ def choose_neighbours(sums: dict, exp_cell, exp_assay, n_cell: int, n_assay: int
     return out
 
 
-def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None) -> np.ndarray:
+def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None,
+                    resemblance: bool = True) -> np.ndarray:
     """Which experiments (boolean mask) the similarity-weighted averages of the cell types
     ``cells`` read: their own, every neighbour's (:func:`choose_neighbours`) of each assay,
-    and every neighbour's of the target's own assays (for the resemblance). All of them
-    without neighbours."""
+    and (with ``resemblance``) every neighbour's of the target's own assays, whose coarse
+    tracks the resemblance is measured on. All of them without neighbours."""
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     if neighbours is None:
@@ -216,7 +233,8 @@ def similar_columns(exp_cell, exp_assay, cells, neighbours: np.ndarray | None) -
         near = neighbours[c]
         for a in range(near.shape[0]):
             keep |= (exp_assay == a) & np.isin(exp_cell, near[a][near[a] >= 0])
-        keep |= np.isin(exp_assay, own) & np.isin(exp_cell, np.unique(near[near >= 0]))
+        if resemblance:
+            keep |= np.isin(exp_assay, own) & np.isin(exp_cell, np.unique(near[near >= 0]))
     return keep
 
 
@@ -229,18 +247,41 @@ class SimilarityInputs:
     over the assay's rows.
 
     XT holds every experiment of the block *experiment-major* (experiments × bins, NaN =
-    missing); ``width`` is the resemblance window in bins."""
+    missing); ``width`` is the resemblance window in bins.
 
-    def __init__(self, XT: np.ndarray, exp_assay, width: int):
+    ``sums`` (experiments × cells, the :func:`coarse_sums` of every experiment ``exp_assay``
+    lists, e.g. stored once per block) give the coarse tracks instead; XT then holds only the
+    rows ``full`` (indices into those experiments, ascending) — the experiments an average
+    weighs, which need every bin — and ``exp_cell`` names the experiments' cell types for
+    :func:`similar_averages` (:attr:`exp_cell`, :attr:`exp_assay`)."""
+
+    def __init__(self, XT: np.ndarray, exp_assay, width: int, sums: np.ndarray | None = None,
+                 full=None, exp_cell=None):
         self.XT = XT
         exp_assay = np.asarray(exp_assay)
+        self.width = int(width)
         self.n, self.step = XT.shape[1], similarity_step(width)
         G = -(-self.n // self.step)
         self.h = max(1, int(width) // self.step) // 2
         i = np.arange(G)
         self.N = (np.minimum(i + self.h + 1, G) - np.maximum(i - self.h, 0)).astype(np.float64)
-        #: each assay's experiments (rows of XT), in experiment order
+        #: each assay's experiments (rows of the coarse tracks), in experiment order
         self.rows = {int(a): np.flatnonzero(exp_assay == a) for a in np.unique(exp_assay)}
+        self.sums = sums
+        self.exp_cell = None if exp_cell is None else np.asarray(exp_cell)
+        self.exp_assay = exp_assay if sums is not None else None
+        if sums is not None and sums.shape != (exp_assay.size, G):
+            raise ValueError(f"coarse sums of shape {sums.shape}, not {exp_assay.size} × {G}")
+        if sums is not None and (self.exp_cell is None or self.exp_cell.size != exp_assay.size):
+            raise ValueError("coarse sums need the cell type of every experiment (exp_cell)")
+        # per assay: the positions (among its rows) that XT holds, and their rows of XT
+        full = np.arange(exp_assay.size) if full is None else np.asarray(full)
+        if full.size != XT.shape[0]:
+            raise ValueError(f"{full.size} full-resolution experiments for {XT.shape[0]} rows")
+        self._full = {}
+        for a, rows in self.rows.items():
+            pos = np.flatnonzero(np.isin(rows, full))
+            self._full[a] = (pos, np.searchsorted(full, rows[pos]))
         self._coarse: dict[int, tuple] = {}
         self._values: dict = {}
 
@@ -248,7 +289,10 @@ class SimilarityInputs:
         """The assay's coarse tracks, their window sums, N·(window sums of squares) − sums²,
         and where that spread is too small for a correlation (rows × cells each)."""
         if assay not in self._coarse:
-            c = coarse_means(self.XT[self.rows[assay]], self.step)
+            if self.sums is None:
+                c = coarse_means(self.XT[self.rows[assay]], self.step)
+            else:
+                c = self.sums[self.rows[assay]] / coarse_cell_sizes(self.n, self.step)
             S = _window_sums(c, self.h)
             V = self.N * _window_sums(c * c, self.h) - S * S
             # relative guard: cumulative-sum differences leave rounding residue in flat windows
@@ -273,13 +317,19 @@ class SimilarityInputs:
         den[flat | fi[None, :]] = np.inf
         np.sqrt(den, out=den)
         cov /= den
-        return np.clip(cov, -1.0, 1.0).astype(np.float32)
+        return np.clip(cov, -1.0, 1.0, out=cov).astype(np.float32)
+
+    def held(self, assay: int) -> np.ndarray:
+        """Positions, among the assay's rows, of those XT holds at full resolution
+        (ascending; every row without coarse ``sums``)."""
+        return self._full[assay][0]
 
     def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """The assay's rows of XT with missing values as 0 (float32, rows × bins), and for
-        each row that had a missing value, where it is observed."""
+        """The assay's rows of XT with missing values as 0 (float32, rows × bins; with coarse
+        ``sums``, only the rows XT holds), and for each row that had a missing value, where
+        it is observed."""
         if assay not in self._values:
-            part = np.asarray(self.XT[self.rows[assay]], dtype=np.float32)
+            part = np.asarray(self.XT[self._full[assay][1]], dtype=np.float32)
             miss = np.isnan(part)
             gappy = np.flatnonzero(miss.any(axis=1))
             np.copyto(part, np.float32(0.0), where=miss)
@@ -299,12 +349,23 @@ class SimilarityInputs:
 
     def weighted_averages(self, assay: int, w: np.ndarray) -> np.ndarray:
         """Σ_o w_jo x_o / Σ_o w_jo over the rows o of ``assay`` for each target j (weights
-        per coarse cell, targets × rows × cells, 0 to leave a row out), counting only observed
-        values: float32 (targets × bins), NaN where no weighted row is observed."""
+        per coarse cell, targets × rows × cells, 0 to leave a row out; the rows are those
+        :meth:`held` lists, or every row of the assay with 0 on the others), counting only
+        observed values: float32 (targets × bins), NaN where no weighted row is observed."""
         part, seen = self.values(assay)
         n, step = self.n, self.step
-        J, O, _ = w.shape
         w = np.asarray(w, dtype=np.float32)
+        pos = self._full[assay][0]
+        if pos.size < w.shape[1]:
+            # weights over every row of the assay
+            # only the rows held at full resolution can be weighed
+            weighed = w.any(axis=(0, 2))
+            weighed[pos] = False
+            if weighed.any():
+                raise ValueError(f"weights on experiments of assay {assay} that are not "
+                                 "held at full resolution")
+            w = w[:, pos]
+        J, O, _ = w.shape
         num = np.empty((J, n), dtype=np.float32)
         whole = n // step
         if whole and J == 1:
@@ -376,7 +437,8 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
             # only the cell types some average of c can weigh need a resemblance
             sub = None if near is None else np.flatnonzero(np.isin(exp_cell[rows], near))
             r = np.zeros((rows.size, G), dtype=np.float32)
-            if sub is None:
+            if sub is None or np.union1d(sub, own).size == rows.size:
+                # every row (as when only those were read): no subset to gather
                 r = si.correlations(a, int(own[0]))
             elif sub.size:
                 r[sub] = si.correlations(a, int(own[0]), sub)
@@ -388,7 +450,9 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
     out = np.zeros((J, n_assay, n), dtype=np.float32)
     one, inv_tau = np.float32(1.0), np.float32(1.0 / tau)
     for k, rows in si.rows.items():
-        w = np.zeros((J, rows.size, G), dtype=np.float32)
+        # weights over the rows held at full resolution (every row without coarse sums)
+        pos = si.held(k)
+        w = np.zeros((J, pos.size, G), dtype=np.float32)
         users = []
         for t, c in enumerate(targets):
             src = exp_cell[rows] != c
@@ -396,11 +460,16 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
                 src &= np.isin(exp_cell[rows], neighbours[c, k])
             if not src.any():
                 continue
+            if src.sum() != src[pos].sum():
+                raise ValueError(f"the average of assay {k} for cell type {c} weighs "
+                                 "experiments not held at full resolution")
+            src = src[pos]
             users.append(t)
-            cnt = shared[t, exp_cell[rows[src]]]
-            res = R[t, exp_cell[rows[src]]]
+            held = rows[pos[src]]
+            cnt = shared[t, exp_cell[held]]
+            res = R[t, exp_cell[held]]
             if (t, k) in mine:   # leave the target assay out of the resemblance
-                res = res - mine[t, k][src]
+                res = res - mine[t, k][pos[src]]
                 cnt = cnt - 1
             res = np.divide(res, cnt[:, None], out=np.zeros_like(res), where=cnt[:, None] > 0)
             # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
@@ -464,6 +533,39 @@ def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
     return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
 
 
+def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows, dtype=np.float64
+                    ) -> list[np.ndarray]:
+    """:func:`_window_sum` of each row of A (series × bins) over the centred window of every
+    width in ``widths``, at ``rows`` (None = every bin), from one pass of cumulative sums,
+    as ``dtype`` (the float64 sums rounded once). Trailing rows that each hold one integer value throughout (counts, or observed
+    masks, where nothing is missing: A is usually values then their counts) are that value
+    times each window's length — exactly what their cumulative sums give — and need none."""
+    first = A[:, 0].astype(np.float64)
+    const = ((A == A[:, :1]).all(axis=1) & (first == np.round(first))
+             & (np.abs(first) < 2.0 ** 32))
+    k = A.shape[0] - (np.argmin(const[::-1]) if not const.all() else A.shape[0])
+    if k == A.shape[0]:
+        C = _padded_cumsum(A, pad)
+        return [_window_sum(C, pad, w // 2, n, rows).astype(dtype, copy=False)
+                for w in widths]
+    m = n if rows is None else rows.size
+    C = _padded_cumsum(A[:k], pad) if k else None
+    i = np.arange(n) if rows is None else rows
+    out = []
+    for w in widths:
+        h = w // 2
+        o = np.empty((A.shape[0], m), dtype=dtype)
+        if k and rows is None:
+            np.subtract(C[:, pad + h + 1:pad + h + 1 + n], C[:, pad - h:pad - h + n],
+                        out=o[:k])
+        elif k:
+            o[:k] = _window_sum(C, pad, h, n, rows)
+        length = (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
+        np.multiply(first[k:, None], length[None, :], out=o[k:])
+        out.append(o)
+    return out
+
+
 class BlockContext:
     """What every cell type's feature vectors of one block share: the per-assay sums and
     counts over all experiments (:func:`assay_sums`), their window sums at every context
@@ -473,10 +575,14 @@ class BlockContext:
 
     ``sums`` — the block's :func:`assay_sums` computed earlier (the imputation stores them with
     the genome factors) — replaces the pass over X, which may then be None; ``exp_assay`` still
-    lists the assay of every experiment, whose counts tell which averages exist."""
+    lists the assay of every experiment, whose counts tell which averages exist.
+
+    ``similarity``: the block's :class:`SimilarityInputs` built beforehand (e.g. from stored
+    coarse sums), which :meth:`similarity_inputs` then returns for its width."""
 
     def __init__(self, X: np.ndarray | None, exp_assay, n_assay: int, windows=(), rows=None,
-                 dtype=np.float32, sums: tuple[np.ndarray, np.ndarray] | None = None):
+                 dtype=np.float32, sums: tuple[np.ndarray, np.ndarray] | None = None,
+                 similarity: SimilarityInputs | None = None):
         if sums is None:
             tot, cnt = assay_sums(X, exp_assay, n_assay)
         else:
@@ -495,22 +601,24 @@ class BlockContext:
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows
         self.rows = rows
         present = self.assay_count > 0
-        TC = np.ascontiguousarray(np.concatenate([tot, cnt], axis=1).T)  # 2K × n
+        # 2K × n: the sums are bins × assays, usually column-major (as decoded or summed),
+        # so their transposes are contiguous rows to stack
+        TC = np.concatenate([np.asarray(tot).T, np.asarray(cnt).T], axis=0, dtype=np.float64)
         # the windows' sums are differences of float64 cumulative sums; once taken, float32
         # holds them (and halves the memory traffic of every cell type's features)
         segs = [(TC if rows is None else TC[:, rows]).astype(np.float32)]
         if self.windows:
-            C = _padded_cumsum(TC, self.pad)
-            segs += [_window_sum(C, self.pad, w // 2, self.n, rows).astype(np.float32)
-                     for w in self.windows]
+            segs += _window_sums_of(TC, self.pad, self.windows, self.n, rows, np.float32)
         # per segment (bins, then each window): sums, counts, and their ratio
         self.segments = []
         for S in segs:
             t, c = S[:n_assay], S[n_assay:]
-            avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(dtype)
+            avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(
+                dtype, copy=False)
             avg[~present] = 0.0
             self.segments.append((t, c, avg))
-        self._coarse = None
+        self._coarse = None if similarity is None else (similarity.width, similarity.XT,
+                                                         similarity)
         self.from_sums = sums is not None
 
     def similarity_inputs(self, X: np.ndarray, exp_assay, width: int
@@ -603,9 +711,9 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
     fill(0, XS if r is None else XS[:, r], own_values=xs if r is None else xs[:, r])
     if ctx.windows:
-        C = _padded_cumsum(XS, ctx.pad)
-        for s, w in enumerate(ctx.windows, 1):
-            fill(s, _window_sum(C, ctx.pad, w // 2, ctx.n, r).astype(np.float32))
+        for s, W in enumerate(_window_sums_of(XS, ctx.pad, ctx.windows, ctx.n, r,
+                                              np.float32), 1):
+            fill(s, W)
     if similar is not None:
         if ctx.from_sums and neighbours is None and sim is None:
             # stored sums stand in for the other cell types' columns, which this needs
@@ -614,15 +722,16 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         lo = _similar_offset(n_assay, len(ctx.windows))
         if sim is None:
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
-            sim = similar_averages(XT, exp_cell, exp_assay, n_assay, cell, *similar,
-                                   inputs=inputs, neighbours=neighbours)
+            # inputs built from coarse sums name their own experiments (a superset of X's)
+            ec, ea = ((exp_cell, exp_assay) if inputs.exp_cell is None
+                      else (inputs.exp_cell, inputs.exp_assay))
+            sim = similar_averages(XT, ec, ea, n_assay, cell, *similar, inputs=inputs,
+                                   neighbours=neighbours)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
             seen = ~np.isnan(sim)
             SS = np.concatenate([np.where(seen, sim, np.float32(0.0)), seen], axis=0)
-            C = _padded_cumsum(SS, ctx.pad)
-            for s, w in enumerate(ctx.windows, 1):
-                Ws = _window_sum(C, ctx.pad, w // 2, ctx.n, r)
+            for s, Ws in enumerate(_window_sums_of(SS, ctx.pad, ctx.windows, ctx.n, r), 1):
                 with np.errstate(divide="ignore", invalid="ignore"):
                     # assays no other cell type has are 0 throughout: their means stay 0
                     Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]

@@ -102,9 +102,10 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(
         assert a == open(layout.track_file(old, name), "rb").read(), name
 
 
-@pytest.mark.parametrize("neighbours", [0, 1])
+@pytest.mark.parametrize("neighbours,hinges", [(0, False), (1, False), (1, True)])
 def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
-        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path, monkeypatch, neighbours):
+        roadmap, roadmap_cell_types, write_roadmap_inputs, tmp_path, monkeypatch, neighbours,
+        hinges):
     # weighing every other cell type (neighbours 0) needs every column: no sums are stored
     # and every write task reads whole blocks; with nearest cell types, the sums are stored
     # and a task reads its cell types' columns and their neighbours'
@@ -113,7 +114,8 @@ def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
     manifest, sizes = write_roadmap_inputs(small, tmp_path / "in")
     monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
-                 write_parallelism=2, stack_similar_neighbours=neighbours)
+                 write_parallelism=2, stack_similar_neighbours=neighbours,
+                 stack_hinges=hinges)
     assert cfg.stack_similarity() == (1001, 0.2)
     out = str(tmp_path / "out")
     run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
@@ -156,7 +158,10 @@ def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
     else:
         assert model.stack_neighbours is None
         assert all(a == list(header.experiments) for a in asked)
-    # the written tracks are the model's values from the whole block
+    # the written tracks are the model's values from the whole block (with the hinges, bent
+    # from the averages of the stored coarse sums as from those of the whole block)
+    assert impute.stacking.has_hinges(model.stack.shape[2], 5, cfg.stack_windows(),
+                               True) == hinges
     name = model.track_names()[4]
     j, k = divmod(4, len(model.assays))
     _, X = tensor.read_block(run.tensor_root, "pilot", 1, list(header.experiments))

@@ -240,7 +240,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     if cfg.stack_similarity() is not None and cfg.stack_similar_neighbours > 0:
         parts = map_tasks(sc, resemblance_task, groups,
                           (root, tuple(experiments), ea, cfg.stack_sample, cfg.seed,
-                           chrom_index), desc="cell type resemblance", unit="block group")
+                           chrom_index), desc="cell type resemblance", unit="block group",
+                          threads=0)
         parts = [p for p in parts if p is not None]
         if not parts:
             raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -250,7 +251,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
                        cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
                        neighbours),
-                      desc="stacking statistics", unit="block group")
+                      desc="stacking statistics", unit="block group", threads=0)
     parts = [p for p in parts if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -302,7 +303,8 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
         common = (root, tuple(experiments), ec, ea, n_assay, cfg.stack_windows(),
                   cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(), W, betas,
                   neighbours)
-        parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group")
+        parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group",
+                          threads=0)
         return stacking.sum_residual_stats(parts)
 
     moments = pass_(None, "uncertainty: residuals")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from .errors import PredictdError
 from .model import Model
 from .names import split_experiment
 from .solvers import stacking
-from .solvers.fit import FitResult, LocalBackend, Shard, fit
+from .solvers.fit import FitResult, LocalBackend, Shard, fit, thread_map
 from .spark import SparkBackend, default_parallelism, map_tasks
 
 log = logging.getLogger("predictd.train")
@@ -156,7 +157,7 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     pieces = map_tasks(sc, _sample_task, items,
                        (root, work, experiments, fraction, cfg.validation_fraction,
                         cfg.validation_groups, cfg.seed, header.bin_size, regions),
-                       desc="training subset", unit="block")
+                       desc="training subset", unit="block", threads=0)
     pieces = [p for p in pieces if p is not None]
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
@@ -316,10 +317,20 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
 
 
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
-          progress=None) -> tuple[Model, FitResult]:
-    """Sample the training subset into ``work`` and fit the model."""
+          progress=None, timings: dict | None = None) -> tuple[Model, FitResult]:
+    """Sample the training subset into ``work`` and fit the model. ``timings`` (a dict) gets
+    each step's wall seconds: sample, fit (the factors), stacking, uncertainty."""
+    clock = [time.perf_counter()]
+
+    def lap(step):
+        now = time.perf_counter()
+        if timings is not None:
+            timings[step] = round(now - clock[0], 3)
+        clock[0] = now
+
     experiments = training_experiments(header, holdout)
     pieces = sample(sc, header, root, work, experiments, cfg)
+    lap("sample")
     n_shards = cfg.partitions or (2 * default_parallelism(sc) if sc is not None else 2)
     plan = shard_plan(pieces, n_shards)
     exps = tuple(experiments)
@@ -333,13 +344,14 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
         if sc is not None:
             log.info("training subset %.0f MB <= driver_fit_max_mb: fitting in the driver",
                      subset_mb)
-        backend = LocalBackend([load_shard(p, exps) for p in plan])
+        backend = LocalBackend(thread_map(lambda p: load_shard(p, exps), plan))
     else:
         backend = SparkBackend(sc, load_shard, [(p, exps) for p in plan])
     log.info("training on %d bins in %d shards (%s solver)", sum(n for _, n in pieces),
              len(plan), cfg.solver)
     res = fit(backend, exp_cell, exp_assay, len(header.cell_types), len(header.assays), cfg,
               progress=progress, log=log.info)
+    lap("fit")
     f = res.factors
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
                   bC=f.bC, bA=f.bA, C=f.C, A=f.A,
@@ -355,7 +367,9 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
             sc, header, root, experiments, cfg)
         model.stack_windows = cfg.stack_windows()
         model.stack_similar = cfg.stack_similarity()
+        lap("stacking")
         if cfg.uncertainty:
             model.stack_variance = fit_uncertainty(sc, header, root, experiments, cfg,
                                                    model.stack, model.stack_neighbours)
+            lap("uncertainty")
     return model, res

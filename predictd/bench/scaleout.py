@@ -43,7 +43,9 @@ def train_and_impute(spec: dict) -> dict:
     sc = get_context(spec["master"], conf=spec.get("conf"))
     sc.parallelize(range(64), 64).count()  # executors up and Python workers forked
     t1 = time.perf_counter()
-    model, fit_res = train.train(sc, header, spec["tensor"], os.path.join(out, "work"), cfg, [])
+    steps: dict = {}
+    model, fit_res = train.train(sc, header, spec["tensor"], os.path.join(out, "work"), cfg, [],
+                                 timings=steps)
     model.save(layout.model_dir(out))
     model = Model.load(layout.model_dir(out))
     t2 = time.perf_counter()
@@ -56,7 +58,7 @@ def train_and_impute(spec: dict) -> dict:
     stop_context()
     return {"master": spec["master"], "default_parallelism": par, "startup_seconds": t1 - t0,
             "train_seconds": t2 - t1, "solve_seconds": t3 - t2, "write_seconds": t4 - t3,
-            "iterations": len(fit_res.history)}
+            "train_steps_seconds": steps, "iterations": len(fit_res.history)}
 
 
 def _run_in_child(spec: dict) -> dict:

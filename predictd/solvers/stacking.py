@@ -240,20 +240,21 @@ class SimilarityInputs:
         (its own row included), or with the rows ``subset`` (indices), from the shared window
         sums: float32 (rows × cells)."""
         c, S, V, flat = self.coarse(assay)
-        if subset is not None:
-            ci, Si, Vi, fi = c[i], S[i], V[i], flat[i]
-            c, S, V, flat = c[subset], S[subset], V[subset], flat[subset]
-        else:
-            ci, Si, Vi, fi = c[i], S[i], V[i], flat[i]
-        cov = _window_sums(c * ci[None, :], self.h)
+        key = ("inverse spread", assay)
+        if key not in self._values:
+            # 1 / √spread, 0 for a flat window (its spread may round below 0): r = 0 there
+            inv = np.zeros_like(V)
+            np.divide(1.0, np.sqrt(V, out=np.ones_like(V), where=~flat), out=inv, where=~flat)
+            self._values[key] = inv
+        inv = self._values[key]
+        rows = slice(None) if subset is None else subset
+        cov = _window_sums(c[rows] * c[i][None, :], self.h)
         cov *= self.N
-        cov -= S * Si[None, :]
-        den = V * Vi[None, :]
-        # a flat window on either side (its spread may round below 0): r = 0
-        den[flat | fi[None, :]] = np.inf
-        np.sqrt(den, out=den)
-        cov /= den
-        return np.clip(cov, -1.0, 1.0).astype(np.float32)
+        cov -= S[rows] * S[i][None, :]
+        cov *= inv[rows]
+        cov *= inv[i][None, :]
+        np.clip(cov, -1.0, 1.0, out=cov)
+        return cov.astype(np.float32)
 
     def values(self, assay: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """The assay's rows of XT with missing values as 0 (float32, rows × bins), and for

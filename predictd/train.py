@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from . import storage, tensor
 from .errors import PredictdError
@@ -260,11 +261,15 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     observed[ec, ea] = True
     stats = stacking.sum_stack_stats(parts)
     similar = cfg.stack_similarity() is not None
-    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell,
-                           similar)
+    # one small product per target: BLAS's own threads would only spin (at Roadmap scale the
+    # blend took 16× the CPU time with two)
+    with threadpool_limits(1, user_api="blas"):
+        W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell,
+                               similar)
+        if cfg.stack_blend:
+            W, alpha = stacking.blend_with_average(
+                stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar)
     if cfg.stack_blend:
-        W, alpha = stacking.blend_with_average(
-            stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar)
         ok = np.isfinite(alpha)
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",

@@ -422,27 +422,37 @@ def _dense_weights(nb: np.ndarray, w: np.ndarray, n_rows: int) -> np.ndarray:
 
 
 def _row_sums(si: SimilarityInputs, assay: int, rows: np.ndarray, ends: np.ndarray,
-              g_end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What :func:`similar_features` reads of an assay's rows, once per block and sample:
-    their sums over each coarse cell (rows × cells, float64), their values at ``rows``, and
-    their sums from the start of the cell ``g_end`` of each bin ``ends`` up to it (rows ×
-    ends, float64)."""
+              g_end: np.ndarray, need: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`similar_features` reads of an assay's rows ``need`` (indices), each row
+    once per block and sample: their sums over each coarse cell (rows × cells, float64),
+    their values at ``rows``, and their sums from the start of the cell ``g_end`` of each bin
+    ``ends`` up to it (rows × ends, float64). Rows not yet asked for are left 0."""
     key = ("row sums", assay)
     got = si._values.get(key)
-    if got is not None and np.array_equal(got[0], rows) and np.array_equal(got[1], ends):
-        return got[2:]
-    part = si.values(assay)[0]
-    step, n = si.step, si.n
-    G = si.N.size
-    sizes = np.minimum(np.arange(1, G + 1) * step, n) - np.arange(G) * step
-    cell_sums = si.coarse(assay)[0] * sizes
-    # each end's preceding bins in its cell: at most step − 1 of them
-    offs = np.arange(step)
-    idx = np.minimum(g_end[:, None] * step + offs[None, :], n - 1)
-    take = offs[None, :] < (ends - g_end * step)[:, None]
-    inside = np.where(take[None], part[:, idx], np.float32(0.0)).sum(axis=2, dtype=np.float64)
-    si._values[key] = (rows, ends, cell_sums, part[:, rows], inside)
-    return cell_sums, part[:, rows], inside
+    if got is None or not (np.array_equal(got["rows"], rows)
+                           and np.array_equal(got["ends"], ends)):
+        step, n, G = si.step, si.n, si.N.size
+        O = si.rows[assay].size
+        sizes = np.minimum(np.arange(1, G + 1) * step, n) - np.arange(G) * step
+        offs = np.arange(step)
+        got = {"rows": rows, "ends": ends, "have": np.zeros(O, dtype=bool),
+               "cells": si.coarse(assay)[0] * sizes,
+               "at": np.zeros((O, rows.size), dtype=np.float32),
+               "inside": np.zeros((O, ends.size)),
+               # each end's preceding bins in its cell: at most step − 1 of them
+               "idx": np.minimum(g_end[:, None] * step + offs[None, :], n - 1),
+               "take": offs[None, :] < (ends - g_end * step)[:, None]}
+        si._values[key] = got
+    todo = np.unique(need)
+    todo = todo[~got["have"][todo]]
+    if todo.size:
+        part = si.values(assay)[0]
+        got["at"][todo] = part[todo[:, None], rows[None, :]]
+        got["inside"][todo] = np.where(got["take"][None], part[todo[:, None, None],
+                                                              got["idx"][None]],
+                                       np.float32(0.0)).sum(axis=2, dtype=np.float64)
+        got["have"][todo] = True
+    return got["cells"], got["at"], got["inside"]
 
 
 def similar_features(si: SimilarityInputs, exp_cell, n_assay: int, cells, tau: float,
@@ -499,7 +509,7 @@ def similar_features(si: SimilarityInputs, exp_cell, n_assay: int, cells, tau: f
         wk = w[us].astype(np.float64)
         wk /= wk.sum(axis=1, keepdims=True)                      # users × K × cells
         # Σ of the average over every whole cell before each cell
-        cell_sums, at_rows, inside = _row_sums(si, k, rows, ends, g_end)
+        cell_sums, at_rows, inside = _row_sums(si, k, rows, ends, g_end, nb.ravel())
         per_cell = np.einsum("ukg,ukg->ug", wk, cell_sums[nb])
         before = np.zeros((us.size, G + 1))
         np.cumsum(per_cell, axis=1, out=before[:, 1:])

@@ -266,7 +266,8 @@ def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
     ea = np.array([aidx[split_experiment(e)[1]] for e in cols])
     parts = [p for p in map_tasks(sc, resemblance_task, groups,
                                   (union, cols, ea, cfg.stack_sample, cfg.seed, chrom_index),
-                                  desc="cell type resemblance", unit="block group")
+                                  desc="cell type resemblance", unit="block group",
+                                  threads=0)
              if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -346,7 +347,7 @@ def fit_new_uncertainty(sc, ref: Reference, union: tensor.TensorUnion,
         fitted = {cell: (weights[cell], betas[cell] if betas else None) for cell, _ in cells}
         parts = map_tasks(sc, _residual_task, groups,
                           (union, tuple(ref.experiments), ref.model, cells, cfg, chrom_index,
-                           fitted, neighbours), desc=desc, unit="block group")
+                           fitted, neighbours), desc=desc, unit="block group", threads=0)
         return {cell: stacking.sum_residual_stats([p[cell] for p in parts])
                 for cell, _ in cells}
 
@@ -389,7 +390,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
                 new_neighbours(sc, ref, union, cells, cfg, groups, chrom_index))
     parts = map_tasks(sc, _fit_task, groups,
                       (union, tuple(ref.experiments), ref.gf_root, model, cells, cfg, fraction,
-                       chrom_index, stored is not None, near))
+                       chrom_index, stored is not None, near), threads=0)
     n_ref, n_assay = len(model.cell_types), len(model.assays)
     aidx = {a: i for i, a in enumerate(model.assays)}
     L = model.latent_factors

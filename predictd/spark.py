@@ -172,7 +172,7 @@ def _guarded(fn, item, payload):
 
 
 def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
-              desc: str | None = None, unit: str = "item") -> list:
+              desc: str | None = None, unit: str = "item", threads: int = 1) -> list:
     """Run ``fn(item, payload)`` for every item as Spark tasks; results in item order.
 
     ``sc=None`` runs the tasks in this process (notebooks, tests, benchmarks). The payload is
@@ -182,19 +182,33 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
     With ``desc`` (e.g. ``"write"``) the stage shows its progress (:mod:`predictd.progress`):
     per finished item in this process; on Spark per finished task, read from Spark's status
     tracker, and the Spark UI lists the job under ``desc``.
+
+    ``threads``: in this process, run the items on up to that many threads (0: every usable
+    core), each with one BLAS thread — for tasks whose work is numpy's, which releases the GIL.
     """
     from .errors import PredictdError
     from .progress import Progress, item_of
     if not items:
         return []
     if sc is None:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+        from threadpoolctl import threadpool_limits
+        from .solvers.fit import usable_cores
+        n = min(threads or usable_cores(), len(items))
         out = []
         with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar, \
                 item_of(bar):
-            for it in items:
-                out.append(fn(it, payload))
-                bar.update()
-        return out
+            if n <= 1:
+                for it in items:
+                    out.append(fn(it, payload))
+                    bar.update()
+                return out
+            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+                futures = [pool.submit(fn, it, payload) for it in items]
+                for done in as_completed(futures):
+                    done.result()
+                    bar.update()
+            return [f.result() for f in futures]
     bc = sc.broadcast(payload)
     n = min(n_slices or len(items), len(items))
     indexed = list(enumerate(items))

@@ -14,17 +14,19 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from . import storage, tensor
 from .errors import PredictdError
 from .model import Model
 from .names import split_experiment
 from .solvers import stacking
-from .solvers.fit import FitResult, LocalBackend, Shard, fit
+from .solvers.fit import FitResult, LocalBackend, Shard, fit, thread_map
 from .spark import SparkBackend, default_parallelism, map_tasks
 
 log = logging.getLogger("predictd.train")
@@ -156,7 +158,7 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     pieces = map_tasks(sc, _sample_task, items,
                        (root, work, experiments, fraction, cfg.validation_fraction,
                         cfg.validation_groups, cfg.seed, header.bin_size, regions),
-                       desc="training subset", unit="block")
+                       desc="training subset", unit="block", threads=0)
     pieces = [p for p in pieces if p is not None]
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
@@ -240,7 +242,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     if cfg.stack_similarity() is not None and cfg.stack_similar_neighbours > 0:
         parts = map_tasks(sc, resemblance_task, groups,
                           (root, tuple(experiments), ea, cfg.stack_sample, cfg.seed,
-                           chrom_index), desc="cell type resemblance", unit="block group")
+                           chrom_index), desc="cell type resemblance", unit="block group",
+                          threads=0)
         parts = [p for p in parts if p is not None]
         if not parts:
             raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -250,7 +253,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
                        cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
                        neighbours, cfg.stack_hinges),
-                      desc="stacking statistics", unit="block group")
+                      desc="stacking statistics", unit="block group", threads=0)
     parts = [p for p in parts if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -258,12 +261,16 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     observed[ec, ea] = True
     stats = stacking.sum_stack_stats(parts)
     similar = cfg.stack_similarity() is not None
-    W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell,
-                           similar)
+    # one small product per target: BLAS's own threads would only spin (at Roadmap scale the
+    # blend took 16× the CPU time with two)
+    with threadpool_limits(1, user_api="blas"):
+        W = stacking.fit_stack(stats, observed, cfg.stack_ridge, windows, cfg.stack_per_cell,
+                               similar)
+        if cfg.stack_blend:
+            W, alpha = stacking.blend_with_average(
+                stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar,
+                hinges=cfg.stack_hinges)
     if cfg.stack_blend:
-        W, alpha = stacking.blend_with_average(
-            stats, observed, W, min(cfg.stack_blend_context, len(windows)), similar,
-            hinges=cfg.stack_hinges)
         ok = np.isfinite(alpha)
         per_cell = np.where(ok, alpha, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
         log.info("stacking: blend with the average, mean alpha per cell type %s",
@@ -303,7 +310,8 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
         common = (root, tuple(experiments), ec, ea, n_assay, cfg.stack_windows(),
                   cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(), W, betas,
                   neighbours)
-        parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group")
+        parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group",
+                          threads=0)
         return stacking.sum_residual_stats(parts)
 
     moments = pass_(None, "uncertainty: residuals")
@@ -315,10 +323,20 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
 
 
 def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: list[str],
-          progress=None) -> tuple[Model, FitResult]:
-    """Sample the training subset into ``work`` and fit the model."""
+          progress=None, timings: dict | None = None) -> tuple[Model, FitResult]:
+    """Sample the training subset into ``work`` and fit the model. ``timings`` (a dict) gets
+    each step's wall seconds: sample, fit (the factors), stacking, uncertainty."""
+    clock = [time.perf_counter()]
+
+    def lap(step):
+        now = time.perf_counter()
+        if timings is not None:
+            timings[step] = round(now - clock[0], 3)
+        clock[0] = now
+
     experiments = training_experiments(header, holdout)
     pieces = sample(sc, header, root, work, experiments, cfg)
+    lap("sample")
     n_shards = cfg.partitions or (2 * default_parallelism(sc) if sc is not None else 2)
     plan = shard_plan(pieces, n_shards)
     exps = tuple(experiments)
@@ -332,13 +350,14 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
         if sc is not None:
             log.info("training subset %.0f MB <= driver_fit_max_mb: fitting in the driver",
                      subset_mb)
-        backend = LocalBackend([load_shard(p, exps) for p in plan])
+        backend = LocalBackend(thread_map(lambda p: load_shard(p, exps), plan))
     else:
         backend = SparkBackend(sc, load_shard, [(p, exps) for p in plan])
     log.info("training on %d bins in %d shards (%s solver)", sum(n for _, n in pieces),
              len(plan), cfg.solver)
     res = fit(backend, exp_cell, exp_assay, len(header.cell_types), len(header.assays), cfg,
               progress=progress, log=log.info)
+    lap("fit")
     f = res.factors
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,
                   bC=f.bC, bA=f.bA, C=f.C, A=f.A,
@@ -354,7 +373,9 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
             sc, header, root, experiments, cfg)
         model.stack_windows = cfg.stack_windows()
         model.stack_similar = cfg.stack_similarity()
+        lap("stacking")
         if cfg.uncertainty:
             model.stack_variance = fit_uncertainty(sc, header, root, experiments, cfg,
                                                    model.stack, model.stack_neighbours)
+            lap("uncertainty")
     return model, res

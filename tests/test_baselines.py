@@ -737,3 +737,35 @@ def test_window_sums_of_constant_count_rows_are_the_cumulative_sums_ones():
         for g, w in zip(stacking._window_sums_of(A, pad, widths, n, rows, np.float32), want):
             assert g.dtype == np.float32
             np.testing.assert_array_equal(g, w.astype(np.float32))
+
+
+@pytest.mark.parametrize("gap", [False, True])
+def test_similarity_features_at_sampled_rows_are_those_of_every_bin(gap):
+    # from cell sums and cumulative sums (complete rows) or every bin (a row with a gap): the
+    # segments cell_vectors builds from the every-bin averages, up to float rounding
+    rng = np.random.default_rng(8)
+    X, cell, assay = relation_tensor(n=1003)
+    X = (X + 0.2 * rng.normal(size=X.shape)).astype(np.float32)
+    if gap:
+        X[40:90, 2] = np.nan
+    windows, (width, tau) = (3, 11, 41), (501, 0.2)     # coarse cells of 5 bins
+    rows = np.sort(rng.choice(X.shape[0], 60, replace=False))
+    rows[0], rows[-1] = 0, X.shape[0] - 1                # windows cut at both ends
+    cell, assay = np.asarray(cell), np.asarray(assay)
+    sums = stacking.sum_resemblance_sums([stacking.resemblance_sums(X, assay)])
+    for near in (None, stacking.choose_neighbours(sums, cell, assay, 4, 3, 2)):
+        si = stacking.SimilarityInputs(np.ascontiguousarray(X.T), assay, width)
+        got = stacking.similar_features(si, cell, 3, [0, 1, 2, 3], tau, windows, rows, near)
+        lo = stacking._similar_offset(3, len(windows))
+        for t in range(4):
+            want = stacking.cell_vectors(X, cell, assay, 3, t, windows, rows=rows,
+                                         similar=(width, tau), neighbours=near)[:, lo:].T
+            np.testing.assert_allclose(got[t], want, rtol=2e-5, atol=2e-6)
+            assert np.array_equal(np.isnan(got[t]), np.isnan(want))
+            # the hinges bend the sampled rows' averages as they do every bin's
+            V = stacking.cell_vectors(X, cell, assay, 3, t, windows, rows=rows,
+                                      similar=(width, tau), neighbours=near, hinges=True,
+                                      sim_rows=got[t])
+            np.testing.assert_allclose(V[:, lo:], stacking.cell_vectors(
+                X, cell, assay, 3, t, windows, rows=rows, similar=(width, tau),
+                neighbours=near, hinges=True)[:, lo:], rtol=2e-5, atol=2e-6)

@@ -158,3 +158,14 @@ def test_sgd_drops_learning_rate_rolls_back_then_stops():
     backend.use_clean_validation()
     assert validation_mse(shards, res.factors, ec, ea, cfg, res) == pytest.approx(
         res.best_valid_mse, rel=1e-12)
+
+
+@pytest.mark.parametrize("solver,iterations", [("als", 8), ("sgd", 1)])
+def test_shards_mapped_on_threads_fit_the_same_bits(solver, iterations):
+    shards, ec, ea = low_rank_shards(seed=2, n_shards=3)
+    cfg = Config(solver=solver, max_iterations=iterations, **BASE)
+    one = fit(LocalBackend(shards, threads=1), ec, ea, N_CELL, N_ASSAY, cfg)
+    three = fit(LocalBackend(shards, threads=3), ec, ea, N_CELL, N_ASSAY, cfg)
+    for a, b in zip(one.factors.__dict__.values(), three.factors.__dict__.values()):
+        assert np.array_equal(a, b)
+    assert [h["valid_mse"] for h in one.history] == [h["valid_mse"] for h in three.history]

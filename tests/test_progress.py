@@ -153,6 +153,12 @@ def test_in_process_stage_logs_per_finished_item(monkeypatch, caplog):
     assert [line.split(" (")[0] for line in lines] == [f"demo stage: {k}/4 blocks"
                                                        for k in (1, 2, 3, 4)]
     caplog.clear()
+    # on threads: results in item order, one line per finished item
+    assert map_tasks(None, _square, list(range(6)), desc="threaded stage", threads=3) == \
+        [0, 1, 4, 9, 16, 25]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("threaded")]
+    assert [line.split(" (")[0] for line in lines][-1] == "threaded stage: 6/6 items"
+    caplog.clear()
     map_tasks(None, _square, [1, 2], payload=None)   # no desc: an internal step, silent
     with shown(False):
         map_tasks(None, _square, [1, 2], desc="quiet stage")

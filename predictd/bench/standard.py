@@ -231,7 +231,7 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     # warm the Python workers — fork them and import the library (numpy, pyarrow, pyBigWig),
     # as any first job on a fresh cluster does: Spark start-up, not ingest
     rec.run("spark_warmup", lambda: sc.parallelize(range(4 * par), 4 * par)
-            .map(_warm_worker).collect())
+            .map(warm_worker).collect())
     with warm_pool(par) as pool:
         rec.run("pybigwig_read_parallel", lambda: list(pool.map(pybigwig_read_job, jobs)))
     header = rec.run("ingest_spark", ingest.ingest, sc, tr, genome, cfg,
@@ -284,7 +284,7 @@ def _spark_part(res, rec, workdir, tr, genome, cfg, header_l, model_l, paths, jo
     })
 
 
-def _warm_worker(x):
+def warm_worker(x):
     """Import the library in a Spark Python worker (the first job on a fresh cluster does)."""
     import predictd.impute  # noqa: F401  (pulls in numpy, pyarrow, pyBigWig)
     import predictd.ingest  # noqa: F401

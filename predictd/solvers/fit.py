@@ -13,10 +13,13 @@ and returns the results in shard order, which keeps every reduction deterministi
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..model import experiment_bias, experiment_features
 from . import als, sgd
@@ -117,21 +120,49 @@ def _sgd_shard(shard: Shard, state, payload, index):
 
 
 # --------------------------------------------------------------------------- backends
-class LocalBackend:
-    """Shards held in this process (no Spark)."""
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
 
-    def __init__(self, shards: list[Shard]):
+
+def thread_map(fn, items, threads: int | None = None) -> list:
+    """``[fn(item) for item in items]`` on up to ``threads`` threads (default
+    :func:`usable_cores`), each with one BLAS thread; results in item order. numpy releases
+    the GIL in its array loops and BLAS calls, so shards of work use every core; BLAS's own
+    threads would only spin on the small products these tasks make. Each item's result does
+    not depend on the threads, so sums over them in item order stay the same bits."""
+    items = list(items)
+    n = min(threads or usable_cores(), len(items))
+    if n <= 1:
+        return [fn(it) for it in items]
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fn, items))
+
+
+class LocalBackend:
+    """Shards held in this process (no Spark), mapped on ``threads`` threads
+    (:func:`thread_map`; default every usable core)."""
+
+    def __init__(self, shards: list[Shard], threads: int | None = None):
         self.shards = shards
         self.states = None
+        self.threads = threads
+
+    def _map(self, fn, args):
+        return thread_map(lambda a: fn(*a), args, self.threads)
 
     def map(self, fn, payload):
-        return [fn(s, payload, i) for i, s in enumerate(self.shards)]
+        return self._map(fn, [(s, payload, i) for i, s in enumerate(self.shards)])
 
     def init_state(self, fn, payload):
-        self.states = [fn(s, payload, i) for i, s in enumerate(self.shards)]
+        self.states = self._map(fn, [(s, payload, i) for i, s in enumerate(self.shards)])
 
     def map_state(self, fn, payload):
-        out = [fn(s, st, payload, i) for i, (s, st) in enumerate(zip(self.shards, self.states))]
+        out = self._map(fn, [(s, st, payload, i)
+                             for i, (s, st) in enumerate(zip(self.shards, self.states))])
         self.states = [o[0] for o in out]
         return [o[1] for o in out]
 

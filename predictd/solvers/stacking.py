@@ -304,20 +304,21 @@ class SimilarityInputs:
         (its own row included), or with the rows ``subset`` (indices), from the shared window
         sums: float32 (rows × cells)."""
         c, S, V, flat = self.coarse(assay)
-        if subset is not None:
-            ci, Si, Vi, fi = c[i], S[i], V[i], flat[i]
-            c, S, V, flat = c[subset], S[subset], V[subset], flat[subset]
-        else:
-            ci, Si, Vi, fi = c[i], S[i], V[i], flat[i]
-        cov = _window_sums(c * ci[None, :], self.h)
+        key = ("inverse spread", assay)
+        if key not in self._values:
+            # 1 / √spread, 0 for a flat window (its spread may round below 0): r = 0 there
+            inv = np.zeros_like(V)
+            np.divide(1.0, np.sqrt(V, out=np.ones_like(V), where=~flat), out=inv, where=~flat)
+            self._values[key] = inv
+        inv = self._values[key]
+        rows = slice(None) if subset is None else subset
+        cov = _window_sums(c[rows] * c[i][None, :], self.h)
         cov *= self.N
-        cov -= S * Si[None, :]
-        den = V * Vi[None, :]
-        # a flat window on either side (its spread may round below 0): r = 0
-        den[flat | fi[None, :]] = np.inf
-        np.sqrt(den, out=den)
-        cov /= den
-        return np.clip(cov, -1.0, 1.0, out=cov).astype(np.float32)
+        cov -= S[rows] * S[i][None, :]
+        cov *= inv[rows]
+        cov *= inv[i][None, :]
+        np.clip(cov, -1.0, 1.0, out=cov)
+        return cov.astype(np.float32)
 
     def held(self, assay: int) -> np.ndarray:
         """Positions, among the assay's rows, of those XT holds at full resolution
@@ -416,67 +417,195 @@ def similar_averages(XT: np.ndarray, exp_cell, exp_assay, n_assay: int, cell,
     ``exp_assay`` describing XT's rows)."""
     many = np.ndim(cell) > 0
     targets = [int(c) for c in np.atleast_1d(cell)]
-    exp_cell = np.asarray(exp_cell)
-    exp_assay = np.asarray(exp_assay)
-    n = XT.shape[1]
     si = inputs if inputs is not None else SimilarityInputs(XT, exp_assay, width)
+    out = np.zeros((len(targets), n_assay, XT.shape[1]), dtype=np.float32)
+    for k, users, nb, w in similar_weights(si, exp_cell, targets, tau, neighbours):
+        out[users, k] = si.weighted_averages(k, _dense_weights(nb, w, si.rows[k].size))
+    return out if many else out[0]
+
+
+def similar_weights(si: SimilarityInputs, exp_cell, targets: list[int], tau: float,
+                    neighbours: np.ndarray | None = None):
+    """The weights of :func:`similar_averages`: for each assay k with another cell type
+    observing it, ``(k, users, rows, w)`` — the positions in ``targets`` that average k, the
+    rows of the assay (in ``si``) each weighs (users × K, padded with 0) and their weights
+    (users × K × coarse cells, float32; 0 in the padding)."""
+    exp_cell = np.asarray(exp_cell)
     n_cell = int(exp_cell.max()) + 1
     G = si.N.size
     J = len(targets)
     # per target: Σ over shared assays of r with every cell type, how many shared assays,
-    # and each of its own assays' r (to leave the target assay out)
+    # and each of its own assays' r with the rows it was measured for (to leave the target
+    # assay out)
     R = np.zeros((J, n_cell, G), dtype=np.float32)
     shared = np.zeros((J, n_cell), dtype=np.float32)
-    mine: dict[tuple[int, int], np.ndarray] = {}
+    mine: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for t, c in enumerate(targets):
         near = None if neighbours is None else np.unique(neighbours[c][neighbours[c] >= 0])
         for a, rows in si.rows.items():
             own = np.flatnonzero(exp_cell[rows] == c)
             if not own.size or rows.size < 2:
                 continue
-            # only the cell types some average of c can weigh need a resemblance
-            sub = None if near is None else np.flatnonzero(np.isin(exp_cell[rows], near))
-            r = np.zeros((rows.size, G), dtype=np.float32)
-            if sub is None or np.union1d(sub, own).size == rows.size:
-                # every row (as when only those were read): no subset to gather
+            if near is None:
+                sub = np.arange(rows.size)
                 r = si.correlations(a, int(own[0]))
-            elif sub.size:
-                r[sub] = si.correlations(a, int(own[0]), sub)
-            r[own] = 0.0
-            R[t, exp_cell[rows]] += r
+                r[own] = 0.0
+            else:
+                # only the cell types some average of c can weigh need a resemblance
+                sub = np.flatnonzero(np.isin(exp_cell[rows], near))
+                r = (si.correlations(a, int(own[0]), sub) if sub.size
+                     else np.zeros((0, G), dtype=np.float32))
+            R[t, exp_cell[rows[sub]]] += r
             shared[t, exp_cell[rows]] += 1
             shared[t, c] -= own.size
-            mine[t, a] = r
-    out = np.zeros((J, n_assay, n), dtype=np.float32)
+            mine[t, a] = (sub, r)
     one, inv_tau = np.float32(1.0), np.float32(1.0 / tau)
     for k, rows in si.rows.items():
-        # weights over the rows held at full resolution (every row without coarse sums)
-        pos = si.held(k)
-        w = np.zeros((J, pos.size, G), dtype=np.float32)
-        users = []
+        users, picks, ws = [], [], []
         for t, c in enumerate(targets):
             src = exp_cell[rows] != c
             if neighbours is not None:
                 src &= np.isin(exp_cell[rows], neighbours[c, k])
             if not src.any():
                 continue
-            if src.sum() != src[pos].sum():
-                raise ValueError(f"the average of assay {k} for cell type {c} weighs "
-                                 "experiments not held at full resolution")
-            src = src[pos]
-            users.append(t)
-            held = rows[pos[src]]
-            cnt = shared[t, exp_cell[held]]
-            res = R[t, exp_cell[held]]
+            cnt = shared[t, exp_cell[rows[src]]]
+            res = R[t, exp_cell[rows[src]]]
+            at = np.flatnonzero(src)
             if (t, k) in mine:   # leave the target assay out of the resemblance
-                res = res - mine[t, k][pos[src]]
+                sub, r = mine[t, k]
+                held = np.isin(at, sub)
+                own_r = np.zeros((at.size, G), dtype=np.float32)
+                own_r[held] = r[np.searchsorted(sub, at[held])]
+                res = res - own_r
                 cnt = cnt - 1
             res = np.divide(res, cnt[:, None], out=np.zeros_like(res), where=cnt[:, None] > 0)
             # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
-            w[t, src] = np.exp((res - one) * inv_tau)
+            users.append(t)
+            picks.append(at)
+            ws.append(np.exp((res - one) * inv_tau))
         if users:
-            out[users, k] = si.weighted_averages(k, w[users])
-    return out if many else out[0]
+            K = max(p.size for p in picks)
+            nb = np.zeros((len(users), K), dtype=np.int64)
+            w = np.zeros((len(users), K, G), dtype=np.float32)
+            for u, (at, wu) in enumerate(zip(picks, ws)):
+                nb[u, :at.size], w[u, :at.size] = at, wu
+            yield k, users, nb, w
+
+
+def _dense_weights(nb: np.ndarray, w: np.ndarray, n_rows: int) -> np.ndarray:
+    """:func:`similar_weights`' weights of each user over every row of the assay (users ×
+    rows × cells, 0 for a row not weighed)."""
+    dense = np.zeros((w.shape[0], n_rows, w.shape[2]), dtype=np.float32)
+    for u in range(w.shape[0]):
+        real = w[u].any(axis=1)   # weights are > 0 wherever a row is weighed
+        dense[u, nb[u, real]] = w[u, real]
+    return dense
+
+
+def _row_sums(si: SimilarityInputs, assay: int, rows: np.ndarray, ends: np.ndarray,
+              g_end: np.ndarray, need: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`similar_features` reads of an assay's rows ``need`` (indices), each row
+    once per block and sample: their sums over each coarse cell (rows × cells, float64),
+    their values at ``rows``, and their sums from the start of the cell ``g_end`` of each bin
+    ``ends`` up to it (rows × ends, float64). Rows not yet asked for are left 0."""
+    key = ("row sums", assay)
+    got = si._values.get(key)
+    if got is None or not (np.array_equal(got["rows"], rows)
+                           and np.array_equal(got["ends"], ends)):
+        step, n, G = si.step, si.n, si.N.size
+        O = si.rows[assay].size
+        sizes = np.minimum(np.arange(1, G + 1) * step, n) - np.arange(G) * step
+        offs = np.arange(step)
+        got = {"rows": rows, "ends": ends, "have": np.zeros(O, dtype=bool),
+               "cells": si.coarse(assay)[0] * sizes,
+               "at": np.zeros((O, rows.size), dtype=np.float32),
+               "inside": np.zeros((O, ends.size)),
+               # each end's preceding bins in its cell: at most step − 1 of them
+               "idx": np.minimum(g_end[:, None] * step + offs[None, :], n - 1),
+               "take": offs[None, :] < (ends - g_end * step)[:, None]}
+        si._values[key] = got
+    todo = np.unique(need)
+    todo = todo[~got["have"][todo]]
+    if todo.size:
+        part = si.values(assay)[0]
+        got["at"][todo] = part[todo[:, None], rows[None, :]]
+        got["inside"][todo] = np.where(got["take"][None], part[todo[:, None, None],
+                                                              got["idx"][None]],
+                                       np.float32(0.0)).sum(axis=2, dtype=np.float64)
+        got["have"][todo] = True
+    return got["cells"], got["at"], got["inside"]
+
+
+def similar_features(si: SimilarityInputs, exp_cell, n_assay: int, cells, tau: float,
+                     windows, rows, neighbours: np.ndarray | None = None) -> np.ndarray:
+    """The similarity-weighted averages of the cell types ``cells`` and their means over each
+    of ``windows`` — the segments :func:`cell_vectors` appends with ``similar`` — at the bins
+    ``rows`` (indices) only: (cells × n_assay·(1 + len(windows)) × rows) float32.
+
+    The same values as from :func:`similar_averages` at every bin, up to float rounding, for
+    a fraction of the work when the rows are a sample: a weight holds for a whole coarse cell,
+    so where every row an average weighs is observed throughout the block, the sum of the
+    average over a window is a sum over whole cells of (Σ_o w_o · the cell's sum of x_o) / Σ_o
+    w_o plus the same over the parts of the two end cells, which per-experiment cumulative
+    sums give. Averages weighing a row with missing values are computed at every bin."""
+    exp_cell = np.asarray(exp_cell)
+    targets = [int(c) for c in np.atleast_1d(cells)]
+    rows = np.asarray(rows)
+    windows = tuple(int(w) for w in windows)
+    n, step, G = si.n, si.step, si.N.size
+    m, nW = rows.size, len(windows)
+    out = np.zeros((len(targets), n_assay * (1 + nW), m), dtype=np.float32)
+    # the window ends of every row: a window [lo, hi) of width w around r
+    half = np.array([w // 2 for w in windows], dtype=np.int64)
+    lo = np.maximum(rows[None, :] - half[:, None], 0)
+    hi = np.minimum(rows[None, :] + half[:, None] + 1, n)
+    ends = np.concatenate([lo.ravel(), hi.ravel()])
+    cell_of = lambda b: np.minimum(b // step, G - 1)  # noqa: E731
+    g_end, g_row = cell_of(ends), cell_of(rows)
+    for k, users, nb, w in similar_weights(si, exp_cell, targets, tau, neighbours):
+        users = np.asarray(users)
+        if si.held(k).size != si.rows[k].size:
+            # weights and sums below index every row of the assay
+            raise ValueError("similar_features needs every experiment at full resolution, "
+                             "not SimilarityInputs from coarse sums")
+        part, seen = si.values(k)
+        gappy = np.zeros(part.shape[0], dtype=bool)
+        gappy[list(seen)] = True
+        weighed = w.any(axis=2)                                  # users × K
+        whole = ~(weighed & gappy[nb]).any(axis=1)
+        seg = k + n_assay * np.arange(1 + nW)
+        for u in np.flatnonzero(~whole):
+            # a weighed row has missing values: the averages at every bin, as at prediction
+            dense = _dense_weights(nb[u:u + 1], w[u:u + 1], part.shape[0])
+            sim = si.weighted_averages(k, dense)[0]
+            ok = ~np.isnan(sim)
+            out[users[u], seg[0]] = sim[rows]
+            if nW:
+                pad = int(half.max())
+                C = _padded_cumsum(np.stack([np.where(ok, sim, np.float32(0.0)), ok]), pad)
+                for s, h in enumerate(half, 1):
+                    Ws = _window_sum(C, pad, int(h), n, rows)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        out[users[u], seg[s]] = Ws[0] / Ws[1]
+        if not whole.any():
+            continue
+        us = np.flatnonzero(whole)
+        nb = nb[us]
+        wk = w[us].astype(np.float64)
+        wk /= wk.sum(axis=1, keepdims=True)                      # users × K × cells
+        # Σ of the average over every whole cell before each cell
+        cell_sums, at_rows, inside = _row_sums(si, k, rows, ends, g_end, nb.ravel())
+        per_cell = np.einsum("ukg,ukg->ug", wk, cell_sums[nb])
+        before = np.zeros((us.size, G + 1))
+        np.cumsum(per_cell, axis=1, out=before[:, 1:])
+        out[users[us], seg[0]] = np.einsum("ukr,ukr->ur", wk[:, :, g_row], at_rows[nb])
+        if nW:
+            # Σ of the average before each window end: whole cells, then its own cell's part
+            F = before[:, g_end] + np.einsum("ukq,ukq->uq", wk[:, :, g_end], inside[nb])
+            F = F.reshape(us.size, 2, nW, m)
+            out[users[us][:, None], seg[1:][None, :]] = (
+                (F[:, 1] - F[:, 0]) / (hi - lo)[None])
+    return out
 
 
 def assay_sums(X: np.ndarray, exp_assay, n_assay: int, chunk: int = 16_384
@@ -637,7 +766,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                  dtype=np.float64, rows=None, context: BlockContext | None = None,
                  similar: tuple[int, float] | None = None,
                  sim: np.ndarray | None = None,
-                 neighbours: np.ndarray | None = None, hinges: bool = False) -> np.ndarray:
+                 neighbours: np.ndarray | None = None, hinges: bool = False,
+                 sim_rows: np.ndarray | None = None) -> np.ndarray:
     """``v_ci`` for the bins of a block (n × :func:`n_features`, or len(rows) × …; a
     transposed view of a feature-major array).
 
@@ -659,7 +789,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     assay and their means over the same windows (NaNs skipped); X must then hold every
     experiment of the block, unless ``sim`` gives the cell type's :func:`similar_averages`
     already computed, or ``neighbours`` (:func:`choose_neighbours`) restricts them to the
-    columns :func:`similar_columns` lists. ``hinges`` (needs ``similar``) appends
+    columns :func:`similar_columns` lists. ``sim_rows`` gives those segments already evaluated
+    at ``rows`` (:func:`similar_features`). ``hinges`` (needs ``similar``) appends
     max(0, s − t) of each similarity-weighted average s at the bin, for each knot t of
     :data:`HINGE_KNOTS` (assay-major): the regression stays linear in its weights but bends
     where the other cell types' signal peaks, as a regression tree's splits on it would.
@@ -714,7 +845,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
         for s, W in enumerate(_window_sums_of(XS, ctx.pad, ctx.windows, ctx.n, r,
                                               np.float32), 1):
             fill(s, W)
-    if similar is not None:
+    if similar is not None and sim_rows is not None:
+        lo = _similar_offset(n_assay, len(ctx.windows))
+        Vt[lo:lo + sim_rows.shape[0]] = sim_rows
+    elif similar is not None:
         if ctx.from_sums and neighbours is None and sim is None:
             # stored sums stand in for the other cell types' columns, which this needs
             raise ValueError("similarity-weighted averages need every column of the block, "
@@ -735,12 +869,13 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                 with np.errstate(divide="ignore", invalid="ignore"):
                     # assays no other cell type has are 0 throughout: their means stay 0
                     Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]
-        if hinges:
-            # NaN (no source at the bin) stays NaN: np.maximum propagates it
-            hi = lo + n_assay * (1 + len(ctx.windows))
-            knots = np.asarray(HINGE_KNOTS, dtype=np.float32)[None, :, None]
-            Vt[hi:hi + n_assay * knots.size] = np.maximum(
-                Vt[lo:lo + n_assay][:, None, :] - knots, 0.0).reshape(-1, m)
+    if hinges:
+        # NaN (no source at the bin) stays NaN: np.maximum propagates it
+        lo = _similar_offset(n_assay, len(ctx.windows))
+        hi = lo + n_assay * (1 + len(ctx.windows))
+        knots = np.asarray(HINGE_KNOTS, dtype=np.float32)[None, :, None]
+        Vt[hi:hi + n_assay * knots.size] = np.maximum(
+            Vt[lo:lo + n_assay][:, None, :] - knots, 0.0).reshape(-1, m)
     return Vt.T
 
 
@@ -767,21 +902,27 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
         todo = todo[np.isin(todo, cells)]
     for s in range(0, todo.size, SIMILAR_BATCH):
         chunk = todo[s:s + SIMILAR_BATCH]
-        sims = [None] * chunk.size
+        sims, at_rows = [None] * chunk.size, None
         if similar is not None:
             # the chunk's similarity-weighted averages together (one product per cell of the
             # grid for all of them); fixed chunks keep the statistics the same bits
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
-            sims = similar_averages(XT, exp_cell, exp_assay, n_assay, chunk, *similar,
-                                    inputs=inputs, neighbours=neighbours)
-        for c, sim in zip(chunk, sims):
+            if ctx.rows is not None:
+                # a sample of the bins: their features alone (similar_features)
+                sims = [None] * chunk.size
+                at_rows = similar_features(inputs, exp_cell, n_assay, chunk, similar[1],
+                                           ctx.windows, ctx.rows, neighbours)
+            else:
+                sims = similar_averages(XT, exp_cell, exp_assay, n_assay, chunk, *similar,
+                                        inputs=inputs, neighbours=neighbours)
+        for i, (c, sim) in enumerate(zip(chunk, sims)):
             # features in float32 (as at prediction), the sampled rows' Gram in float64
             Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, int(c), windows,
                               dtype=np.float32, context=ctx, similar=similar, sim=sim,
-                              hinges=hinges).T
+                              hinges=hinges, sim_rows=None if at_rows is None else at_rows[i]).T
             Vt = Vt[:, ~np.isnan(Vt).any(axis=0)].astype(np.float64)
             gram[c] = Vt @ Vt.T
-        del sims
+        del sims, at_rows
     return {"gram": gram}
 
 

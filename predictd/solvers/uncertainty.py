@@ -29,7 +29,6 @@ Output units: by the delta method of the inverse transform (:func:`output_sd`), 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import nnls
 
 #: Names of the per-bin quantities z (in order).
 FEATURES = ("constant", "level", "level_squared", "off_average_squared", "spread_squared")
@@ -114,6 +113,9 @@ def fit_variance(moments: dict | None, min_bins: int = 100) -> np.ndarray | None
     d = np.sqrt(np.diag(M))
     Ms = M / np.outer(d, d) + 1e-10 * np.eye(active.size)
     # Σ(r² − βz)² = const − 2 βᵀb + βᵀMβ: with M = LLᵀ, ‖Lᵀβ − L⁻¹b‖² up to a constant
+    # imported here: scipy.optimize takes ~0.3 s to import, which every Spark Python worker
+    # writing tracks (they import this module) would pay for a function only training calls
+    from scipy.optimize import nnls
     L = np.linalg.cholesky(Ms)
     rhs = np.linalg.solve(L, b / d)
     beta[active] = nnls(L.T, rhs)[0] / d

@@ -406,7 +406,6 @@ def model_variance(model: Model, Y: np.ndarray, pairs: list[tuple[int, int]],
     (:mod:`predictd.solvers.uncertainty`). ``block`` = (names, bins × experiments) must hold
     every training experiment of the model: each target's quantities include the mean and
     variance of its assay over the other cell types. 0 at the bins of ``empty``."""
-    from .solvers import uncertainty as unc
     if model.stack_variance is None:
         raise PredictdError("the model has no uncertainty model: train it with --uncertainty")
     names, X = block

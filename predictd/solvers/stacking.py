@@ -578,15 +578,11 @@ def similar_features(si: SimilarityInputs, exp_cell, n_assay: int, cells, tau: f
             # a weighed row has missing values: the averages at every bin, as at prediction
             dense = _dense_weights(nb[u:u + 1], w[u:u + 1], part.shape[0])
             sim = si.weighted_averages(k, dense)[0]
-            ok = ~np.isnan(sim)
             out[users[u], seg[0]] = sim[rows]
             if nW:
-                pad = int(half.max())
-                C = _padded_cumsum(np.stack([np.where(ok, sim, np.float32(0.0)), ok]), pad)
-                for s, h in enumerate(half, 1):
-                    Ws = _window_sum(C, pad, int(h), n, rows)
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        out[users[u], seg[s]] = Ws[0] / Ws[1]
+                means = _window_means(sim[None, :], int(half.max()), windows, n, rows)
+                for s, M in enumerate(means, 1):
+                    out[users[u], seg[s]] = M[0]
         if not whole.any():
             continue
         us = np.flatnonzero(whole)
@@ -660,6 +656,17 @@ def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
     if rows is None:
         return C[:, pad + h + 1:pad + h + 1 + n] - C[:, pad - h:pad - h + n]
     return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
+
+
+def _window_means(V: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndarray]:
+    """The mean of the observed values of each row of V (series × bins, NaN = missing) over
+    the centred window of every width in ``widths``, at ``rows`` (None = every bin): one
+    float64 array (series × rows) per width, NaN where a window holds nothing observed."""
+    seen = ~np.isnan(V)
+    k = V.shape[0]
+    S = np.concatenate([np.where(seen, V, V.dtype.type(0.0)), seen], axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return [W[:k] / W[k:] for W in _window_sums_of(S, pad, widths, n, rows)]
 
 
 def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows, dtype=np.float64
@@ -863,12 +870,9 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                                    neighbours=neighbours)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
-            seen = ~np.isnan(sim)
-            SS = np.concatenate([np.where(seen, sim, np.float32(0.0)), seen], axis=0)
-            for s, Ws in enumerate(_window_sums_of(SS, ctx.pad, ctx.windows, ctx.n, r), 1):
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    # assays no other cell type has are 0 throughout: their means stay 0
-                    Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = Ws[:n_assay] / Ws[n_assay:]
+            # assays no other cell type has are 0 throughout: their means stay 0
+            for s, M in enumerate(_window_means(sim, ctx.pad, ctx.windows, ctx.n, r), 1):
+                Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = M
     if hinges:
         # NaN (no source at the bin) stays NaN: np.maximum propagates it
         lo = _similar_offset(n_assay, len(ctx.windows))

@@ -191,24 +191,10 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
     if not items:
         return []
     if sc is None:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-        from threadpoolctl import threadpool_limits
-        from .solvers.fit import usable_cores
-        n = min(threads or usable_cores(), len(items))
-        out = []
+        from .solvers.fit import thread_map
         with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar, \
                 item_of(bar):
-            if n <= 1:
-                for it in items:
-                    out.append(fn(it, payload))
-                    bar.update()
-                return out
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n) as pool:
-                futures = [pool.submit(fn, it, payload) for it in items]
-                for done in as_completed(futures):
-                    done.result()
-                    bar.update()
-            return [f.result() for f in futures]
+            return thread_map(lambda it: fn(it, payload), items, threads, done=bar.update)
     bc = sc.broadcast(payload)
     n = min(n_slices or len(items), len(items))
     indexed = list(enumerate(items))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,18 +128,29 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def thread_map(fn, items, threads: int | None = None) -> list:
+def thread_map(fn, items, threads: int | None = None, done=None) -> list:
     """``[fn(item) for item in items]`` on up to ``threads`` threads (default
     :func:`usable_cores`), each with one BLAS thread; results in item order. numpy releases
     the GIL in its array loops and BLAS calls, so shards of work use every core; BLAS's own
     threads would only spin on the small products these tasks make. Each item's result does
-    not depend on the threads, so sums over them in item order stay the same bits."""
+    not depend on the threads, so sums over them in item order stay the same bits. ``done``
+    (no arguments) is called as each item finishes (a progress bar's update)."""
     items = list(items)
     n = min(threads or usable_cores(), len(items))
     if n <= 1:
-        return [fn(it) for it in items]
+        out = []
+        for it in items:
+            out.append(fn(it))
+            if done is not None:
+                done()
+        return out
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n) as pool:
-        return list(pool.map(fn, items))
+        futures = [pool.submit(fn, it) for it in items]
+        for f in as_completed(futures):
+            f.result()
+            if done is not None:
+                done()
+        return [f.result() for f in futures]
 
 
 class LocalBackend:

@@ -144,6 +144,11 @@ def stores_coarse(model: Model) -> bool:
     return stores_sums(model) and model.stack_similar is not None
 
 
+def coarse_cells(model: Model, n: int) -> int:
+    """Cells of the grid a model's resemblance is measured on, in a block of ``n`` bins."""
+    return -(-n // stacking.similarity_step(model.stack_similar[0]))
+
+
 def write_coarse(uri: str, names: list[str], sums: np.ndarray) -> None:
     """A block's :func:`predictd.solvers.stacking.coarse_sums` (experiments × cells,
     float32) as Parquet, one column per experiment: what every cell type's resemblance is
@@ -156,14 +161,20 @@ def write_coarse(uri: str, names: list[str], sums: np.ndarray) -> None:
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
-def read_coarse(uri: str, names: list[str]) -> tuple[list[str], np.ndarray] | None:
+def read_coarse(uri: str, names: list[str], cells: int | None = None
+                ) -> tuple[list[str], np.ndarray] | None:
     """Those of ``names`` stored in a block's coarse sums (:func:`write_coarse`), as (their
-    names, float32 experiments × cells); None when the block has none stored."""
+    names, float32 experiments × cells); None when the block has none stored, or (with
+    ``cells``) when they are not on a grid of that many cells (a reference solved with
+    another :func:`predictd.solvers.stacking.similarity_step`: the columns are then read
+    whole)."""
     if not storage.exists(uri):
         return None
     # read in place: only the asked columns' chunks (by byte ranges on object stores)
     with storage.open_random_access(uri) as fh:
         pf = pq.ParquetFile(fh)
+        if cells is not None and pf.metadata.num_rows != cells:
+            return None
         stored = set(pf.schema_arrow.names)
         have = [e for e in names if e in stored]
         t = pf.read(columns=have, use_threads=False)
@@ -192,8 +203,9 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
     if empty is not None:
         cols[NO_SIGNAL_COLUMN] = pa.array(np.asarray(empty, dtype=bool))
     buf = io.BytesIO()
-    # no dictionary: factors are all distinct floats, and dictionary encoding only slows the write
-    pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
+    # no dictionary: factors are all distinct floats, and dictionary encoding only slows the
+    # write; LZ4: every write task of the block reads the file again
+    pq.write_table(pa.table(cols), buf, compression="lz4", use_dictionary=False)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
@@ -368,7 +380,8 @@ def _model_values(model, GB, pairs, block, sums, sums_cover=None, coarse=None):
                                                                  coarse)
         context = stacking.BlockContext(None, ea_all, len(model.assays), model.stack_windows,
                                         sums=(tot, cnt), similarity=similarity)
-    return stacking.predict_pairs(Xm, ec, ea, model.stack, pairs, np.ascontiguousarray(Y),
+    # Y as impute_values returns it, track-major: predict_pairs starts from its transpose
+    return stacking.predict_pairs(Xm, ec, ea, model.stack, pairs, Y,
                                   model.stack_windows, context=context,
                                   similar=model.stack_similar,
                                   neighbours=model.stack_neighbours)
@@ -561,7 +574,8 @@ def block_values(root, exps: list[str], members: list[tuple[str, Model]], W: np.
         cols = exps
         if not whole:
             # with stored coarse sums, the resemblance's columns are not read whole
-            coarse = [read_coarse(coarse_uri(r, chrom, block), needed_columns(m, pairs))
+            coarse = [read_coarse(coarse_uri(r, chrom, block), needed_columns(m, pairs),
+                                  coarse_cells(m, f[0].shape[0]))
                       if f is not None and stores_coarse(m) else None
                       for (r, m), f in zip(members, factors)]
             need = {e for (_, m), f, c in zip(members, factors, coarse) if f is not None

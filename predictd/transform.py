@@ -25,7 +25,7 @@ def inverse(y: np.ndarray, transform: str) -> np.ndarray:
     if transform == "arcsinh":
         out = np.sinh(y, dtype=np.float32)
     elif transform == "none":
-        out = y.copy()
+        out = y.copy(order="K")   # a track-major block stays track-major for the writers
     else:
         raise PredictdError(f"unknown transform {transform!r} (expected one of {TRANSFORMS})")
     np.maximum(out, 0.0, out=out)

@@ -401,36 +401,58 @@ def test_local_correlations_match_the_windowed_pearson_r():
 
 def _direct_similar(X, cell, assay, n_assay, c, width, tau):
     """similar_averages by definition, one bin at a time: resemblance from the tracks' means
-    over cells of `step` bins (NaN as 0), correlated over the cells of the window."""
+    over cells of `step` bins (NaN as 0), correlated over the window of whole groups of
+    `stride` cells around each group (every cell when the stride is 1), and each cell's
+    weights interpolated linearly between those of the two nearest groups' centres."""
     n = X.shape[0]
     step = max(1, width // 100)
-    h = (width // step) // 2
+    cells = max(1, width // step)
+    stride = max(1, cells // 25)
+    h = (cells // 2) // stride
     Z = np.nan_to_num(X)
+    G = -(-n // step)
     coarse = np.stack([Z[g * step:(g + 1) * step].mean(axis=0)
-                       for g in range(-(-n // step))], axis=1)       # experiments × cells
+                       for g in range(G)], axis=1)       # experiments × cells
+    P = -(-G // stride)
+    centre = np.array([(q * stride + min((q + 1) * stride, G) - 1) / 2 for q in range(P)])
     col = {(int(a), int(b)): j for j, (a, b) in enumerate(zip(cell, assay))}
+
+    def point_weight(o, k, q):
+        # exp(−(1 − mean r)/tau) at group q, over the cells of its window
+        lo, hi = max(0, (q - h) * stride), min(G, (q + h + 1) * stride)
+        shared = [m for m in range(n_assay) if m != k and (c, m) in col and (o, m) in col]
+        rs = []
+        for m in shared:
+            a, b = coarse[col[(c, m)], lo:hi], coarse[col[(o, m)], lo:hi]
+            rs.append(0.0 if a.std() < 1e-6 or b.std() < 1e-6 else np.corrcoef(a, b)[0, 1])
+        return np.exp(-(1 - (np.mean(rs) if rs else 0.0)) / tau)
+
+    def cell_weight(o, k, g):
+        if P == 1 or g <= centre[0]:
+            return point_weight(o, k, 0)
+        if g >= centre[-1]:
+            return point_weight(o, k, P - 1)
+        q = int(np.searchsorted(centre, g, side="right")) - 1
+        t = (g - centre[q]) / (centre[q + 1] - centre[q])
+        return (1 - t) * point_weight(o, k, q) + t * point_weight(o, k, q + 1)
+
     out = np.zeros((n_assay, n))
     for k in range(n_assay):
         others = sorted(o for (o, kk) in col if kk == k and o != c)
         if not others:
             continue
         for i in range(n):
-            d, v = [], []
+            w, v = [], []
             for o in others:
                 x = X[i, col[(o, k)]]
                 if np.isnan(x):
                     continue
-                shared = [m for m in range(n_assay)
-                          if m != k and (c, m) in col and (o, m) in col]
-                r = np.mean([_window_corr(coarse[col[(c, m)]], coarse[col[(o, m)]],
-                                          i // step, h) for m in shared]) if shared else 0.0
-                d.append(1 - r)
+                w.append(cell_weight(o, k, i // step))
                 v.append(x)
             if not v:
                 out[k, i] = np.nan
                 continue
-            w = np.exp(-np.array(d) / tau)
-            out[k, i] = w @ np.array(v) / w.sum()
+            out[k, i] = np.array(w) @ np.array(v) / np.sum(w)
     return out
 
 

@@ -108,6 +108,36 @@ def similarity_step(width: int) -> int:
     return max(1, int(width) // 100)
 
 
+#: Points of a resemblance window at which the correlations are evaluated (at most): a window
+#: of ~100 cells is evaluated every 4 cells, the weights interpolated linearly in between.
+RESEMBLANCE_POINTS = 25
+
+
+def similarity_stride(cells: int) -> int:
+    """Cells of the coarse grid per point where the resemblance is evaluated, for a window
+    of ``cells`` cells: 1 (every cell) for windows under 50 cells. Consecutive windows of 100
+    cells share 96 of them, so the correlations change little from one cell to the next,
+    and evaluating them every 4th cell quarters their cost (docs/accuracy.md)."""
+    return max(1, int(cells) // RESEMBLANCE_POINTS)
+
+
+def _group_sums(A: np.ndarray, stride: int) -> np.ndarray:
+    """Sums of each row of A over consecutive groups of ``stride`` columns (the last one
+    possibly shorter); A itself for a stride of 1."""
+    if stride == 1:
+        return A
+    n = A.shape[1]
+    whole = n // stride
+    out = np.empty((A.shape[0], -(-n // stride)), dtype=A.dtype)
+    # strided adds: several times faster than a reduction over a short last axis
+    np.copyto(out[:, :whole], A[:, 0:whole * stride:stride])
+    for j in range(1, stride):
+        out[:, :whole] += A[:, j:whole * stride:stride]
+    if whole < out.shape[1]:
+        out[:, whole] = A[:, whole * stride:].sum(axis=1)
+    return out
+
+
 def coarse_sums(XT: np.ndarray, step: int) -> np.ndarray:
     """Sums of each row of XT (experiments × bins) over consecutive cells of ``step`` bins (the
     last one possibly shorter), missing values counting as 0: (experiments × cells) float32,
@@ -261,10 +291,24 @@ class SimilarityInputs:
         exp_assay = np.asarray(exp_assay)
         self.width = int(width)
         self.n, self.step = XT.shape[1], similarity_step(width)
-        G = -(-self.n // self.step)
-        self.h = max(1, int(width) // self.step) // 2
-        i = np.arange(G)
-        self.N = (np.minimum(i + self.h + 1, G) - np.maximum(i - self.h, 0)).astype(np.float64)
+        #: cells of the coarse grid
+        self.G = G = -(-self.n // self.step)
+        cells = max(1, int(width) // self.step)
+        # the resemblance is evaluated at the centres of groups of `stride` cells, over
+        # windows of whole groups (2·h + 1 of them), and interpolated to every cell
+        self.stride = similarity_stride(cells)
+        self.h = (cells // 2) // self.stride
+        sizes = _group_sums(np.ones((1, G)), self.stride)[0]
+        P = sizes.size
+        #: cells in the window of each point
+        self.N = _window_sums(sizes[None, :], self.h)[0]
+        centre = np.arange(P) * self.stride + (sizes - 1) / 2.0
+        g = np.arange(G)
+        left = np.clip(np.searchsorted(centre, g, side="right") - 1, 0, max(P - 2, 0))
+        right = np.minimum(left + 1, P - 1)
+        span = centre[right] - centre[left]
+        frac = np.divide(g - centre[left], span, out=np.zeros(G), where=span > 0)
+        self._lerp = (left, right, np.clip(frac, 0.0, 1.0).astype(np.float32))
         #: each assay's experiments (rows of the coarse tracks), in experiment order
         self.rows = {int(a): np.flatnonzero(exp_assay == a) for a in np.unique(exp_assay)}
         self.sums = sums
@@ -286,15 +330,16 @@ class SimilarityInputs:
         self._values: dict = {}
 
     def coarse(self, assay: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The assay's coarse tracks, their window sums, N·(window sums of squares) − sums²,
-        and where that spread is too small for a correlation (rows × cells each)."""
+        """The assay's coarse tracks (rows × cells); at each point where the resemblance is
+        evaluated, their window sums, N·(window sums of squares) − sums², and where that
+        spread is too small for a correlation (rows × points)."""
         if assay not in self._coarse:
             if self.sums is None:
                 c = coarse_means(self.XT[self.rows[assay]], self.step)
             else:
                 c = self.sums[self.rows[assay]] / coarse_cell_sizes(self.n, self.step)
-            S = _window_sums(c, self.h)
-            V = self.N * _window_sums(c * c, self.h) - S * S
+            S = _window_sums(_group_sums(c, self.stride), self.h)
+            V = self.N * _window_sums(_group_sums(c * c, self.stride), self.h) - S * S
             # relative guard: cumulative-sum differences leave rounding residue in flat windows
             self._coarse[assay] = (c, S, V, ~(V > 1e-9 * self.N * self.N))
         return self._coarse[assay]
@@ -302,7 +347,8 @@ class SimilarityInputs:
     def correlations(self, assay: int, i: int, subset=None) -> np.ndarray:
         """:func:`local_correlations` of row i of the assay's experiments with each of them
         (its own row included), or with the rows ``subset`` (indices), from the shared window
-        sums: float32 (rows × cells)."""
+        sums, at the points where the resemblance is evaluated: float32 (rows × points;
+        :meth:`to_cells` interpolates them)."""
         c, S, V, flat = self.coarse(assay)
         key = ("inverse spread", assay)
         if key not in self._values:
@@ -312,13 +358,24 @@ class SimilarityInputs:
             self._values[key] = inv
         inv = self._values[key]
         rows = slice(None) if subset is None else subset
-        cov = _window_sums(c[rows] * c[i][None, :], self.h)
+        cov = _window_sums(_group_sums(c[rows] * c[i][None, :], self.stride), self.h)
         cov *= self.N
         cov -= S[rows] * S[i][None, :]
         cov *= inv[rows]
         cov *= inv[i][None, :]
         np.clip(cov, -1.0, 1.0, out=cov)
         return cov.astype(np.float32)
+
+    def to_cells(self, A: np.ndarray) -> np.ndarray:
+        """Values at the points where the resemblance is evaluated (… × points) at every
+        cell (… × cells, float32): linear between the two nearest points, held beyond the
+        first and last."""
+        if self.stride == 1:
+            return np.asarray(A, dtype=np.float32)
+        left, right, frac = self._lerp
+        out = A[..., left].astype(np.float32)
+        out += (A[..., right] - A[..., left]) * frac
+        return out
 
     def held(self, assay: int) -> np.ndarray:
         """Positions, among the assay's rows, of those XT holds at full resolution
@@ -331,10 +388,13 @@ class SimilarityInputs:
         it is observed."""
         if assay not in self._values:
             part = np.asarray(self.XT[self._full[assay][1]], dtype=np.float32)
-            miss = np.isnan(part)
-            gappy = np.flatnonzero(miss.any(axis=1))
-            np.copyto(part, np.float32(0.0), where=miss)
-            self._values[assay] = (part, {int(r): ~miss[r] for r in gappy})
+            # a row's sum is NaN if it misses a value: one pass over the complete rows
+            seen = {}
+            for r in np.flatnonzero(np.isnan(part.sum(axis=1, dtype=np.float64))):
+                miss = np.isnan(part[r])
+                part[r, miss] = 0.0
+                seen[int(r)] = ~miss
+            self._values[assay] = (part, seen)
         return self._values[assay]
 
     def cell_major(self, assay: int) -> np.ndarray:
@@ -432,12 +492,12 @@ def similar_weights(si: SimilarityInputs, exp_cell, targets: list[int], tau: flo
     (users × K × coarse cells, float32; 0 in the padding)."""
     exp_cell = np.asarray(exp_cell)
     n_cell = int(exp_cell.max()) + 1
-    G = si.N.size
+    P = si.N.size   # the points where the resemblance is evaluated
     J = len(targets)
     # per target: Σ over shared assays of r with every cell type, how many shared assays,
     # and each of its own assays' r with the rows it was measured for (to leave the target
     # assay out)
-    R = np.zeros((J, n_cell, G), dtype=np.float32)
+    R = np.zeros((J, n_cell, P), dtype=np.float32)
     shared = np.zeros((J, n_cell), dtype=np.float32)
     mine: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for t, c in enumerate(targets):
@@ -454,7 +514,7 @@ def similar_weights(si: SimilarityInputs, exp_cell, targets: list[int], tau: flo
                 # only the cell types some average of c can weigh need a resemblance
                 sub = np.flatnonzero(np.isin(exp_cell[rows], near))
                 r = (si.correlations(a, int(own[0]), sub) if sub.size
-                     else np.zeros((0, G), dtype=np.float32))
+                     else np.zeros((0, P), dtype=np.float32))
             R[t, exp_cell[rows[sub]]] += r
             shared[t, exp_cell[rows]] += 1
             shared[t, c] -= own.size
@@ -474,7 +534,7 @@ def similar_weights(si: SimilarityInputs, exp_cell, targets: list[int], tau: flo
             if (t, k) in mine:   # leave the target assay out of the resemblance
                 sub, r = mine[t, k]
                 held = np.isin(at, sub)
-                own_r = np.zeros((at.size, G), dtype=np.float32)
+                own_r = np.zeros((at.size, P), dtype=np.float32)
                 own_r[held] = r[np.searchsorted(sub, at[held])]
                 res = res - own_r
                 cnt = cnt - 1
@@ -482,11 +542,11 @@ def similar_weights(si: SimilarityInputs, exp_cell, targets: list[int], tau: flo
             # exp(−d/tau) up to a common factor (which cancels): exp((res − 1)/tau) ∈ (0, 1]
             users.append(t)
             picks.append(at)
-            ws.append(np.exp((res - one) * inv_tau))
+            ws.append(si.to_cells(np.exp((res - one) * inv_tau)))
         if users:
             K = max(p.size for p in picks)
             nb = np.zeros((len(users), K), dtype=np.int64)
-            w = np.zeros((len(users), K, G), dtype=np.float32)
+            w = np.zeros((len(users), K, si.G), dtype=np.float32)
             for u, (at, wu) in enumerate(zip(picks, ws)):
                 nb[u, :at.size], w[u, :at.size] = at, wu
             yield k, users, nb, w
@@ -512,7 +572,7 @@ def _row_sums(si: SimilarityInputs, assay: int, rows: np.ndarray, ends: np.ndarr
     got = si._values.get(key)
     if got is None or not (np.array_equal(got["rows"], rows)
                            and np.array_equal(got["ends"], ends)):
-        step, n, G = si.step, si.n, si.N.size
+        step, n, G = si.step, si.n, si.G
         O = si.rows[assay].size
         sizes = np.minimum(np.arange(1, G + 1) * step, n) - np.arange(G) * step
         offs = np.arange(step)
@@ -552,7 +612,7 @@ def similar_features(si: SimilarityInputs, exp_cell, n_assay: int, cells, tau: f
     targets = [int(c) for c in np.atleast_1d(cells)]
     rows = np.asarray(rows)
     windows = tuple(int(w) for w in windows)
-    n, step, G = si.n, si.step, si.N.size
+    n, step, G = si.n, si.step, si.G
     m, nW = rows.size, len(windows)
     out = np.zeros((len(targets), n_assay * (1 + nW), m), dtype=np.float32)
     # the window ends of every row: a window [lo, hi) of width w around r
@@ -663,6 +723,15 @@ def _window_means(V: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndar
     the centred window of every width in ``widths``, at ``rows`` (None = every bin): one
     float64 array (series × rows) per width, NaN where a window holds nothing observed."""
     seen = ~np.isnan(V)
+    if seen.all():
+        # nothing missing: a window's count is its length (the same float64 divisor as the
+        # window sums of the observed mask give), and the mask needs no sums
+        i = np.arange(n) if rows is None else rows
+        out = _window_sums_of(V, pad, widths, n, rows)
+        for w, W in zip(widths, out):
+            length = (np.minimum(i + w // 2 + 1, n) - np.maximum(i - w // 2, 0)).astype(W.dtype)
+            np.divide(W, length, out=W)
+        return out
     k = V.shape[0]
     S = np.concatenate([np.where(seen, V, V.dtype.type(0.0)), seen], axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):

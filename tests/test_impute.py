@@ -174,3 +174,21 @@ def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
     got = np.array(bw.values("pilot", 16_384 * bs, 2 * 16_384 * bs))[::bs]
     bw.close()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if neighbours:
+        # coarse sums stored on another grid (a reference solved with another resemblance
+        # step) are not used: the columns are read whole, and the values are the same
+        pairs = [(j, a) for a in range(5)]
+        exps = list(header.experiments)
+        members = [(gf, model)]
+        W = impute.member_weights(1, list(range(j * 5, j * 5 + 5)), None)
+        before = impute.block_values(run.tensor_root, exps, members, W, "pilot", 1, pairs)
+        coarse = impute.coarse_uri(gf, "pilot", 1)
+        names = [f"{c}.{a}" for c, a in model.observed]
+        cells = impute.coarse_cells(model, 16_384)
+        assert impute.read_coarse(coarse, names, cells) is not None
+        impute.write_coarse(coarse, names, impute.stacking.coarse_sums(X.T[:len(names)], 5))
+        assert impute.read_coarse(coarse, names, cells) is None
+        asked.clear()
+        after = impute.block_values(run.tensor_root, exps, members, W, "pilot", 1, pairs)
+        assert set(asked[-1]) == set(impute.needed_columns(model, pairs))
+        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)

@@ -427,6 +427,15 @@ class SimilarityInputs:
                                  "held at full resolution")
             w = w[:, pos]
         J, O, _ = w.shape
+        gappy = np.zeros(O, dtype=bool)
+        gappy[list(seen)] = True
+        # every weighed row observed throughout: the weights, normalised per cell, give the
+        # averages directly (no per-bin totals to divide by)
+        normalised = not (gappy & w.any(axis=(0, 2))).any()
+        if normalised:
+            cell_tot = w.sum(axis=1)                                   # targets × cells
+            w = w * np.divide(np.float32(1.0), cell_tot, out=np.zeros_like(cell_tot),
+                              where=cell_tot > 0)[:, None, :]
         num = np.empty((J, n), dtype=np.float32)
         whole = n // step
         if whole and J == 1:
@@ -442,8 +451,11 @@ class SimilarityInputs:
             ).transpose(1, 0, 2).reshape(J, whole * step)
         if whole * step < n:
             num[:, whole * step:] = w[:, :, -1] @ part[:, whole * step:]
-        full = np.ones(O, dtype=bool)
-        full[list(seen)] = False
+        if normalised:
+            if not (cell_tot > 0).all():
+                num[np.repeat(cell_tot <= 0, step, axis=1)[:, :n]] = np.nan
+            return num
+        full = ~gappy
         # complete rows weigh the same at every bin of a cell
         tot = np.repeat(w[:, full].sum(axis=1), step, axis=1)[:, :n]
         for r, obs in seen.items():

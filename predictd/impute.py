@@ -221,7 +221,7 @@ def read_gf_parts(uri: str, sums: bool = True
     scols = [c for c in names if c.startswith(SUM_COLUMN)] if sums else []
     ccols = [c for c in names if c.startswith(COUNT_COLUMN)] if sums else []
     ecols = [NO_SIGNAL_COLUMN] if NO_SIGNAL_COLUMN in names else []
-    t = pf.read(columns=gcols + scols + ccols + ecols)
+    t = pf.read(columns=gcols + scols + ccols + ecols, use_threads=False)
     # built transposed: one contiguous row per column, the layout impute_values wants
     GBt = np.empty((len(gcols), t.num_rows), dtype=np.float32)
     for i, c in enumerate(gcols):

@@ -121,7 +121,9 @@ def decode_block(source, columns: list[str], where: str, into: np.ndarray | None
     ``into`` (a column-major bins × N float32 array) receives the columns at indices ``at``
     instead, and is returned as X."""
     try:
-        t = pq.read_table(source, columns=["bin", *columns])
+        # decoded in this thread: Arrow's pool would add threads to a task that has one core
+        # (a Spark task's, or one of the threads a stage runs), for more CPU time in all
+        t = pq.read_table(source, columns=["bin", *columns], use_threads=False)
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
     bins = t.column("bin").to_numpy()

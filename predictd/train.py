@@ -112,7 +112,7 @@ def load_shard(pieces: tuple, experiments: tuple) -> Shard:
     """Build a shard from ``((uri, part, n_parts), ...)``: rows ``part::n_parts`` of each piece."""
     Xs, Vs, gs = [], [], []
     for uri, part, nparts in pieces:
-        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)), use_threads=False)
         valid = t.column("valid").to_numpy(zero_copy_only=False)[part::nparts]
         grp = t.column("group").to_numpy()[part::nparts]
         X = np.empty((valid.size, len(experiments)), dtype=np.float32)

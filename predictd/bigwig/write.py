@@ -251,6 +251,18 @@ class BigWigWriter:
             self.abort()
 
 
+def _records(ufunc, A: np.ndarray) -> np.ndarray:
+    """``ufunc.reduce(A, axis=1)`` for records × bins (a minimum or maximum): column by column
+    while the records are short, which is several times faster than a reduction along a
+    short last axis."""
+    if A.shape[1] > 64:
+        return ufunc.reduce(A, axis=1)
+    out = A[:, 0].copy()
+    for j in range(1, A.shape[1]):
+        ufunc(out, A[:, j], out=out)
+    return out
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -406,8 +418,8 @@ class _BigWigFile:
             V32 = values[:m * ZOOM_BINS].reshape(m, ZOOM_BINS)
             rec = slice(first, first + m)
             e.n[rec] += ZOOM_BINS * bs
-            np.minimum(e.lo[rec], V32.min(axis=1), out=e.lo[rec])
-            np.maximum(e.hi[rec], V32.max(axis=1), out=e.hi[rec])
+            np.minimum(e.lo[rec], _records(np.minimum, V32), out=e.lo[rec])
+            np.maximum(e.hi[rec], _records(np.maximum, V32), out=e.hi[rec])
             e.s[rec] += bs * V.sum(axis=1)
             e.ss[rec] += bs * np.einsum("ij,ij->i", V, V)
             rest = v[m * ZOOM_BINS:]
@@ -450,8 +462,10 @@ class _BigWigFile:
             pad = m * per - e.n.size
 
             def fold(a, fill, ufunc):
-                return ufunc.reduce(np.concatenate([a, np.full(pad, fill, a.dtype)])
-                                    .reshape(m, per), axis=1)
+                A = np.concatenate([a, np.full(pad, fill, a.dtype)]).reshape(m, per)
+                # extremes are exact in any order; sums keep numpy's own
+                return (_records(ufunc, A) if ufunc is not np.add
+                        else ufunc.reduce(A, axis=1))
 
             n = fold(e.n, 0, np.add)
             keep = np.flatnonzero(n > 0)

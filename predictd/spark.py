@@ -58,6 +58,7 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
         opt = f"-Dlog4j2.configurationFile=file:{log4j}"
         defaults["spark.driver.extraJavaOptions"] = opt
         defaults["spark.executor.extraJavaOptions"] = opt
+        conf = with_java_option(conf or {}, opt, "log4j2.configurationFile")
     for k, v in {**defaults, **(conf or {})}.items():
         if not sconf.contains(k):
             sconf.set(k, v)
@@ -69,6 +70,22 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
                 else SparkContext.getOrCreate(sconf))
     _CONTEXT.setLogLevel(os.environ.get("PREDICTD_SPARK_LOG_LEVEL", "ERROR"))
     return _CONTEXT
+
+
+def with_java_option(conf: dict, opt: str, key: str) -> dict:
+    """``conf`` with ``opt`` put before the driver's and the executors' JVM options it gives,
+    unless they already set ``key`` (a ``-D`` property): a caller's options (a loopback
+    cluster's faster JIT) keep predictd's quiet logging.
+
+    >>> with_java_option({"spark.executor.extraJavaOptions": "-Xss4m"}, "-Dq=1", "q")
+    {'spark.executor.extraJavaOptions': '-Dq=1 -Xss4m'}
+    """
+    out = dict(conf)
+    for k in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        given = out.get(k)
+        if given and f"-D{key}=" not in given:
+            out[k] = f"{opt} {given}"
+    return out
 
 
 def is_loopback_master(master: str) -> bool:

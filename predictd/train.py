@@ -189,8 +189,8 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     """Draw the training subset into ``work``: its pieces ((uri, bins) per block with sampled
     bins) and, for the blocks ``resemble`` lists (``header.blocks()`` entries: the stacking
     sample's, when the similarity-weighted averages choose nearest cell types), each block's
-    :func:`predictd.solvers.stacking.resemblance_sums`, by (chrom, block) — read in the same
-    tasks, so training needs one Spark job fewer."""
+    :func:`predictd.solvers.stacking.resemblance_sums` packed (:func:`pack_resemblance`), by
+    (chrom, block) — read in the same tasks, so training needs one Spark job fewer."""
     total = header.genome_obj.total_bins(header.bin_size)
     fraction = min(cfg.training_fraction, cfg.max_training_bins / max(total, 1))
     regions = read_bed_regions(cfg.training_regions) if cfg.training_regions else None
@@ -208,8 +208,8 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
                             "training_regions and the tracks' chromosomes")
-    sums = {(it[1], it[2]): unpack_resemblance(r, exp_assay)
-            for it, (_, r) in zip(items, out) if r is not None}
+    # kept packed: unpacked a group at a time (at Roadmap scale 64 blocks would hold 0.5 GB)
+    sums = {(it[1], it[2]): r for it, (_, r) in zip(items, out) if r is not None}
     return pieces, sums
 
 
@@ -277,14 +277,16 @@ def uses_resemblance(cfg) -> bool:
                 and cfg.stack_similar_neighbours > 0)
 
 
-def group_resemblance(groups: list[list], sums: dict) -> dict | None:
+def group_resemblance(groups: list[list], sums: dict, exp_assay) -> dict | None:
     """The stacking sample's :func:`predictd.solvers.stacking.resemblance_sums` from each
-    block's (``sums``, by (chrom, block)), added as :func:`resemblance_task` adds them — per
-    group of :func:`stack_groups`, then the groups in order — so the total is the same bits
-    however the blocks' sums were computed. None when no block has sampled bins."""
+    block's (``sums``: packed by :func:`pack_resemblance`, by (chrom, block)), added as
+    :func:`resemblance_task` adds them — per group of :func:`stack_groups`, then the groups in
+    order — so the total is the same bits however the blocks' sums were computed. None when
+    no block has sampled bins."""
     parts = []
     for group in groups:
-        mine = [sums[(c, b)] for c, b, _, _ in group if (c, b) in sums]
+        mine = [unpack_resemblance(sums[(c, b)], exp_assay) for c, b, _, _ in group
+                if (c, b) in sums]
         if mine:
             parts.append(stacking.sum_resemblance_sums(mine))
     return stacking.sum_resemblance_sums(parts) if parts else None
@@ -298,8 +300,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     the Gram statistics they were fitted from (n_cell × D × D), which a reference imputation
     fits new cell types' weights from, and each pair's nearest cell types for the
     similarity-weighted averages (None: every other cell type). ``resemblance``: the
-    stacking sample's blocks' resemblance sums, by (chrom, block), when :func:`sample` drew
-    them (:func:`uses_resemblance`); otherwise a Spark job of their own measures them."""
+    stacking sample's blocks' packed resemblance sums, by (chrom, block), when :func:`sample`
+    drew them (:func:`uses_resemblance`); otherwise a Spark job of their own measures them."""
     idx = {e: i for i, e in enumerate(header.experiments)}
     ec = header.exp_cell[[idx[e] for e in experiments]]
     ea = header.exp_assay[[idx[e] for e in experiments]]
@@ -311,7 +313,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     neighbours = None
     if uses_resemblance(cfg):
         if resemblance is not None:
-            total = group_resemblance(groups, resemblance)
+            total = group_resemblance(groups, resemblance, ea)
         else:
             parts = [p for p in map_tasks(sc, resemblance_task, groups,
                                           (root, tuple(experiments), ea, cfg.stack_sample,

@@ -48,7 +48,7 @@ def test_sampled_resemblance_equals_the_resemblance_job(tmp_path):
     job = [train.resemblance_task(g, (root, tuple(exps), ea, cfg.stack_sample, cfg.seed,
                                       chrom_index)) for g in groups]
     want = stacking.sum_resemblance_sums([p for p in job if p is not None])
-    got = train.group_resemblance(groups, sums)
+    got = train.group_resemblance(groups, sums, ea)
     for k in want:
         assert np.array_equal(got[k], want[k])
     # hence the same stacking model as with the job of its own
@@ -57,4 +57,4 @@ def test_sampled_resemblance_equals_the_resemblance_job(tmp_path):
     assert a[2] is not None   # nearest cell types chosen
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
-    assert train.group_resemblance(groups, {}) is None
+    assert train.group_resemblance(groups, {}, ea) is None

@@ -178,10 +178,30 @@ def default_parallelism(sc) -> int:
     return max(1, int(sc.defaultParallelism))
 
 
+#: len(sys.modules) at this Python worker's last :func:`freeze_imports`
+_FROZEN_AT = 0
+
+
+def freeze_imports() -> None:
+    """In a Spark task: move what this Python worker holds (the imported modules: numpy's,
+    pyarrow's, predictd's) out of the cyclic garbage collector's reach (``gc.freeze``), when a
+    module was imported since the last time. PySpark's daemon runs a full collection after
+    every task of a reused worker, which otherwise walks all of them each time: 30–40 ms of
+    CPU per task here against 7 ms frozen, between a worker's tasks. Objects still free
+    when their last reference goes; only a reference cycle frozen here and dropped later
+    stays until the worker exits, and predictd's payloads (arrays, tuples, models) hold none."""
+    global _FROZEN_AT
+    if len(sys.modules) != _FROZEN_AT:
+        import gc
+        gc.freeze()
+        _FROZEN_AT = len(sys.modules)
+
+
 def _guarded(fn, item, payload):
     """Run a task; a PredictdError travels back as a value so the driver can print its one
     line (instead of a Java stack trace) and Spark does not retry a hopeless input."""
     from .errors import PredictdError
+    freeze_imports()
     try:
         return ("ok", fn(item, payload))
     except PredictdError as e:
@@ -305,6 +325,8 @@ _SHARD_CACHE_BYTES = int(os.environ.get("PREDICTD_SHARD_CACHE_MB", "8192")) * 2*
 
 
 def _cached_shard(loader, key):
+    # every training task starts here
+    freeze_imports()
     hit = _SHARD_CACHE.get(key)
     if hit is not None:
         _SHARD_CACHE.move_to_end(key)

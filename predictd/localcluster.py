@@ -66,7 +66,12 @@ class LocalCluster:
         BLAS to that many threads, so one worker really uses one core when scaling is measured."""
         c = {"spark.executor.memory": executor_memory,
              "spark.scheduler.minRegisteredResourcesRatio": "1.0",
-             "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s"}
+             "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
+             # the driver's and the executors' JVMs run short jobs beside the work on the
+             # same cores: the optimising JIT's and the parallel collector's threads would
+             # take more CPU from the Python workers than they give back
+             "spark.driver.extraJavaOptions": JVM_OPTS,
+             "spark.executor.extraJavaOptions": JVM_OPTS}
         if blas_threads:
             for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 c[f"spark.executorEnv.{var}"] = str(blas_threads)

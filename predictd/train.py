@@ -80,8 +80,13 @@ def _region_mask(regions, chrom, start_bin, n, bin_size) -> np.ndarray:
 
 
 def _sample_task(item, payload):
-    chrom_idx, chrom, block, start, n = item
-    root, work, experiments, fraction, vfrac, groups, seed, bin_size, regions = payload
+    """A block's training subset piece ((uri, bins) or None) and, for a block of the stacking
+    sample (``resemble``), the :func:`predictd.solvers.stacking.resemblance_sums` of its
+    sampled bins (:func:`pack_resemblance`; None otherwise): both from one read of the block,
+    in one Spark job."""
+    chrom_idx, chrom, block, start, n, resemble = item
+    (root, work, experiments, fraction, vfrac, groups, seed, bin_size, regions,
+     stack) = payload
     rng = np.random.default_rng([seed, chrom_idx, block])
     u = rng.random(n)
     role = rng.random(n)
@@ -89,14 +94,22 @@ def _sample_task(item, payload):
     pick = u < fraction
     if regions is not None:
         pick &= _region_mask(regions, chrom, start, n, bin_size)
+    X = sums = None
+    if resemble:
+        exp_assay, stack_fraction = stack
+        rows = stack_rows(seed, chrom_idx, block, n, stack_fraction)
+        if rows.any():
+            X = tensor.read_block(root, chrom, block, experiments)[1]
+            sums = pack_resemblance(stacking.resemblance_sums(X, exp_assay, rows), exp_assay)
     if not pick.any():
-        return None
-    bins, X = tensor.read_block(root, chrom, block, experiments)
+        return None, sums
+    if X is None:
+        X = tensor.read_block(root, chrom, block, experiments)[1]
     X = X[pick]
     keep = ~np.isnan(X).all(axis=1)
     X, is_valid, grp = X[keep], (role[pick] < vfrac)[keep], grp[pick][keep]
     if X.shape[0] == 0:
-        return None
+        return None, sums
     cols = {"valid": pa.array(is_valid), "group": pa.array(grp.astype(np.int16))}
     for j, e in enumerate(experiments):
         cols[e] = pa.array(X[:, j], mask=np.isnan(X[:, j]))
@@ -105,7 +118,30 @@ def _sample_task(item, payload):
     pq.write_table(pa.table(cols), buf, compression="zstd", use_dictionary=False)
     uri = storage.join(work, f"{chrom}.{block:06d}.parquet")
     storage.write_bytes_atomic(uri, buf.getvalue())
-    return (uri, int(X.shape[0]))
+    return (uri, int(X.shape[0])), sums
+
+
+def pack_resemblance(sums: dict, exp_assay) -> dict:
+    """:func:`predictd.solvers.stacking.resemblance_sums` with its cross products kept only
+    within each assay (the rest is 0): what a task sends back (at Roadmap scale 8 MB per block
+    as a full E × E matrix, about 0.4 MB this way). :func:`unpack_resemblance` restores it
+    bit for bit."""
+    exp_assay = np.asarray(exp_assay)
+    cross = sums["cross"]
+    blocks = [cross[np.ix_(idx, idx)] for idx in
+              (np.flatnonzero(exp_assay == a) for a in np.unique(exp_assay))]
+    return {**{k: v for k, v in sums.items() if k != "cross"}, "cross": blocks}
+
+
+def unpack_resemblance(packed: dict, exp_assay) -> dict:
+    """The :func:`predictd.solvers.stacking.resemblance_sums` a :func:`pack_resemblance`
+    holds."""
+    exp_assay = np.asarray(exp_assay)
+    cross = np.zeros((exp_assay.size, exp_assay.size))
+    for a, block in zip(np.unique(exp_assay), packed["cross"]):
+        idx = np.flatnonzero(exp_assay == a)
+        cross[np.ix_(idx, idx)] = block
+    return {**{k: v for k, v in packed.items() if k != "cross"}, "cross": cross}
 
 
 def load_shard(pieces: tuple, experiments: tuple) -> Shard:
@@ -148,22 +184,33 @@ def shard_plan(pieces: list[tuple[str, int]], n_shards: int) -> list[tuple]:
     return [tuple(sorted(s)) for s in shards if s]
 
 
-def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: list[str], cfg
-           ) -> list[tuple[str, int]]:
+def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: list[str], cfg,
+           resemble: list | None = None) -> tuple[list[tuple[str, int]], dict]:
+    """Draw the training subset into ``work``: its pieces ((uri, bins) per block with sampled
+    bins) and, for the blocks ``resemble`` lists (``header.blocks()`` entries: the stacking
+    sample's, when the similarity-weighted averages choose nearest cell types), each block's
+    :func:`predictd.solvers.stacking.resemblance_sums` packed (:func:`pack_resemblance`), by
+    (chrom, block) — read in the same tasks, so training needs one Spark job fewer."""
     total = header.genome_obj.total_bins(header.bin_size)
     fraction = min(cfg.training_fraction, cfg.max_training_bins / max(total, 1))
     regions = read_bed_regions(cfg.training_regions) if cfg.training_regions else None
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
-    items = [(chrom_index[c], c, b, s, n) for c, b, s, n in header.blocks()]
-    pieces = map_tasks(sc, _sample_task, items,
-                       (root, work, experiments, fraction, cfg.validation_fraction,
-                        cfg.validation_groups, cfg.seed, header.bin_size, regions),
-                       desc="training subset", unit="block", threads=0)
-    pieces = [p for p in pieces if p is not None]
+    wanted = {(c, b) for c, b, _, _ in (resemble or ())}
+    items = [(chrom_index[c], c, b, s, n, (c, b) in wanted) for c, b, s, n in header.blocks()]
+    idx = {e: i for i, e in enumerate(header.experiments)}
+    exp_assay = header.exp_assay[[idx[e] for e in experiments]]
+    out = map_tasks(sc, _sample_task, items,
+                    (root, work, experiments, fraction, cfg.validation_fraction,
+                     cfg.validation_groups, cfg.seed, header.bin_size, regions,
+                     (exp_assay, cfg.stack_sample)),
+                    desc="training subset", unit="block", threads=0)
+    pieces = [p for p, _ in out if p is not None]
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
                             "training_regions and the tracks' chromosomes")
-    return pieces
+    # kept packed: unpacked a group at a time (at Roadmap scale 64 blocks would hold 0.5 GB)
+    sums = {(it[1], it[2]): r for it, (_, r) in zip(items, out) if r is not None}
+    return pieces, sums
 
 
 STACK_GROUPS = 16
@@ -223,13 +270,38 @@ def stack_blocks(blocks: list, limit: int) -> list:
     return [blocks[i] for i in pick]
 
 
-def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[str], cfg
+def uses_resemblance(cfg) -> bool:
+    """Whether training measures the cell types' resemblance: its similarity-weighted
+    averages weigh each pair's nearest cell types."""
+    return bool(cfg.stack and cfg.stack_similarity() is not None
+                and cfg.stack_similar_neighbours > 0)
+
+
+def group_resemblance(groups: list[list], sums: dict, exp_assay) -> dict | None:
+    """The stacking sample's :func:`predictd.solvers.stacking.resemblance_sums` from each
+    block's (``sums``: packed by :func:`pack_resemblance`, by (chrom, block)), added as
+    :func:`resemblance_task` adds them — per group of :func:`stack_groups`, then the groups in
+    order — so the total is the same bits however the blocks' sums were computed. None when
+    no block has sampled bins."""
+    parts = []
+    for group in groups:
+        mine = [unpack_resemblance(sums[(c, b)], exp_assay) for c, b, _, _ in group
+                if (c, b) in sums]
+        if mine:
+            parts.append(stacking.sum_resemblance_sums(mine))
+    return stacking.sum_resemblance_sums(parts) if parts else None
+
+
+def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[str], cfg,
+                 resemblance: dict | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Learn the cross-cell-type transfer regression on the training experiments only (so a
     held-out pair never trains its own weights). Returns the weights (n_cell × n_assay × D),
     the Gram statistics they were fitted from (n_cell × D × D), which a reference imputation
     fits new cell types' weights from, and each pair's nearest cell types for the
-    similarity-weighted averages (None: every other cell type)."""
+    similarity-weighted averages (None: every other cell type). ``resemblance``: the
+    stacking sample's blocks' packed resemblance sums, by (chrom, block), when :func:`sample`
+    drew them (:func:`uses_resemblance`); otherwise a Spark job of their own measures them."""
     idx = {e: i for i, e in enumerate(header.experiments)}
     ec = header.exp_cell[[idx[e] for e in experiments]]
     ea = header.exp_assay[[idx[e] for e in experiments]]
@@ -239,16 +311,20 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     groups = stack_groups(blocks)
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
     neighbours = None
-    if cfg.stack_similarity() is not None and cfg.stack_similar_neighbours > 0:
-        parts = map_tasks(sc, resemblance_task, groups,
-                          (root, tuple(experiments), ea, cfg.stack_sample, cfg.seed,
-                           chrom_index), desc="cell type resemblance", unit="block group",
-                          threads=0)
-        parts = [p for p in parts if p is not None]
-        if not parts:
+    if uses_resemblance(cfg):
+        if resemblance is not None:
+            total = group_resemblance(groups, resemblance, ea)
+        else:
+            parts = [p for p in map_tasks(sc, resemblance_task, groups,
+                                          (root, tuple(experiments), ea, cfg.stack_sample,
+                                           cfg.seed, chrom_index),
+                                          desc="cell type resemblance", unit="block group",
+                                          threads=0) if p is not None]
+            total = stacking.sum_resemblance_sums(parts) if parts else None
+        if total is None:
             raise PredictdError("stacking: no bins sampled; raise stack_sample")
-        neighbours = stacking.choose_neighbours(stacking.sum_resemblance_sums(parts), ec, ea,
-                                                n_cell, n_assay, cfg.stack_similar_neighbours)
+        neighbours = stacking.choose_neighbours(total, ec, ea, n_cell, n_assay,
+                                                cfg.stack_similar_neighbours)
     parts = map_tasks(sc, _stack_task, groups,
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
                        cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
@@ -335,7 +411,10 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
         clock[0] = now
 
     experiments = training_experiments(header, holdout)
-    pieces = sample(sc, header, root, work, experiments, cfg)
+    # the stacking sample's resemblance is measured as the training subset is drawn
+    resemble = (stack_blocks(header.blocks(), cfg.stack_max_blocks) if uses_resemblance(cfg)
+                else None)
+    pieces, resemblance = sample(sc, header, root, work, experiments, cfg, resemble)
     lap("sample")
     n_shards = cfg.partitions or (2 * default_parallelism(sc) if sc is not None else 2)
     plan = shard_plan(pieces, n_shards)
@@ -370,7 +449,7 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
                         "ri2": cfg.ri2, "bias_penalty": cfg.bias_penalty})
     if cfg.stack:
         model.stack, model.stack_gram, model.stack_neighbours = fit_stacking(
-            sc, header, root, experiments, cfg)
+            sc, header, root, experiments, cfg, resemblance if resemble is not None else None)
         model.stack_windows = cfg.stack_windows()
         model.stack_similar = cfg.stack_similarity()
         lap("stacking")

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from predictd.config import Config
-from predictd.solvers.fit import (LocalBackend, Shard, _als_shard, experiment_groups, fit,
-                                  init_factors, shard_summary, validation_sse)
+from predictd.solvers.fit import (THREADS_MIN_ENTRIES, LocalBackend, Shard, _als_shard,
+                                  experiment_groups, fit, init_factors, shard_summary,
+                                  validation_sse)
 from predictd.solvers.objective import penalties
 
 N_CELL, N_ASSAY = 4, 3
@@ -169,3 +170,16 @@ def test_shards_mapped_on_threads_fit_the_same_bits(solver, iterations):
     for a, b in zip(one.factors.__dict__.values(), three.factors.__dict__.values()):
         assert np.array_equal(a, b)
     assert [h["valid_mse"] for h in one.history] == [h["valid_mse"] for h in three.history]
+
+
+def test_a_small_training_subset_is_mapped_on_one_thread():
+    # per-iteration thread pools cost more than a second core saves on small shards
+    shards, _, _ = low_rank_shards(seed=2, n_shards=3)
+    assert sum(s.X.size + s.V.size for s in shards) < THREADS_MIN_ENTRIES
+    assert LocalBackend(shards).threads == 1
+    assert LocalBackend(shards, threads=3).threads == 3
+    E = shards[0].X.shape[1]
+    rows = THREADS_MIN_ENTRIES // E + 1
+    big = Shard(np.zeros((rows, E), np.float32), np.zeros((0, E), np.float32),
+                np.zeros(0, np.int16))
+    assert LocalBackend([big]).threads is None   # every usable core

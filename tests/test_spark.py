@@ -34,6 +34,17 @@ def _blas_env(x, payload):
     return os.environ.get("OPENBLAS_NUM_THREADS")
 
 
+def _frozen(x, payload):
+    import gc
+    return gc.get_freeze_count()
+
+
+def test_python_workers_keep_their_imports_out_of_the_collectors_walk(spark):
+    # pyspark's daemon collects garbage after every task: the modules a worker imported are
+    # frozen, so that collection does not walk them each time
+    assert min(map_tasks(spark, _frozen, list(range(4)))) > 1000
+
+
 def test_python_workers_get_one_blas_thread_per_task_slot(spark):
     # two workers on two cores, each with a BLAS thread per core, would oversubscribe
     assert set(map_tasks(spark, _blas_env, [0, 1, 2])) == {"1"}

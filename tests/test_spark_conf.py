@@ -37,3 +37,21 @@ def test_spark_console_progress_is_off_everywhere():
     # predictd draws its own progress (predictd.progress) from the status tracker
     for master in LOOPBACK + CLUSTER:
         assert master_defaults(master)["spark.ui.showConsoleProgress"] == "false"
+
+
+def test_a_loopback_clusters_fast_jvm_options_keep_the_quiet_logging():
+    from predictd.localcluster import JVM_OPTS, LocalCluster
+    from predictd.spark import with_java_option
+    conf = LocalCluster("spark://127.0.0.1:7077", "http://127.0.0.1:8080", "/nonexistent").conf()
+    # the driver's and the executors' JVMs share the cores with the work they run
+    assert conf["spark.driver.extraJavaOptions"] == conf["spark.executor.extraJavaOptions"] \
+        == JVM_OPTS
+    quiet = "-Dlog4j2.configurationFile=file:/q.properties"
+    merged = with_java_option({**conf, "spark.app.name": "x"}, quiet, "log4j2.configurationFile")
+    for k in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        assert merged[k] == f"{quiet} {JVM_OPTS}"
+    assert merged["spark.app.name"] == "x"
+    # a caller's own logging configuration wins; no options given: none added
+    own = {"spark.executor.extraJavaOptions": "-Dlog4j2.configurationFile=file:/mine"}
+    assert with_java_option(own, quiet, "log4j2.configurationFile") == own
+    assert with_java_option({}, quiet, "log4j2.configurationFile") == {}

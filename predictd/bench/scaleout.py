@@ -45,6 +45,7 @@ def train_and_impute(spec: dict) -> dict:
     # executors up, Python workers forked and the library imported in each, as the standard
     # run's Spark start-up does (the same for every master): start-up, not a stage's time
     sc.parallelize(range(64), 64).map(warm_worker).collect()
+    load = [os.getloadavg()[0]]
     t1 = time.perf_counter()
     steps: dict = {}
     model, fit_res = train.train(sc, header, spec["tensor"], os.path.join(out, "work"), cfg, [],
@@ -57,11 +58,15 @@ def train_and_impute(spec: dict) -> dict:
     t3 = time.perf_counter()
     impute.write_tracks(sc, header, out, gf, model, cfg, root=spec["tensor"])
     t4 = time.perf_counter()
+    load.append(os.getloadavg()[0])
     par = sc.defaultParallelism
     stop_context()
     return {"master": spec["master"], "default_parallelism": par, "startup_seconds": t1 - t0,
             "train_seconds": t2 - t1, "solve_seconds": t3 - t2, "write_seconds": t4 - t3,
-            "train_steps_seconds": steps, "iterations": len(fit_res.history)}
+            "train_steps_seconds": steps, "iterations": len(fit_res.history),
+            # 1-minute load average before and after the timed work: 2 workers on a 2-core
+            # machine only scale when nothing else runs (this run's own load is about 2)
+            "load_average": [round(x, 2) for x in load]}
 
 
 def _run_in_child(spec: dict) -> dict:

@@ -153,13 +153,24 @@ def thread_map(fn, items, threads: int | None = None, done=None) -> list:
         return [f.result() for f in futures]
 
 
+#: Below this many training entries (all shards together) :class:`LocalBackend` maps its shards
+#: on one thread: each iteration's thread pool and BLAS limits, and the GIL the small numpy
+#: calls then contend for, cost more than a second core saves (the pilot bench's 4 shards of
+#: 2,500 bins × 20 experiments: 0.44 CPU s for 60 ALS iterations on one thread, 0.7–0.8 on two,
+#: and no faster).
+THREADS_MIN_ENTRIES = 1 << 21
+
+
 class LocalBackend:
     """Shards held in this process (no Spark), mapped on ``threads`` threads
-    (:func:`thread_map`; default every usable core)."""
+    (:func:`thread_map`); by default every usable core, or one for a training subset under
+    :data:`THREADS_MIN_ENTRIES` entries."""
 
     def __init__(self, shards: list[Shard], threads: int | None = None):
         self.shards = shards
         self.states = None
+        if threads is None and sum(s.X.size + s.V.size for s in shards) < THREADS_MIN_ENTRIES:
+            threads = 1
         self.threads = threads
 
     def _map(self, fn, args):

@@ -124,9 +124,7 @@ def _reference(run, header, sub, fold) -> tuple[str, object]:
                    for key, _ in sorted(storage.list_prefix(sub.work)) if key.endswith(".parquet"))
     shard = load_shard(pieces, tuple(exps))
     X = np.concatenate([shard.X, shard.V])
-    idx = {e: i for i, e in enumerate(header.experiments)}
-    ec = header.exp_cell[[idx[e] for e in exps]]
-    ea = header.exp_assay[[idx[e] for e in exps]]
+    ec, ea = header.indices(exps)
     f = cp_als_baseline(X, ec, ea, len(header.cell_types), len(header.assays), rank=4,
                         ridge=1.0, seed=run.cfg.seed)
     model = Model(cell_types=list(header.cell_types), assays=list(header.assays), mu=f.mu,

@@ -144,9 +144,14 @@ def stores_coarse(model: Model) -> bool:
     return stores_sums(model) and model.stack_similar is not None
 
 
+def coarse_step(model: Model) -> int:
+    """Bins per cell of the grid a model's resemblance is measured on."""
+    return stacking.similarity_step(model.stack_similar[0])
+
+
 def coarse_cells(model: Model, n: int) -> int:
     """Cells of the grid a model's resemblance is measured on, in a block of ``n`` bins."""
-    return -(-n // stacking.similarity_step(model.stack_similar[0]))
+    return -(-n // coarse_step(model))
 
 
 def write_coarse(uri: str, names: list[str], sums: np.ndarray) -> None:
@@ -262,9 +267,9 @@ def _solve_task(item, payload):
         sums = stacking.assay_sums(X, model.observed_indices()[2], len(model.assays))
     if stores_coarse(model):
         # written before the genome factors, whose file marks the block done
-        step = stacking.similarity_step(model.stack_similar[0])
         write_coarse(coarse_uri(gf_root, chrom, block), experiments,
-                     stacking.coarse_sums(np.asarray(X, dtype=np.float32).T, step))
+                     stacking.coarse_sums(np.asarray(X, dtype=np.float32).T,
+                                          coarse_step(model)))
     write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums, no_signal(X))
     return 1
 
@@ -399,10 +404,10 @@ def _coarse_inputs(model: Model, pairs, X: np.ndarray, ci: dict, Xm: np.ndarray,
     full = set(needed_columns(model, pairs, resemblance=False))
     pick = np.array([e in rel for e in obs])
     names = [e for e, k in zip(obs, pick) if k]
-    step = stacking.similarity_step(model.stack_similar[0])
+    step = coarse_step(model)
     stored, C = coarse
     row = {e: i for i, e in enumerate(stored)}
-    S = np.empty((len(names), -(-X.shape[0] // step)), dtype=np.float32)
+    S = np.empty((len(names), coarse_cells(model, X.shape[0])), dtype=np.float32)
     for i, e in enumerate(names):
         S[i] = C[row[e]] if e in row else stacking.coarse_sums(
             np.asarray(X[:, ci[e]], dtype=np.float32)[None, :], step)[0]

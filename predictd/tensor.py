@@ -55,6 +55,13 @@ class TensorHeader:
         idx = {a: i for i, a in enumerate(self.assays)}
         return np.array([idx[split_experiment(e)[1]] for e in self.experiments], dtype=np.int64)
 
+    def indices(self, experiments) -> tuple[np.ndarray, np.ndarray]:
+        """Cell type and assay indices (:attr:`exp_cell`, :attr:`exp_assay`) of
+        ``experiments``, in their order."""
+        idx = {e: i for i, e in enumerate(self.experiments)}
+        at = [idx[e] for e in experiments]
+        return self.exp_cell[at], self.exp_assay[at]
+
     @property
     def genome_obj(self) -> Genome:
         return Genome(self.genome["name"], tuple(tuple(c) for c in self.genome["chroms"]))

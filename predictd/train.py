@@ -197,8 +197,7 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
     wanted = {(c, b) for c, b, _, _ in (resemble or ())}
     items = [(chrom_index[c], c, b, s, n, (c, b) in wanted) for c, b, s, n in header.blocks()]
-    idx = {e: i for i, e in enumerate(header.experiments)}
-    exp_assay = header.exp_assay[[idx[e] for e in experiments]]
+    exp_assay = header.indices(experiments)[1]
     out = map_tasks(sc, _sample_task, items,
                     (root, work, experiments, fraction, cfg.validation_fraction,
                      cfg.validation_groups, cfg.seed, header.bin_size, regions,
@@ -302,9 +301,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
     similarity-weighted averages (None: every other cell type). ``resemblance``: the
     stacking sample's blocks' packed resemblance sums, by (chrom, block), when :func:`sample`
     drew them (:func:`uses_resemblance`); otherwise a Spark job of their own measures them."""
-    idx = {e: i for i, e in enumerate(header.experiments)}
-    ec = header.exp_cell[[idx[e] for e in experiments]]
-    ea = header.exp_assay[[idx[e] for e in experiments]]
+    ec, ea = header.indices(experiments)
     n_cell, n_assay = len(header.cell_types), len(header.assays)
     windows = cfg.stack_windows()
     blocks = stack_blocks(header.blocks(), cfg.stack_max_blocks)
@@ -373,9 +370,7 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
     the stacking sample, the residual moments of every training experiment, then their
     standardised errors' histograms for the calibration scale. Returns the scaled β of every
     target (n_cell × n_assay × m; :func:`predictd.solvers.stacking.fit_uncertainty`)."""
-    idx = {e: i for i, e in enumerate(header.experiments)}
-    ec = header.exp_cell[[idx[e] for e in experiments]]
-    ea = header.exp_assay[[idx[e] for e in experiments]]
+    ec, ea = header.indices(experiments)
     n_cell, n_assay = len(header.cell_types), len(header.assays)
     groups = stack_groups(stack_blocks(header.blocks(), cfg.stack_max_blocks))
     chrom_index = {c: i for i, (c, _) in enumerate(header.genome["chroms"])}
@@ -419,9 +414,7 @@ def train(sc, header: tensor.TensorHeader, root: str, work: str, cfg, holdout: l
     n_shards = cfg.partitions or (2 * default_parallelism(sc) if sc is not None else 2)
     plan = shard_plan(pieces, n_shards)
     exps = tuple(experiments)
-    idx = {e: i for i, e in enumerate(header.experiments)}
-    exp_cell = header.exp_cell[[idx[e] for e in experiments]]
-    exp_assay = header.exp_assay[[idx[e] for e in experiments]]
+    exp_cell, exp_assay = header.indices(experiments)
     subset_mb = sum(n for _, n in pieces) * len(exps) * 4 / 2**20
     if sc is None or subset_mb <= cfg.driver_fit_max_mb:
         # small subsets train in the driver: on Spark every iteration is a job whose latency

@@ -81,8 +81,7 @@ def local_correlations(x: np.ndarray, Y: np.ndarray, width: int, chunk: int = 32
     the width."""
     h = int(width) // 2
     n = x.size
-    i = np.arange(n)
-    N = (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
+    N = _window_lengths(n, h)
     xc = np.nan_to_num(np.asarray(x, dtype=np.float64))[None, :]
     Sx = _window_sums(xc, h)[0]
     vx = N * _window_sums(xc * xc, h)[0] - Sx * Sx
@@ -586,7 +585,7 @@ def _row_sums(si: SimilarityInputs, assay: int, rows: np.ndarray, ends: np.ndarr
                            and np.array_equal(got["ends"], ends)):
         step, n, G = si.step, si.n, si.G
         O = si.rows[assay].size
-        sizes = np.minimum(np.arange(1, G + 1) * step, n) - np.arange(G) * step
+        sizes = coarse_cell_sizes(n, step)
         offs = np.arange(step)
         got = {"rows": rows, "ends": ends, "have": np.zeros(O, dtype=bool),
                "cells": si.coarse(assay)[0] * sizes,
@@ -730,6 +729,13 @@ def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
     return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
 
 
+def _window_lengths(n: int, h: int, rows=None) -> np.ndarray:
+    """Bins in the centred window [i − h, i + h] ∩ [0, n) of every bin i (or of ``rows``),
+    float64."""
+    i = np.arange(n) if rows is None else np.asarray(rows)
+    return (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
+
+
 def _window_means(V: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndarray]:
     """The mean of the observed values of each row of V (series × bins, NaN = missing) over
     the centred window of every width in ``widths``, at ``rows`` (None = every bin): one
@@ -738,11 +744,9 @@ def _window_means(V: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndar
     if seen.all():
         # nothing missing: a window's count is its length (the same float64 divisor as the
         # window sums of the observed mask give), and the mask needs no sums
-        i = np.arange(n) if rows is None else rows
         out = _window_sums_of(V, pad, widths, n, rows)
         for w, W in zip(widths, out):
-            length = (np.minimum(i + w // 2 + 1, n) - np.maximum(i - w // 2, 0)).astype(W.dtype)
-            np.divide(W, length, out=W)
+            np.divide(W, _window_lengths(n, w // 2, rows), out=W)
         return out
     k = V.shape[0]
     S = np.concatenate([np.where(seen, V, V.dtype.type(0.0)), seen], axis=0)
@@ -767,7 +771,6 @@ def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows, dtype=np.floa
                 for w in widths]
     m = n if rows is None else rows.size
     C = _padded_cumsum(A[:k], pad) if k else None
-    i = np.arange(n) if rows is None else rows
     out = []
     for w in widths:
         h = w // 2
@@ -777,8 +780,7 @@ def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows, dtype=np.floa
                         out=o[:k])
         elif k:
             o[:k] = _window_sum(C, pad, h, n, rows)
-        length = (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
-        np.multiply(first[k:, None], length[None, :], out=o[k:])
+        np.multiply(first[k:, None], _window_lengths(n, h, rows)[None, :], out=o[k:])
         out.append(o)
     return out
 
@@ -994,7 +996,6 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
             if ctx.rows is not None:
                 # a sample of the bins: their features alone (similar_features)
-                sims = [None] * chunk.size
                 at_rows = similar_features(inputs, exp_cell, n_assay, chunk, similar[1],
                                            ctx.windows, ctx.rows, neighbours)
             else:

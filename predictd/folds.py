@@ -184,7 +184,8 @@ def collect(sc, header, root, members, folds, references=None, uncertainty: bool
     exps = list(header.experiments)
     parts = map_tasks(sc, _fold_eval_task, header.blocks(),
                       (root, members, folds, exps, references or {}, uncertainty),
-                      desc="evaluate folds", unit="block")
+                      desc="evaluate folds", unit="block",
+                      cost=[b[3] for b in header.blocks()])
     return {h: {k: np.concatenate([p[h][k] for p in parts]) for k in parts[0][h]}
             for h in exps}
 

@@ -209,7 +209,8 @@ def _guarded(fn, item, payload):
 
 
 def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
-              desc: str | None = None, unit: str = "item", threads: int = 1) -> list:
+              desc: str | None = None, unit: str = "item", threads: int = 1,
+              cost: list | None = None) -> list:
     """Run ``fn(item, payload)`` for every item as Spark tasks; results in item order.
 
     ``sc=None`` runs the tasks in this process (notebooks, tests, benchmarks). The payload is
@@ -222,19 +223,30 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
 
     ``threads``: in this process, run the items on up to that many threads (0: every usable
     core), each with one BLAS thread — for tasks whose work is numpy's, which releases the GIL.
+
+    ``cost`` (a number per item, e.g. its bins) starts the costliest items first, so that a
+    few unequal tasks on a few cores do not end with one core working alone (a stage's last
+    block is often short). Results stay in item order whatever the order of work.
     """
     from .errors import PredictdError
     from .progress import Progress, item_of
     if not items:
         return []
+    order = (list(range(len(items))) if cost is None
+             else sorted(range(len(items)), key=lambda i: -cost[i]))  # stable: ties in order
     if sc is None:
         from .solvers.fit import thread_map
         with Progress(desc or "", len(items), unit, mode=None if desc else "off") as bar, \
                 item_of(bar):
-            return thread_map(lambda it: fn(it, payload), items, threads, done=bar.update)
+            done = thread_map(lambda i: fn(items[i], payload), order, threads,
+                              done=bar.update)
+        out = [None] * len(items)
+        for i, r in zip(order, done):
+            out[i] = r
+        return out
     bc = sc.broadcast(payload)
     n = min(n_slices or len(items), len(items))
-    indexed = list(enumerate(items))
+    indexed = [(i, items[i]) for i in order]
     if n < len(items):
         # parallelize cuts the list into contiguous slices: deal the items round-robin so
         # every slice gets a share of the (often size-sorted) items

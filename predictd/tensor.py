@@ -129,8 +129,10 @@ def decode_block(source, columns: list[str], where: str, into: np.ndarray | None
     instead, and is returned as X."""
     try:
         # decoded in this thread: Arrow's pool would add threads to a task that has one core
-        # (a Spark task's, or one of the threads a stage runs), for more CPU time in all
-        t = pq.read_table(source, columns=["bin", *columns], use_threads=False)
+        # (a Spark task's, or one of the threads a stage runs), for more CPU time in all.
+        # ParquetFile, not read_table: read_table imports pyarrow.dataset on first use,
+        # 0.2 s of every fresh Spark Python worker's first task
+        t = pq.ParquetFile(source).read(columns=["bin", *columns], use_threads=False)
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise PredictdError(f"tensor block {where} is unreadable: {e}") from None
     bins = t.column("bin").to_numpy()

@@ -148,7 +148,8 @@ def load_shard(pieces: tuple, experiments: tuple) -> Shard:
     """Build a shard from ``((uri, part, n_parts), ...)``: rows ``part::n_parts`` of each piece."""
     Xs, Vs, gs = [], [], []
     for uri, part, nparts in pieces:
-        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)), use_threads=False)
+        # ParquetFile, not read_table (which imports pyarrow.dataset: see tensor.decode_block)
+        t = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri))).read(use_threads=False)
         valid = t.column("valid").to_numpy(zero_copy_only=False)[part::nparts]
         grp = t.column("group").to_numpy()[part::nparts]
         X = np.empty((valid.size, len(experiments)), dtype=np.float32)
@@ -202,7 +203,8 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
                     (root, work, experiments, fraction, cfg.validation_fraction,
                      cfg.validation_groups, cfg.seed, header.bin_size, regions,
                      (exp_assay, cfg.stack_sample)),
-                    desc="training subset", unit="block", threads=0)
+                    desc="training subset", unit="block", threads=0,
+                    cost=[it[4] for it in items])
     pieces = [p for p, _ in out if p is not None]
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
@@ -256,6 +258,12 @@ def stack_groups(blocks: list) -> list[list]:
     cluster."""
     n_groups = max(1, min(len(blocks), STACK_GROUPS))
     return [blocks[g::n_groups] for g in range(n_groups)]
+
+
+def group_bins(groups: list[list]) -> list[int]:
+    """Bins of each group of ``header.blocks()`` entries: a task's cost, for
+    :func:`predictd.spark.map_tasks`."""
+    return [sum(b[3] for b in g) for g in groups]
 
 
 def stack_blocks(blocks: list, limit: int) -> list:
@@ -316,7 +324,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                                           (root, tuple(experiments), ea, cfg.stack_sample,
                                            cfg.seed, chrom_index),
                                           desc="cell type resemblance", unit="block group",
-                                          threads=0) if p is not None]
+                                          threads=0, cost=group_bins(groups))
+                     if p is not None]
             total = stacking.sum_resemblance_sums(parts) if parts else None
         if total is None:
             raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -326,7 +335,8 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                       (root, tuple(experiments), ec, ea, n_cell, n_assay, windows,
                        cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
                        neighbours, cfg.stack_hinges),
-                      desc="stacking statistics", unit="block group", threads=0)
+                      desc="stacking statistics", unit="block group", threads=0,
+                      cost=group_bins(groups))
     parts = [p for p in parts if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -382,7 +392,7 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
                   cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(), W, betas,
                   neighbours)
         parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group",
-                          threads=0)
+                          threads=0, cost=group_bins(groups))
         return stacking.sum_residual_stats(parts)
 
     moments = pass_(None, "uncertainty: residuals")

@@ -29,6 +29,26 @@ def test_map_tasks_keeps_order_and_reraises_input_errors(spark):
         map_tasks(spark, _square, [1, -2, 3], 0)
 
 
+def _started(x, payload):
+    import time
+    t = time.monotonic()
+    time.sleep(payload)
+    return x, t
+
+
+def test_map_tasks_starts_the_costliest_items_first(spark):
+    # the fixture's 2 cores: without the costs, item 3 would wait for a free core
+    out = map_tasks(spark, _started, [0, 1, 2, 3], 0.3, cost=[1, 1, 1, 5])
+    assert [x for x, _ in out] == [0, 1, 2, 3]
+    start = {x: t for x, t in out}
+    assert start[3] < start[2] - 0.15
+    # in this process, one thread: the items are called in cost order, ties in item order
+    calls = []
+    assert map_tasks(None, lambda x, p: calls.append(x) or -x, [0, 1, 2, 3],
+                     cost=[2, 7, 2, 9]) == [0, -1, -2, -3]
+    assert calls == [3, 1, 0, 2]
+
+
 def _blas_env(x, payload):
     import os
     return os.environ.get("OPENBLAS_NUM_THREADS")

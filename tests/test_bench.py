@@ -266,6 +266,31 @@ def test_bench_cli_rejects_bad_worker_counts():
     assert "--workers" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_scale_out_reports_each_figures_median_over_its_repeats():
+    from predictd.bench.scaleout import _median_run
+
+    def run(train, solve, write, equal=True):
+        return {"train_seconds": train, "solve_seconds": solve, "write_seconds": write,
+                "train_plus_impute_seconds": train + solve + write, "equal_to_local": equal,
+                "iterations": 60}
+
+    reps = [run(3.0, 0.5, 9.0), run(2.5, 0.7, 7.0), run(4.0, 0.4, 8.0)]
+    med = _median_run(reps)
+    assert (med["train_seconds"], med["solve_seconds"], med["write_seconds"]) == (3.0, 0.5, 8.0)
+    # the total's own median (12.4 of 10.2, 12.4, 12.5), not the sum of the medians (11.5)
+    assert med["train_plus_impute_seconds"] == 12.4
+    assert med["repeats"] == reps and med["equal_to_local"]
+    assert not _median_run([*reps[:2], run(1, 1, 1, equal=False)])["equal_to_local"]
+    assert "repeats" not in _median_run(reps[:1])
+
+
+def test_bench_repeat_must_be_positive():
+    from predictd.cli import bench as _  # noqa: F401 - registers the command
+    from predictd.cli.main import cli
+    r = CliRunner().invoke(cli, ["bench", "--workers", "1,2", "--repeat", "0"])
+    assert r.exit_code == 2 and "--repeat" in r.output
+
+
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.cluster

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from .. import layout, tensor
 from ..config import Config
 from ..errors import PredictdError
@@ -81,17 +83,38 @@ def _run_in_child(spec: dict) -> dict:
     return out
 
 
+#: the timed figures of a run whose median over repeats :func:`scale_out` reports
+_TIMED = ("train_seconds", "solve_seconds", "write_seconds", "train_plus_impute_seconds")
+
+
+def _median_run(reps: list[dict]) -> dict:
+    """One worker count's figures over its repeats: each timed figure's median (the run with
+    the median train + impute time for the rest), every repeat under ``repeats``."""
+    order = sorted(reps, key=lambda r: r["train_plus_impute_seconds"])
+    out = dict(order[(len(order) - 1) // 2])
+    for k in _TIMED:
+        out[k] = round(float(np.median([r[k] for r in reps])), 3)
+    out["equal_to_local"] = all(r["equal_to_local"] for r in reps)
+    if len(reps) > 1:
+        out["repeats"] = reps
+    return out
+
+
 def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
-              n_bins: int | None = None, config: dict | None = None) -> dict:
+              n_bins: int | None = None, config: dict | None = None, repeat: int = 1) -> dict:
     """The same train + impute job in local mode and on a standalone cluster of 1, 2, …
     workers (one core each, BLAS pinned to one thread per executor); reports throughputs and
-    whether every result equals local mode's."""
+    whether every result equals local mode's. ``repeat`` runs each cluster that many times,
+    the worker counts taking turns (1, 2, 1, 2, …: a slow spell of a shared machine falls on
+    both), and reports each figure's median; the speed-ups are those of the medians."""
     from .. import ingest
     from ..genome import load_genome
     from ..localcluster import start_cluster
     from ..manifest import read_manifest
     from ..model import Model
     say = say or (lambda msg: log.info("%s", msg))
+    if repeat < 1:
+        raise PredictdError(f"repeat {repeat}: must be at least 1")
     tracks, source = bench_tracks(n_bins or (1 << 18 if quick else None))
     n = next(iter(tracks.values())).size
     cfg = bench_config(quick, **(config or {}))
@@ -104,36 +127,49 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
     spec_cfg = {k: getattr(cfg, k) for k in ("partitions", "max_iterations")}
     chrom, length = genome.chroms[0]
     pin = {f"spark.executorEnv.{v}": "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    runs = {}
-    ref = os.path.join(base, "local")
-    say("scale-out: local[*] reference run")
-    runs["local"] = _run_in_child({"master": "local[*]", "tensor": root, "out": ref,
-                              "config": spec_cfg})
-    ref_model = Model.load(layout.model_dir(ref))
     n_tracks = len(header.cell_types) * len(header.assays)
-    for w in workers:
-        out = os.path.join(base, f"workers-{w}")
-        say(f"scale-out: standalone cluster with {w} worker(s)")
-        with start_cluster(n_workers=w, cores=1) as cluster:
-            r = _run_in_child({"master": cluster.master_url, "tensor": root, "out": out,
-                          "config": spec_cfg, "conf": {**cluster.conf(), **pin}})
-        r["model_max_abs_diff_vs_local"] = model_diff(Model.load(layout.model_dir(out)),
-                                                      ref_model)
-        r["tracks_max_abs_diff_vs_local"] = tracks_diff(ref, out, ref_model.track_names(),
-                                                        chrom, length, cfg.bin_size)
-        r["equal_to_local"] = bool(r["model_max_abs_diff_vs_local"] <= 1e-6 and
-                                   r["tracks_max_abs_diff_vs_local"] <= 1e-4)
-        runs[f"workers_{w}"] = r
-    for r in runs.values():
+
+    def throughputs(r, total=True):
         r["solve_bins_per_s"] = round(n / r["solve_seconds"])
         r["write_tracks_per_s"] = round(n_tracks / r["write_seconds"], 3)
-        r["train_plus_impute_seconds"] = round(r["train_seconds"] + r["solve_seconds"] +
-                                               r["write_seconds"], 3)
-    out = {"data": {"source": source, "bins": n, "tracks": n_tracks}, "runs": runs}
+        if total:
+            r["train_plus_impute_seconds"] = round(r["train_seconds"] + r["solve_seconds"] +
+                                                   r["write_seconds"], 3)
+        return r
+
+    ref = os.path.join(base, "local")
+    say("scale-out: local[*] reference run")
+    runs = {"local": throughputs(_run_in_child({"master": "local[*]", "tensor": root,
+                                                "out": ref, "config": spec_cfg}))}
+    ref_model = Model.load(layout.model_dir(ref))
+    reps: dict[int, list[dict]] = {w: [] for w in workers}
+    for i in range(repeat):
+        for w in workers:
+            out = os.path.join(base, f"workers-{w}")
+            shutil.rmtree(out, ignore_errors=True)  # each repeat runs the whole job again
+            say(f"scale-out: standalone cluster with {w} worker(s)" +
+                (f", run {i + 1} of {repeat}" if repeat > 1 else ""))
+            with start_cluster(n_workers=w, cores=1) as cluster:
+                r = _run_in_child({"master": cluster.master_url, "tensor": root, "out": out,
+                                   "config": spec_cfg, "conf": {**cluster.conf(), **pin}})
+            r["model_max_abs_diff_vs_local"] = model_diff(Model.load(layout.model_dir(out)),
+                                                          ref_model)
+            r["tracks_max_abs_diff_vs_local"] = tracks_diff(ref, out, ref_model.track_names(),
+                                                            chrom, length, cfg.bin_size)
+            r["equal_to_local"] = bool(r["model_max_abs_diff_vs_local"] <= 1e-6 and
+                                       r["tracks_max_abs_diff_vs_local"] <= 1e-4)
+            reps[w].append(throughputs(r))
+    for w in workers:
+        runs[f"workers_{w}"] = throughputs(_median_run(reps[w]), total=False)
+    out = {"data": {"source": source, "bins": n, "tracks": n_tracks}, "repeat": repeat,
+           "runs": runs}
     if len(workers) >= 2:
         a, b = runs[f"workers_{workers[0]}"], runs[f"workers_{workers[-1]}"]
-        out["speedup"] = {k: round(a[k] / b[k], 3) for k in
-                          ("train_seconds", "solve_seconds", "write_seconds",
-                           "train_plus_impute_seconds")}
+        out["speedup"] = {k: round(a[k] / b[k], 3) for k in _TIMED}
         out["speedup"]["workers"] = [workers[0], workers[-1]]
+        if repeat > 1:
+            # each repeat's own speed-ups (its pair of runs), to judge the medians' spread
+            out["speedup_per_repeat"] = [
+                {k: round(x[k] / y[k], 3) for k in _TIMED}
+                for x, y in zip(reps[workers[0]], reps[workers[-1]])]
     return out

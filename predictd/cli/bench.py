@@ -83,6 +83,9 @@ def _table(res: dict) -> str:
               "(default local[*]).")
 @click.option("--workers", metavar="N,N", help="Also run the same job on a standalone "
               "cluster on 127.0.0.1 with each number of 1-core workers, e.g. 1,2.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="--workers: run each cluster this many times, taking turns, and report "
+                   "the medians (a shared machine's speed varies from minute to minute).")
 @click.option("--roadmap-scale", is_flag=True, help="Instead: train and impute a Roadmap-shaped "
               "synthetic tensor (127 x 24, 1,014 experiments, 1.2 M bins) in this process and "
               "extrapolate whole-genome imputation, and extending it with one new cell type "
@@ -92,7 +95,7 @@ def _table(res: dict) -> str:
 @click.option("--write-cell-types", type=int, default=4, show_default=True,
               help="--roadmap-scale: cell types whose 24 tracks are written (the rest is "
                    "extrapolated from the measured throughput).")
-def bench(as_json, quick, workdir, no_spark, master, workers, roadmap_scale, bins,
+def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_scale, bins,
           write_cell_types):
     """Benchmark predictd against the limits of this machine, measured in the same run.
 
@@ -129,7 +132,8 @@ def bench(as_json, quick, workdir, no_spark, master, workers, roadmap_scale, bin
                 if not no_spark:
                     from ..spark import stop_context
                     stop_context()
-                res["scale_out"] = bench_mod.scale_out(wd, n_workers, quick=quick, say=say)
+                res["scale_out"] = bench_mod.scale_out(wd, n_workers, quick=quick, say=say,
+                                                       repeat=repeat)
     finally:
         if own:
             import shutil

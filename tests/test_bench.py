@@ -284,6 +284,23 @@ def test_scale_out_reports_each_figures_median_over_its_repeats():
     assert "repeats" not in _median_run(reps[:1])
 
 
+def test_scale_out_speedup_is_the_median_of_each_repeats_own():
+    from predictd.bench.scaleout import paired_speedups
+
+    def run(t):
+        return {"train_seconds": t, "solve_seconds": 1.0, "write_seconds": 2 * t,
+                "train_plus_impute_seconds": 1.0 + 3 * t}
+
+    # the machine slows down between the pairs: each pair's ratio is 2, or 1.5 once
+    fewer, more = [run(2.0), run(4.0), run(3.0)], [run(1.0), run(2.0), run(2.0)]
+    med, pairs = paired_speedups(fewer, more)
+    assert [p["train_seconds"] for p in pairs] == [2.0, 2.0, 1.5]
+    assert med["train_seconds"] == 2.0 and med["write_seconds"] == 2.0
+    assert med["solve_seconds"] == 1.0
+    # totals 7/4, 13/7, 10/7: the middle one
+    assert med["train_plus_impute_seconds"] == 1.75
+
+
 def test_bench_repeat_must_be_positive():
     from predictd.cli import bench as _  # noqa: F401 - registers the command
     from predictd.cli.main import cli

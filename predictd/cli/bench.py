@@ -83,7 +83,7 @@ def _table(res: dict) -> str:
               "(default local[*]).")
 @click.option("--workers", metavar="N,N", help="Also run the same job on a standalone "
               "cluster on 127.0.0.1 with each number of 1-core workers, e.g. 1,2.")
-@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--repeat", metavar="N", type=click.IntRange(min=1), default=3, show_default=True,
               help="--workers: run each cluster this many times, taking turns, and report "
                    "the medians (a shared machine's speed varies from minute to minute).")
 @click.option("--roadmap-scale", is_flag=True, help="Instead: train and impute a Roadmap-shaped "

@@ -200,8 +200,10 @@ def freeze_imports() -> None:
 def _guarded(fn, item, payload):
     """Run a task; a PredictdError travels back as a value so the driver can print its one
     line (instead of a Java stack trace) and Spark does not retry a hopeless input."""
+    from .allocator import keep_freed_memory
     from .errors import PredictdError
     freeze_imports()
+    keep_freed_memory()
     try:
         return ("ok", fn(item, payload))
     except PredictdError as e:
@@ -338,7 +340,9 @@ _SHARD_CACHE_BYTES = int(os.environ.get("PREDICTD_SHARD_CACHE_MB", "8192")) * 2*
 
 def _cached_shard(loader, key):
     # every training task starts here
+    from .allocator import keep_freed_memory
     freeze_imports()
+    keep_freed_memory()
     hit = _SHARD_CACHE.get(key)
     if hit is not None:
         _SHARD_CACHE.move_to_end(key)

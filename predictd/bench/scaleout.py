@@ -38,7 +38,9 @@ def train_and_impute(spec: dict) -> dict:
     from .. import impute, train
     from ..model import Model
     from ..spark import get_context, stop_context
+    from ..allocator import keep_freed_memory
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory()  # as the predictd command does for its driver
     cfg = Config().replace(**spec["config"])
     header = tensor.read_header(spec["tensor"])
     out = spec["out"]

@@ -70,7 +70,7 @@ def collect(sc, header: tensor.TensorHeader, root: str, gf_root: str, model: Mod
     deviation (:func:`predictd.impute.model_variance`)."""
     parts = map_tasks(sc, _eval_task, header.blocks(),
                       (root, gf_root, model, holdout, uncertainty),
-                      desc="evaluate", unit="block", cost=[b[3] for b in header.blocks()])
+                      desc="evaluate", unit="block", cost=tensor.block_bins(header.blocks()))
     res = {}
     for h in holdout:
         res[h] = tuple(np.concatenate([p[h][i] for p in parts])

@@ -45,7 +45,7 @@ from .selection import Regions, read_regions
 from .solvers import reference as ref_solver
 from .solvers import stacking
 from .spark import map_tasks
-from .train import group_bins, resemblance_task, stack_blocks, stack_groups, stack_rows
+from .train import resemblance_task, stack_blocks, stack_groups, stack_rows
 from .transform import inverse
 
 log = logging.getLogger("predictd.extend")
@@ -267,7 +267,7 @@ def new_neighbours(sc, ref: Reference, union: tensor.TensorUnion,
     parts = [p for p in map_tasks(sc, resemblance_task, groups,
                                   (union, cols, ea, cfg.stack_sample, cfg.seed, chrom_index),
                                   desc="cell type resemblance", unit="block group",
-                                  threads=0, cost=group_bins(groups))
+                                  threads=0, cost=tensor.block_bins(groups))
              if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -348,7 +348,7 @@ def fit_new_uncertainty(sc, ref: Reference, union: tensor.TensorUnion,
         parts = map_tasks(sc, _residual_task, groups,
                           (union, tuple(ref.experiments), ref.model, cells, cfg, chrom_index,
                            fitted, neighbours), desc=desc, unit="block group", threads=0,
-                          cost=group_bins(groups))
+                          cost=tensor.block_bins(groups))
         return {cell: stacking.sum_residual_stats([p[cell] for p in parts])
                 for cell, _ in cells}
 
@@ -392,7 +392,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
     parts = map_tasks(sc, _fit_task, groups,
                       (union, tuple(ref.experiments), ref.gf_root, model, cells, cfg, fraction,
                        chrom_index, stored is not None, near), threads=0,
-                      cost=group_bins(groups))
+                      cost=tensor.block_bins(groups))
     n_ref, n_assay = len(model.cell_types), len(model.assays)
     aidx = {a: i for i, a in enumerate(model.assays)}
     L = model.latent_factors

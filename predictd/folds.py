@@ -185,7 +185,7 @@ def collect(sc, header, root, members, folds, references=None, uncertainty: bool
     parts = map_tasks(sc, _fold_eval_task, header.blocks(),
                       (root, members, folds, exps, references or {}, uncertainty),
                       desc="evaluate folds", unit="block",
-                      cost=[b[3] for b in header.blocks()])
+                      cost=tensor.block_bins(header.blocks()))
     return {h: {k: np.concatenate([p[h][k] for p in parts]) for k in parts[0][h]}
             for h in exps}
 

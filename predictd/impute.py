@@ -601,7 +601,7 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
                             "does not have")
     map_tasks(sc, _solve_task, header.blocks(),
               (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty),
-              desc="solve genome factors", unit="block", cost=[b[3] for b in header.blocks()])
+              desc="solve genome factors", unit="block", cost=tensor.block_bins(header.blocks()))
 
 
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,

@@ -197,13 +197,19 @@ def freeze_imports() -> None:
         _FROZEN_AT = len(sys.modules)
 
 
+def _task_start() -> None:
+    """What every Spark task does first in its Python worker: :func:`freeze_imports`, and
+    :func:`predictd.allocator.keep_freed_memory` (once per worker)."""
+    from .allocator import keep_freed_memory
+    freeze_imports()
+    keep_freed_memory()
+
+
 def _guarded(fn, item, payload):
     """Run a task; a PredictdError travels back as a value so the driver can print its one
     line (instead of a Java stack trace) and Spark does not retry a hopeless input."""
-    from .allocator import keep_freed_memory
     from .errors import PredictdError
-    freeze_imports()
-    keep_freed_memory()
+    _task_start()
     try:
         return ("ok", fn(item, payload))
     except PredictdError as e:
@@ -340,9 +346,7 @@ _SHARD_CACHE_BYTES = int(os.environ.get("PREDICTD_SHARD_CACHE_MB", "8192")) * 2*
 
 def _cached_shard(loader, key):
     # every training task starts here
-    from .allocator import keep_freed_memory
-    freeze_imports()
-    keep_freed_memory()
+    _task_start()
     hit = _SHARD_CACHE.get(key)
     if hit is not None:
         _SHARD_CACHE.move_to_end(key)

@@ -98,6 +98,12 @@ def genome_blocks(genome: Genome, bin_size: int, block_bins: int
     return out
 
 
+def block_bins(blocks) -> list[int]:
+    """Bins of each :func:`genome_blocks` entry, or of each group (list) of them: a task's
+    cost, for :func:`predictd.spark.map_tasks`."""
+    return [sum(b[3] for b in g) if isinstance(g, list) else g[3] for g in blocks]
+
+
 def block_uri(root: str, chrom: str, block: int) -> str:
     return storage.join(root, f"chrom={chrom}", f"block={block:06d}.parquet")
 

@@ -204,7 +204,7 @@ def sample(sc, header: tensor.TensorHeader, root: str, work: str, experiments: l
                      cfg.validation_groups, cfg.seed, header.bin_size, regions,
                      (exp_assay, cfg.stack_sample)),
                     desc="training subset", unit="block", threads=0,
-                    cost=[it[4] for it in items])
+                    cost=tensor.block_bins(header.blocks()))
     pieces = [p for p, _ in out if p is not None]
     if not pieces:
         raise PredictdError("the training subset is empty: raise training_fraction or check "
@@ -258,12 +258,6 @@ def stack_groups(blocks: list) -> list[list]:
     cluster."""
     n_groups = max(1, min(len(blocks), STACK_GROUPS))
     return [blocks[g::n_groups] for g in range(n_groups)]
-
-
-def group_bins(groups: list[list]) -> list[int]:
-    """Bins of each group of ``header.blocks()`` entries: a task's cost, for
-    :func:`predictd.spark.map_tasks`."""
-    return [sum(b[3] for b in g) for g in groups]
 
 
 def stack_blocks(blocks: list, limit: int) -> list:
@@ -324,7 +318,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                                           (root, tuple(experiments), ea, cfg.stack_sample,
                                            cfg.seed, chrom_index),
                                           desc="cell type resemblance", unit="block group",
-                                          threads=0, cost=group_bins(groups))
+                                          threads=0, cost=tensor.block_bins(groups))
                      if p is not None]
             total = stacking.sum_resemblance_sums(parts) if parts else None
         if total is None:
@@ -336,7 +330,7 @@ def fit_stacking(sc, header: tensor.TensorHeader, root: str, experiments: list[s
                        cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(),
                        neighbours, cfg.stack_hinges),
                       desc="stacking statistics", unit="block group", threads=0,
-                      cost=group_bins(groups))
+                      cost=tensor.block_bins(groups))
     parts = [p for p in parts if p is not None]
     if not parts:
         raise PredictdError("stacking: no bins sampled; raise stack_sample")
@@ -392,7 +386,7 @@ def fit_uncertainty(sc, header: tensor.TensorHeader, root: str, experiments: lis
                   cfg.stack_sample, cfg.seed, chrom_index, cfg.stack_similarity(), W, betas,
                   neighbours)
         parts = map_tasks(sc, _residual_task, groups, common, desc=desc, unit="block group",
-                          threads=0, cost=group_bins(groups))
+                          threads=0, cost=tensor.block_bins(groups))
         return stacking.sum_residual_stats(parts)
 
     moments = pass_(None, "uncertainty: residuals")

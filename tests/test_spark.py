@@ -49,6 +49,13 @@ def test_map_tasks_starts_the_costliest_items_first(spark):
     assert calls == [3, 1, 0, 2]
 
 
+def test_block_bins_is_a_blocks_or_a_groups_cost():
+    from predictd.tensor import block_bins
+    blocks = [("chr1", 0, 0, 4096), ("chr1", 1, 4096, 100), ("chr2", 0, 0, 7)]
+    assert block_bins(blocks) == [4096, 100, 7]
+    assert block_bins([blocks[::2], blocks[1:2]]) == [4103, 100]
+
+
 def _blas_env(x, payload):
     import os
     return os.environ.get("OPENBLAS_NUM_THREADS")

@@ -37,17 +37,20 @@ REPO = Path(__file__).resolve().parent.parent
 HOLDOUT = ["--holdout", "B:y"]
 
 LAUNCHER = r"""
-import os, re, signal, sys
+import os, re, signal, sys, threading
 pattern, nth, when = re.compile(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-real_replace, seen = os.replace, [0]
+real_replace, seen, lock = os.replace, [0], threading.Lock()
 def replace(src, dst, *a, **k):
-    hit = pattern.search(os.fspath(dst)) is not None
-    if hit:
-        seen[0] += 1
-    if hit and seen[0] == nth and when == "before":
+    # stages write from several threads: each rename takes its own count under the lock
+    k_th = 0
+    if pattern.search(os.fspath(dst)) is not None:
+        with lock:
+            seen[0] += 1
+            k_th = seen[0]
+    if k_th == nth and when == "before":
         os.kill(os.getpid(), signal.SIGKILL)
     out = real_replace(src, dst, *a, **k)
-    if hit and seen[0] == nth and when == "after":
+    if k_th == nth and when == "after":
         os.kill(os.getpid(), signal.SIGKILL)
     return out
 os.replace = replace

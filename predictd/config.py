@@ -96,10 +96,11 @@ class Config:
                                          "the target cell type most over the stacking sample "
                                          "(its other assays' correlation); 0 = every other "
                                          "cell type", lo=0, hi=100_000)
-    stack_hinges: bool = _opt(False, "stacking: add hinge features max(0, s - t) of the "
-                              "similarity-weighted average s at the bin (knots t = 0.5, 1, 2 "
-                              "in model units), a piecewise-linear fit where the other cell "
-                              "types' signal peaks (needs stack_similar)")
+    stack_hinges: bool = _opt(False, "stacking: add hinge features max(0, x - t) of every "
+                              "own assay and similarity-weighted average x, at the bin and "
+                              "over each window (knots t = 0.5, 1, 2 in model units): each "
+                              "feature's effect bends where its signal peaks, as a regression "
+                              "tree's would (needs stack_similar)")
     stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
                                 "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "

@@ -662,7 +662,7 @@ def test_neighbours_are_the_most_resembling_cell_types_with_the_assay_left_out()
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_hinge_features_bend_the_similarity_weighted_average():
+def test_hinge_features_bend_own_assays_and_similarity_weighted_averages():
     rng = np.random.default_rng(21)
     cell = np.repeat(np.arange(4), 3)
     assay = np.tile(np.arange(3), 4)
@@ -670,25 +670,37 @@ def test_hinge_features_bend_the_similarity_weighted_average():
     windows, sim = (3, 11), (21, 0.3)
     V = stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim, hinges=True)
     D0 = stacking.n_features(3, windows, True)
-    assert V.shape[1] == stacking.n_features(3, windows, True, True) == D0 + 3 * 3
+    # 3 own assays and 3 similarity-weighted averages, at the bin and over 2 windows, 3 knots
+    assert V.shape[1] == stacking.n_features(3, windows, True, True) == D0 + 6 * 3 * 3
     np.testing.assert_array_equal(
         V[:, :D0], stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim))
-    s = V[:, D0 - 3 * (1 + len(windows)):D0 - 3 * len(windows)]   # each assay's, at the bin
-    for k in range(3):
-        for i, t in enumerate(stacking.HINGE_KNOTS):
-            np.testing.assert_allclose(V[:, D0 + 3 * k + i], np.maximum(s[:, k] - t, 0),
+    rows = stacking.hinged_rows(3, len(windows))
+    # own assays of each segment (1 + 6·s + k), then its similarity-weighted averages
+    assert rows.tolist() == [1, 2, 3, 19, 20, 21, 7, 8, 9, 22, 23, 24, 13, 14, 15, 25, 26, 27]
+    for i, r in enumerate(rows):
+        for j, t in enumerate(stacking.HINGE_KNOTS):
+            np.testing.assert_allclose(V[:, D0 + 3 * i + j], np.maximum(V[:, r] - t, 0),
                                        atol=1e-6)
+    assert stacking.hinge_columns(3, 2, [0, 4, 20]).tolist() == [D0 + 12, D0 + 13, D0 + 14]
     obs = np.ones((4, 3), bool)
     _, feats = stacking.target_design(obs, 1, 2, 2, similar=True, hinges=True)
     _, base = stacking.target_design(obs, 1, 2, 2, similar=True)
-    assert set(feats) - set(base) == {D0 + 6, D0 + 7, D0 + 8}
+    extra = set(feats) - set(base)
+    # own assays 0 and 1 and assay 2's similarity-weighted average, at 3 segments, 3 knots
+    assert extra == set(stacking.hinge_columns(3, 2, base).tolist()) and len(extra) == 27
     with pytest.raises(ValueError, match="similarity-weighted"):
         stacking.cell_vectors(X, cell, assay, 3, 1, windows, hinges=True)
     # fitted with them (weights on the hinges), predicted from the same features
     st = stacking.stack_stats(X, cell, assay, 4, 3, windows, similar=sim, hinges=True)
     W = stacking.fit_stack(st, obs, windows=windows, similar=True)
-    assert W.shape[2] == D0 + 9 and np.all(W[1, 2, D0 + 6:] != 0)
-    assert not W[1, 2, D0:D0 + 6].any()
+    assert W.shape[2] == D0 + 54
+    # every hinge of the target's features carries a weight, except those that are 0 on
+    # every training bin (window means of these data stay below the top knots)
+    Vt = stacking.cell_vectors(X, cell, assay, 3, 0, windows, similar=sim, hinges=True)
+    live = [c for c in sorted(extra) if Vt[:, c].any()]
+    assert len(live) >= 9 and np.all(W[1, 2, live] != 0)
+    # the target's own row (assay 2 of cell 1) is no feature, nor its hinges
+    assert not W[1, 2, stacking.hinge_columns(3, 2, [3, 9, 15])].any()
     keep = ~((cell == 1) & (assay == 2))
     pred = stacking.predict_pairs(X[:, keep], cell[keep], assay[keep], W, [(1, 2)],
                                   np.zeros((2000, 1)), windows, similar=sim)[:, 0]

@@ -106,7 +106,7 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
                  "source": "synthetic.roadmap_pattern + synthetic.write_tensor (rank 10)"},
         "config": {k2: getattr(cfg, k2) for k2 in ("latent_factors", "solver", "partitions",
                                                     "max_iterations", "block_bins",
-                                                    "stack_similar")},
+                                                    "stack_similar", *(config or {}))},
         "train": {"seconds": round(t_train, 1), "iterations": len(fit_res.history),
                   "stopped": fit_res.stopped, "best_valid_mse": fit_res.best_valid_mse,
                   "training_bins": fit_res.n_bins,

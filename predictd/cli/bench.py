@@ -10,6 +10,7 @@ import click
 
 from .. import bench as bench_mod
 from ..errors import PredictdError
+from . import options
 from .main import cli
 
 
@@ -95,8 +96,11 @@ def _table(res: dict) -> str:
 @click.option("--write-cell-types", type=int, default=4, show_default=True,
               help="--roadmap-scale: cell types whose 24 tracks are written (the rest is "
                    "extrapolated from the measured throughput).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="--roadmap-scale: override one config key of the model (TOML value "
+                   "syntax), e.g. --set stack_hinges=true (repeatable).")
 def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_scale, bins,
-          write_cell_types):
+          write_cell_types, sets):
     """Benchmark predictd against the limits of this machine, measured in the same run.
 
     \b
@@ -114,8 +118,12 @@ def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_sc
       predictd bench --json --quick
       predictd bench --workers 1,2
       predictd bench --roadmap-scale --json
+      predictd bench --roadmap-scale --json --set stack_hinges=true
     """
     n_workers = _workers(workers)
+    if sets and not roadmap_scale:
+        raise click.UsageError("--set applies to --roadmap-scale only")
+    overrides = options.config_overrides(None, sets)
     own = workdir is None
     wd = workdir or tempfile.mkdtemp(prefix="predictd-bench-")
     os.makedirs(wd, exist_ok=True)
@@ -125,7 +133,7 @@ def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_sc
             if bins < 1024:
                 raise PredictdError(f"--bins {bins}: must be at least 1024")
             res = bench_mod.roadmap_scale(wd, n_bins=bins, write_cell_types=write_cell_types,
-                                          say=say)
+                                          say=say, config=overrides)
         else:
             res = bench_mod.run(wd, quick=quick, spark=not no_spark, master=master, say=say)
             if n_workers:

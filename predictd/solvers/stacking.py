@@ -35,19 +35,39 @@ from __future__ import annotations
 import numpy as np
 
 
-#: Knots (model units, arcsinh by default) of the hinge features max(0, s − t) of each
-#: similarity-weighted average s at the bin (config ``stack_hinges``): its median is ~0.2,
-#: its 90th–99th percentiles ~0.4–3.4 on the Roadmap pilot, so the knots bend the regression
-#: where the other cell types' signal is a peak, not background.
+#: Knots (model units, arcsinh by default) of the hinge features max(0, x − t) (config
+#: ``stack_hinges``): a similarity-weighted average's median is ~0.2 and its 90th–99th
+#: percentiles ~0.4–3.4 on the Roadmap pilot, so the knots bend the regression where a
+#: signal is a peak, not background.
 HINGE_KNOTS = (0.5, 1.0, 2.0)
+
+
+def hinged_rows(n_assay: int, n_windows: int) -> np.ndarray:
+    """Rows of ``v`` the hinge features bend: every own assay's value and every
+    similarity-weighted average, at the bin and over each window (segment-major)."""
+    sim = _similar_offset(n_assay, n_windows)
+    return np.concatenate([np.r_[1 + 2 * n_assay * s + np.arange(n_assay),
+                                 sim + n_assay * s + np.arange(n_assay)]
+                           for s in range(1 + n_windows)])
+
+
+def hinge_columns(n_assay: int, n_windows: int, rows) -> np.ndarray:
+    """Indices in ``v`` of the hinge features of the rows ``rows`` of ``v`` (each row's
+    :data:`HINGE_KNOTS` in order; rows that are not hinged have none)."""
+    hinged = hinged_rows(n_assay, n_windows)
+    pos = {int(r): i for i, r in enumerate(hinged)}
+    base = _similar_offset(n_assay, n_windows) + n_assay * (1 + n_windows)
+    nk = len(HINGE_KNOTS)
+    return np.asarray([base + pos[int(r)] * nk + t for r in rows if int(r) in pos
+                       for t in range(nk)], dtype=int)
 
 
 def n_features(n_assay: int, windows=(), similar: bool = False, hinges: bool = False) -> int:
     """Length of a cell type's feature vector ``v``: 1 + 2·n_assays·(1 + len(windows)), and
     n_assays·(1 + len(windows)) more with the similarity-weighted averages, and
-    n_assays·len(:data:`HINGE_KNOTS`) more with their hinges."""
+    len(:data:`HINGE_KNOTS`) more per :func:`hinged_rows` row with the hinges."""
     return 1 + (3 if similar else 2) * n_assay * (1 + len(windows)) + \
-        (n_assay * len(HINGE_KNOTS) if hinges else 0)
+        (2 * n_assay * (1 + len(windows)) * len(HINGE_KNOTS) if hinges else 0)
 
 
 def has_hinges(D: int, n_assay: int, windows=(), similar: bool = False) -> bool:
@@ -881,9 +901,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     already computed, or ``neighbours`` (:func:`choose_neighbours`) restricts them to the
     columns :func:`similar_columns` lists. ``sim_rows`` gives those segments already evaluated
     at ``rows`` (:func:`similar_features`). ``hinges`` (needs ``similar``) appends
-    max(0, s − t) of each similarity-weighted average s at the bin, for each knot t of
-    :data:`HINGE_KNOTS` (assay-major): the regression stays linear in its weights but bends
-    where the other cell types' signal peaks, as a regression tree's splits on it would.
+    max(0, x − t) of each row x of :func:`hinged_rows` (own assays and similarity-weighted
+    averages, at the bin and over the windows), for each knot t of :data:`HINGE_KNOTS`
+    (row-major): the regression stays linear in its weights but each feature's effect bends
+    where its signal peaks, as a regression tree's splits on it would.
     """
     if hinges and similar is None:
         raise ValueError("hinge features need the similarity-weighted averages")
@@ -957,12 +978,15 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             for s, M in enumerate(_window_means(sim, ctx.pad, ctx.windows, ctx.n, r), 1):
                 Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = M
     if hinges:
-        # NaN (no source at the bin) stays NaN: np.maximum propagates it
-        lo = _similar_offset(n_assay, len(ctx.windows))
-        hi = lo + n_assay * (1 + len(ctx.windows))
-        knots = np.asarray(HINGE_KNOTS, dtype=np.float32)[None, :, None]
-        Vt[hi:hi + n_assay * knots.size] = np.maximum(
-            Vt[lo:lo + n_assay][:, None, :] - knots, 0.0).reshape(-1, m)
+        # NaN (missing at the bin) stays NaN: np.maximum propagates it
+        rows_h = hinged_rows(n_assay, len(ctx.windows))
+        hi = _similar_offset(n_assay, len(ctx.windows)) + n_assay * (1 + len(ctx.windows))
+        # row by row, in place: no temporary of the whole feature matrix
+        for i, r in enumerate(rows_h):
+            for q, t in enumerate(HINGE_KNOTS):
+                out = Vt[hi + i * len(HINGE_KNOTS) + q]
+                np.subtract(Vt[r], t, out=out)
+                np.maximum(out, 0.0, out=out)
     return Vt.T
 
 
@@ -1052,9 +1076,8 @@ def target_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 
         if average:
             feats.append(sim + n_assay * s + assay if similar
                          else 1 + 2 * n_assay * s + n_assay + assay)
-    if average and similar and hinges:
-        hi = sim + n_assay * (1 + n_windows) + assay * len(HINGE_KNOTS)
-        feats += range(hi, hi + len(HINGE_KNOTS))
+    if similar and hinges:
+        feats += hinge_columns(n_assay, n_windows, feats).tolist()
     return train, np.asarray(feats, dtype=int)
 
 
@@ -1148,7 +1171,9 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
     n_cell, n_assay = observed.shape
     D = W.shape[2]
     # the hinge features come last and take no part in the averages
-    D0 = D - (n_assay * len(HINGE_KNOTS) if hinges else 0)
+    # (hinges need the similarity-weighted averages: D = 1 + n_assay·(1 + w)·(3 + 2·knots))
+    D0 = (1 + 3 * n_assay * ((D - 1) // (n_assay * (3 + 2 * len(HINGE_KNOTS)))) if hinges
+          else D)
     n_windows = (D0 - 1) // ((3 if similar else 2) * n_assay) - 1
     sim = _similar_offset(n_assay, n_windows)
     if not 0 <= context <= n_windows:

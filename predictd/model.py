@@ -314,6 +314,16 @@ class Model:
             raise PredictdError(f"{npath}: factor shapes do not match the names in {jpath}")
         if stack is not None and stack.shape[:2] != (len(m.cell_types), len(m.assays)):
             raise PredictdError(f"{npath}: stacking weights do not match the names in {jpath}")
+        if stack is not None:
+            from .solvers.stacking import has_hinges
+            try:
+                has_hinges(stack.shape[2], len(m.assays), m.stack_windows,
+                           m.stack_similar is not None)
+            except ValueError:
+                # e.g. the hinge features of another predictd version: predicting would fail
+                raise PredictdError(f"{npath}: stacking weights of {stack.shape[2]} features "
+                                    "fit no feature layout of this predictd version; retrain "
+                                    "the model") from None
         # (an extension's neighbours index its reference's cell types, not its own)
         if near is not None and (near.ndim != 3 or near.shape[:2] != (len(m.cell_types),
                                                                       len(m.assays))):

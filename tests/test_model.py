@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from predictd.errors import PredictdError
+from predictd.solvers import stacking
 from predictd.model import (MODEL_JSON, MODEL_NPZ, Model, experiment_bias, experiment_features,
                             predict)
 
@@ -82,15 +83,28 @@ def test_save_load_round_trip(tmp_path):
 
 def test_stacked_model_round_trip_keeps_windows_and_similarity(tmp_path):
     m = make_model()
-    m.stack = np.arange(2 * 3 * 5, dtype=np.float64).reshape(2, 3, 5)
+    D = stacking.n_features(3, (9, 51), similar=True)
+    m.stack = np.arange(2 * 3 * D, dtype=np.float64).reshape(2, 3, D)
     m.stack_windows, m.stack_similar = (9, 51), (1001, 0.2)
     m.save(str(tmp_path / "m"))
     back = Model.load(str(tmp_path / "m"))
     np.testing.assert_array_equal(back.stack, m.stack)
     assert back.stack_windows == (9, 51) and back.stack_similar == (1001, 0.2)
-    # a model written before the similarity existed loads as the plain average
+    # with the hinge features too
+    m.stack = np.zeros((2, 3, stacking.n_features(3, (9, 51), True, hinges=True)))
+    m.save(str(tmp_path / "h"))
+    assert Model.load(str(tmp_path / "h")).stack.shape == m.stack.shape
+    # weights of no layout this version knows (e.g. another version's hinges): one clear line
+    m.stack = np.zeros((2, 3, D + 9))
+    m.save(str(tmp_path / "old"))
+    with pytest.raises(PredictdError, match=f"{D + 9} features fit no feature layout"):
+        Model.load(str(tmp_path / "old"))
+    # a model written before the similarity existed (plain-average weights, no key) loads as
+    # the plain average
+    m.stack, m.stack_similar = np.zeros((2, 3, stacking.n_features(3, (9, 51)))), None
+    m.save(str(tmp_path / "m"))
     doc = json.loads((tmp_path / "m" / MODEL_JSON).read_text())
-    del doc["stack_similar"]
+    doc.pop("stack_similar", None)
     (tmp_path / "m" / MODEL_JSON).write_text(json.dumps(doc))
     assert Model.load(str(tmp_path / "m")).stack_similar is None
     for bad in ([0, 0.2], [1001, -1], "wide", [1001]):

@@ -980,13 +980,12 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     if hinges:
         # NaN (missing at the bin) stays NaN: np.maximum propagates it
         rows_h = hinged_rows(n_assay, len(ctx.windows))
-        hi = _similar_offset(n_assay, len(ctx.windows)) + n_assay * (1 + len(ctx.windows))
+        cols = hinge_columns(n_assay, len(ctx.windows), rows_h).reshape(rows_h.size, -1)
         # row by row, in place: no temporary of the whole feature matrix
-        for i, r in enumerate(rows_h):
-            for q, t in enumerate(HINGE_KNOTS):
-                out = Vt[hi + i * len(HINGE_KNOTS) + q]
-                np.subtract(Vt[r], t, out=out)
-                np.maximum(out, 0.0, out=out)
+        for r, row_cols in zip(rows_h, cols):
+            for t, c in zip(HINGE_KNOTS, row_cols):
+                np.subtract(Vt[r], t, out=Vt[c])
+                np.maximum(Vt[c], 0.0, out=Vt[c])
     return Vt.T
 
 
@@ -1170,11 +1169,11 @@ def blend_with_average(stats: dict, observed: np.ndarray, W: np.ndarray, context
     observed = np.asarray(observed, dtype=bool)
     n_cell, n_assay = observed.shape
     D = W.shape[2]
-    # the hinge features come last and take no part in the averages
-    # (hinges need the similarity-weighted averages: D = 1 + n_assay·(1 + w)·(3 + 2·knots))
-    D0 = (1 + 3 * n_assay * ((D - 1) // (n_assay * (3 + 2 * len(HINGE_KNOTS)))) if hinges
-          else D)
-    n_windows = (D0 - 1) // ((3 if similar else 2) * n_assay) - 1
+    # the hinge features come last and take no part in the averages; n_features is
+    # 1 + (features per segment)·(1 + windows)
+    per_segment = n_features(n_assay, (0,), similar, hinges) - n_features(n_assay, (), similar,
+                                                                          hinges)
+    n_windows = (D - 1) // per_segment - 1
     sim = _similar_offset(n_assay, n_windows)
     if not 0 <= context <= n_windows:
         raise ValueError(f"context {context}: the statistics have {n_windows} context windows")

@@ -96,11 +96,11 @@ class Config:
                                          "the target cell type most over the stacking sample "
                                          "(its other assays' correlation); 0 = every other "
                                          "cell type", lo=0, hi=100_000)
-    stack_hinges: bool = _opt(False, "stacking: add hinge features max(0, x - t) of every "
-                              "own assay and similarity-weighted average x, at the bin and "
-                              "over each window (knots t = 0.5, 1, 2 in model units): each "
-                              "feature's effect bends where its signal peaks, as a regression "
-                              "tree's would (needs stack_similar)")
+    stack_hinges: bool = _opt(True, "stacking: add hinge features max(0, x - t) of the cell "
+                              "type's own assays over each window and of the "
+                              "similarity-weighted averages at the bin (knots t = 0.5, 1, 2 in "
+                              "model units): each feature's effect bends where its signal "
+                              "peaks, as a regression tree's would (needs stack_similar)")
     stack_per_cell: bool = _opt(True, "stacking: average one regression per training cell "
                                 "type instead of fitting one on their pooled bins")
     stack_ridge: float = _opt(1e-3, "stacking: ridge on the regression weights, relative to the "
@@ -150,7 +150,8 @@ class Config:
             object.__setattr__(self, f.name, _check("config", f.name, getattr(self, f.name), f))
         if self.stack_hinges and self.stack_similar <= 0:
             raise PredictdError("config key 'stack_hinges': needs stack_similar > 0 (the "
-                                "hinges bend the similarity-weighted average)")
+                                "hinges bend the similarity-weighted average); with "
+                                "stack_similar = 0, set stack_hinges = false too")
         if self.uncertainty and not self.stack:
             raise PredictdError("config key 'uncertainty': needs stack = true (the stacked "
                                 "regression's predictive variance is the uncertainty's source)")

@@ -195,7 +195,7 @@ def _fit_task(group, payload):
     aidx = {a: i for i, a in enumerate(ref.assays)}
     _, ec_ref, ea_ref = ref.observed_indices()
     windows, similar = cfg.stack_windows(), cfg.stack_similarity()
-    out = {cell: {"sums": [], "stats": []} for cell, _ in cells}
+    out = {cell: {"sums": [], "stats": None} for cell, _ in cells}
     for chrom, block, start, n in group:
         cols = list(ref_exps) + [e for _, exps in cells for e in exps]
         _, X = tensor.read_columns(union, chrom, block, cols)
@@ -219,12 +219,17 @@ def _fit_task(group, payload):
                 near = None if neighbours is None else \
                     with_new_cell(neighbours[0], neighbours[1][cell], assays,
                                   others=not stored)
-                out[cell]["stats"].append(stacking.stack_stats(
+                gram = stacking.stack_stats(
                     Xc, ec, ea, n_ref + 1, len(ref.assays), windows, rows=sample,
                     similar=similar, cells=[n_ref] if stored else None, neighbours=near,
-                    hinges=cfg.stack_hinges))
+                    hinges=cfg.stack_hinges)["gram"]
+                # with REF's statistics stored, only the new cell type's are computed: the
+                # others' (zeros) are not sent
+                out[cell]["stats"] = stacking.sum_stack_stats(
+                    [s for s in (out[cell]["stats"], {"gram": gram[n_ref:] if stored else gram})
+                     if s is not None])
     return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
-                   "stats": stacking.sum_stack_stats(v["stats"]) if v["stats"] else None}
+                   "stats": None if v["stats"] is None else stacking.pack_stack_stats(v["stats"])}
             for cell, v in out.items()}
 
 
@@ -415,7 +420,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
             if stats is None:
                 raise PredictdError("stacking: no bins sampled; raise stack_sample")
             if stored is not None:
-                stats = {"gram": np.concatenate([stored, stats["gram"][n_ref:]])}
+                stats = {"gram": np.concatenate([stored, stats["gram"]])}
             obs = model.observed_matrix(1)
             for e in exps:
                 obs[n_ref, aidx[split_experiment(e)[1]]] = True

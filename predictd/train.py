@@ -237,10 +237,14 @@ def _stack_task(group, payload):
     ``stack_sample`` of each block's bins, seeded per block)."""
     (root, exps, ec, ea, n_cell, n_assay, windows, frac, seed, chrom_index, similar,
      neighbours, hinges) = payload
-    parts = [stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows,
-                                  similar=similar, neighbours=neighbours, hinges=hinges)
-             for X, rows in sampled_blocks(group, root, exps, seed, frac, chrom_index)]
-    return stacking.sum_stack_stats(parts) if parts else None
+    # one block's statistics at a time, summed as they come, sent packed: at Roadmap scale
+    # with the hinges a cell type's Gram matrix is 577² numbers, and 16 groups reach the
+    # driver
+    stats = stacking.sum_stack_stats(
+        stacking.stack_stats(X, ec, ea, n_cell, n_assay, windows, rows=rows, similar=similar,
+                             neighbours=neighbours, hinges=hinges)
+        for X, rows in sampled_blocks(group, root, exps, seed, frac, chrom_index))
+    return None if stats is None else stacking.pack_stack_stats(stats)
 
 
 def resemblance_task(group, payload):

@@ -170,6 +170,18 @@ def test_stack_transfers_a_within_cell_relation_to_a_held_out_pair(windows):
     assert np.mean((avg - X[:, hold]) ** 2) > 1.0
 
 
+def test_packed_stack_statistics_sum_to_the_whole_ones_bit_for_bit():
+    X, cell, assay = relation_tensor()
+    parts = [stacking.stack_stats(X[lo:lo + 1000], cell, assay, 4, 3, (3,))
+             for lo in range(0, 3000, 1000)]
+    whole = stacking.sum_stack_stats(parts)["gram"]
+    # packing halves what a task sends, and the sum comes back whole and symmetric
+    packed = [stacking.pack_stack_stats(p) for p in parts]
+    assert packed[0]["gram_upper"].nbytes < 0.6 * parts[0]["gram"].nbytes
+    np.testing.assert_array_equal(stacking.sum_stack_stats(iter(packed))["gram"], whole)
+    assert stacking.sum_stack_stats(iter([])) is None
+
+
 def test_stack_falls_back_to_the_model_where_it_has_no_weights_or_features():
     X, cell, assay = relation_tensor(n=500)
     keep = np.flatnonzero(assay != 0)          # assay 0 observed nowhere: no training cell type
@@ -670,30 +682,32 @@ def test_hinge_features_bend_own_assays_and_similarity_weighted_averages():
     windows, sim = (3, 11), (21, 0.3)
     V = stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim, hinges=True)
     D0 = stacking.n_features(3, windows, True)
-    # 3 own assays and 3 similarity-weighted averages, at the bin and over 2 windows, 3 knots
-    assert V.shape[1] == stacking.n_features(3, windows, True, True) == D0 + 6 * 3 * 3
+    # 3 own assays over 2 windows and 3 similarity-weighted averages at the bin, 3 knots
+    assert V.shape[1] == stacking.n_features(3, windows, True, True) == D0 + 9 * 3
     np.testing.assert_array_equal(
         V[:, :D0], stacking.cell_vectors(X, cell, assay, 3, 1, windows, similar=sim))
     rows = stacking.hinged_rows(3, len(windows))
-    # own assays of each segment (1 + 6·s + k), then its similarity-weighted averages
-    assert rows.tolist() == [1, 2, 3, 19, 20, 21, 7, 8, 9, 22, 23, 24, 13, 14, 15, 25, 26, 27]
+    # own assays over each window (1 + 6·s + k, s = 1, 2), then the similarity-weighted
+    # averages at the bin (19 + k)
+    assert rows.tolist() == [7, 8, 9, 13, 14, 15, 19, 20, 21]
     for i, r in enumerate(rows):
         for j, t in enumerate(stacking.HINGE_KNOTS):
             np.testing.assert_allclose(V[:, D0 + 3 * i + j], np.maximum(V[:, r] - t, 0),
                                        atol=1e-6)
-    assert stacking.hinge_columns(3, 2, [0, 4, 20]).tolist() == [D0 + 12, D0 + 13, D0 + 14]
+    # the constant and an own assay at the bin are not hinged
+    assert stacking.hinge_columns(3, 2, [0, 4, 20]).tolist() == [D0 + 21, D0 + 22, D0 + 23]
     obs = np.ones((4, 3), bool)
     _, feats = stacking.target_design(obs, 1, 2, 2, similar=True, hinges=True)
     _, base = stacking.target_design(obs, 1, 2, 2, similar=True)
     extra = set(feats) - set(base)
-    # own assays 0 and 1 and assay 2's similarity-weighted average, at 3 segments, 3 knots
-    assert extra == set(stacking.hinge_columns(3, 2, base).tolist()) and len(extra) == 27
+    # own assays 0 and 1 over 2 windows and assay 2's similarity-weighted average, 3 knots
+    assert extra == set(stacking.hinge_columns(3, 2, base).tolist()) and len(extra) == 15
     with pytest.raises(ValueError, match="similarity-weighted"):
         stacking.cell_vectors(X, cell, assay, 3, 1, windows, hinges=True)
     # fitted with them (weights on the hinges), predicted from the same features
     st = stacking.stack_stats(X, cell, assay, 4, 3, windows, similar=sim, hinges=True)
     W = stacking.fit_stack(st, obs, windows=windows, similar=True)
-    assert W.shape[2] == D0 + 54
+    assert W.shape[2] == D0 + 27
     # every hinge of the target's features carries a weight, except those that are 0 on
     # every training bin (window means of these data stay below the top knots)
     Vt = stacking.cell_vectors(X, cell, assay, 3, 0, windows, similar=sim, hinges=True)
@@ -707,6 +721,26 @@ def test_hinge_features_bend_own_assays_and_similarity_weighted_averages():
     Vk = stacking.cell_vectors(X[:, keep], cell[keep], assay[keep], 3, 1, windows,
                                similar=sim, hinges=True)
     np.testing.assert_allclose(pred, Vk @ W[1, 2], rtol=1e-4, atol=1e-5)
+    # a bin missing a feature keeps the fallback, there only
+    Xn = X[:, keep].copy()
+    Xn[5:9, np.flatnonzero((cell[keep] == 1) & (assay[keep] == 0))] = np.nan
+    held = stacking.predict_pairs(Xn, cell[keep], assay[keep], W, [(1, 2)],
+                                  np.full((2000, 1), -7.0), windows, similar=sim)[:, 0]
+    assert np.all(held[5:9] == -7.0)
+    # (the windows and the resemblance reach a few dozen bins past the hole)
+    np.testing.assert_allclose(held[100:], pred[100:], rtol=1e-4, atol=1e-5)
+    # ... also when only the feature's hinges carry weights: own assay 0 missing over 40
+    # bins leaves its bin value and window means (rows 1, 7, 13) missing in the middle
+    Xn[100:140, np.flatnonzero((cell[keep] == 1) & (assay[keep] == 0))] = np.nan
+    W2 = W.copy()
+    W2[1, 2, [1, 7, 13]] = 0.0
+    held = stacking.predict_pairs(Xn, cell[keep], assay[keep], W2, [(1, 2)],
+                                  np.full((2000, 1), -7.0), windows, similar=sim)[:, 0]
+    assert np.all(held[110:130] == -7.0)
+    W2[1, 2, stacking.hinge_columns(3, 2, [7, 13])] = 0.0
+    held = stacking.predict_pairs(Xn, cell[keep], assay[keep], W2, [(1, 2)],
+                                  np.full((2000, 1), -7.0), windows, similar=sim)[:, 0]
+    assert np.all(np.isfinite(held[110:130]) & (held[110:130] != -7.0))
     Wb, _ = stacking.blend_with_average(st, obs, W, 2, True, hinges=True)
     assert Wb.shape == W.shape and np.isfinite(Wb[1, 2]).all()
 

@@ -65,7 +65,7 @@ def test_stack_similarity_is_off_at_width_zero():
     assert from_dict({}).stack_similarity() == (1001, 0.2)
     assert from_dict({"stack_similar": 501, "stack_similar_tau": 0.5}).stack_similarity() == \
         (501, 0.5)
-    assert from_dict({"stack_similar": 0}).stack_similarity() is None
+    assert from_dict({"stack_similar": 0, "stack_hinges": False}).stack_similarity() is None
 
 
 def test_stacking_statistics_use_at_most_stack_max_blocks_evenly_spaced():
@@ -191,5 +191,6 @@ def test_config_markdown_command_prints_the_reference():
 
 def test_stack_hinges_need_the_similarity_weighted_averages():
     assert Config(stack_hinges=True).stack_hinges
-    with pytest.raises(PredictdError, match="stack_hinges"):
+    with pytest.raises(PredictdError, match="stack_hinges = false"):
         Config(stack_hinges=True, stack_similar=0)
+    assert Config(stack_hinges=False, stack_similar=0).stack_similarity() is None

@@ -376,14 +376,16 @@ def test_readme_example_runs(tmp_path, write_small_run_inputs, monkeypatch):
     assert (tmp_path / "my_out" / "tracks" / "myT.H3K27me3.imputed.bw").exists()
 
 
-@pytest.mark.parametrize("setting", ["stack_similar=0", "stack=false"])
-def test_extend_with_the_plain_average_or_the_factor_model_alone(reference, tmp_path, setting):
-    r = extend(reference, tmp_path / "o", "--set", setting)
+@pytest.mark.parametrize("settings", [("stack_similar=0", "stack_hinges=false"),
+                                      ("stack=false",)])
+def test_extend_with_the_plain_average_or_the_factor_model_alone(reference, tmp_path, settings):
+    r = extend(reference, tmp_path / "o", *[a for s in settings for a in ("--set", s)])
     assert r.exit_code == 0, r.output + r.stderr
     assert (tmp_path / "o" / "tracks" / "D.y.imputed.bw").exists()
     doc = json.loads((tmp_path / "o" / "run.json").read_text())
-    key, value = setting.split("=")
-    assert str(doc["config"][key]).lower() == value
+    for setting in settings:
+        key, value = setting.split("=")
+        assert str(doc["config"][key]).lower() == value
 
 
 def test_extend_regions_write_only_those_loci(reference, tmp_path):

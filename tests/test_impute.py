@@ -40,7 +40,7 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(
     monkeypatch.setattr(impute, "SUMS_MIN_RATIO", 1)
     # the plain average (the similarity-weighted one needs every column, see below)
     cfg = Config(training_fraction=0.2, block_bins=16_384, max_iterations=4,
-                 write_parallelism=2, stack_similar=0)
+                 write_parallelism=2, stack_similar=0, stack_hinges=False)
     out = str(tmp_path / "out")
     run = pipeline.open_run(manifest, sizes, out, cfg, progress=False)
     pipeline.run_all(run, stages=("ingest", "train", "impute"))

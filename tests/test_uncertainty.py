@@ -253,9 +253,14 @@ def test_folds_with_uncertainty_report_calibration(tmp_path, write_small_run_inp
     lines = (tmp_path / "cv" / "report" / "calibration.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:5] == ["cell_type", "assay", "bins", "coverage", "spearman"]
     assert len(lines) == 1 + 6   # every observed track
+    rhos = []
     for line in lines[1:]:
         cov, rho = map(float, line.split("\t")[3:5])
-        assert 0.0 < cov <= 1.0 and -1.0 <= rho <= 1.0
+        # Spearman is NaN where the sd is one constant: this toy's 2 folds impute A's and
+        # B's tracks as constants, and B's sd is constant too
+        assert 0.0 < cov <= 1.0 and (-1.0 <= rho <= 1.0 or np.isnan(rho))
+        rhos.append(rho)
+    assert np.isfinite(rhos).sum() >= 4 and np.nanmin(rhos) > 0.3
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def roadmap_scale(workdir: str, n_bins: int = ROADMAP_BINS, write_cell_types: in
     per-track throughput). Whole-genome imputation (120 M bins × 3,048 tracks) is extrapolated in
     core-hours from the measured per-block throughputs, and so is extending the trained model
     with one new cell type of 3 marks (:func:`_extend_part`). ``config`` overrides config keys
-    (e.g. ``{"stack_similar": 0}``).
+    (e.g. ``{"stack_hinges": False}``).
     """
     from .. import impute, train
     from ..model import Model

@@ -43,12 +43,11 @@ HINGE_KNOTS = (0.5, 1.0, 2.0)
 
 
 def hinged_rows(n_assay: int, n_windows: int) -> np.ndarray:
-    """Rows of ``v`` the hinge features bend: every own assay's value and every
-    similarity-weighted average, at the bin and over each window (segment-major)."""
-    sim = _similar_offset(n_assay, n_windows)
-    return np.concatenate([np.r_[1 + 2 * n_assay * s + np.arange(n_assay),
-                                 sim + n_assay * s + np.arange(n_assay)]
-                           for s in range(1 + n_windows)])
+    """Rows of ``v`` the hinge features bend: the cell type's own assays over each window
+    (their context says which regime a bin is in: a promoter, a domain), then the
+    similarity-weighted averages at the bin (the similar cell types' own peaks)."""
+    own = [1 + 2 * n_assay * s + np.arange(n_assay) for s in range(1, 1 + n_windows)]
+    return np.concatenate(own + [_similar_offset(n_assay, n_windows) + np.arange(n_assay)])
 
 
 def hinge_columns(n_assay: int, n_windows: int, rows) -> np.ndarray:
@@ -67,7 +66,7 @@ def n_features(n_assay: int, windows=(), similar: bool = False, hinges: bool = F
     n_assays·(1 + len(windows)) more with the similarity-weighted averages, and
     len(:data:`HINGE_KNOTS`) more per :func:`hinged_rows` row with the hinges."""
     return 1 + (3 if similar else 2) * n_assay * (1 + len(windows)) + \
-        (2 * n_assay * (1 + len(windows)) * len(HINGE_KNOTS) if hinges else 0)
+        (n_assay * (1 + len(windows)) * len(HINGE_KNOTS) if hinges else 0)
 
 
 def has_hinges(D: int, n_assay: int, windows=(), similar: bool = False) -> bool:
@@ -989,6 +988,39 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     return Vt.T
 
 
+#: Bins per chunk of :func:`hinged_product`: its hinge features (a few hundred per bin) then
+#: stay in the CPU's cache between being made and being multiplied.
+HINGE_CHUNK = 2048
+
+
+def hinged_product(W: np.ndarray, Vt: np.ndarray, n_assay: int, n_windows: int) -> np.ndarray:
+    """``W @ v`` for weights W (targets × D, with the hinge features) and a block's features
+    without their hinges, Vt (D₀ × bins, from :func:`cell_vectors` without ``hinges``): the
+    same product as over :func:`cell_vectors`' with them, but the hinges are built for
+    :data:`HINGE_CHUNK` bins at a time, not for the whole block: written to memory and read
+    back, they cost more than their arithmetic."""
+    D0, n = Vt.shape
+    rows = hinged_rows(n_assay, n_windows)
+    knots = np.asarray(HINGE_KNOTS, dtype=Vt.dtype)[None, :, None]
+    Wh = np.ascontiguousarray(W[:, D0:])  # hinge_columns' order: row-major (row, knot)
+    out = W[:, :D0] @ Vt
+    for lo in range(0, n, HINGE_CHUNK):
+        hi = min(n, lo + HINGE_CHUNK)
+        h = np.maximum(Vt[rows, lo:hi][:, None, :] - knots, 0.0)  # rows × knots × bins
+        out[:, lo:hi] += Wh @ h.reshape(-1, hi - lo)
+    return out
+
+
+def _fold_hinges(used: np.ndarray, n_assay: int, n_windows: int) -> np.ndarray:
+    """``used`` (targets × D booleans over features with hinges) onto the D₀ features
+    without them: a feature counts as used if it or one of its hinges is."""
+    rows = hinged_rows(n_assay, n_windows)
+    D0 = n_features(n_assay, [0] * n_windows, True)
+    out = used[:, :D0].copy()
+    out[:, rows] |= used[:, D0:].reshape(used.shape[0], rows.size, -1).any(axis=2)
+    return out
+
+
 #: Cell types whose similarity-weighted averages :func:`stack_stats` computes together.
 SIMILAR_BATCH = 16
 
@@ -1035,11 +1067,34 @@ def stack_stats(X: np.ndarray, exp_cell, exp_assay, n_cell: int, n_assay: int, w
     return {"gram": gram}
 
 
-def sum_stack_stats(parts: list[dict]) -> dict:
-    """Add shard statistics in shard order (deterministic)."""
-    gram = None
+def pack_stack_stats(stats: dict) -> dict:
+    """The statistics with each (symmetric) Gram matrix cut to its upper triangle, row by row:
+    half the bytes for a task to send. :func:`sum_stack_stats` adds packed statistics and
+    returns them whole."""
+    gram = stats["gram"]
+    upper = np.triu_indices(gram.shape[-1])
+    return {"gram_upper": gram[:, upper[0], upper[1]], "n_features": gram.shape[-1]}
+
+
+def sum_stack_stats(parts) -> dict | None:
+    """Add shard statistics (an iterable, consumed one part at a time; each whole or
+    :func:`pack_stack_stats`-packed, all alike) in shard order: the same bits on every run.
+    Whole statistics; None for no parts."""
+    total, key, D = None, None, None
     for p in parts:
-        gram = p["gram"].copy() if gram is None else gram + p["gram"]
+        if total is None:
+            key = "gram" if "gram" in p else "gram_upper"
+            total, D = p[key].copy(), p.get("n_features")
+        else:
+            total += p[key]
+    if total is None:
+        return None
+    if key == "gram":
+        return {"gram": total}
+    gram = np.empty((total.shape[0], D, D))
+    upper = np.triu_indices(D)
+    gram[:, upper[0], upper[1]] = total
+    gram[:, upper[1], upper[0]] = total
     return {"gram": gram}
 
 
@@ -1281,10 +1336,10 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         if ctx is None:
             ctx = BlockContext(X, exp_assay, n_assay, windows)
         Wt = np.ascontiguousarray(weights[j, fitted], dtype=np.float32)  # targets × D
+        # the features without their hinges, which hinged_product adds chunk by chunk
         Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
-                          context=ctx, similar=similar, neighbours=neighbours,
-                          hinges=hinges).T
-        pred = Wt @ Vt  # targets × bins
+                          context=ctx, similar=similar, neighbours=neighbours).T
+        pred = hinged_product(Wt, Vt, n_assay, len(windows)) if hinges else Wt @ Vt
         ts = [t for t, _ in want]
         fs = [f for _, f in want]
         # a missing feature makes its bin's column of the product NaN (even under a zero
@@ -1294,9 +1349,14 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
             Vh = Vt[:, holes]
             missing = np.isnan(Vh)
             np.copyto(Vh, 0.0, where=missing)
-            # a bin missing one of a target's (non-zero-weight) features keeps the fallback
-            bad = (Wt[fs] != 0).astype(np.float32) @ missing.astype(np.float32) > 0
-            pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], (Wt @ Vh)[fs])
+            # a bin missing one of a target's (non-zero-weight) features keeps the fallback;
+            # a hinge is missing where the feature it bends is
+            used = Wt[fs] != 0
+            if hinges:
+                used = _fold_hinges(used, n_assay, len(windows))
+            bad = used.astype(np.float32) @ missing.astype(np.float32) > 0
+            full = hinged_product(Wt, Vh, n_assay, len(windows)) if hinges else Wt @ Vh
+            pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], full[fs])
         outT[ts] = pred[fs]
     return outT.T
 

@@ -345,7 +345,7 @@ def test_write_tracks_only_writes_the_tracks_asked_for(tmp_path):
 def test_bench_set_is_for_the_roadmap_scale_and_validated():
     from predictd.cli import bench as _  # noqa: F401 - registers the command
     from predictd.cli.main import cli
-    r = CliRunner().invoke(cli, ["bench", "--set", "stack_hinges=true"])
+    r = CliRunner().invoke(cli, ["bench", "--set", "stack_hinges=false"])
     assert r.exit_code == 2 and "--roadmap-scale" in r.output
     r = CliRunner().invoke(cli, ["bench", "--roadmap-scale", "--set", "stack_hinge=true"])
     assert r.exit_code != 0 and "stack_hinge" in r.output
@@ -358,8 +358,8 @@ def test_roadmap_scale_with_a_config_override(tmp_path):
     from predictd.cli.main import cli
     r = CliRunner().invoke(cli, ["bench", "--roadmap-scale", "--bins", "4096",
                                  "--write-cell-types", "1", "--json", "--workdir",
-                                 str(tmp_path), "--set", "stack_hinges=true"])
+                                 str(tmp_path), "--set", "stack_hinges=false"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["config"]["stack_hinges"] is True
+    assert res["config"]["stack_hinges"] is False
     assert res["extrapolated_whole_genome"]["impute_core_hours"] > 0

@@ -98,7 +98,7 @@ def _table(res: dict) -> str:
                    "extrapolated from the measured throughput).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="--roadmap-scale: override one config key of the model (TOML value "
-                   "syntax), e.g. --set stack_hinges=true (repeatable).")
+                   "syntax), e.g. --set stack_hinges=false (repeatable).")
 def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_scale, bins,
           write_cell_types, sets):
     """Benchmark predictd against the limits of this machine, measured in the same run.
@@ -118,7 +118,7 @@ def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_sc
       predictd bench --json --quick
       predictd bench --workers 1,2
       predictd bench --roadmap-scale --json
-      predictd bench --roadmap-scale --json --set stack_hinges=true
+      predictd bench --roadmap-scale --json --set stack_hinges=false
     """
     n_workers = _workers(workers)
     if sets and not roadmap_scale:

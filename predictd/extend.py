@@ -195,7 +195,7 @@ def _fit_task(group, payload):
     aidx = {a: i for i, a in enumerate(ref.assays)}
     _, ec_ref, ea_ref = ref.observed_indices()
     windows, similar = cfg.stack_windows(), cfg.stack_similarity()
-    out = {cell: {"sums": [], "stats": None} for cell, _ in cells}
+    out = {cell: {"sums": [], "stats": []} for cell, _ in cells}
     for chrom, block, start, n in group:
         cols = list(ref_exps) + [e for _, exps in cells for e in exps]
         _, X = tensor.read_columns(union, chrom, block, cols)
@@ -224,12 +224,11 @@ def _fit_task(group, payload):
                     similar=similar, cells=[n_ref] if stored else None, neighbours=near,
                     hinges=cfg.stack_hinges)["gram"]
                 # with REF's statistics stored, only the new cell type's are computed: the
-                # others' (zeros) are not sent
-                out[cell]["stats"] = stacking.sum_stack_stats(
-                    [s for s in (out[cell]["stats"], {"gram": gram[n_ref:] if stored else gram})
-                     if s is not None])
+                # others' (zeros) are not kept (a copy: the slice would hold them all)
+                out[cell]["stats"].append({"gram": gram[n_ref:].copy() if stored else gram})
     return {cell: {"sums": ref_solver.sum_cell_type_sums(v["sums"]) if v["sums"] else None,
-                   "stats": None if v["stats"] is None else stacking.pack_stack_stats(v["stats"])}
+                   "stats": stacking.pack_stack_stats(stacking.sum_stack_stats(v["stats"]))
+                   if v["stats"] else None}
             for cell, v in out.items()}
 
 

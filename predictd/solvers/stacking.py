@@ -55,7 +55,7 @@ def hinge_columns(n_assay: int, n_windows: int, rows) -> np.ndarray:
     :data:`HINGE_KNOTS` in order; rows that are not hinged have none)."""
     hinged = hinged_rows(n_assay, n_windows)
     pos = {int(r): i for i, r in enumerate(hinged)}
-    base = _similar_offset(n_assay, n_windows) + n_assay * (1 + n_windows)
+    base = n_features(n_assay, (0,) * n_windows, True)  # the hinges follow every other feature
     nk = len(HINGE_KNOTS)
     return np.asarray([base + pos[int(r)] * nk + t for r in rows if int(r) in pos
                        for t in range(nk)], dtype=int)
@@ -977,14 +977,13 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             for s, M in enumerate(_window_means(sim, ctx.pad, ctx.windows, ctx.n, r), 1):
                 Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = M
     if hinges:
-        # NaN (missing at the bin) stays NaN: np.maximum propagates it
+        # they follow every other feature, in hinge_columns' order; made chunk by chunk, in
+        # place: no temporary of the whole feature matrix
         rows_h = hinged_rows(n_assay, len(ctx.windows))
-        cols = hinge_columns(n_assay, len(ctx.windows), rows_h).reshape(rows_h.size, -1)
-        # row by row, in place: no temporary of the whole feature matrix
-        for r, row_cols in zip(rows_h, cols):
-            for t, c in zip(HINGE_KNOTS, row_cols):
-                np.subtract(Vt[r], t, out=Vt[c])
-                np.maximum(Vt[c], 0.0, out=Vt[c])
+        D0 = n_features(n_assay, ctx.windows, True)
+        for lo in range(0, m, HINGE_CHUNK):
+            hi = min(m, lo + HINGE_CHUNK)
+            _hinges(Vt[rows_h, lo:hi], out=Vt[D0:, lo:hi].reshape(rows_h.size, -1, hi - lo))
     return Vt.T
 
 
@@ -1001,21 +1000,27 @@ def hinged_product(W: np.ndarray, Vt: np.ndarray, n_assay: int, n_windows: int) 
     back, they cost more than their arithmetic."""
     D0, n = Vt.shape
     rows = hinged_rows(n_assay, n_windows)
-    knots = np.asarray(HINGE_KNOTS, dtype=Vt.dtype)[None, :, None]
     Wh = np.ascontiguousarray(W[:, D0:])  # hinge_columns' order: row-major (row, knot)
     out = W[:, :D0] @ Vt
     for lo in range(0, n, HINGE_CHUNK):
         hi = min(n, lo + HINGE_CHUNK)
-        h = np.maximum(Vt[rows, lo:hi][:, None, :] - knots, 0.0)  # rows × knots × bins
-        out[:, lo:hi] += Wh @ h.reshape(-1, hi - lo)
+        out[:, lo:hi] += Wh @ _hinges(Vt[rows, lo:hi]).reshape(-1, hi - lo)
     return out
+
+
+def _hinges(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """max(0, x − t) of each row of x (rows × bins) for each knot t of :data:`HINGE_KNOTS`:
+    rows × knots × bins, into ``out`` if given. NaN (missing at the bin) stays NaN."""
+    knots = np.asarray(HINGE_KNOTS, dtype=x.dtype)[None, :, None]
+    out = np.subtract(x[:, None, :], knots, out=out)
+    return np.maximum(out, 0.0, out=out)
 
 
 def _fold_hinges(used: np.ndarray, n_assay: int, n_windows: int) -> np.ndarray:
     """``used`` (targets × D booleans over features with hinges) onto the D₀ features
     without them: a feature counts as used if it or one of its hinges is."""
     rows = hinged_rows(n_assay, n_windows)
-    D0 = n_features(n_assay, [0] * n_windows, True)
+    D0 = n_features(n_assay, (0,) * n_windows, True)
     out = used[:, :D0].copy()
     out[:, rows] |= used[:, D0:].reshape(used.shape[0], rows.size, -1).any(axis=2)
     return out

@@ -156,6 +156,21 @@ def _group_sums(A: np.ndarray, stride: int) -> np.ndarray:
     return out
 
 
+def _group_products(A: np.ndarray, x: np.ndarray, stride: int) -> np.ndarray:
+    """:func:`_group_sums` of A · x (each row of A times the series x), without the
+    product's temporary."""
+    if stride == 1:
+        return A * x[None, :]
+    n = A.shape[1]
+    whole = n // stride
+    out = np.empty((A.shape[0], -(-n // stride)), dtype=np.result_type(A, x))
+    np.einsum("rps,ps->rp", A[:, :whole * stride].reshape(A.shape[0], whole, stride),
+              x[:whole * stride].reshape(whole, stride), out=out[:, :whole])
+    if whole < out.shape[1]:
+        out[:, whole] = A[:, whole * stride:] @ x[whole * stride:]
+    return out
+
+
 def coarse_sums(XT: np.ndarray, step: int) -> np.ndarray:
     """Sums of each row of XT (experiments × bins) over consecutive cells of ``step`` bins (the
     last one possibly shorter), missing values counting as 0: (experiments × cells) float32,
@@ -344,43 +359,57 @@ class SimilarityInputs:
         for a, rows in self.rows.items():
             pos = np.flatnonzero(np.isin(rows, full))
             self._full[a] = (pos, np.searchsorted(full, rows[pos]))
-        self._coarse: dict[int, tuple] = {}
+        self._coarse: dict[int, dict] = {}
         self._values: dict = {}
 
-    def coarse(self, assay: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The assay's coarse tracks (rows × cells); at each point where the resemblance is
-        evaluated, their window sums, N·(window sums of squares) − sums², and where that
-        spread is too small for a correlation (rows × points)."""
+    def coarse(self, assay: int) -> np.ndarray:
+        """The assay's coarse tracks (rows × cells, float64)."""
         if assay not in self._coarse:
             if self.sums is None:
                 c = coarse_means(self.XT[self.rows[assay]], self.step)
             else:
                 c = self.sums[self.rows[assay]] / coarse_cell_sizes(self.n, self.step)
-            S = _window_sums(_group_sums(c, self.stride), self.h)
-            V = self.N * _window_sums(_group_sums(c * c, self.stride), self.h) - S * S
-            # relative guard: cumulative-sum differences leave rounding residue in flat windows
-            self._coarse[assay] = (c, S, V, ~(V > 1e-9 * self.N * self.N))
-        return self._coarse[assay]
+            O, P = c.shape[0], self.N.size
+            # the window statistics are made row by row as correlations ask for them: a task
+            # writing a few cell types weighs a few of each assay's rows
+            self._coarse[assay] = {"c": c, "have": np.zeros(O, dtype=bool),
+                                   "S": np.zeros((O, P)), "inv": np.zeros((O, P))}
+        return self._coarse[assay]["c"]
+
+    def _spread(self, assay: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At each point where the resemblance is evaluated, the window sums of the assay's
+        coarse tracks ``rows`` and 1 / √(N·(window sums of squares) − sums²), 0 where that
+        spread is too small for a correlation (rows × points each)."""
+        c = self.coarse(assay)
+        got = self._coarse[assay]
+        todo = rows[~got["have"][rows]]
+        if todo.size:
+            ct = c[todo]
+            S = _window_sums(_group_sums(ct, self.stride), self.h)
+            V = self.N * _window_sums(_group_sums(ct * ct, self.stride), self.h) - S * S
+            # relative guard: cumulative-sum differences leave rounding residue in flat
+            # windows; 1 / √spread is 0 there (its spread may round below 0): r = 0
+            ok = V > 1e-9 * self.N * self.N
+            inv = np.zeros_like(V)
+            np.divide(1.0, np.sqrt(V, out=np.ones_like(V), where=ok), out=inv, where=ok)
+            got["S"][todo], got["inv"][todo] = S, inv
+            got["have"][todo] = True
+        return got["S"][rows], got["inv"][rows]
 
     def correlations(self, assay: int, i: int, subset=None) -> np.ndarray:
         """:func:`local_correlations` of row i of the assay's experiments with each of them
         (its own row included), or with the rows ``subset`` (indices), from the shared window
         sums, at the points where the resemblance is evaluated: float32 (rows × points;
         :meth:`to_cells` interpolates them)."""
-        c, S, V, flat = self.coarse(assay)
-        key = ("inverse spread", assay)
-        if key not in self._values:
-            # 1 / √spread, 0 for a flat window (its spread may round below 0): r = 0 there
-            inv = np.zeros_like(V)
-            np.divide(1.0, np.sqrt(V, out=np.ones_like(V), where=~flat), out=inv, where=~flat)
-            self._values[key] = inv
-        inv = self._values[key]
-        rows = slice(None) if subset is None else subset
-        cov = _window_sums(_group_sums(c[rows] * c[i][None, :], self.stride), self.h)
+        c = self.coarse(assay)
+        rows = np.arange(c.shape[0]) if subset is None else np.asarray(subset)
+        S, inv = self._spread(assay, rows)
+        Si, inv_i = self._spread(assay, np.array([i]))
+        cov = _window_sums(_group_products(c[rows], c[i], self.stride), self.h)
         cov *= self.N
-        cov -= S[rows] * S[i][None, :]
-        cov *= inv[rows]
-        cov *= inv[i][None, :]
+        cov -= S * Si
+        cov *= inv
+        cov *= inv_i
         np.clip(cov, -1.0, 1.0, out=cov)
         return cov.astype(np.float32)
 
@@ -405,15 +434,28 @@ class SimilarityInputs:
         ``sums``, only the rows XT holds), and for each row that had a missing value, where
         it is observed."""
         if assay not in self._values:
-            part = np.asarray(self.XT[self._full[assay][1]], dtype=np.float32)
-            # a row's sum is NaN if it misses a value: one pass over the complete rows
-            seen = {}
-            for r in np.flatnonzero(np.isnan(part.sum(axis=1, dtype=np.float64))):
-                miss = np.isnan(part[r])
-                part[r, miss] = 0.0
-                seen[int(r)] = ~miss
+            rows, seen = self.row_values(assay)
+            part = (np.stack(rows) if rows
+                    else np.empty((0, self.n), dtype=np.float32))
             self._values[assay] = (part, seen)
         return self._values[assay]
+
+    def row_values(self, assay: int) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+        """:meth:`values` as one float32 array per row: a view of XT's row where nothing is
+        missing (no copy of the block's columns), a copy with 0 for missing values otherwise."""
+        key = ("rows", assay)
+        if key not in self._values:
+            rows, seen = [], {}
+            for p, r in enumerate(self._full[assay][1]):
+                x = np.asarray(self.XT[r], dtype=np.float32)
+                # a row's sum is NaN if it misses a value
+                if np.isnan(np.add.reduce(x)):
+                    miss = np.isnan(x)
+                    x = np.where(miss, np.float32(0.0), x)
+                    seen[p] = ~miss
+                rows.append(x)
+            self._values[key] = (rows, seen)
+        return self._values[key]
 
     def cell_major(self, assay: int) -> np.ndarray:
         """:meth:`values` of the assay's whole grid cells laid out cell-major (cells × rows ×
@@ -431,7 +473,7 @@ class SimilarityInputs:
         per coarse cell, targets × rows × cells, 0 to leave a row out; the rows are those
         :meth:`held` lists, or every row of the assay with 0 on the others), counting only
         observed values: float32 (targets × bins), NaN where no weighted row is observed."""
-        part, seen = self.values(assay)
+        rows, seen = self.row_values(assay)
         n, step = self.n, self.step
         w = np.asarray(w, dtype=np.float32)
         pos = self._full[assay][0]
@@ -457,18 +499,23 @@ class SimilarityInputs:
         num = np.empty((J, n), dtype=np.float32)
         whole = n // step
         if whole and J == 1:
-            # one target: a weighted sum over the rows it weighs, in their own layout
-            use = np.flatnonzero(w[0].any(axis=1))
-            num[0, :whole * step] = np.einsum(
-                "ocs,oc->cs", part[use, :whole * step].reshape(use.size, whole, step),
-                w[0, use, :whole]).ravel()
+            # one target: a weighted sum over the rows it weighs, one row at a time (no copy
+            # of the rows; each product stays in the CPU's cache until added)
+            acc = num[0, :whole * step].reshape(whole, step)
+            acc[...] = 0.0
+            term = np.empty_like(acc)
+            for o in np.flatnonzero(w[0].any(axis=1)):
+                np.multiply(rows[o][:whole * step].reshape(whole, step),
+                            w[0, o, :whole, None], out=term)
+                acc += term
         elif whole:
             # per cell of the grid, (targets × rows) @ (rows × step): every target at once
             num[:, :whole * step] = np.matmul(
                 np.ascontiguousarray(w[:, :, :whole].transpose(2, 0, 1)), self.cell_major(assay)
             ).transpose(1, 0, 2).reshape(J, whole * step)
         if whole * step < n:
-            num[:, whole * step:] = w[:, :, -1] @ part[:, whole * step:]
+            tail = np.array([x[whole * step:] for x in rows], dtype=np.float32)
+            num[:, whole * step:] = w[:, :, -1] @ tail.reshape(len(rows), n - whole * step)
         if normalised:
             if not (cell_tot > 0).all():
                 num[np.repeat(cell_tot <= 0, step, axis=1)[:, :n]] = np.nan
@@ -607,7 +654,7 @@ def _row_sums(si: SimilarityInputs, assay: int, rows: np.ndarray, ends: np.ndarr
         sizes = coarse_cell_sizes(n, step)
         offs = np.arange(step)
         got = {"rows": rows, "ends": ends, "have": np.zeros(O, dtype=bool),
-               "cells": si.coarse(assay)[0] * sizes,
+               "cells": si.coarse(assay) * sizes,
                "at": np.zeros((O, rows.size), dtype=np.float32),
                "inside": np.zeros((O, ends.size)),
                # each end's preceding bins in its cell: at most step − 1 of them
@@ -851,8 +898,8 @@ class BlockContext:
         self.segments = []
         for S in segs:
             t, c = S[:n_assay], S[n_assay:]
-            avg = np.divide(t, c, out=np.full(t.shape, np.nan), where=c > 0.5).astype(
-                dtype, copy=False)
+            avg = np.divide(t, c, out=np.full(t.shape, np.nan, dtype=np.result_type(t, c)),
+                            where=c > 0.5).astype(dtype, copy=False)
             avg[~present] = 0.0
             self.segments.append((t, c, avg))
         self._coarse = None if similarity is None else (similarity.width, similarity.XT,

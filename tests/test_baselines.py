@@ -411,6 +411,32 @@ def test_local_correlations_match_the_windowed_pearson_r():
     assert np.all(stacking.local_correlations(x, Y[2:3], 7)[0, 24:46] == 0.0)
 
 
+def test_resemblance_statistics_made_row_by_row_equal_those_made_at_once():
+    # SimilarityInputs makes an assay's window statistics only for the rows asked for: asked
+    # in pieces, in any order, the correlations are those of one call over every row
+    rng = np.random.default_rng(15)
+    XT = rng.random((6, 3000)).astype(np.float32)
+    XT[4] = XT[0] + 0.1 * rng.random(3000)
+    XT[5, 1000:1400] = 0.7                                 # flat: r = 0 there
+    assay = np.zeros(6, dtype=int)
+    width = 1001                                           # cells of 10 bins, every 4th one
+    at_once = stacking.SimilarityInputs(XT, assay, width).correlations(0, 2)
+    piecewise = stacking.SimilarityInputs(XT, assay, width)
+    got = np.empty_like(at_once)
+    for rows in ([5, 1], [0], [3, 4, 2]):
+        got[rows] = piecewise.correlations(0, 2, np.array(rows))
+    np.testing.assert_array_equal(got, at_once)
+    # and both are the windowed Pearson r of the 10-bin means, interpolated from every 4th cell
+    coarse = stacking.coarse_means(XT, 10)
+    want = stacking.local_correlations(coarse[2], coarse, 100)
+    points = at_once.shape[1]
+    centre = np.arange(points) * 4 + 1.5
+    np.testing.assert_allclose(piecewise.to_cells(at_once)[:, 8:-8],
+                               np.array([np.interp(np.arange(300), centre, w)
+                                         for w in at_once])[:, 8:-8], atol=1e-6)
+    assert np.corrcoef(piecewise.to_cells(at_once)[4], want[4])[0, 1] > 0.9
+
+
 def _direct_similar(X, cell, assay, n_assay, c, width, tau):
     """similar_averages by definition, one bin at a time: resemblance from the tracks' means
     over cells of `step` bins (NaN as 0), correlated over the window of whole groups of

@@ -359,7 +359,9 @@ class SimilarityInputs:
         for a, rows in self.rows.items():
             pos = np.flatnonzero(np.isin(rows, full))
             self._full[a] = (pos, np.searchsorted(full, rows[pos]))
-        self._coarse: dict[int, dict] = {}
+        self._coarse: dict[int, np.ndarray] = {}
+        #: per assay, the window statistics of the rows made so far (:meth:`_spread`)
+        self._spreads: dict[int, dict] = {}
         self._values: dict = {}
 
     def coarse(self, assay: int) -> np.ndarray:
@@ -369,19 +371,21 @@ class SimilarityInputs:
                 c = coarse_means(self.XT[self.rows[assay]], self.step)
             else:
                 c = self.sums[self.rows[assay]] / coarse_cell_sizes(self.n, self.step)
-            O, P = c.shape[0], self.N.size
-            # the window statistics are made row by row as correlations ask for them: a task
-            # writing a few cell types weighs a few of each assay's rows
-            self._coarse[assay] = {"c": c, "have": np.zeros(O, dtype=bool),
-                                   "S": np.zeros((O, P)), "inv": np.zeros((O, P))}
-        return self._coarse[assay]["c"]
+            self._coarse[assay] = c
+        return self._coarse[assay]
 
     def _spread(self, assay: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """At each point where the resemblance is evaluated, the window sums of the assay's
         coarse tracks ``rows`` and 1 / √(N·(window sums of squares) − sums²), 0 where that
         spread is too small for a correlation (rows × points each)."""
         c = self.coarse(assay)
-        got = self._coarse[assay]
+        # made row by row as correlations ask for them: a task writing a few cell types
+        # weighs a few of each assay's rows
+        got = self._spreads.get(assay)
+        if got is None:
+            O, P = c.shape[0], self.N.size
+            got = self._spreads[assay] = {"have": np.zeros(O, dtype=bool),
+                                          "S": np.zeros((O, P)), "inv": np.zeros((O, P))}
         todo = rows[~got["have"][rows]]
         if todo.size:
             ct = c[todo]

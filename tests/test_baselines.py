@@ -765,6 +765,44 @@ def test_hinge_features_bend_own_assays_and_similarity_weighted_averages():
     assert Wb.shape == W.shape and np.isfinite(Wb[1, 2]).all()
 
 
+def test_features_made_span_by_span_are_those_of_the_whole_block(monkeypatch):
+    rng = np.random.default_rng(22)
+    cell = np.repeat(np.arange(4), 3)
+    assay = np.tile(np.arange(3), 4)
+    X = (2.5 * rng.random((5000, 12)) ** 2).astype(np.float32)
+    X[100:180, 4] = np.nan  # one of cell type 1's own columns
+    X[3000:3050, 7] = np.nan  # another cell type's
+    windows, sim = (3, 11), (21, 0.3)
+    ctx = stacking.BlockContext(X, assay, 3, windows)
+    whole = stacking.cell_vectors(X, cell, assay, 3, 1, windows, dtype=np.float32,
+                                  context=ctx, similar=sim)
+    shared: dict = {}
+    # spans cut inside the windows' reach of the block's ends and of the missing values
+    parts = [stacking.cell_vectors(X, cell, assay, 3, 1, windows, dtype=np.float32,
+                                   context=ctx.span(lo, hi), similar=sim, shared=shared)
+             for lo, hi in [(0, 3), (3, 150), (150, 3020), (3020, 4995), (4995, 5000)]]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert {"XS", "XS_prefix", "sim", "sim_prefix"} <= set(shared)
+    with pytest.raises(ValueError, match="span"):
+        stacking.BlockContext(X, assay, 3, windows, rows=np.arange(10)).span(0, 5)
+    # predict_pairs makes and multiplies the features a chunk at a time: the values (and
+    # the bins left to the fallback) are those of the whole block at once
+    st = stacking.stack_stats(X, cell, assay, 4, 3, windows, similar=sim, hinges=True)
+    W = stacking.fit_stack(st, np.ones((4, 3), bool), windows=windows, similar=True)
+    pairs = [(1, 0), (1, 2), (3, 1)]
+    fallback = np.full((5000, 3), -7.0)
+
+    def predicted(chunk):
+        monkeypatch.setattr(stacking, "FEATURE_CHUNK", chunk)
+        return stacking.predict_pairs(X, cell, assay, W, pairs, fallback, windows,
+                                      similar=sim)
+
+    at_once, chunked = predicted(1 << 20), predicted(stacking.HINGE_CHUNK)
+    np.testing.assert_array_equal(chunked == -7.0, at_once == -7.0)
+    assert (at_once[100:180, :2] == -7.0).all() and np.isfinite(at_once).all()
+    np.testing.assert_allclose(chunked, at_once, rtol=1e-6, atol=1e-6)
+
+
 def test_similar_averages_from_coarse_sums_read_only_the_weighed_columns():
     # the resemblance from stored coarse sums of every experiment, the averages from the full
     # resolution of the experiments they weigh: the same as from every column at full

@@ -32,6 +32,8 @@ the small weight array: one GEMM per cell type per block.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 
@@ -792,59 +794,95 @@ def _padded_cumsum(A: np.ndarray, pad: int) -> np.ndarray:
 
 
 def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
-    """Sums over the centred windows [i − h, i + h] ∩ [0, n) of every bin i (or of ``rows``)
-    from :func:`_padded_cumsum` output (series × bins)."""
+    """Sums over the centred windows [i − h, i + h] ∩ [0, n) of every bin i (or of ``rows``:
+    indices, or a slice of consecutive bins) from :func:`_padded_cumsum` output (series ×
+    bins)."""
     if rows is None:
-        return C[:, pad + h + 1:pad + h + 1 + n] - C[:, pad - h:pad - h + n]
+        rows = slice(0, n)
+    if isinstance(rows, slice):
+        lo, hi = rows.start, rows.stop
+        return C[:, pad + h + 1 + lo:pad + h + 1 + hi] - C[:, pad - h + lo:pad - h + hi]
     return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
+
+
+def _row_count(rows, n: int) -> int:
+    """How many bins ``rows`` (None = all n, a slice, or indices) selects."""
+    if rows is None:
+        return n
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
 
 
 def _window_lengths(n: int, h: int, rows=None) -> np.ndarray:
     """Bins in the centred window [i − h, i + h] ∩ [0, n) of every bin i (or of ``rows``),
     float64."""
-    i = np.arange(n) if rows is None else np.asarray(rows)
+    if rows is None:
+        i = np.arange(n)
+    elif isinstance(rows, slice):
+        i = np.arange(rows.start, rows.stop)
+    else:
+        i = np.asarray(rows)
     return (np.minimum(i + h + 1, n) - np.maximum(i - h, 0)).astype(np.float64)
 
 
-def _window_means(V: np.ndarray, pad: int, widths, n: int, rows) -> list[np.ndarray]:
+def _window_means(V: np.ndarray, pad: int, widths, n: int, rows, prefix=None
+                  ) -> list[np.ndarray]:
     """The mean of the observed values of each row of V (series × bins, NaN = missing) over
     the centred window of every width in ``widths``, at ``rows`` (None = every bin): one
-    float64 array (series × rows) per width, NaN where a window holds nothing observed."""
-    seen = ~np.isnan(V)
-    if seen.all():
+    float64 array (series × rows) per width, NaN where a window holds nothing observed.
+    ``prefix``: :func:`_means_prefix` of V, when several calls share it."""
+    complete, k, sums_prefix = prefix if prefix is not None else _means_prefix(V, pad)
+    if complete:
         # nothing missing: a window's count is its length (the same float64 divisor as the
         # window sums of the observed mask give), and the mask needs no sums
-        out = _window_sums_of(V, pad, widths, n, rows)
+        out = _window_sums_of(None, pad, widths, n, rows, prefix=sums_prefix)
         for w, W in zip(widths, out):
             np.divide(W, _window_lengths(n, w // 2, rows), out=W)
         return out
-    k = V.shape[0]
-    S = np.concatenate([np.where(seen, V, V.dtype.type(0.0)), seen], axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return [W[:k] / W[k:] for W in _window_sums_of(S, pad, widths, n, rows)]
+        return [W[:k] / W[k:] for W in _window_sums_of(None, pad, widths, n, rows,
+                                                        prefix=sums_prefix)]
 
 
-def _window_sums_of(A: np.ndarray, pad: int, widths, n: int, rows, dtype=np.float64
-                    ) -> list[np.ndarray]:
-    """:func:`_window_sum` of each row of A (series × bins) over the centred window of every
-    width in ``widths``, at ``rows`` (None = every bin), from one pass of cumulative sums,
-    as ``dtype`` (the float64 sums rounded once). Trailing rows that each hold one integer value throughout (counts, or observed
-    masks, where nothing is missing: A is usually values then their counts) are that value
-    times each window's length — exactly what their cumulative sums give — and need none."""
+def _means_prefix(V: np.ndarray, pad: int) -> tuple:
+    """What :func:`_window_means` of V takes at any rows: whether nothing is missing, the
+    number of series, and the :func:`_sums_prefix` of the values (with, when something is
+    missing, the observed mask below them)."""
+    seen = ~np.isnan(V)
+    if seen.all():
+        return True, V.shape[0], _sums_prefix(V, pad)
+    S = np.concatenate([np.where(seen, V, V.dtype.type(0.0)), seen], axis=0)
+    return False, V.shape[0], _sums_prefix(S, pad)
+
+
+def _sums_prefix(A: np.ndarray, pad: int) -> tuple:
+    """What :func:`_window_sums_of` of A takes at any rows: each row's first value, how many
+    leading rows need cumulative sums (the rest each hold one integer value throughout), and
+    their :func:`_padded_cumsum`."""
     first = A[:, 0].astype(np.float64)
     const = ((A == A[:, :1]).all(axis=1) & (first == np.round(first))
              & (np.abs(first) < 2.0 ** 32))
     k = A.shape[0] - (np.argmin(const[::-1]) if not const.all() else A.shape[0])
-    if k == A.shape[0]:
-        C = _padded_cumsum(A, pad)
+    return first, k, (_padded_cumsum(A[:k], pad) if k else None)
+
+
+def _window_sums_of(A: np.ndarray | None, pad: int, widths, n: int, rows, dtype=np.float64,
+                    prefix=None) -> list[np.ndarray]:
+    """:func:`_window_sum` of each row of A (series × bins) over the centred window of every
+    width in ``widths``, at ``rows`` (None = every bin, a slice, or indices), from one pass
+    of cumulative sums, as ``dtype`` (the float64 sums rounded once). Trailing rows that each
+    hold one integer value throughout (counts, or observed masks, where nothing is missing:
+    A is usually values then their counts) are that value times each window's length —
+    exactly what their cumulative sums give — and need none. ``prefix``:
+    :func:`_sums_prefix` of A (then A may be None), when several calls share it."""
+    first, k, C = prefix if prefix is not None else _sums_prefix(A, pad)
+    if k == first.size:
         return [_window_sum(C, pad, w // 2, n, rows).astype(dtype, copy=False)
                 for w in widths]
-    m = n if rows is None else rows.size
-    C = _padded_cumsum(A[:k], pad) if k else None
+    m = _row_count(rows, n)
     out = []
     for w in widths:
         h = w // 2
-        o = np.empty((A.shape[0], m), dtype=dtype)
+        o = np.empty((first.size, m), dtype=dtype)
         if k and rows is None:
             np.subtract(C[:, pad + h + 1:pad + h + 1 + n], C[:, pad - h:pad - h + n],
                         out=o[:k])
@@ -909,12 +947,27 @@ class BlockContext:
         self._coarse = None if similarity is None else (similarity.width, similarity.XT,
                                                          similarity)
         self.from_sums = sums is not None
+        self._block: BlockContext | None = None  # a span's whole-block context
+
+    def span(self, lo: int, hi: int) -> "BlockContext":
+        """This context at the consecutive bins [lo, hi) of the block (``rows`` a slice; the
+        windows still see the whole block): views of its segments, and the block's
+        similarity inputs."""
+        if self.rows is not None:
+            raise ValueError("span of a context already evaluated at some rows")
+        part = copy.copy(self)
+        part._block = self
+        part.rows = slice(int(lo), int(hi))
+        part.segments = [tuple(a[:, lo:hi] for a in seg) for seg in self.segments]
+        return part
 
     def similarity_inputs(self, X: np.ndarray, exp_assay, width: int
                           ) -> tuple[np.ndarray, SimilarityInputs]:
         """The block's X (every experiment) experiment-major, and its
         :class:`SimilarityInputs`: computed once for all the cell types whose
-        similarity-weighted averages need them."""
+        similarity-weighted averages need them (and for every :meth:`span` of the block)."""
+        if self._block is not None:
+            return self._block.similarity_inputs(X, exp_assay, width)
         if self._coarse is None or self._coarse[0] != width:
             # free when X is column-major (as tensor blocks are decoded)
             XT = np.ascontiguousarray(np.asarray(X, dtype=np.float32).T)
@@ -927,7 +980,8 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
                  similar: tuple[int, float] | None = None,
                  sim: np.ndarray | None = None,
                  neighbours: np.ndarray | None = None, hinges: bool = False,
-                 sim_rows: np.ndarray | None = None) -> np.ndarray:
+                 sim_rows: np.ndarray | None = None, shared: dict | None = None
+                 ) -> np.ndarray:
     """``v_ci`` for the bins of a block (n × :func:`n_features`, or len(rows) × …; a
     transposed view of a feature-major array).
 
@@ -943,7 +997,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     ``rows`` (indices or a boolean mask) returns only those bins, the context still taken from
     the whole block. ``context`` is the block's :class:`BlockContext` for the same windows and
     rows (built here when absent); with it, X need only hold the columns of ``cell`` (all of
-    them), the averages coming from the context.
+    them), the averages coming from the context. A context's :meth:`BlockContext.span` gives
+    the features of consecutive bins; ``shared`` (a dict, empty at a cell type's first span)
+    then keeps what the cell type's spans of one block have in common: its own columns, their
+    cumulative sums and its similarity-weighted averages, computed once.
 
     ``similar`` = (width, tau) appends, after those, the :func:`similar_averages` of every
     assay and their means over the same windows (NaNs skipped); X must then hold every
@@ -966,16 +1023,20 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
     if ctx.windows != tuple(int(w) for w in windows):
         raise ValueError(f"context has windows {ctx.windows}, not {tuple(windows)}")
     r = ctx.rows
+    shared = {} if shared is None else shared
     own = np.flatnonzero(exp_cell == cell)
     a_own = exp_assay[own]
     k = own.size
-    xs = np.ascontiguousarray(X[:, own].T, dtype=np.float32)  # own experiments × bins
-    seen = ~np.isnan(xs)
-    XS = np.empty((2 * k, ctx.n), dtype=np.float32)
-    np.copyto(XS[:k], np.where(seen, xs, np.float32(0.0)))
-    XS[k:] = seen
+    if "XS" not in shared:
+        xs = np.ascontiguousarray(X[:, own].T, dtype=np.float32)  # own experiments × bins
+        seen = ~np.isnan(xs)
+        XS = np.empty((2 * k, ctx.n), dtype=np.float32)
+        np.copyto(XS[:k], np.where(seen, xs, np.float32(0.0)))
+        XS[k:] = seen
+        shared.update(xs=xs, XS=XS)
+    xs, XS = shared["xs"], shared["XS"]
     has_source = ctx.assay_count - np.bincount(a_own, minlength=n_assay) > 0
-    m = ctx.n if r is None else r.size
+    m = _row_count(r, ctx.n)
     Vt = np.zeros((n_features(n_assay, windows, similar is not None, hinges), m), dtype=dtype)
     Vt[0] = 1.0
 
@@ -1003,8 +1064,10 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
 
     fill(0, XS if r is None else XS[:, r], own_values=xs if r is None else xs[:, r])
     if ctx.windows:
+        if "XS_prefix" not in shared:
+            shared["XS_prefix"] = _sums_prefix(XS, ctx.pad)
         for s, W in enumerate(_window_sums_of(XS, ctx.pad, ctx.windows, ctx.n, r,
-                                              np.float32), 1):
+                                              np.float32, prefix=shared["XS_prefix"]), 1):
             fill(s, W)
     if similar is not None and sim_rows is not None:
         lo = _similar_offset(n_assay, len(ctx.windows))
@@ -1015,17 +1078,22 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             raise ValueError("similarity-weighted averages need every column of the block, "
                              "not a context from stored sums")
         lo = _similar_offset(n_assay, len(ctx.windows))
-        if sim is None:
+        if sim is None and "sim" in shared:
+            sim = shared["sim"]
+        elif sim is None:
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
             # inputs built from coarse sums name their own experiments (a superset of X's)
             ec, ea = ((exp_cell, exp_assay) if inputs.exp_cell is None
                       else (inputs.exp_cell, inputs.exp_assay))
-            sim = similar_averages(XT, ec, ea, n_assay, cell, *similar, inputs=inputs,
-                                   neighbours=neighbours)
+            sim = shared["sim"] = similar_averages(XT, ec, ea, n_assay, cell, *similar,
+                                                   inputs=inputs, neighbours=neighbours)
         Vt[lo:lo + n_assay] = sim if r is None else sim[:, r]
         if ctx.windows:
+            if "sim_prefix" not in shared:
+                shared["sim_prefix"] = _means_prefix(sim, ctx.pad)
             # assays no other cell type has are 0 throughout: their means stay 0
-            for s, M in enumerate(_window_means(sim, ctx.pad, ctx.windows, ctx.n, r), 1):
+            for s, M in enumerate(_window_means(sim, ctx.pad, ctx.windows, ctx.n, r,
+                                                prefix=shared["sim_prefix"]), 1):
                 Vt[lo + n_assay * s:lo + n_assay * (s + 1)] = M
     if hinges:
         # they follow every other feature, in hinge_columns' order; made chunk by chunk, in
@@ -1392,29 +1460,47 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         if ctx is None:
             ctx = BlockContext(X, exp_assay, n_assay, windows)
         Wt = np.ascontiguousarray(weights[j, fitted], dtype=np.float32)  # targets × D
-        # the features without their hinges, which hinged_product adds chunk by chunk
-        Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
-                          context=ctx, similar=similar, neighbours=neighbours).T
-        pred = hinged_product(Wt, Vt, n_assay, len(windows)) if hinges else Wt @ Vt
         ts = [t for t, _ in want]
         fs = [f for _, f in want]
-        # a missing feature makes its bin's column of the product NaN (even under a zero
-        # weight), so the bins to look at closely are found from the small result
-        holes = np.flatnonzero(np.isnan(pred).any(axis=0))
-        if holes.size:
-            Vh = Vt[:, holes]
-            missing = np.isnan(Vh)
-            np.copyto(Vh, 0.0, where=missing)
-            # a bin missing one of a target's (non-zero-weight) features keeps the fallback;
-            # a hinge is missing where the feature it bends is
-            used = Wt[fs] != 0
-            if hinges:
-                used = _fold_hinges(used, n_assay, len(windows))
-            bad = used.astype(np.float32) @ missing.astype(np.float32) > 0
-            full = hinged_product(Wt, Vh, n_assay, len(windows)) if hinges else Wt @ Vh
-            pred[np.ix_(fs, holes)] = np.where(bad, outT[np.ix_(ts, holes)], full[fs])
-        outT[ts] = pred[fs]
+        used = Wt[fs] != 0
+        if hinges:
+            used = _fold_hinges(used, n_assay, len(windows))
+        # the features are made and multiplied FEATURE_CHUNK bins at a time, from what the
+        # cell type's chunks share (its columns' cumulative sums, its similarity-weighted
+        # averages): the block's whole feature matrix is never held
+        spans = ([(0, ctx.n)] if ctx.rows is not None else
+                 [(lo, min(ctx.n, lo + FEATURE_CHUNK)) for lo in range(0, ctx.n, FEATURE_CHUNK)])
+        shared: dict = {}
+        for lo, hi in spans:
+            part = ctx if ctx.rows is not None else ctx.span(lo, hi)
+            # the features without their hinges, which hinged_product adds chunk by chunk
+            Vt = cell_vectors(X, exp_cell, exp_assay, n_assay, j, windows, dtype=np.float32,
+                              context=part, similar=similar, neighbours=neighbours,
+                              shared=shared).T
+            pred = hinged_product(Wt, Vt, n_assay, len(windows)) if hinges else Wt @ Vt
+            out = outT[:, lo:hi]
+            # a missing feature makes its bin's column of the product NaN (even under a zero
+            # weight), so the bins to look at closely are found from the small result
+            holes = np.flatnonzero(np.isnan(pred).any(axis=0))
+            if holes.size:
+                Vh = Vt[:, holes]
+                missing = np.isnan(Vh)
+                np.copyto(Vh, 0.0, where=missing)
+                # a bin missing one of a target's (non-zero-weight) features keeps the
+                # fallback; a hinge is missing where the feature it bends is
+                bad = used.astype(np.float32) @ missing.astype(np.float32) > 0
+                full = hinged_product(Wt, Vh, n_assay, len(windows)) if hinges else Wt @ Vh
+                pred[np.ix_(fs, holes)] = np.where(bad, out[np.ix_(ts, holes)], full[fs])
+            out[ts] = pred[fs]
+            del Vt, pred  # before the next chunk's are made
     return outT.T
+
+
+#: Bins whose features :func:`predict_pairs` makes and multiplies at once: a few MB of
+#: features (held in the allocator's reused heap, not mapped afresh for every cell type), and
+#: a multiple of :data:`HINGE_CHUNK`, so the hinges' chunks fall where they would over the
+#: whole block.
+FEATURE_CHUNK = 16 * 2048
 
 
 def residual_stats(X: np.ndarray, exp_cell, exp_assay, n_assay: int, weights: np.ndarray,

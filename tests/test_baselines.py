@@ -792,12 +792,16 @@ def test_features_made_span_by_span_are_those_of_the_whole_block(monkeypatch):
     pairs = [(1, 0), (1, 2), (3, 1)]
     fallback = np.full((5000, 3), -7.0)
 
-    def predicted(chunk):
-        monkeypatch.setattr(stacking, "FEATURE_CHUNK", chunk)
+    def predicted(chunk_bytes):
+        monkeypatch.setattr(stacking, "FEATURE_CHUNK_BYTES", chunk_bytes)
         return stacking.predict_pairs(X, cell, assay, W, pairs, fallback, windows,
                                       similar=sim)
 
-    at_once, chunked = predicted(1 << 20), predicted(stacking.HINGE_CHUNK)
+    n_feat = stacking.n_features(3, windows, True)
+    assert stacking.feature_chunk(n_feat) % stacking.HINGE_CHUNK == 0
+    assert stacking.feature_chunk(61) == 32768 and stacking.feature_chunk(289) == 6144
+    # one chunk for the whole block, and chunks of 2,048 bins (3 of them)
+    at_once, chunked = predicted(1 << 30), predicted(4 * n_feat * stacking.HINGE_CHUNK)
     np.testing.assert_array_equal(chunked == -7.0, at_once == -7.0)
     assert (at_once[100:180, :2] == -7.0).all() and np.isfinite(at_once).all()
     np.testing.assert_allclose(chunked, at_once, rtol=1e-6, atol=1e-6)

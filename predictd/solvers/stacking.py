@@ -1468,8 +1468,9 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         # the features are made and multiplied FEATURE_CHUNK bins at a time, from what the
         # cell type's chunks share (its columns' cumulative sums, its similarity-weighted
         # averages): the block's whole feature matrix is never held
+        step = feature_chunk(n_features(n_assay, windows, similar is not None))
         spans = ([(0, ctx.n)] if ctx.rows is not None else
-                 [(lo, min(ctx.n, lo + FEATURE_CHUNK)) for lo in range(0, ctx.n, FEATURE_CHUNK)])
+                 [(lo, min(ctx.n, lo + step)) for lo in range(0, ctx.n, step)])
         shared: dict = {}
         for lo, hi in spans:
             part = ctx if ctx.rows is not None else ctx.span(lo, hi)
@@ -1496,11 +1497,18 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
     return outT.T
 
 
-#: Bins whose features :func:`predict_pairs` makes and multiplies at once: a few MB of
-#: features (held in the allocator's reused heap, not mapped afresh for every cell type), and
-#: a multiple of :data:`HINGE_CHUNK`, so the hinges' chunks fall where they would over the
-#: whole block.
-FEATURE_CHUNK = 16 * 2048
+#: Bytes of features (float32, without the hinges) :func:`predict_pairs` makes and multiplies
+#: at once: well under glibc's largest mmap threshold (32 MiB), so a chunk comes from the
+#: allocator's reused heap instead of a fresh mapping (:mod:`predictd.allocator`).
+FEATURE_CHUNK_BYTES = 8 << 20
+
+
+def feature_chunk(n_feat: int) -> int:
+    """Bins per chunk of :func:`predict_pairs` for ``n_feat`` features a bin: as many as
+    :data:`FEATURE_CHUNK_BYTES` holds (32,768 on the pilot, 6,144 at Roadmap scale), a
+    multiple of :data:`HINGE_CHUNK`, so that the hinges' chunks fall where they would over
+    the whole block."""
+    return max(1, FEATURE_CHUNK_BYTES // (4 * n_feat * HINGE_CHUNK)) * HINGE_CHUNK
 
 
 def residual_stats(X: np.ndarray, exp_cell, exp_assay, n_assay: int, weights: np.ndarray,

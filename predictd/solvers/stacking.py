@@ -1465,7 +1465,7 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         used = Wt[fs] != 0
         if hinges:
             used = _fold_hinges(used, n_assay, len(windows))
-        # the features are made and multiplied FEATURE_CHUNK bins at a time, from what the
+        # the features are made and multiplied feature_chunk bins at a time, from what the
         # cell type's chunks share (its columns' cumulative sums, its similarity-weighted
         # averages): the block's whole feature matrix is never held
         step = feature_chunk(n_features(n_assay, windows, similar is not None))

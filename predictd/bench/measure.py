@@ -26,6 +26,9 @@ def status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 def rss_kb(pid: int | str) -> int:
     """Resident memory of a process in kB (``/proc/<pid>/statm``: one short line, cheaper to
     read than ``status``); 0 once the process is gone."""
@@ -34,9 +37,6 @@ def rss_kb(pid: int | str) -> int:
             return int(fh.read().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
         return 0
-
-
-_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def descendants(root: int) -> list[int]:

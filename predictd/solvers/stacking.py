@@ -793,16 +793,17 @@ def _padded_cumsum(A: np.ndarray, pad: int) -> np.ndarray:
     return C
 
 
-def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows) -> np.ndarray:
+def _window_sum(C: np.ndarray, pad: int, h: int, n: int, rows, out=None) -> np.ndarray:
     """Sums over the centred windows [i − h, i + h] ∩ [0, n) of every bin i (or of ``rows``:
     indices, or a slice of consecutive bins) from :func:`_padded_cumsum` output (series ×
-    bins)."""
+    bins), into ``out`` when given."""
     if rows is None:
         rows = slice(0, n)
     if isinstance(rows, slice):
         lo, hi = rows.start, rows.stop
-        return C[:, pad + h + 1 + lo:pad + h + 1 + hi] - C[:, pad - h + lo:pad - h + hi]
-    return C[:, rows + pad + h + 1] - C[:, rows + pad - h]
+        return np.subtract(C[:, pad + h + 1 + lo:pad + h + 1 + hi],
+                           C[:, pad - h + lo:pad - h + hi], out=out)
+    return np.subtract(C[:, rows + pad + h + 1], C[:, rows + pad - h], out=out)
 
 
 def _row_count(rows, n: int) -> int:
@@ -883,11 +884,8 @@ def _window_sums_of(A: np.ndarray | None, pad: int, widths, n: int, rows, dtype=
     for w in widths:
         h = w // 2
         o = np.empty((first.size, m), dtype=dtype)
-        if k and rows is None:
-            np.subtract(C[:, pad + h + 1:pad + h + 1 + n], C[:, pad - h:pad - h + n],
-                        out=o[:k])
-        elif k:
-            o[:k] = _window_sum(C, pad, h, n, rows)
+        if k:
+            _window_sum(C, pad, h, n, rows, out=o[:k])
         np.multiply(first[k:, None], _window_lengths(n, h, rows)[None, :], out=o[k:])
         out.append(o)
     return out
@@ -1078,9 +1076,9 @@ def cell_vectors(X: np.ndarray, exp_cell, exp_assay, n_assay: int, cell: int, wi
             raise ValueError("similarity-weighted averages need every column of the block, "
                              "not a context from stored sums")
         lo = _similar_offset(n_assay, len(ctx.windows))
-        if sim is None and "sim" in shared:
-            sim = shared["sim"]
-        elif sim is None:
+        if sim is None:
+            sim = shared.get("sim")
+        if sim is None:
             XT, inputs = ctx.similarity_inputs(X, exp_assay, similar[0])
             # inputs built from coarse sums name their own experiments (a superset of X's)
             ec, ea = ((exp_cell, exp_assay) if inputs.exp_cell is None
@@ -1469,7 +1467,7 @@ def predict_pairs(X: np.ndarray, exp_cell, exp_assay, weights: np.ndarray, pairs
         # cell type's chunks share (its columns' cumulative sums, its similarity-weighted
         # averages): the block's whole feature matrix is never held
         step = feature_chunk(n_features(n_assay, windows, similar is not None))
-        spans = ([(0, ctx.n)] if ctx.rows is not None else
+        spans = ([(0, outT.shape[1])] if ctx.rows is not None else
                  [(lo, min(ctx.n, lo + step)) for lo in range(0, ctx.n, step)])
         shared: dict = {}
         for lo, hi in spans:

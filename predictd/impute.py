@@ -55,23 +55,33 @@ def model_arrays(model: Model, experiments: list[str]):
     return model.experiment_features(j, k), model.experiment_bias(j, k)
 
 
+# The all-observed product is computed as ``X Pᵀ`` (bins first) and transposed when the model
+# has at most this many factors plus bias, as ``P Xᵀ`` above it. OpenBLAS's skinny-product
+# kernels favour ``X Pᵀ`` (Haswell/Zen and SkylakeX alike, docs/performance.md), but numpy's
+# transposed copy of an n × (L+1) result slows sharply as L+1 grows.
+ROW_MAJOR_SOLVE_MAX_COLUMNS = 5
+
+
 def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: float,
                 bias_ridge: float) -> np.ndarray:
     """[G | bG] (float32, n × L+1) for a block of observed data.
 
     Every bin is first solved as if all experiments were observed — one GEMM with the
     experiment biases folded in (``(X − b) Pᵀ = X Pᵀ − (P b)ᵀ`` saves a pass over the block),
-    computed as ``P Xᵀ``: for these skinny shapes (n × E times E × L+1) OpenBLAS is markedly
-    faster with the long axis last (docs/performance.md). A missing (NaN) entry makes its bin's row
-    of the product NaN, so the bins with missing entries are found from the small result, not
-    by a second pass over the block, and only they are solved again per observed pattern.
-    The result is the transposed view, so its columns are contiguous.
+    in the layout :data:`ROW_MAJOR_SOLVE_MAX_COLUMNS` picks. A missing (NaN) entry makes its
+    bin's row of the product NaN, so the bins with missing entries are found from the small
+    result, not by a second pass over the block, and only they are solved again per observed
+    pattern. The result is the transposed view of an (L+1) × n array, so each factor's column
+    is contiguous.
     """
     Z, b = model_arrays(model, experiments)
-    P = projection(Z, ridge, bias_ridge)
+    P = projection(Z, ridge, bias_ridge).astype(np.float32)
     Pb = (P @ b).astype(np.float32)
     X = np.asarray(X, dtype=np.float32)
-    GBt = P.astype(np.float32) @ X.T
+    if P.shape[0] <= ROW_MAJOR_SOLVE_MAX_COLUMNS:
+        GBt = np.ascontiguousarray((X @ P.T).T)
+    else:
+        GBt = P @ X.T
     GBt -= Pb[:, None]
     resolve_missing_rows(GBt.T, X, Z, ridge, bias_ridge, offset=b.astype(np.float32))
     return GBt.T

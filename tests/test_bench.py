@@ -140,14 +140,16 @@ def _model(n_cell=4, n_assay=3, L=5, seed=0):
                  A=rng.normal(size=(n_assay, L)), observed=observed)
 
 
-def test_solve_block_fast_path_matches_the_per_pattern_solve():
-    m = _model()
+@pytest.mark.parametrize("L", [3, 5])  # either side of impute.ROW_MAJOR_SOLVE_MAX_COLUMNS
+def test_solve_block_fast_path_matches_the_per_pattern_solve(L):
+    assert (L + 1 <= impute.ROW_MAJOR_SOLVE_MAX_COLUMNS) == (L == 3)
+    m = _model(L=L)
     exps = [f"{c}.{a}" for c, a in m.observed]
     X = np.random.default_rng(1).random((500, len(exps))).astype(np.float32)
     GB = impute.solve_block(X, m, exps, 2.9, 0.0)
     Z, b = impute.model_arrays(m, exps)
     G, bG = solve_genome_factors(X.astype(np.float64) - b, Z, 2.9, 0.0, dtype=np.float64)
-    assert GB.shape == (500, m.latent_factors + 1)
+    assert GB.shape == (500, m.latent_factors + 1) and GB.T.flags.c_contiguous
     np.testing.assert_allclose(GB[:, :-1], G, atol=2e-5)
     np.testing.assert_allclose(GB[:, -1], bG, atol=2e-5)
     # with a missing entry the block takes the per-pattern path; the complete rows agree

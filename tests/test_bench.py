@@ -18,7 +18,8 @@ import pyBigWig
 import pytest
 from click.testing import CliRunner
 
-from predictd import bench, impute, synthetic, tensor
+from predictd import bench, impute, layout, synthetic, tensor
+from predictd.errors import PredictdError
 from predictd.bench import machine, measure, probes
 from predictd.model import Model
 from predictd.solvers.closed_form import solve_genome_factors
@@ -365,3 +366,24 @@ def test_roadmap_scale_with_a_config_override(tmp_path):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["config"]["stack_hinges"] is False
     assert res["extrapolated_whole_genome"]["impute_core_hours"] > 0
+
+
+def test_write_limit_times_the_write_split_across_side_by_side_processes(tmp_path):
+    # the ceiling a cluster's write speed-up is judged against: the same tracks written by 1
+    # and by 2 plain processes at once (the children start together, after a warm-up pass)
+    from predictd.bench.scaleout import write_limit
+    from predictd.config import Config
+    m = _model()
+    root = str(tmp_path / "tensor")
+    header = synthetic.write_tensor(root, 20000, m.cell_types, m.assays, m.observed,
+                                    block_bins=4096)
+    job = str(tmp_path / "job")
+    m.save(layout.model_dir(job))
+    impute.solve_genome(None, header, root, os.path.join(job, "gf"), m,
+                        Config(block_bins=4096))
+    work = str(tmp_path / "limit")
+    ratio = write_limit(job, root, {"transform": "none"}, len(m.track_names()), 1, 2, work)
+    assert 0.2 < ratio < 4
+    assert not os.path.exists(work)  # the children's tracks are not kept
+    with pytest.raises(PredictdError, match="write-limit child failed"):
+        write_limit(str(tmp_path / "no-job"), root, {}, 4, 1, 2, work)

@@ -85,6 +85,87 @@ def _run_in_child(spec: dict) -> dict:
     return out
 
 
+# a write share's child: warms up, says "ready", waits for a line on stdin, then writes timed
+_WRITE_CHILD = ("import json, sys; from predictd.bench.scaleout import write_share; "
+                "print(json.dumps(write_share(json.loads(sys.argv[1]))), flush=True)")
+
+
+def write_share(spec: dict) -> dict:
+    """Write some of a finished job's tracks in this process, without Spark: the work of one
+    write task. The tracks are written twice, the second time timed: the first pass leaves the
+    process's heap as a Spark Python worker's is after the job's earlier tasks (glibc keeps
+    freed memory, :func:`predictd.allocator.keep_freed_memory`), so that fresh pages are not
+    what is timed. Between the passes the child prints ``ready`` and waits for a line on
+    stdin, so that side-by-side children start their timed passes together."""
+    from .. import impute
+    from ..allocator import keep_freed_memory
+    from ..model import Model
+    keep_freed_memory()
+    cfg = Config().replace(**spec["config"])
+    header = tensor.read_header(spec["tensor"])
+    model = Model.load(layout.model_dir(spec["job"]))
+    gf = os.path.join(spec["job"], "gf")
+
+    def write(out):
+        impute.write_tracks(None, header, out, gf, model, cfg, root=spec["tensor"],
+                            only=spec["tracks"])
+
+    write(os.path.join(spec["out"], "warm"))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    write(os.path.join(spec["out"], "timed"))
+    return {"write_seconds": time.perf_counter() - t0}
+
+
+def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, more: int,
+                work: str) -> float:
+    """What this machine allows the write's scale-out from ``fewer`` to ``more`` one-core
+    workers at most: the time ``fewer`` processes side by side take to write a finished job's
+    tracks, over the time ``more`` take, the tracks split as such a cluster splits them
+    (contiguous runs, :func:`predictd.impute.write_tracks`); every process without Spark,
+    with one BLAS thread. Side-by-side processes share the memory system and caches, which is
+    what keeps the ratio under ``more / fewer``."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def side_by_side(shares: list[list[int]]) -> float:
+        procs = []
+        try:
+            for i, tracks in enumerate(shares):
+                spec = {"job": job, "tensor": root, "config": config, "tracks": tracks,
+                        "out": os.path.join(work, f"{len(shares)}-{i}")}
+                procs.append(subprocess.Popen([sys.executable, "-c", _WRITE_CHILD,
+                                               json.dumps(spec)], env=env, text=True,
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE))
+            for p in procs:
+                if p.stdout.readline().strip() != "ready":
+                    raise PredictdError("write-limit child failed: "
+                                        + " | ".join(p.communicate()[1].splitlines()[-3:]))
+            for p in procs:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            seconds = []
+            for p in procs:
+                out, err = p.communicate()
+                if p.returncode != 0:
+                    raise PredictdError("write-limit child failed: "
+                                        + " | ".join(err.splitlines()[-3:]))
+                seconds.append(json.loads(out.strip().splitlines()[-1])["write_seconds"])
+            return max(seconds)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            shutil.rmtree(work, ignore_errors=True)
+
+    def split(k):
+        return [g.tolist() for g in np.array_split(np.arange(n_tracks), k) if g.size]
+
+    return side_by_side(split(fewer)) / side_by_side(split(more))
+
+
 #: the timed figures of a run whose median over repeats :func:`scale_out` reports
 _TIMED = ("train_seconds", "solve_seconds", "write_seconds", "train_plus_impute_seconds")
 
@@ -154,6 +235,7 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
                                                 "out": ref, "config": spec_cfg}))}
     ref_model = Model.load(layout.model_dir(ref))
     reps: dict[int, list[dict]] = {w: [] for w in workers}
+    limits: list[float] = []  # write_limit of the first and last worker counts, per repeat
     for i in range(repeat):
         for w in workers:
             out = os.path.join(base, f"workers-{w}")
@@ -170,6 +252,11 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
             r["equal_to_local"] = bool(r["model_max_abs_diff_vs_local"] <= 1e-6 and
                                        r["tracks_max_abs_diff_vs_local"] <= 1e-4)
             reps[w].append(throughputs(r))
+        if len(workers) >= 2:
+            say(f"scale-out: the write without Spark, {workers[0]} and {workers[-1]} processes "
+                "side by side" + (f", run {i + 1} of {repeat}" if repeat > 1 else ""))
+            limits.append(round(write_limit(ref, root, spec_cfg, n_tracks, workers[0],
+                                            workers[-1], os.path.join(base, "write-limit")), 3))
     for w in workers:
         runs[f"workers_{w}"] = throughputs(_median_run(reps[w]), total=False)
     out = {"data": {"source": source, "bins": n, "tracks": n_tracks}, "repeat": repeat,
@@ -182,4 +269,9 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
         out["speedup_of_medians"] = {k: round(a[k] / b[k], 3) for k in _TIMED}
         if repeat > 1:
             out["speedup_per_repeat"] = pairs
+        # the write's speed-up against what the machine allows, pair by pair as the speed-up
+        out["write_limit"] = {"workers": [lo, hi], "speedup": round(float(np.median(limits)), 3),
+                              "per_repeat": limits}
+        out["write_vs_limit"] = round(float(np.median(
+            [p["write_seconds"] / lim for p, lim in zip(pairs, limits)])), 3)
     return out

@@ -85,18 +85,19 @@ def _run_in_child(spec: dict) -> dict:
     return out
 
 
-# a write share's child: warms up, says "ready", waits for a line on stdin, then writes timed
-_WRITE_CHILD = ("import json, sys; from predictd.bench.scaleout import write_share; "
-                "print(json.dumps(write_share(json.loads(sys.argv[1]))), flush=True)")
+# a write share's child: warms up, says "ready", then writes once, timed, per line on stdin
+_WRITE_CHILD = ("import sys; from predictd.bench.scaleout import write_share; "
+                "import json; write_share(json.loads(sys.argv[1]))")
 
 
-def write_share(spec: dict) -> dict:
+def write_share(spec: dict) -> None:
     """Write some of a finished job's tracks in this process, without Spark: the work of one
-    write task. The tracks are written twice, the second time timed: the first pass leaves the
-    process's heap as a Spark Python worker's is after the job's earlier tasks (glibc keeps
-    freed memory, :func:`predictd.allocator.keep_freed_memory`), so that fresh pages are not
-    what is timed. Between the passes the child prints ``ready`` and waits for a line on
-    stdin, so that side-by-side children start their timed passes together."""
+    write task. A first, untimed pass leaves the process's heap as a Spark Python worker's is
+    after the job's earlier tasks (glibc keeps freed memory,
+    :func:`predictd.allocator.keep_freed_memory`), so that fresh pages are not what is timed;
+    then the child prints ``ready`` and, for each line on stdin, writes the tracks again and
+    prints the pass's seconds, so that side-by-side children start each timed pass together.
+    """
     from .. import impute
     from ..allocator import keep_freed_memory
     from ..model import Model
@@ -112,58 +113,68 @@ def write_share(spec: dict) -> dict:
 
     write(os.path.join(spec["out"], "warm"))
     print("ready", flush=True)
-    sys.stdin.readline()
-    t0 = time.perf_counter()
-    write(os.path.join(spec["out"], "timed"))
-    return {"write_seconds": time.perf_counter() - t0}
+    for i, _ in enumerate(sys.stdin):
+        t0 = time.perf_counter()
+        write(os.path.join(spec["out"], f"pass-{i}"))
+        print(time.perf_counter() - t0, flush=True)
 
 
 def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, more: int,
-                work: str) -> float:
+                work: str, passes: int = 2) -> float:
     """What this machine allows the write's scale-out from ``fewer`` to ``more`` one-core
     workers at most: the time ``fewer`` processes side by side take to write a finished job's
     tracks, over the time ``more`` take, the tracks split as such a cluster splits them
     (contiguous runs, :func:`predictd.impute.write_tracks`); every process without Spark,
     with one BLAS thread. Side-by-side processes share the memory system and caches, which is
-    what keeps the ratio under ``more / fewer``."""
+    what keeps the ratio under ``more / fewer``. The two sets of processes take turns
+    ``passes`` times; each one's fastest pass counts."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs: list[subprocess.Popen] = []
 
-    def side_by_side(shares: list[list[int]]) -> float:
-        procs = []
-        try:
-            for i, tracks in enumerate(shares):
-                spec = {"job": job, "tensor": root, "config": config, "tracks": tracks,
-                        "out": os.path.join(work, f"{len(shares)}-{i}")}
-                procs.append(subprocess.Popen([sys.executable, "-c", _WRITE_CHILD,
-                                               json.dumps(spec)], env=env, text=True,
-                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE))
-            for p in procs:
-                if p.stdout.readline().strip() != "ready":
-                    raise PredictdError("write-limit child failed: "
-                                        + " | ".join(p.communicate()[1].splitlines()[-3:]))
-            for p in procs:
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            seconds = []
-            for p in procs:
-                out, err = p.communicate()
-                if p.returncode != 0:
-                    raise PredictdError("write-limit child failed: "
-                                        + " | ".join(err.splitlines()[-3:]))
-                seconds.append(json.loads(out.strip().splitlines()[-1])["write_seconds"])
-            return max(seconds)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            shutil.rmtree(work, ignore_errors=True)
+    def failed(p):
+        p.kill()
+        return PredictdError("write-limit child failed: "
+                             + " | ".join(p.communicate()[1].strip().splitlines()[-3:]))
+
+    def start(shares: list[list[int]]) -> list[subprocess.Popen]:
+        mine = []
+        for i, tracks in enumerate(shares):
+            spec = {"job": job, "tensor": root, "config": config, "tracks": tracks,
+                    "out": os.path.join(work, f"{len(shares)}-{i}")}
+            mine.append(subprocess.Popen([sys.executable, "-c", _WRITE_CHILD, json.dumps(spec)],
+                                         env=env, text=True, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.extend(mine)
+        for p in mine:
+            if p.stdout.readline().strip() != "ready":
+                raise failed(p)
+        return mine
+
+    def timed_pass(mine: list[subprocess.Popen]) -> float:
+        for p in mine:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        seconds = []
+        for p in mine:
+            line = p.stdout.readline().strip()
+            if not line:
+                raise failed(p)
+            seconds.append(float(line))
+        return max(seconds)
 
     def split(k):
         return [g.tolist() for g in np.array_split(np.arange(n_tracks), k) if g.size]
 
-    return side_by_side(split(fewer)) / side_by_side(split(more))
+    try:
+        sets = [start(split(fewer)), start(split(more))]
+        best = [min(t) for t in zip(*[[timed_pass(m) for m in sets] for _ in range(passes)])]
+        return best[0] / best[1]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 #: the timed figures of a run whose median over repeats :func:`scale_out` reports

@@ -191,7 +191,13 @@ def test_gemm_fraction_measures_the_real_functions():
     assert g["gflops"] == pytest.approx(2 * 20000 * 9 * (len(exps) + 30) / 1e9, abs=1e-3)
     assert g["fraction"] > 0 and g["predictd_seconds"] > 0
     assert set(g["layouts_seconds"]) == {"solve_row_major", "solve_col_major",
-                                         "impute_row_major", "impute_col_major"}
+                                         "impute_row_major", "impute_col_major",
+                                         "solve_row_major_transposed"}
+    # the bound is the bare products' alone, each in its faster layout
+    lay = g["layouts_seconds"]
+    assert g["gemm_seconds"] == pytest.approx(
+        min(lay["solve_row_major"], lay["solve_col_major"])
+        + min(lay["impute_row_major"], lay["impute_col_major"]), abs=2e-5)
 
 
 # --------------------------------------------------------------------------- measurement tools

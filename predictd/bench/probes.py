@@ -110,7 +110,10 @@ def gemm_fraction(X: np.ndarray, model, experiments: list[str], ridge: float,
     Xt_free = Xc.T
     Wt = np.ascontiguousarray(W.T)
     candidates = {"solve_row_major": lambda: Xc @ P.T, "solve_col_major": lambda: P @ Xt_free,
-                  "impute_row_major": lambda: GB @ W, "impute_col_major": lambda: Wt @ GBt}
+                  "impute_row_major": lambda: GB @ W, "impute_col_major": lambda: Wt @ GBt,
+                  # not a bare product: the row-major solve with the transposition solve_block
+                  # adds, to show what the layout costs
+                  "solve_row_major_transposed": lambda: np.ascontiguousarray((Xc @ P.T).T)}
     times = {k: [] for k in ("ours", *candidates)}
     for _ in range(repeats):
         for k, fn in (("ours", ours), *candidates.items()):

@@ -79,10 +79,12 @@ def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: floa
     Pb = (P @ b).astype(np.float32)
     X = np.asarray(X, dtype=np.float32)
     if P.shape[0] <= ROW_MAJOR_SOLVE_MAX_COLUMNS:
-        GBt = np.ascontiguousarray((X @ P.T).T)
+        # the transposition and the bias term in one pass
+        GBt = np.empty((P.shape[0], X.shape[0]), dtype=np.float32)
+        np.subtract((X @ P.T).T, Pb[:, None], out=GBt)
     else:
         GBt = P @ X.T
-    GBt -= Pb[:, None]
+        GBt -= Pb[:, None]
     resolve_missing_rows(GBt.T, X, Z, ridge, bias_ridge, offset=b.astype(np.float32))
     return GBt.T
 

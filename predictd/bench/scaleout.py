@@ -120,14 +120,15 @@ def write_share(spec: dict) -> None:
 
 
 def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, more: int,
-                work: str, passes: int = 2) -> float:
+                work: str, passes: int = 2) -> dict:
     """What this machine allows the write's scale-out from ``fewer`` to ``more`` one-core
     workers at most: the time ``fewer`` processes side by side take to write a finished job's
     tracks, over the time ``more`` take, the tracks split as such a cluster splits them
     (contiguous runs, :func:`predictd.impute.write_tracks`); every process without Spark,
     with one BLAS thread. Side-by-side processes share the memory system and caches, which is
     what keeps the ratio under ``more / fewer``. The two sets of processes take turns
-    ``passes`` times; each one's fastest pass counts."""
+    ``passes`` times; each one's fastest pass counts. Returns both sets' seconds and their
+    ratio (``speedup``)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs: list[subprocess.Popen] = []
 
@@ -168,7 +169,8 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
     try:
         sets = [start(split(fewer)), start(split(more))]
         best = [min(t) for t in zip(*[[timed_pass(m) for m in sets] for _ in range(passes)])]
-        return best[0] / best[1]
+        return {"fewer_seconds": round(best[0], 3), "more_seconds": round(best[1], 3),
+                "speedup": round(best[0] / best[1], 3)}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -246,7 +248,7 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
                                                 "out": ref, "config": spec_cfg}))}
     ref_model = Model.load(layout.model_dir(ref))
     reps: dict[int, list[dict]] = {w: [] for w in workers}
-    limits: list[float] = []  # write_limit of the first and last worker counts, per repeat
+    limits: list[dict] = []  # write_limit of the first and last worker counts, per repeat
     for i in range(repeat):
         for w in workers:
             out = os.path.join(base, f"workers-{w}")
@@ -266,8 +268,8 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
         if len(workers) >= 2:
             say(f"scale-out: the write without Spark, {workers[0]} and {workers[-1]} processes "
                 "side by side" + (f", run {i + 1} of {repeat}" if repeat > 1 else ""))
-            limits.append(round(write_limit(ref, root, spec_cfg, n_tracks, workers[0],
-                                            workers[-1], os.path.join(base, "write-limit")), 3))
+            limits.append(write_limit(ref, root, spec_cfg, n_tracks, workers[0], workers[-1],
+                                      os.path.join(base, "write-limit")))
     for w in workers:
         runs[f"workers_{w}"] = throughputs(_median_run(reps[w]), total=False)
     out = {"data": {"source": source, "bins": n, "tracks": n_tracks}, "repeat": repeat,
@@ -281,8 +283,8 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
         if repeat > 1:
             out["speedup_per_repeat"] = pairs
         # the write's speed-up against what the machine allows, pair by pair as the speed-up
-        out["write_limit"] = {"workers": [lo, hi], "speedup": round(float(np.median(limits)), 3),
-                              "per_repeat": limits}
+        out["write_limit"] = {"workers": [lo, hi], "per_repeat": limits, "speedup": round(
+            float(np.median([lim["speedup"] for lim in limits])), 3)}
         out["write_vs_limit"] = round(float(np.median(
-            [p["write_seconds"] / lim for p, lim in zip(pairs, limits)])), 3)
+            [p["write_seconds"] / lim["speedup"] for p, lim in zip(pairs, limits)])), 3)
     return out

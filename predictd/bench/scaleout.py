@@ -91,8 +91,8 @@ _WRITE_CHILD = ("import sys; from predictd.bench.scaleout import write_share; "
 
 
 def write_share(spec: dict) -> None:
-    """Write some of a finished job's tracks in this process, without Spark: the work of one
-    write task. A first, untimed pass leaves the process's heap as a Spark Python worker's is
+    """Write some of a finished job's tracks in this process, without Spark: the work of some
+    write tasks (``groups``: each task's tracks), one after the other. A first, untimed pass leaves the process's heap as a Spark Python worker's is
     after the job's earlier tasks (glibc keeps freed memory,
     :func:`predictd.allocator.keep_freed_memory`), so that fresh pages are not what is timed;
     then the child prints ``ready`` and, for each line on stdin, writes the tracks again and
@@ -108,8 +108,9 @@ def write_share(spec: dict) -> None:
     gf = os.path.join(spec["job"], "gf")
 
     def write(out):
-        impute.write_tracks(None, header, out, gf, model, cfg, root=spec["tensor"],
-                            only=spec["tracks"])
+        for tracks in spec["groups"]:
+            impute.write_tracks(None, header, out, gf, model, cfg, root=spec["tensor"],
+                                only=tracks)
 
     write(os.path.join(spec["out"], "warm"))
     print("ready", flush=True)
@@ -123,10 +124,12 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
                 work: str, passes: int = 2) -> dict:
     """What this machine allows the write's scale-out from ``fewer`` to ``more`` one-core
     workers at most: the time ``fewer`` processes side by side take to write a finished job's
-    tracks, over the time ``more`` take, the tracks split as such a cluster splits them
-    (contiguous runs, :func:`predictd.impute.write_tracks`); every process without Spark,
-    with one BLAS thread. Side-by-side processes share the memory system and caches, which is
-    what keeps the ratio under ``more / fewer``. The two sets of processes take turns
+    tracks, over the time ``more`` take. The tracks are cut into the tasks the larger cluster
+    runs (contiguous runs, as many as its default parallelism: its cores, at least 2;
+    :func:`predictd.impute.write_tracks`) and the tasks dealt out in contiguous runs, so both
+    sides do the same work; every process without Spark, with one BLAS thread. Side-by-side
+    processes share the memory system and caches, which is what keeps the ratio under
+    ``more / fewer``. The two sets of processes take turns
     ``passes`` times; each one's fastest pass counts. Returns both sets' seconds and their
     ratio (``speedup``)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -137,10 +140,10 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
         return PredictdError("write-limit child failed: "
                              + " | ".join(p.communicate()[1].strip().splitlines()[-3:]))
 
-    def start(shares: list[list[int]]) -> list[subprocess.Popen]:
+    def start(shares: list[list[list[int]]]) -> list[subprocess.Popen]:
         mine = []
-        for i, tracks in enumerate(shares):
-            spec = {"job": job, "tensor": root, "config": config, "tracks": tracks,
+        for i, groups in enumerate(shares):
+            spec = {"job": job, "tensor": root, "config": config, "groups": groups,
                     "out": os.path.join(work, f"{len(shares)}-{i}")}
             mine.append(subprocess.Popen([sys.executable, "-c", _WRITE_CHILD, json.dumps(spec)],
                                          env=env, text=True, stdin=subprocess.PIPE,
@@ -163,8 +166,11 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
             seconds.append(float(line))
         return max(seconds)
 
+    tasks = [g.tolist() for g in np.array_split(np.arange(n_tracks), max(more, 2)) if g.size]
+
     def split(k):
-        return [g.tolist() for g in np.array_split(np.arange(n_tracks), k) if g.size]
+        return [[tasks[i] for i in part] for part in np.array_split(np.arange(len(tasks)), k)
+                if part.size]
 
     try:
         sets = [start(split(fewer)), start(split(more))]

@@ -75,8 +75,9 @@ def solve_block(X: np.ndarray, model: Model, experiments: list[str], ridge: floa
     is contiguous.
     """
     Z, b = model_arrays(model, experiments)
-    P = projection(Z, ridge, bias_ridge).astype(np.float32)
+    P = projection(Z, ridge, bias_ridge)
     Pb = (P @ b).astype(np.float32)
+    P = P.astype(np.float32)
     X = np.asarray(X, dtype=np.float32)
     if P.shape[0] <= ROW_MAJOR_SOLVE_MAX_COLUMNS:
         # the transposition and the bias term in one pass

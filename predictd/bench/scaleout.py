@@ -92,12 +92,12 @@ _WRITE_CHILD = ("import sys; from predictd.bench.scaleout import write_share; "
 
 def write_share(spec: dict) -> None:
     """Write some of a finished job's tracks in this process, without Spark: the work of some
-    write tasks (``groups``: each task's tracks), one after the other. A first, untimed pass leaves the process's heap as a Spark Python worker's is
-    after the job's earlier tasks (glibc keeps freed memory,
-    :func:`predictd.allocator.keep_freed_memory`), so that fresh pages are not what is timed;
-    then the child prints ``ready`` and, for each line on stdin, writes the tracks again and
-    prints the pass's seconds, so that side-by-side children start each timed pass together.
-    """
+    write tasks (``groups``: each task's tracks), one after the other. A first, untimed pass
+    leaves the process's heap as a Spark Python worker's is after the job's earlier tasks
+    (glibc keeps freed memory, :func:`predictd.allocator.keep_freed_memory`), so that fresh
+    pages are not what is timed; then the child prints ``ready`` and, for each line on stdin,
+    writes the tracks again and prints the pass's seconds, so that side-by-side children start
+    each timed pass together."""
     from .. import impute
     from ..allocator import keep_freed_memory
     from ..model import Model
@@ -129,9 +129,8 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
     :func:`predictd.impute.write_tracks`) and the tasks dealt out in contiguous runs, so both
     sides do the same work; every process without Spark, with one BLAS thread. Side-by-side
     processes share the memory system and caches, which is what keeps the ratio under
-    ``more / fewer``. The two sets of processes take turns
-    ``passes`` times; each one's fastest pass counts. Returns both sets' seconds and their
-    ratio (``speedup``)."""
+    ``more / fewer``. The two sets of processes take turns ``passes`` times; each one's
+    fastest pass counts. Returns both sets' seconds and their ratio (``speedup``)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs: list[subprocess.Popen] = []
 

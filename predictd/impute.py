@@ -617,6 +617,15 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
               desc="solve genome factors", unit="block", cost=tensor.block_bins(header.blocks()))
 
 
+def track_groups(tracks, n_tasks: int) -> list[list[int]]:
+    """The write's tasks: ``tracks`` (indices, cell-type-major) cut into at most ``n_tasks``
+    contiguous runs. A stacked model builds each cell type's features once per block, so a
+    task should see as few cell types as possible."""
+    tracks = np.asarray(tracks)
+    n = max(1, min(tracks.size, n_tasks))
+    return [list(map(int, g)) for g in np.array_split(tracks, n) if g.size]
+
+
 def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model: Model, cfg,
                  public: bool = False, members: list[tuple[str, Model]] | None = None,
                  use: dict | None = None, root=None, only: list[int] | None = None,
@@ -640,10 +649,7 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     if only is not None:
         tracks = tracks[np.isin(tracks, only)]
     par = cfg.write_parallelism or (default_parallelism(sc) if sc is not None else 1)
-    n_groups = max(1, min(tracks.size, par))
-    # contiguous runs of tracks (cell-type-major): a stacked model builds each cell type's
-    # features once per block, so a task should see as few cell types as possible
-    groups = [list(map(int, g)) for g in np.array_split(tracks, n_groups) if g.size]
+    groups = track_groups(tracks, par)
     if by_cell_type:
         cells = tracks // len(model.assays)
         groups = [list(map(int, tracks[cells == c])) for c in np.unique(cells)]

@@ -192,3 +192,11 @@ def test_similarity_weighted_stack_reads_its_nearest_cell_types_columns(
         after = impute.block_values(run.tensor_root, exps, members, W, "pilot", 1, pairs)
         assert set(asked[-1]) == set(impute.needed_columns(model, pairs))
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+
+
+def test_track_groups_are_contiguous_runs_of_at_most_n_tasks():
+    # the write's tasks, and the bench's write_limit cuts the same ones
+    from predictd.impute import track_groups
+    assert track_groups(range(20), 2) == [list(range(10)), list(range(10, 20))]
+    assert track_groups([3, 4, 7], 8) == [[3], [4], [7]]
+    assert track_groups([5], 0) == [[5]]

@@ -125,12 +125,13 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
     """What this machine allows the write's scale-out from ``fewer`` to ``more`` one-core
     workers at most: the time ``fewer`` processes side by side take to write a finished job's
     tracks, over the time ``more`` take. The tracks are cut into the tasks the larger cluster
-    runs (contiguous runs, as many as its default parallelism: its cores, at least 2;
-    :func:`predictd.impute.write_tracks`) and the tasks dealt out in contiguous runs, so both
-    sides do the same work; every process without Spark, with one BLAS thread. Side-by-side
-    processes share the memory system and caches, which is what keeps the ratio under
-    ``more / fewer``. The two sets of processes take turns ``passes`` times; each one's
-    fastest pass counts. Returns both sets' seconds and their ratio (``speedup``)."""
+    runs (:func:`predictd.impute.track_groups`, as many as its default parallelism) and the
+    tasks dealt out in contiguous runs, so both sides do the same work; every process without
+    Spark, with one BLAS thread. Side-by-side processes share the memory system and caches,
+    which is what keeps the ratio under ``more / fewer``. The two sets of processes take turns
+    ``passes`` times; each one's fastest pass counts. Returns both sets' seconds and their
+    ratio (``speedup``)."""
+    from ..impute import track_groups
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs: list[subprocess.Popen] = []
 
@@ -165,7 +166,8 @@ def write_limit(job: str, root: str, config: dict, n_tracks: int, fewer: int, mo
             seconds.append(float(line))
         return max(seconds)
 
-    tasks = [g.tolist() for g in np.array_split(np.arange(n_tracks), max(more, 2)) if g.size]
+    # a standalone cluster's default parallelism: its cores, at least 2
+    tasks = track_groups(np.arange(n_tracks), max(more, 2))
 
     def split(k):
         return [[tasks[i] for i in part] for part in np.array_split(np.arange(len(tasks)), k)

@@ -395,3 +395,17 @@ def test_write_limit_times_the_write_split_across_side_by_side_processes(tmp_pat
     assert not os.path.exists(work)  # the children's tracks are not kept
     with pytest.raises(PredictdError, match="write-limit child failed"):
         write_limit(str(tmp_path / "no-job"), root, {}, 4, 1, 2, work)
+
+
+def test_bench_inputs_in_a_relative_workdir_are_found_through_the_manifest(tmp_path,
+                                                                           monkeypatch):
+    """``predictd bench --workdir scratch`` (a relative directory): the manifest's rows must
+    name bigWigs that exist, not paths relative to the manifest's own directory again."""
+    from predictd.bench.inputs import write_inputs
+    from predictd.manifest import read_manifest
+    monkeypatch.chdir(tmp_path)
+    tracks = {"E003.H3K4me3": np.linspace(0, 2, 4096, dtype=np.float32)}
+    manifest, sizes, paths = write_inputs(tracks, os.path.join("scratch", "inputs"))
+    assert all(os.path.isabs(p) and os.path.exists(p) for p in (manifest, sizes, *paths))
+    (row,) = read_manifest(manifest)
+    assert os.path.exists(row.uri), row.uri

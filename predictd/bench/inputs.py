@@ -48,7 +48,9 @@ def bench_tracks(n_bins: int | None = None) -> tuple[dict[str, np.ndarray], str]
 def write_inputs(tracks: dict[str, np.ndarray], directory: str, bin_size: int = 25
                  ) -> tuple[str, str, list[str]]:
     """Write the tracks as bigWigs in input units (sinh of arcsinh) on one pseudo-chromosome;
-    returns (manifest, chrom.sizes, bigWig paths)."""
+    returns (manifest, chrom.sizes, bigWig paths). The manifest names the bigWigs by absolute
+    path (a relative one would be read relative to the manifest's directory)."""
+    directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     n = next(iter(tracks.values())).size
     length = n * bin_size

@@ -221,6 +221,18 @@ def test_peak_memory_sees_this_process_and_its_children():
         assert small.self_mb < mem.self_mb
 
 
+def test_fresh_memory_times_touching_new_pages(monkeypatch):
+    """Both figures time real page faults: ``mb`` megabytes touched a page at a time, after an
+    idle wait for the second."""
+    import time
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    small = machine.fresh_memory(mb=4, idle_seconds=0.25, rounds=3)
+    assert waits == [0.25] * 3
+    assert small["mb"] == 4 and small["idle_seconds"] == 0.25
+    assert 0 < small["reused_ms_per_mb"] < 50 and 0 < small["after_idle_ms_per_mb"] < 50
+
+
 def test_blas_info_names_the_kernel_and_leaves_the_environment_alone():
     before = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
     info = machine.blas_info()
@@ -332,6 +344,9 @@ def test_scale_out_on_a_standalone_cluster_equals_local_mode(tmp_path):
     # the machine's load around the timed work, to judge the figures by
     assert len(run2["load_average"]) == 2 and min(run2["load_average"]) >= 0
     assert res["runs"]["local"]["master"] == "local[*]"
+    # what new processes pay for memory here, to judge the speed-up by
+    fresh = res["fresh_memory"]
+    assert fresh["reused_ms_per_mb"] > 0 and fresh["after_idle_ms_per_mb"] > 0
 
 
 def test_write_tracks_only_writes_the_tracks_asked_for(tmp_path):

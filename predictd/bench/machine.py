@@ -62,3 +62,33 @@ def machine_info() -> dict:
     return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**30, 1),
             "python": platform.python_version(), "numpy": np.__version__, "blas": blas_info()}
 
+
+
+def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> dict:
+    """What a process pays to touch memory it has not used before, in ms per MB: memory the
+    kernel has just had back from another allocation (``reused_ms_per_mb``) against memory
+    freed ``idle_seconds`` earlier (``after_idle_ms_per_mb``). On a bare machine both are the
+    kernel zeroing pages. A virtual machine whose balloon device reports free pages to its
+    host (virtio-balloon free page reporting, which Firecracker and QEMU offer) hands freed
+    memory back within seconds, and every page touched after that is faulted in by the host
+    again — so a fresh Spark worker's first tasks, and every new process, pay that price.
+    Each figure is the fastest of ``rounds`` (numpy arrays, as the work allocates them)."""
+    import time
+
+    def touch() -> float:
+        t0 = time.perf_counter()
+        a = np.empty(mb << 20, dtype=np.uint8)
+        a[::4096] = 1  # one write per page: the page is faulted in and zeroed
+        seconds = time.perf_counter() - t0
+        del a
+        return seconds
+
+    touch()
+    reused, idle = [], []
+    for _ in range(rounds):
+        reused.append(touch())
+        time.sleep(idle_seconds)
+        idle.append(touch())
+    return {"mb": mb, "idle_seconds": idle_seconds,
+            "reused_ms_per_mb": round(min(reused) / mb * 1e3, 3),
+            "after_idle_ms_per_mb": round(min(idle) / mb * 1e3, 3)}

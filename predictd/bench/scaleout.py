@@ -249,6 +249,10 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
                                                    r["write_seconds"], 3)
         return r
 
+    from .machine import fresh_memory
+    say("scale-out: what fresh memory costs on this machine")
+    # a new cluster's processes start on memory the last run's processes gave back
+    fresh = fresh_memory()
     ref = os.path.join(base, "local")
     say("scale-out: local[*] reference run")
     runs = {"local": throughputs(_run_in_child({"master": "local[*]", "tensor": root,
@@ -280,7 +284,7 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
     for w in workers:
         runs[f"workers_{w}"] = throughputs(_median_run(reps[w]), total=False)
     out = {"data": {"source": source, "bins": n, "tracks": n_tracks}, "repeat": repeat,
-           "runs": runs}
+           "runs": runs, "fresh_memory": fresh}
     if len(workers) >= 2:
         lo, hi = workers[0], workers[-1]
         out["speedup"], pairs = paired_speedups(reps[lo], reps[hi])

@@ -478,11 +478,30 @@ def test_native_reader_on_predictd_files_is_exact(tmp_path):
     assert not native[50_001:].any()
 
 
+def test_short_blocks_are_deflated_by_zlib_long_ones_by_isal():
+    """A chromosome's last, short blocks take zlib's stream (which depends on the input
+    alone); full blocks ISA-L's. Both inflate to the block."""
+    import zlib
+
+    from isal.isal_zlib import compress as isal_compress
+
+    from predictd.bigwig import write as bigwig_write
+
+    rng = np.random.default_rng(5)
+    for n in (4, 128, 1023, 1024, 4096, 16_024):
+        body = np.round(rng.gamma(0.5, 1, n), 1).astype(np.float32).tobytes()
+        data = bigwig_write.deflate(body)
+        assert zlib.decompress(data) == body
+        short = len(body) < bigwig_write.ISAL_MIN_BYTES
+        assert data == (zlib.compress(body, bigwig_write.ZLIB_LEVEL) if short
+                        else isal_compress(body, bigwig_write.ZLIB_LEVEL)), n
+
+
 def test_native_reader_uncompressed_file(tmp_path, monkeypatch):
     """Data blocks stored raw (uncompressBufSize 0, as `bedGraphToBigWig -unc` writes)."""
     from predictd.bigwig import write as bigwig_write
 
-    monkeypatch.setattr(bigwig_write, "_deflate", lambda data, level=None: bytes(data))
+    monkeypatch.setattr(bigwig_write, "deflate", bytes)
     monkeypatch.setattr(bigwig_write, "UNCOMPRESS_BUF", 0)
     y = np.random.default_rng(4).random(10_000).astype(np.float32)
     out = tmp_path / "raw.bw"

@@ -34,11 +34,13 @@ import numpy as np
 
 from predictd.errors import PredictdError
 
+import zlib
+
 try:
     # ISA-L's deflate: the same zlib streams, several times faster at the fastest level
-    from isal.isal_zlib import compress as _deflate
+    from isal.isal_zlib import compress as _isal_deflate
 except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
-    from zlib import compress as _deflate
+    _isal_deflate = zlib.compress
 
 from .format import (
     BEDGRAPH,
@@ -79,8 +81,20 @@ ZOOM_BINS = 16              # bins per record at the first zoom level (400 bp fo
 ZOOM_FACTOR = 4             # each further level covers 4x the bases
 TREE_BLOCK = 256            # children per R-tree / B+ tree node
 ZLIB_LEVEL = 1              # the fastest: higher levels barely shrink binned float signal
+#: Blocks shorter than this are deflated by zlib rather than ISA-L. For them ISA-L shrinks its
+#: hash table to the input, a path on which it has written two different (valid) streams for
+#: the same block in two processes, so the same tracks could differ in their bytes; zlib's
+#: stream depends on the input alone. Only a chromosome's last section and zoom blocks are
+#: this short, so the time is unchanged.
+ISAL_MIN_BYTES = 4096
 #: The largest block once inflated (a reader's buffer size).
 UNCOMPRESS_BUF = max(SECTION.size + 4 * SECTION_ITEMS, ZOOM_RECORD.itemsize * ZOOM_ITEMS)
+
+
+def deflate(body: bytes) -> bytes:
+    """A data or zoom block as a zlib stream (level :data:`ZLIB_LEVEL`): by ISA-L, or by zlib
+    under :data:`ISAL_MIN_BYTES`."""
+    return (_isal_deflate if len(body) >= ISAL_MIN_BYTES else zlib.compress)(body, ZLIB_LEVEL)
 
 
 def zoom_reductions(chroms, bin_size: int, max_zooms: int = MAX_ZOOMS) -> list[int]:
@@ -390,7 +404,7 @@ class _BigWigFile:
         self._pending_n = rest.size
 
     def _write_section(self, ci: int, start: int, end: int, body: bytes) -> None:
-        data = _deflate(body, ZLIB_LEVEL)
+        data = deflate(body)
         self._sections.append((ci, start, end, self._fh.tell(), len(data)))
         self._fh.write(data)
 
@@ -483,7 +497,7 @@ class _BigWigFile:
             self._zcount[level] += keep.size
             for i in range(0, keep.size, ZOOM_ITEMS):
                 blk = recs[i:i + ZOOM_ITEMS]
-                data = _deflate(blk.tobytes(), ZLIB_LEVEL)
+                data = deflate(blk.tobytes())
                 self._zblocks[level].append((ci, int(blk["start"][0]), int(blk["end"][-1]),
                                              self._side.tell(), len(data)))
                 self._side.write(data)

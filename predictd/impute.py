@@ -648,11 +648,12 @@ def write_tracks(sc, header: tensor.TensorHeader, out: str, gf_root: str, model:
     tracks = np.arange(len(model.cell_types) * len(model.assays))
     if only is not None:
         tracks = tracks[np.isin(tracks, only)]
-    par = cfg.write_parallelism or (default_parallelism(sc) if sc is not None else 1)
-    groups = track_groups(tracks, par)
     if by_cell_type:
         cells = tracks // len(model.assays)
         groups = [list(map(int, tracks[cells == c])) for c in np.unique(cells)]
+    else:
+        groups = track_groups(tracks, cfg.write_parallelism or (
+            default_parallelism(sc) if sc is not None else 1))
     chroms = [tuple(c) for c in header.genome["chroms"]]
     done = map_tasks(sc, _write_task, groups,
                      (out, root, list(header.experiments), members, use, header.blocks(),

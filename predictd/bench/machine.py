@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 
 import numpy as np
 
@@ -63,7 +64,6 @@ def machine_info() -> dict:
             "python": platform.python_version(), "numpy": np.__version__, "blas": blas_info()}
 
 
-
 def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> dict:
     """What a process pays to touch memory it has not used before, in ms per MB: memory the
     kernel has just had back from another allocation (``reused_ms_per_mb``) against memory
@@ -73,7 +73,6 @@ def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> d
     memory back within seconds, and every page touched after that is faulted in by the host
     again — so a fresh Spark worker's first tasks, and every new process, pay that price.
     Each figure is the fastest of ``rounds`` (numpy arrays, as the work allocates them)."""
-    import time
 
     def touch() -> float:
         t0 = time.perf_counter()

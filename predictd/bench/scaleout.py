@@ -22,6 +22,7 @@ from ..config import Config
 from ..errors import PredictdError
 from .compare import model_diff, tracks_diff
 from .inputs import bench_config, bench_tracks, write_inputs
+from .machine import fresh_memory
 from .measure import PeakMemory
 from .standard import warm_worker
 
@@ -249,7 +250,6 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
                                                    r["write_seconds"], 3)
         return r
 
-    from .machine import fresh_memory
     say("scale-out: what fresh memory costs on this machine")
     # a new cluster's processes start on memory the last run's processes gave back
     fresh = fresh_memory()

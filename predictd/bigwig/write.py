@@ -27,14 +27,13 @@ import os
 import struct
 import tempfile
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from predictd.errors import PredictdError
-
-import zlib
 
 try:
     # ISA-L's deflate: the same zlib streams, several times faster at the fastest level

@@ -1,5 +1,5 @@
-"""The C allocator's settings for predictd's processes (glibc's malloc, which numpy's arrays
-come from).
+"""The memory settings of predictd's processes: glibc's malloc (which numpy's arrays come
+from) keeps freed memory, and numpy's large arrays are backed by ordinary 4 KiB pages.
 
 By default glibc gives every block above a moving threshold its own mapping and returns the
 top of its heap to the kernel once about twice that threshold is free. numpy's temporaries of
@@ -7,11 +7,19 @@ a tensor block (1–30 MB each, made and freed thousands of times by a write tas
 back from the kernel as fresh pages on every use, each one faulted in and zeroed again: kernel
 time in every task, and page-allocator work that tasks running side by side share. Measured
 in docs/performance.md ("Memory allocation").
+
+numpy advises the kernel to back every array of 4 MB or more with 2 MB transparent huge pages.
+A huge page faulted in for the first time costs several times what as many small pages cost on
+a virtual machine whose balloon reports free memory to its host (each one is a fresh 2 MB
+block the host must supply again), and every Spark worker's first tasks fault in their memory;
+reused memory is as fast either way. :func:`configure` turns the advice off unless the user
+set numpy's own switch, ``NUMPY_MADVISE_HUGEPAGE``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 #: Blocks up to this size come from the heap, and are reused (glibc's maximum).
@@ -24,6 +32,38 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 _tuned = False
+_configured = False
+
+#: numpy's own switch for its huge-page advice (read when numpy is imported): when set, it
+#: decides
+NUMPY_HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
+
+
+def configure() -> None:
+    """predictd's memory settings for this process (the command, every Spark task, the
+    benchmark's jobs): :func:`keep_freed_memory`, and numpy's huge-page advice off
+    (:func:`numpy_huge_pages`) unless :data:`NUMPY_HUGEPAGE_ENV` is set. Once per process."""
+    global _configured
+    if _configured:
+        return
+    keep_freed_memory()
+    if NUMPY_HUGEPAGE_ENV not in os.environ:
+        numpy_huge_pages(False)
+    _configured = True
+
+
+def numpy_huge_pages(enabled: bool) -> bool | None:
+    """Have numpy advise the kernel to back its new arrays of 4 MB or more with transparent
+    huge pages, or not (arrays already made keep their pages). Returns the previous setting;
+    None, changing nothing, where numpy has no such switch."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:
+        try:  # numpy 1.x
+            from numpy.core.multiarray import _set_madvise_hugepage
+        except ImportError:
+            return None
+    return bool(_set_madvise_hugepage(bool(enabled)))
 
 
 def keep_freed_memory() -> bool:

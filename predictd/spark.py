@@ -199,10 +199,10 @@ def freeze_imports() -> None:
 
 def _task_start() -> None:
     """What every Spark task does first in its Python worker: :func:`freeze_imports`, and
-    :func:`predictd.allocator.keep_freed_memory` (once per worker)."""
-    from .allocator import keep_freed_memory
+    :func:`predictd.allocator.configure` (once per worker)."""
+    from .allocator import configure
     freeze_imports()
-    keep_freed_memory()
+    configure()
 
 
 def _guarded(fn, item, payload):

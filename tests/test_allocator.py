@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,3 +47,53 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 def test_settings_apply_once_per_process():
     first = allocator.keep_freed_memory()
     assert allocator.keep_freed_memory() == first
+
+
+_PAGES_CHILD = """
+import json, sys
+import numpy as np
+from predictd import allocator
+if sys.argv[1] == "configured":
+    allocator.configure()
+a = np.ones(16 << 20)  # 128 MB, touched
+with open("/proc/self/smaps_rollup") as fh:
+    huge_kb = next(int(line.split()[1]) for line in fh if line.startswith("AnonHugePages:"))
+print(json.dumps({"huge_mb": huge_kb / 1024}))
+"""
+
+
+def _huge_mb(mode: str, **env) -> float:
+    out = subprocess.run([sys.executable, "-c", _PAGES_CHILD, mode], capture_output=True,
+                         text=True, check=True,
+                         env={k: v for k, v in {**os.environ, **env}.items()
+                              if v is not None})
+    return json.loads(out.stdout)["huge_mb"]
+
+
+def _thp_mode() -> str | None:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return fh.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.mark.skipif(_thp_mode() not in ("always", "madvise"),
+                    reason="the kernel gives no transparent huge pages here")
+def test_configured_processes_back_numpy_arrays_with_small_pages():
+    # numpy's default advice: a 128 MB array lands mostly in 2 MB pages
+    assert _huge_mb("plain", NUMPY_MADVISE_HUGEPAGE=None) > 64
+    if _thp_mode() == "madvise":
+        # configured, numpy no longer asks for them (under "always" the kernel still gives them)
+        assert _huge_mb("configured", NUMPY_MADVISE_HUGEPAGE=None) < 8
+    # numpy's own switch, when the user sets it, decides
+    assert _huge_mb("configured", NUMPY_MADVISE_HUGEPAGE="1") > 64
+
+
+def test_numpy_huge_pages_returns_the_previous_setting():
+    before = allocator.numpy_huge_pages(False)
+    try:
+        assert allocator.numpy_huge_pages(True) is False
+        assert allocator.numpy_huge_pages(True) is True
+    finally:
+        allocator.numpy_huge_pages(before)

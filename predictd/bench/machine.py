@@ -67,12 +67,16 @@ def machine_info() -> dict:
 def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> dict:
     """What a process pays to touch memory it has not used before, in ms per MB: memory the
     kernel has just had back from another allocation (``reused_ms_per_mb``) against memory
-    freed ``idle_seconds`` earlier (``after_idle_ms_per_mb``). On a bare machine both are the
-    kernel zeroing pages. A virtual machine whose balloon device reports free pages to its
-    host (virtio-balloon free page reporting, which Firecracker and QEMU offer) hands freed
-    memory back within seconds, and every page touched after that is faulted in by the host
-    again — so a fresh Spark worker's first tasks, and every new process, pay that price.
-    Each figure is the fastest of ``rounds`` (numpy arrays, as the work allocates them)."""
+    freed ``idle_seconds`` earlier (``after_idle_ms_per_mb``), in 4 KiB pages
+    (``small_pages``: predictd's processes, :func:`predictd.allocator.configure`) and in 2 MB
+    transparent huge pages where numpy advises them (``huge_pages``: numpy's default; None
+    where numpy cannot be told). On a bare machine all are the kernel zeroing pages. A
+    virtual machine whose balloon device reports free pages to its host (virtio-balloon free
+    page reporting, which Firecracker and QEMU offer) hands freed memory back within seconds,
+    and a page touched after that may be faulted in by the host again — so a fresh Spark
+    worker's first tasks, and every new process, pay that price. Each figure is the fastest
+    of ``rounds`` (numpy arrays, as the work allocates them)."""
+    from ..allocator import numpy_huge_pages
 
     def touch() -> float:
         t0 = time.perf_counter()
@@ -82,12 +86,22 @@ def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> d
         del a
         return seconds
 
-    touch()
-    reused, idle = [], []
-    for _ in range(rounds):
-        reused.append(touch())
-        time.sleep(idle_seconds)
-        idle.append(touch())
-    return {"mb": mb, "idle_seconds": idle_seconds,
-            "reused_ms_per_mb": round(min(reused) / mb * 1e3, 3),
-            "after_idle_ms_per_mb": round(min(idle) / mb * 1e3, 3)}
+    def timed() -> dict:
+        touch()
+        reused, idle = [], []
+        for _ in range(rounds):
+            reused.append(touch())
+            time.sleep(idle_seconds)
+            idle.append(touch())
+        return {"reused_ms_per_mb": round(min(reused) / mb * 1e3, 3),
+                "after_idle_ms_per_mb": round(min(idle) / mb * 1e3, 3)}
+
+    out: dict = {"mb": mb, "idle_seconds": idle_seconds}
+    for key, huge in (("small_pages", False), ("huge_pages", True)):
+        before = numpy_huge_pages(huge)
+        try:
+            out[key] = timed() if before is not None or not huge else None
+        finally:
+            if before is not None:
+                numpy_huge_pages(before)
+    return out

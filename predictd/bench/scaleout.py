@@ -39,9 +39,9 @@ def train_and_impute(spec: dict) -> dict:
     from .. import impute, train
     from ..model import Model
     from ..spark import get_context, stop_context
-    from ..allocator import keep_freed_memory
+    from ..allocator import configure
     logging.basicConfig(level=logging.WARNING)
-    keep_freed_memory()  # as the predictd command does for its driver
+    configure()  # as the predictd command does for its driver
     cfg = Config().replace(**spec["config"])
     header = tensor.read_header(spec["tensor"])
     out = spec["out"]
@@ -100,9 +100,9 @@ def write_share(spec: dict) -> None:
     writes the tracks again and prints the pass's seconds, so that side-by-side children start
     each timed pass together."""
     from .. import impute
-    from ..allocator import keep_freed_memory
+    from ..allocator import configure
     from ..model import Model
-    keep_freed_memory()
+    configure()
     cfg = Config().replace(**spec["config"])
     header = tensor.read_header(spec["tensor"])
     model = Model.load(layout.model_dir(spec["job"]))

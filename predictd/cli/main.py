@@ -64,7 +64,7 @@ def cli(debug: bool, quiet: bool):
         os.environ["PREDICTD_DEBUG"] = "1"
         os.environ.setdefault("PREDICTD_SPARK_LOG_LEVEL", "WARN")
     progress.set_shown(not quiet)
-    allocator.keep_freed_memory()
+    allocator.configure()
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="predictd: %(message)s", stream=sys.stderr)
     # Libraries' INFO chatter ("Found credentials in environment variables.") is not ours to

@@ -16,7 +16,7 @@ of two runs' models and tracks).
 """
 
 from .roadmap import ROADMAP_BINS, roadmap_scale
-from .scaleout import scale_out
+from .scaleout import scale_out, scale_out_in_child
 from .standard import run
 
-__all__ = ["ROADMAP_BINS", "roadmap_scale", "run", "scale_out"]
+__all__ = ["ROADMAP_BINS", "roadmap_scale", "run", "scale_out", "scale_out_in_child"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import time
 
@@ -66,42 +67,51 @@ def machine_info() -> dict:
 
 def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> dict:
     """What a process pays to touch memory it has not used before, in ms per MB: memory the
-    kernel has just had back from another allocation (``reused_ms_per_mb``) against memory
-    freed ``idle_seconds`` earlier (``after_idle_ms_per_mb``), in 4 KiB pages
-    (``small_pages``: predictd's processes, :func:`predictd.allocator.configure`) and in 2 MB
-    transparent huge pages where numpy advises them (``huge_pages``: numpy's default; None
-    where numpy cannot be told). On a bare machine all are the kernel zeroing pages. A
-    virtual machine whose balloon device reports free pages to its host (virtio-balloon free
-    page reporting, which Firecracker and QEMU offer) hands freed memory back within seconds,
-    and a page touched after that may be faulted in by the host again — so a fresh Spark
-    worker's first tasks, and every new process, pay that price. Each figure is the fastest
-    of ``rounds`` (numpy arrays, as the work allocates them)."""
-    from ..allocator import numpy_huge_pages
+    kernel has just had back from another mapping (``reused_ms_per_mb``) against memory freed
+    ``idle_seconds`` earlier (``after_idle_ms_per_mb``), in 4 KiB pages (``small_pages``:
+    what predictd's processes use, :func:`predictd.allocator.configure`) and in 2 MB
+    transparent huge pages (``huge_pages``: what numpy asks for by default; None where the
+    kernel offers none). On a bare machine all are the kernel zeroing pages. A virtual machine
+    whose balloon device reports free pages to its host (virtio-balloon free page reporting,
+    which Firecracker and QEMU offer) hands freed memory back within seconds, and a page
+    touched after that may be faulted in by the host again — so a fresh Spark worker's first
+    tasks, and every new process, pay that price. Each figure is the fastest of ``rounds``;
+    the memory is a fresh anonymous mapping each time (not the allocator's heap, which may
+    hold freed memory already faulted in)."""
+    huge_ok = hasattr(mmap, "MADV_HUGEPAGE") and _thp_mode() in ("always", "madvise")
 
-    def touch() -> float:
+    def touch(huge: bool) -> float:
         t0 = time.perf_counter()
-        a = np.empty(mb << 20, dtype=np.uint8)
-        a[::4096] = 1  # one write per page: the page is faulted in and zeroed
+        m = mmap.mmap(-1, mb << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if huge:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        elif hasattr(mmap, "MADV_NOHUGEPAGE"):
+            m.madvise(mmap.MADV_NOHUGEPAGE)  # small pages even where THP is "always"
+        view = np.frombuffer(m, dtype=np.uint8)
+        view[::4096] = 1  # one write per page: the page is faulted in and zeroed
         seconds = time.perf_counter() - t0
-        del a
+        del view
+        m.close()
         return seconds
 
-    def timed() -> dict:
-        touch()
+    def timed(huge: bool) -> dict:
+        touch(huge)
         reused, idle = [], []
         for _ in range(rounds):
-            reused.append(touch())
+            reused.append(touch(huge))
             time.sleep(idle_seconds)
-            idle.append(touch())
+            idle.append(touch(huge))
         return {"reused_ms_per_mb": round(min(reused) / mb * 1e3, 3),
                 "after_idle_ms_per_mb": round(min(idle) / mb * 1e3, 3)}
 
-    out: dict = {"mb": mb, "idle_seconds": idle_seconds}
-    for key, huge in (("small_pages", False), ("huge_pages", True)):
-        before = numpy_huge_pages(huge)
-        try:
-            out[key] = timed() if before is not None or not huge else None
-        finally:
-            if before is not None:
-                numpy_huge_pages(before)
-    return out
+    return {"mb": mb, "idle_seconds": idle_seconds, "small_pages": timed(False),
+            "huge_pages": timed(True) if huge_ok else None}
+
+
+def _thp_mode() -> str | None:
+    """The kernel's transparent huge page mode (always, madvise, never), None if unknown."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return fh.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None

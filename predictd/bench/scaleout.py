@@ -299,3 +299,43 @@ def scale_out(workdir: str, workers: list[int], quick: bool = False, say=None,
         out["write_vs_limit"] = round(float(np.median(
             [p["write_seconds"] / lim["speedup"] for p, lim in zip(pairs, limits)])), 3)
     return out
+
+
+# the whole scale-out in a child process: keyword arguments (JSON) in argv, the result (JSON)
+# as the last line of stdout; progress messages and a failure's one line on stderr
+_SCALE_OUT_CHILD = ("import sys; from predictd.bench.scaleout import scale_out_main; "
+                    "sys.exit(scale_out_main(sys.argv[1]))")
+
+
+def scale_out_main(args: str) -> int:
+    """The child process of :func:`scale_out_in_child`: runs :func:`scale_out` with the
+    keyword arguments ``args`` (JSON), prints the result as JSON; returns the exit status."""
+    from ..allocator import configure
+    configure()  # as the predictd command does
+
+    def say(msg):
+        print(f"predictd: bench: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        res = scale_out(say=say, **json.loads(args))
+    except PredictdError as e:
+        print(f"predictd: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(res, default=str))
+    return 0
+
+
+def scale_out_in_child(workdir: str, workers: list[int], **kwargs) -> dict:
+    """:func:`scale_out` (``kwargs``: its other arguments but ``say``, JSON-ready) in a fresh
+    Python process, as ``predictd bench --workers`` runs it after the standard run: run from
+    the process that ran the standard benchmark, the clusters' jobs scaled measurably worse
+    (docs/performance.md, Scale-out), and the scale-out measures the clusters, not what that
+    process has left behind. Its progress messages go to stderr as they come."""
+    args = {"workdir": os.path.abspath(workdir), "workers": list(workers), **kwargs}
+    proc = subprocess.run([sys.executable, "-c", _SCALE_OUT_CHILD, json.dumps(args)],
+                          stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise PredictdError(f"the scale-out benchmark failed (exit {proc.returncode}): "
+                            "see its message above")
+    return json.loads(lines[-1])

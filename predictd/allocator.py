@@ -52,6 +52,16 @@ def configure() -> None:
     _configured = True
 
 
+def thp_mode() -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise" or "never"); None where
+    it does not say."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return fh.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
 def numpy_huge_pages(enabled: bool) -> bool | None:
     """Have numpy advise the kernel to back its new arrays of 4 MB or more with transparent
     huge pages, or not (arrays already made keep their pages). Returns the previous setting;

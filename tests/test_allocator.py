@@ -70,20 +70,12 @@ def _huge_mb(mode: str, **env) -> float:
     return json.loads(out.stdout)["huge_mb"]
 
 
-def _thp_mode() -> str | None:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
-            return fh.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return None
-
-
-@pytest.mark.skipif(_thp_mode() not in ("always", "madvise"),
+@pytest.mark.skipif(allocator.thp_mode() not in ("always", "madvise"),
                     reason="the kernel gives no transparent huge pages here")
 def test_configured_processes_back_numpy_arrays_with_small_pages():
     # numpy's default advice: a 128 MB array lands mostly in 2 MB pages
     assert _huge_mb("plain", NUMPY_MADVISE_HUGEPAGE=None) > 64
-    if _thp_mode() == "madvise":
+    if allocator.thp_mode() == "madvise":
         # configured, numpy no longer asks for them (under "always" the kernel still gives them)
         assert _huge_mb("configured", NUMPY_MADVISE_HUGEPAGE=None) < 8
     # numpy's own switch, when the user sets it, decides

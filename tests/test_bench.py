@@ -18,7 +18,7 @@ import pyBigWig
 import pytest
 from click.testing import CliRunner
 
-from predictd import bench, impute, layout, synthetic, tensor
+from predictd import allocator, bench, impute, layout, synthetic, tensor
 from predictd.errors import PredictdError
 from predictd.bench import machine, measure, probes
 from predictd.model import Model
@@ -228,7 +228,7 @@ def test_fresh_memory_times_touching_new_pages(monkeypatch):
     waits = []
     monkeypatch.setattr(time, "sleep", waits.append)
     small = machine.fresh_memory(mb=4, idle_seconds=0.25, rounds=3)
-    huge = machine._thp_mode() in ("always", "madvise")
+    huge = allocator.thp_mode() in ("always", "madvise")
     # three rounds in each page size the kernel offers
     assert waits == [0.25] * (6 if huge else 3)
     assert small["mb"] == 4 and small["idle_seconds"] == 0.25

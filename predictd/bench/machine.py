@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from ..allocator import thp_mode
+
 
 def blas_info() -> dict:
     """Which BLAS numpy runs and which kernel it picked (threadpoolctl if installed, else the
@@ -78,7 +80,7 @@ def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> d
     tasks, and every new process, pay that price. Each figure is the fastest of ``rounds``;
     the memory is a fresh anonymous mapping each time (not the allocator's heap, which may
     hold freed memory already faulted in)."""
-    huge_ok = hasattr(mmap, "MADV_HUGEPAGE") and _thp_mode() in ("always", "madvise")
+    huge_ok = hasattr(mmap, "MADV_HUGEPAGE") and thp_mode() in ("always", "madvise")
 
     def touch(huge: bool) -> float:
         t0 = time.perf_counter()
@@ -107,11 +109,3 @@ def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> d
     return {"mb": mb, "idle_seconds": idle_seconds, "small_pages": timed(False),
             "huge_pages": timed(True) if huge_ok else None}
 
-
-def _thp_mode() -> str | None:
-    """The kernel's transparent huge page mode (always, madvise, never), None if unknown."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
-            return fh.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return None

@@ -108,4 +108,3 @@ def fresh_memory(mb: int = 256, idle_seconds: float = 4.0, rounds: int = 2) -> d
 
     return {"mb": mb, "idle_seconds": idle_seconds, "small_pages": timed(False),
             "huge_pages": timed(True) if huge_ok else None}
-

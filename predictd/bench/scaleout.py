@@ -327,10 +327,9 @@ def scale_out_main(args: str) -> int:
 
 def scale_out_in_child(workdir: str, workers: list[int], **kwargs) -> dict:
     """:func:`scale_out` (``kwargs``: its other arguments but ``say``, JSON-ready) in a fresh
-    Python process, as ``predictd bench --workers`` runs it after the standard run: run from
-    the process that ran the standard benchmark, the clusters' jobs scaled measurably worse
-    (docs/performance.md, Scale-out), and the scale-out measures the clusters, not what that
-    process has left behind. Its progress messages go to stderr as they come."""
+    Python process, as ``predictd bench --workers`` runs it after the standard run: what the
+    standard run leaves in its process (a heap kept for reuse, the local-mode JVM) is then no
+    part of what the scale-out measures. Its progress messages go to stderr as they come."""
     args = {"workdir": os.path.abspath(workdir), "workers": list(workers), **kwargs}
     proc = subprocess.run([sys.executable, "-c", _SCALE_OUT_CHILD, json.dumps(args)],
                           stdout=subprocess.PIPE, text=True)

@@ -140,8 +140,8 @@ def bench(as_json, quick, workdir, no_spark, master, workers, repeat, roadmap_sc
                 if not no_spark:
                     from ..spark import stop_context
                     stop_context()
-                res["scale_out"] = bench_mod.scale_out_in_child(wd, n_workers, quick=quick,
-                                                      repeat=repeat)
+                res["scale_out"] = bench_mod.scale_out_in_child(
+                    wd, n_workers, quick=quick, repeat=repeat)
     finally:
         if own:
             import shutil

@@ -32,7 +32,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 _tuned = False
-_configured = False
 
 #: numpy's own switch for its huge-page advice (read when numpy is imported): when set, it
 #: decides
@@ -42,14 +41,11 @@ NUMPY_HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
 def configure() -> None:
     """predictd's memory settings for this process (the command, every Spark task, the
     benchmark's jobs): :func:`keep_freed_memory`, and numpy's huge-page advice off
-    (:func:`numpy_huge_pages`) unless :data:`NUMPY_HUGEPAGE_ENV` is set. Once per process."""
-    global _configured
-    if _configured:
-        return
+    (:func:`numpy_huge_pages`) unless :data:`NUMPY_HUGEPAGE_ENV` is set. Both are cheap to
+    repeat (every Spark task calls this)."""
     keep_freed_memory()
     if NUMPY_HUGEPAGE_ENV not in os.environ:
         numpy_huge_pages(False)
-    _configured = True
 
 
 def thp_mode() -> str | None:

@@ -21,7 +21,8 @@ This script is deliberately self-contained (stdlib + boto3): it runs on a laptop
 Example
 -------
     python infra/emr/launch.py --name roadmap --staging-uri s3://my-bucket/predictd \\
-        --manifest data_manifests/roadmap.tsv --genome hg19 --out s3://my-bucket/results/roadmap \\
+        --manifest data_manifests/roadmap_consolidated_pval.tsv --genome hg19 \\
+        --out s3://my-bucket/results/roadmap \\
         --config my.toml --core-spot 2 --task-spot 8 --dry-run
 """
 

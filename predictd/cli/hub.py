@@ -24,8 +24,9 @@ from .main import cli
               help="One top-level track per file instead of a cell type × assay composite.")
 @click.option("--name", metavar="NAME", help="Label of the hub (default: OUT's last part).")
 @click.option("--public", is_flag=True,
-              help="Make the hub files public-read on S3 (the tracks must be readable too: "
-                   "run the pipeline with --public, or use a bucket policy).")
+              help="Make the hub files readable anonymously (S3 and GCS: per object; Azure: the "
+                   "container's blobs). The tracks must be readable too: run the pipeline "
+                   "with --public, or use a bucket policy.")
 def hub_command(out, genome, url_base, observed_manifest, email, flat, name, public):
     """Write a UCSC track hub (hub.txt, genomes.txt, trackDb.txt) for the run at OUT.
 

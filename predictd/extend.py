@@ -473,9 +473,16 @@ class ExtendRun(pipeline.Run):
     stage_names = STAGES
 
     def identity(self) -> dict:
-        return {**super().identity(), "reference": storage.display_uri(self.ref.uri),
-                "reference_model": self.ref.model_sha256, "assays": sorted(self.assays),
+        # the reference by its model's checksum, not by the URI it was given as
+        return {**super().identity(), "reference_model": self.ref.model_sha256,
+                "assays": sorted(self.assays),
                 "regions": None if self.regions is None else self.regions.to_json()}
+
+    def stored_identity(self) -> dict | None:
+        old = super().stored_identity()
+        if old is not None:
+            old.pop("reference", None)  # identities that named it by its URI as given
+        return old
 
     def check_inputs(self) -> None:
         super().check_inputs()

@@ -16,6 +16,8 @@ that fold held out, and solves their genome factors. Then:
 from __future__ import annotations
 
 import logging
+from collections import Counter
+
 import numpy as np
 
 from . import evaluate, layout, storage, tensor
@@ -31,29 +33,51 @@ SD = "sd"
 
 
 def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str]]:
-    """Balanced test folds of experiments; removing any one fold leaves every cell type and
-    assay with at least one training experiment. Deterministic for a seed."""
+    """Balanced test folds of experiments: folds differ in size by at most one, each spreads
+    every cell type's and every assay's experiments over as many folds as it can, and removing
+    any one fold leaves every cell type and assay with at least one training experiment.
+    Deterministic for a seed; folds in order of their first experiment.
+
+    >>> make_folds(["A.x", "A.y", "B.x", "B.y"], 2, seed=0)
+    [['A.x', 'B.y'], ['A.y', 'B.x']]
+    """
     exps = sorted(experiments)
     if n_folds < 2 or n_folds > len(exps):
         raise PredictdError(f"--folds {n_folds}: need 2 <= folds <= {len(exps)} (the number of "
                             "observed tracks)")
-    cells = {split_experiment(e)[0] for e in exps}
-    assays = {split_experiment(e)[1] for e in exps}
+    cell = [split_experiment(e)[0] for e in exps]
+    assay = [split_experiment(e)[1] for e in exps]
     rng = np.random.default_rng([seed, 4242])
-    for _ in range(2000):
-        perm = rng.permutation(len(exps))
-        folds = [sorted(exps[i] for i in perm[f::n_folds]) for f in range(n_folds)]
-        ok = True
-        for fold in folds:
-            rest = [e for e in exps if e not in set(fold)]
-            if {split_experiment(e)[0] for e in rest} != cells or \
-                    {split_experiment(e)[1] for e in rest} != assays:
-                ok = False
-                break
-        if ok:
-            return folds
-    raise PredictdError(f"--folds {n_folds}: cannot split the tracks so that every cell type "
-                        "and assay keeps training data in each fold; use fewer folds")
+    cap = -(-len(exps) // n_folds)
+    # the most of one cell type's (assay's) experiments a fold needs to hold
+    fair = {k: -(-n // n_folds) for k, n in Counter(cell + assay).items()}
+    best, best_excess = None, None
+    for _ in range(64):
+        # deal the experiments in a random order, each to a fold with room that holds the
+        # fewest of its cell type and assay (then the fewest experiments, then at random)
+        folds: list[list[int]] = [[] for _ in range(n_folds)]
+        held = [Counter() for _ in range(n_folds)]
+        for i in rng.permutation(len(exps)):
+            load = {f: (held[f][cell[i]] + held[f][assay[i]], len(folds[f]))
+                    for f in range(n_folds) if len(folds[f]) < cap}
+            low = min(load.values())
+            pick = [f for f, v in load.items() if v == low]
+            f = pick[rng.integers(len(pick))]
+            folds[f].append(i)
+            held[f].update((cell[i], assay[i]))
+        # removing a fold must leave every cell type and assay some training experiment
+        total = Counter(cell + assay)
+        if any(h[k] == total[k] for h in held for k in h):
+            continue
+        excess = sum(max(0, n - fair[k]) for h in held for k, n in h.items())
+        if best is None or excess < best_excess:
+            best, best_excess = folds, excess
+        if excess == 0:
+            break
+    if best is None:
+        raise PredictdError(f"--folds {n_folds}: cannot split the tracks so that every cell "
+                            "type and assay keeps training data in each fold; use fewer folds")
+    return sorted(sorted(exps[j] for j in f) for f in best)
 
 
 def run_folds(run, n_folds: int, ensemble_size: int) -> dict:

@@ -312,6 +312,7 @@ def write_manifest(tracks, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, storage.creation_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write("\n".join(lines) + "\n")
         os.replace(tmp, path)

@@ -111,11 +111,29 @@ class Run:
                    tensor_at=self.tensor_root)
 
     def identity(self) -> dict:
-        ident = {"manifest": self.manifest_sum, "genome": self.genome.to_json(),
+        """What makes OUT this run: the same identity resumes it, a different one is refused.
+        Contents only (the genome's chromosomes, checksums), not how paths were spelled, so a
+        run resumes from another working directory or after OUT was moved."""
+        ident = {"manifest": self.manifest_sum, "genome": genome_identity(self.genome.to_json()),
                  "config": self.cfg.checksum(), "holdout": sorted(self.holdout)}
-        if self.selection:
-            ident["selection"] = self.selection.to_json()
+        # --regions changes what a track holds, so it is part of the run; which tracks are
+        # written is not (the impute stage writes those it has not, see run_stage)
+        if self.selection.regions is not None:
+            ident["regions"] = self.selection.regions.to_json()
         return ident
+
+    def stored_identity(self) -> dict | None:
+        """OUT's recorded identity in :meth:`identity`'s terms, or None."""
+        uri = layout.identity_file(self.out)
+        if not storage.exists(uri):
+            return None
+        old = json.loads(storage.read_text(uri))
+        if "genome" in old:  # identities that named the genome by the path as given
+            old["genome"] = genome_identity(old["genome"])
+        legacy = old.pop("selection", None)  # identities that held the whole selection
+        if legacy and legacy.get("regions") is not None:
+            old["regions"] = legacy["regions"]
+        return old
 
     def selected_tracks(self, model: Model) -> list[int] | None:
         """Indices of the tracks the write stage produces (None: every pair)."""
@@ -131,11 +149,12 @@ class Run:
         ident = self.identity()
         if folds:
             ident["folds"] = folds
-        if storage.exists(uri):
-            old = json.loads(storage.read_text(uri))
+        old = self.stored_identity()
+        if old is not None:
             if old != ident:
                 if not overwrite:
-                    what = [k for k in ident if old.get(k) != ident[k]]
+                    what = [k for k in sorted(set(ident) | set(old))
+                            if old.get(k) != ident.get(k)]
                     raise PredictdError(
                         f"{self.out} holds a different run ({', '.join(what)} changed); "
                         "use another --out or --overwrite to replace it")
@@ -155,9 +174,9 @@ class Run:
         """Open every track (md5, bigWig structure, chromosome names, finite values) before
         anything is written at OUT. Skipped when OUT already holds a complete ingest of these
         tracks on this genome: a resume must not fetch them all again."""
-        uri = layout.identity_file(self.out)
-        if self.done("ingest") is not None and storage.exists(uri):
-            old, mine = json.loads(storage.read_text(uri)), self.identity()
+        old = self.stored_identity() if self.done("ingest") is not None else None
+        if old is not None:
+            mine = self.identity()
             if all(old.get(k) == mine[k] for k in ("manifest", "genome")):
                 return
         from .ingest import check_tracks
@@ -208,7 +227,7 @@ class Run:
     # ------------------------------------------------------------------ stages
     def run_stage(self, stage: str, **kwargs) -> dict:
         prev = self.done(stage)
-        if prev is not None:
+        if prev is not None and not self._asks_more(stage, prev):
             log.info("%s: already complete, skipped", stage)
             return {**prev, "skipped": True}
         t0 = time.perf_counter()
@@ -218,6 +237,17 @@ class Run:
         self.mark(stage, info)
         self.write_run_json()
         return info
+
+    def _asks_more(self, stage: str, prev: dict) -> bool:
+        """Whether this run wants tracks a completed impute stage did not write (it records
+        their names, or None for every track): then the stage runs again, and writes only
+        those (its finished blocks and tracks are kept)."""
+        if stage != "impute" or prev.get("selected") is None:
+            return False
+        model = self.load_model()
+        only = self.selected_tracks(model)
+        wanted = model.track_names() if only is None else [model.track_names()[i] for i in only]
+        return not set(wanted) <= set(prev["selected"])
 
     def _ingest(self) -> dict:
         from .ingest import ingest
@@ -255,10 +285,14 @@ class Run:
                                public=self.public, root=self.tensor_root, only=only,
                                regions=self.selection.regions)
         layout.write_track_index(self.out, public=self.public, hash_local=False)
+        names = model.track_names()
+        # the tracks OUT holds: every one, or those of each selection written so far
+        earlier = (self.done("impute") or {}).get("selected") or ()
+        selected = None if only is None else sorted({names[i] for i in only} | set(earlier))
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
-                "tracks": len(model.cell_types) * len(model.assays) if only is None
-                else len(only), "written": len(written)}
+                "tracks": len(names) if only is None else len(only), "written": len(written),
+                "selected": selected}
 
     def _folds(self, folds: int) -> dict:
         from .folds import run_folds
@@ -381,6 +415,8 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
         if h not in names:
             raise PredictdError(f"--holdout {':'.join(split_experiment(h))}: not a track of the "
                                 f"manifest {manifest}")
+    from .train import training_left
+    training_left(sorted(names), hold)
     selection = open_selection(targets, cell_types, assays, regions,
                                cell_type_names=sorted({t.cell_type for t in tracks}),
                                assay_names=sorted({t.assay for t in tracks}),
@@ -390,9 +426,19 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
                progress=progress, selection=selection)
 
 
+def genome_identity(genome_json: str) -> str:
+    """A genome's part of a run's identity: its chromosomes and lengths, in order (the name a
+    chrom.sizes file was given by is a path, not the genome)."""
+    parsed = json.loads(genome_json)
+    return json.dumps(parsed["chroms"] if isinstance(parsed, dict) else parsed)
+
+
 def run_all(r: Run, overwrite: bool = False, stages=STAGES, folds: int = 0) -> dict:
     """Run the stages (or, with ``folds`` >= 2, ingest then the cross-validated ensemble)."""
     # refuse a different run, then check every input, and only then write anything at OUT
+    if folds:
+        from .folds import make_folds
+        make_folds([t.name for t in r.tracks], folds, r.cfg.seed)
     r.claim(overwrite, folds=folds, dry_run=True)
     r.check_inputs()
     r.claim(overwrite, folds=folds)

@@ -306,13 +306,34 @@ def check_readable(path: str, context: str = "") -> None:
         raise PredictdError(f"{context}permission denied reading {path}")
 
 
+def creation_mode() -> int:
+    """The permissions a new local file gets from ``open`` under this process's umask:
+    :mod:`tempfile`'s files are private (0600), and an output renamed from one must end up
+    like any other file the user creates."""
+    global _UMASK
+    if _UMASK is None:
+        try:  # Linux: read without changing it (os.umask can only be read by setting it)
+            with open("/proc/self/status") as fh:
+                _UMASK = next(int(line.split()[1], 8) for line in fh
+                              if line.startswith("Umask:"))
+        except (OSError, StopIteration, ValueError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+_UMASK: int | None = None
+
+
 def _atomic_local_write(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``
+    (with the permissions of a file created there, :func:`creation_mode`)."""
     directory = os.path.dirname(os.path.abspath(path))
     with _local_errors(path, "writing"):
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         try:
+            os.fchmod(fd, creation_mode())
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()

@@ -33,18 +33,25 @@ log = logging.getLogger("predictd.train")
 
 
 def training_experiments(header: tensor.TensorHeader, holdout: list[str]) -> list[str]:
-    """The tensor's experiments minus the held-out ones; every cell type and assay must keep
-    at least one (their factors would be unidentifiable otherwise)."""
+    """The tensor's experiments minus the held-out ones (:func:`training_left`)."""
     unknown = [h for h in holdout if h not in header.experiments]
     if unknown:
         raise PredictdError(f"--holdout {unknown[0]}: no such observed track in the manifest "
                             f"(observed: {', '.join(header.experiments[:6])}...)")
-    keep = [e for e in header.experiments if e not in set(holdout)]
-    for c in header.cell_types:
-        if not any(split_experiment(e)[0] == c for e in keep):
+    return training_left(header.experiments, holdout)
+
+
+def training_left(experiments: list[str], holdout: list[str]) -> list[str]:
+    """``experiments`` minus ``holdout``; every cell type and assay must keep at least one
+    (their factors would be unidentifiable otherwise). Checked from the manifest before a run
+    writes anything, and again by training."""
+    keep = [e for e in experiments if e not in set(holdout)]
+    left = [split_experiment(e) for e in keep]
+    for e in experiments:
+        c, a = split_experiment(e)
+        if not any(lc == c for lc, _ in left):
             raise PredictdError(f"cell type {c} has no training track left after --holdout")
-    for a in header.assays:
-        if not any(split_experiment(e)[1] == a for e in keep):
+        if not any(la == a for _, la in left):
             raise PredictdError(f"assay {a} has no training track left after --holdout")
     return keep
 

@@ -287,3 +287,14 @@ def test_cli_list_and_download(run_dir, tmp_path):
     assert r.exit_code == 0 and "3 fetched" in r.output
     r = invoke("download", run_dir, tmp_path / "d", "-c", "E404")
     assert r.exit_code == 2 and "no track at" in r.output
+
+
+def test_list_into_a_closed_pipe_stops_quietly(run_dir):
+    """`predictd list OUT | head -1`: the reader leaves early; no error, as Unix tools do."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "predictd", "list", str(run_dir), "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    p.stdout.close()  # before predictd writes anything
+    assert p.wait(timeout=120) == 141
+    assert p.stderr.read().decode().strip() == ""

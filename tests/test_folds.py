@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -30,6 +31,12 @@ def test_folds_are_balanced_and_keep_every_cell_type_and_assay(experiments, road
         assert {e.split(".")[1] for e in rest} == set(roadmap_assays)
     assert make_folds(experiments, 5, seed=3) == folds
     assert make_folds(experiments, 5, seed=4) != folds
+    # each fold holds one track of each cell type and none twice of an assay (4 × 5, 5 folds);
+    # with 2 folds, at most 3 of a cell type's 5 tracks and 2 of an assay's 4
+    for n_folds, most_of_cell, most_of_assay in ((5, 1, 1), (2, 3, 2)):
+        for fold in make_folds(experiments, n_folds, seed=3):
+            assert max(Counter(e.split(".")[0] for e in fold).values()) <= most_of_cell
+            assert max(Counter(e.split(".")[1] for e in fold).values()) <= most_of_assay
 
 
 def test_impossible_folds_are_refused(experiments):

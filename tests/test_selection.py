@@ -86,3 +86,65 @@ def test_bad_selection_is_one_line_and_writes_nothing(tmp_path, write_small_run_
     assert r.exit_code != 0
     assert len(r.stderr.strip().splitlines()) == 1 and culprit in r.stderr
     assert not out.exists()
+
+
+def test_selections_add_tracks_to_a_trained_run_and_regions_are_part_of_it(
+        tmp_path, write_small_run_inputs):
+    """ingest, then a run for one track, then another selection and none: each writes the
+    tracks OUT lacks, with the same model; a different --regions is a different run."""
+    inp = write_small_run_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    base = ["-m", inp.manifest, "-g", inp.sizes, "-o", out, "--no-spark", *inp.args]
+
+    def tracks():
+        return sorted(p.name.split(".imputed")[0] for p in (out / "tracks").glob("*.bw"))
+
+    assert invoke("ingest", *base).exit_code == 0
+    r = invoke("run", *base, "--targets", "A:x")
+    assert r.exit_code == 0, r.output + r.stderr
+    assert tracks() == ["A.x"]
+    model = (out / "model" / "model.json").read_bytes()
+    assert invoke("run", *base, "--assay", "y").exit_code == 0
+    assert tracks() == ["A.x", "A.y", "B.y", "C.y"]
+    r = invoke("run", *base, "--targets", "A:y")  # written already: nothing to do
+    assert r.exit_code == 0 and "impute    skipped" in r.output
+    assert invoke("run", *base).exit_code == 0
+    assert tracks() == ["A.x", "A.y", "B.x", "B.y", "C.x", "C.y"]
+    assert (out / "model" / "model.json").read_bytes() == model
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr2\t10000\t20000\n")
+    r = invoke("run", *base, "--regions", bed)
+    assert r.exit_code != 0 and "(regions changed)" in r.stderr
+
+
+def test_a_run_resumes_however_its_paths_are_spelled(tmp_path, write_small_run_inputs,
+                                                      monkeypatch):
+    """The identity holds contents: a genome file given by another path, or OUT given
+    relative to another working directory, is the same run."""
+    inp = write_small_run_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert invoke("ingest", "-m", inp.manifest, "-g", inp.sizes, "-o", out, "--no-spark",
+                  *inp.args).exit_code == 0
+    copy = tmp_path / "copy.sizes"
+    copy.write_bytes(open(inp.sizes, "rb").read())
+    monkeypatch.chdir(tmp_path)
+    r = invoke("ingest", "-m", inp.manifest, "-g", "copy.sizes", "-o", "out", "--no-spark",
+               *inp.args)
+    assert r.exit_code == 0, r.stderr
+    assert "ingest    skipped" in r.output
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--holdout", "A:x", "--holdout", "B:x", "--holdout", "C:x"],
+     "assay x has no training track left after --holdout"),
+    (["--folds", "1"], "--folds 1: need 2 <= folds <= 6"),
+])
+def test_an_impossible_holdout_or_folds_is_refused_before_anything_is_written(
+        tmp_path, write_small_run_inputs, args, culprit):
+    inp = write_small_run_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    r = invoke("run", "-m", inp.manifest, "-g", inp.sizes, "-o", out, "--no-spark",
+               *inp.args, *args)
+    assert r.exit_code != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and culprit in r.stderr, r.stderr
+    assert not out.exists()

@@ -140,6 +140,21 @@ def test_local_atomic_write_read_list_delete(tmp_path):
         storage.delete_prefix("/")
 
 
+def test_local_atomic_writes_get_the_umask_permissions(tmp_path):
+    """Outputs are written through private temporary files, then renamed: they must end up
+    with the permissions of any file the user creates (a web server serving a hub reads them
+    as another user)."""
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        try:
+            storage._UMASK = None  # read again: it is cached per process
+            storage.write_text_atomic(str(tmp_path / f"a{umask:o}.json"), "{}")
+        finally:
+            os.umask(old)
+            storage._UMASK = None
+        assert (tmp_path / f"a{umask:o}.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_local_failed_write_keeps_old_content(tmp_path):
     target = tmp_path / "run.json"
     target.write_text("old")

@@ -32,6 +32,11 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("predictd: interrupted; re-run the same command to resume", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # the reader of stdout went away (`predictd list OUT | head`): stop quietly, as
+            # Unix tools do; stdout goes to /dev/null so the exit's final flush cannot fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
             if os.environ.get("PREDICTD_DEBUG"):
                 traceback.print_exc()

@@ -32,7 +32,8 @@ public = click.option("--public", is_flag=True,
                            "container to anonymous blob reads (default private).")
 set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                        help="Override one config key (TOML value syntax), e.g. --set "
-                            "latent_factors=30 (repeatable).")
+                            "stack_ridge=0.01 (repeatable; `predictd config --show` lists "
+                            "them).")
 
 
 uncertainty = click.option(

@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from . import layout, storage
+from . import layout, storage, tensor
 from .download import list_outputs
 from .errors import PredictdError
 from .layout import HUB_FILE, HUB_FILES
@@ -363,6 +363,23 @@ def render_hub(name: str, genome: str, imputed: list[HubTrack],
     }
 
 
+def _check_assembly(out: str, genome: str) -> None:
+    """Refuse a bundled assembly (hg19, hg38, mm10) that does not have the run's chromosomes
+    at their lengths (read from the run's tensor, when it is there): the browser would draw
+    nothing, or draw it at the wrong place."""
+    from .genome import BUNDLED_GENOMES, load_genome
+    if genome not in BUNDLED_GENOMES or not storage.exists(
+            storage.join(layout.tensor_dir(out), "header.json")):
+        return
+    sizes = load_genome(genome).sizes
+    for chrom, length in tensor.read_header(layout.tensor_dir(out)).genome["chroms"]:
+        if sizes.get(chrom) != length:
+            raise PredictdError(
+                f"--genome {genome}: the run's chromosome {chrom} ({length:,} bp) is not "
+                f"{genome}'s" + (f" ({sizes[chrom]:,} bp)" if chrom in sizes else "") +
+                "; give the assembly the run's genome belongs to")
+
+
 def _run_genome(out: str) -> str | None:
     uri = layout.run_file(out)
     if not storage.exists(uri):
@@ -416,6 +433,7 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
     elif run_genome and _GENOME_RE.match(run_genome) and run_genome != genome:
         raise PredictdError(f"--genome {genome}: the run at {out} is on {run_genome}; its "
                             "tracks would be drawn at the wrong coordinates")
+    _check_assembly(out, genome)
     observed = observed_tracks(observed_manifest) if observed_manifest else []
     name = name or os.path.basename(storage.parse_uri(out)[1].rstrip("/")) or "run"
     desc = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -287,6 +288,12 @@ def test_cli_list_and_download(run_dir, tmp_path):
     assert r.exit_code == 0 and "3 fetched" in r.output
     r = invoke("download", run_dir, tmp_path / "d", "-c", "E404")
     assert r.exit_code == 2 and "no track at" in r.output
+    # run.json's size is not indexed: the total counts the rest and says so; the group's
+    # -q may follow the command
+    r = invoke("list", run_dir, "--include-model", "-q")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^6 tracks \([\d.]+ \w+ \+ 1 file of unknown size\)",
+                     r.output.splitlines()[-1])
 
 
 def test_list_into_a_closed_pipe_stops_quietly(run_dir):

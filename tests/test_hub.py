@@ -99,6 +99,30 @@ def test_genome_must_be_an_assembly_and_match_the_run(run_dir):
     assert "genome hg19" in (run_dir / "genomes.txt").read_text()
 
 
+def test_a_bundled_assembly_must_have_the_runs_chromosomes(run_dir):
+    """A run on a custom chrom.sizes is drawn on the assembly it belongs to: checked against
+    the bundled ones, from the run's tensor header."""
+    from predictd import layout, tensor
+    from predictd.genome import load_genome
+
+    def on(chroms):
+        tensor.write_header(layout.tensor_dir(str(run_dir)), tensor.TensorHeader(
+            experiments=["E003.H3K4me3"], cell_types=["E003"], assays=["H3K4me3"],
+            genome={"name": "my.sizes", "chroms": chroms}, bin_size=25, block_bins=1024,
+            transform="arcsinh"))
+    (run_dir / "run.json").write_text(json.dumps({"genome": {"name": "/data/my.sizes"}}))
+    on([["pilot", 6_250_000]])
+    with pytest.raises(PredictdError, match=r"chromosome pilot \(6,250,000 bp\) is not hg19's;"):
+        hub.write_hub(str(run_dir), genome="hg19")
+    on([["chr21", 48_129_895]])  # hg19's length, not hg38's
+    with pytest.raises(PredictdError, match=r"chr21 \(48,129,895 bp\) is not hg38's "
+                                            r"\(46,709,983 bp\)"):
+        hub.write_hub(str(run_dir), genome="hg38")
+    assert load_genome("hg19").sizes["chr21"] == 48_129_895
+    hub.write_hub(str(run_dir), genome="hg19")
+    assert "genome hg19" in (run_dir / "genomes.txt").read_text()
+
+
 def test_many_tracks_only_some_on_and_distinct_tags():
     names = ["a.b", "a_b", "a+b"]
     tracks = [hub.HubTrack(c, f"M{k}", f"tracks/{c}.M{k}.imputed.bw")

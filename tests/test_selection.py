@@ -148,3 +148,11 @@ def test_an_impossible_holdout_or_folds_is_refused_before_anything_is_written(
     assert r.exit_code != 0
     assert len(r.stderr.strip().splitlines()) == 1 and culprit in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_evaluate_without_a_holdout_is_a_usage_error(tmp_path, write_small_run_inputs):
+    inp = write_small_run_inputs(tmp_path / "in")
+    r = invoke("evaluate", "-m", inp.manifest, "-g", inp.sizes, "-o", tmp_path / "out",
+               "--no-spark")
+    assert r.exit_code == 2 and "evaluate scores the --holdout tracks" in r.stderr
+    assert not (tmp_path / "out").exists()

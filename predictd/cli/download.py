@@ -54,8 +54,11 @@ def list_command(source, cell_types, assays, include_model, as_json):
     for f in files:
         if not f.is_track:
             click.echo(f"{'':<{wc}}  {'':<{wa}}  {dl.format_size(f.size):>10}  {f.path}")
-    sizes = [f.size for f in files]
-    total = dl.format_size(sum(sizes)) if None not in sizes else "size unknown"
+    known = [f.size for f in files if f.size is not None]
+    # run.json's size is not indexed (it is rewritten after every stage)
+    total = dl.format_size(sum(known)) + (
+        f" + {_n(len(files) - len(known), 'file')} of unknown size" if len(known) < len(files)
+        else "")
     cells = sorted({f.cell_type for f in tracks})
     assay_names = sorted({f.assay for f in tracks})
     n_sd = sum(f.kind == "uncertainty" for f in tracks)

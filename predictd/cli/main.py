@@ -21,6 +21,17 @@ class Group(click.Group):
     """Runs commands with one error policy: a PredictdError is one line on stderr and exit 2;
     anything else is a one-line internal error (the traceback with --debug)."""
 
+    #: options of the group that users also put after the command (`predictd run ... -q`)
+    GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+
+    def parse_args(self, ctx, args):
+        if args and not args[0].startswith("-"):
+            cut = args.index("--") if "--" in args else len(args)
+            flags = [a for a in args[1:cut] if a in self.GLOBAL_FLAGS]
+            if flags:
+                args = flags + [a for a in args[:cut] if a not in self.GLOBAL_FLAGS] + args[cut:]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

@@ -56,6 +56,9 @@ def _stage_command(name, stages, doc, with_folds=False, with_selection=True):
                 public, folds, uncertainty, **selection):
         if folds and holdout:
             raise click.BadParameter("use either --folds or --holdout", param_hint="--folds")
+        if name == "evaluate" and not holdout:
+            raise click.UsageError("evaluate scores the --holdout tracks: give at least one "
+                                   "(or cross-validate every track with `predictd run --folds`)")
         run = _open(manifest, genome, out, config_path, sets, holdout, master, no_spark, public,
                     selection, uncertainty)
         results = pipeline.run_all(run, overwrite=overwrite, stages=stages, folds=folds)

@@ -168,6 +168,15 @@ def check_tracks(sc, tracks: list[Track], genome: Genome) -> list[dict]:
                 raise PredictdError(f"chromosome size mismatch: {_shown(t)} has {c} of {chroms[c]} "
                                     f"bp, genome {genome.name} says {gsizes[c]} bp "
                                     f"(wrong assembly?)")
+        short = [c for c in shared if chroms[c] < gsizes[c]]
+        if short:
+            # tools write a bigWig's header from the chrom.sizes they were given: a shorter
+            # chromosome is most often another assembly's (hg38's chr1 is hg19's less 294 kb)
+            c = short[0]
+            log.warning("%s: %s is %d bp in the file, %d bp in genome %s (wrong assembly?); "
+                        "the bins past its end are missing%s", t.name, c, chroms[c], gsizes[c],
+                        genome.name, f" (and {len(short) - 1} more chromosome(s))"
+                        if len(short) > 1 else "")
         extra = [c for c in chroms if c not in gsizes]
         if extra:
             log.warning("%s: skipping %d chromosome(s) not in genome %s: %s", t.name,

@@ -689,8 +689,8 @@ def _render_html(
             "track's worst 1 % of bins, and the window (250 kb at 25 bp bins) holding the most "
             "of it. A large share in one window is a region unlike anything the training cell "
             "types show there (a cell-type-specific domain); a small one, an error spread "
-            "over the genome. The second signal panel of a track shows where it misses "
-            "most.</p>",
+            "over the genome. A track's second signal panel, when it has one, shows where it "
+            "misses most (with one panel, that is where its densest signal is).</p>",
         ]
     if bar_files:
         # Two plots a row when each stays legible at half the page (>= ~80 % of natural size).

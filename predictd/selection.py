@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ import numpy as np
 from . import storage
 from .errors import PredictdError
 from .names import check_cell_type, check_name
+
+log = logging.getLogger(__name__)
 
 
 def parse_pairs(values, option: str) -> list[tuple[str, str]]:
@@ -127,6 +130,16 @@ def read_regions(path: str, chroms) -> Regions:
                             f"({', '.join(list(sizes)[:4])}...)")
     if len(bed) == 0:
         raise PredictdError(f"--regions {path}: no region in the file")
+    ends = np.array([sizes[c] for c in bed.chrom.tolist()])
+    past = np.flatnonzero(bed.end > ends)
+    if past.size:
+        i = past[0]
+        if bed.start[i] >= ends[i]:
+            raise PredictdError(f"--regions {path}: region {bed.chrom[i]}:{bed.start[i]}-"
+                                f"{bed.end[i]} starts past the chromosome's end ({ends[i]})")
+        log.warning("--regions %s: %d region(s) run past their chromosome's end, e.g. %s:%d-%d "
+                    "(%d bp); clipped there", path, past.size, bed.chrom[i], bed.start[i],
+                    bed.end[i], ends[i])
     intervals = {}
     for c in sizes:
         sel = bed.chrom == c

@@ -389,3 +389,17 @@ def test_missing_s3_object(inputs, toy, tmp_path, s3_endpoint):
     # user: the CLI keeps third-party loggers at WARNING
     other = [ln for ln in p.stderr.splitlines() if not ln.startswith("predictd: error:")]
     assert other == [], other
+
+
+def test_a_shorter_chromosome_warns_naming_the_track(inputs, toy, tmp_path, caplog):
+    """A chromosome shorter in the file than in the genome is most often another assembly's:
+    kept (its bins past the end are missing), with a warning naming the track."""
+    from predictd.genome import load_genome
+    from predictd.ingest import check_tracks
+    from predictd.manifest import read_manifest
+    d = tmp_path / "in"
+    shutil.copytree(inputs, d)
+    toy.write_track(d / "B.y.bw", chroms=[("chr1", 90_000), ("chr2", 100_000)])
+    check_tracks(None, read_manifest(str(d / "m.tsv")), load_genome(str(d / "g.sizes")))
+    assert "B.y: chr1 is 90000 bp in the file, 100000 bp in genome" in caplog.text
+    assert "(wrong assembly?)" in caplog.text

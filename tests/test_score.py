@@ -87,12 +87,23 @@ def test_var_adds_msevar_and_genome_picks_chromosomes(tmp_path):
 
 
 def test_bad_inputs_are_one_line_naming_the_file(tmp_path):
+    from predictd.cli import score  # noqa: F401 - registers the command
     truth = write(tmp_path / "t.bw", tracks(0))
     short = write(tmp_path / "short.bw", {"chrA": tracks(1)["chrA"]}, CHROMS[:1])
     not_bw = tmp_path / "x.bw"
     not_bw.write_text("not a bigWig\n")
+    import pyBigWig  # predictd's own writer refuses NaN; another tool's may not
+    nan_bw = str(tmp_path / "nan.bw")
+    with pyBigWig.open(nan_bw, "w") as bw:
+        bw.addHeader(CHROMS)
+        for c, n in CHROMS:
+            v = tracks(2)[c].astype(np.float64)[:n // 25]  # whole bins: none past the end
+            if c == "chrB":
+                v[10] = np.nan
+            bw.addEntries(c, 0, values=v.tolist(), span=25, step=25)
     cases = [(["--pred", short], "short.bw: has no chromosome chrB"),
              (["--pred", str(not_bw)], "x.bw"),
+             (["--pred", nan_bw], "nan.bw: bigWig has NaN or infinite values"),
              (["--pred", truth, "--var", short], "short.bw"),
              (["--pred", truth, "--genome", "mm10"], "none of its chromosomes")]
     # the first as a user runs it (a process, its stderr); the others in-process

@@ -38,6 +38,17 @@ def test_regions_mask_blocks_and_refuse_other_chromosomes(tmp_path):
     bed.write_text("chr1\t0\t10\nchrQ\t0\t10\n")
     with pytest.raises(PredictdError, match="chromosome chrQ is not in the genome"):
         read_regions(str(bed), [("chr1", 5000)])
+    bed.write_text("chr1\t5100\t6000\n")
+    with pytest.raises(PredictdError, match="chr1:5100-6000 starts past the chromosome's end"):
+        read_regions(str(bed), [("chr1", 5000)])
+
+
+def test_regions_past_a_chromosome_end_are_clipped_with_a_warning(tmp_path, caplog):
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t4900\t6000\n")
+    r = read_regions(str(bed), [("chr1", 5000)])
+    assert "1 region(s) run past their chromosome's end, e.g. chr1:4900-6000" in caplog.text
+    assert np.flatnonzero(r.block_mask("chr1", 0, 200, 25)).tolist() == list(range(196, 200))
 
 
 def invoke(*args):

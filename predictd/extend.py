@@ -473,16 +473,27 @@ class ExtendRun(pipeline.Run):
     stage_names = STAGES
 
     def identity(self) -> dict:
-        # the reference by its model's checksum, not by the URI it was given as
+        # the reference by its model's checksum, not by the URI it was given as; --assay
+        # chooses tracks, not the run (the impute stage writes those OUT lacks)
         return {**super().identity(), "reference_model": self.ref.model_sha256,
-                "assays": sorted(self.assays),
                 "regions": None if self.regions is None else self.regions.to_json()}
 
     def stored_identity(self) -> dict | None:
         old = super().stored_identity()
         if old is not None:
-            old.pop("reference", None)  # identities that named it by its URI as given
+            # identities that named the reference by its URI as given, and held --assay
+            old.pop("reference", None)
+            old.pop("assays", None)
         return old
+
+    def wanted_tracks(self) -> list[str]:
+        """The tracks this extension writes: each new cell type's :meth:`targets`."""
+        return sorted(experiment_name(c, a) for c, _ in self.new_cells() for a in self.targets(c))
+
+    def _asks_more(self, stage: str, prev: dict) -> bool:
+        if stage != "impute" or "selected" not in prev:
+            return False
+        return not set(self.wanted_tracks()) <= set(prev["selected"])
 
     def check_inputs(self) -> None:
         super().check_inputs()
@@ -550,9 +561,11 @@ class ExtendRun(pipeline.Run):
         return {"cell_types": new.cell_types, "model_sha256": pipeline.model_checksum(self.out)}
 
     def _impute(self) -> dict:
+        earlier = (self.done("impute") or {}).get("selected") or ()
         written = self.write_tracks_to(self.out)
         return {"written": len(written),
-                "tracks": sum(len(self.targets(c)) for c, _ in self.new_cells())}
+                "tracks": sum(len(self.targets(c)) for c, _ in self.new_cells()),
+                "selected": sorted(set(self.wanted_tracks()) | set(earlier))}
 
     def _evaluate(self) -> dict:
         from . import evaluate

@@ -132,6 +132,23 @@ def test_extend_is_bit_identical_across_runs_and_resumes(reference, tmp_path):
     assert checksums(a / "tracks") == tb
 
 
+def test_extend_adds_assays_to_an_extension_and_finds_the_reference_however_named(
+        reference, tmp_path, monkeypatch):
+    """--assay chooses tracks, not the extension: another choice writes the tracks OUT lacks
+    (the same bits as one run for both); REF given by another path is the same reference."""
+    a, both = tmp_path / "a", tmp_path / "both"
+    assert extend(reference, a, "--assay", "x").exit_code == 0
+    assert sorted(checksums(a / "tracks")) == ["D.x.imputed.bw"]
+    r = extend(reference, a, "--assay", "y")
+    assert r.exit_code == 0 and "fit       skipped" in r.output, r.output + r.stderr
+    assert extend(reference, both, "--assay", "x", "--assay", "y").exit_code == 0
+    assert checksums(a / "tracks") == checksums(both / "tracks")
+    monkeypatch.chdir(reference["ref"].parent)
+    r = invoke("extend", "-r", reference["ref"].name, "-m", reference["new"], "-o", a,
+               "--no-spark", "--assay", "x")
+    assert r.exit_code == 0 and "impute    skipped" in r.output, r.output + r.stderr
+
+
 def _without_stack_stats(ref):
     """REF as a run that saved no stacking statistics left it (model.json without their
     checksum, the train marker recording that model.json)."""

@@ -364,9 +364,10 @@ def render_hub(name: str, genome: str, imputed: list[HubTrack],
 
 
 def _check_assembly(out: str, genome: str) -> None:
-    """Refuse a bundled assembly (hg19, hg38, mm10) that does not have the run's chromosomes
+    """Warn when a bundled assembly (hg19, hg38, mm10) does not have the run's chromosomes
     at their lengths (read from the run's tensor, when it is there): the browser would draw
-    nothing, or draw it at the wrong place."""
+    nothing there, or draw it at the wrong place. A warning, not an error: a hub of a run on
+    a toy genome still shows how the hub works."""
     from .genome import BUNDLED_GENOMES, load_genome
     if genome not in BUNDLED_GENOMES or not storage.exists(
             storage.join(layout.tensor_dir(out), "header.json")):
@@ -374,10 +375,11 @@ def _check_assembly(out: str, genome: str) -> None:
     sizes = load_genome(genome).sizes
     for chrom, length in tensor.read_header(layout.tensor_dir(out)).genome["chroms"]:
         if sizes.get(chrom) != length:
-            raise PredictdError(
-                f"--genome {genome}: the run's chromosome {chrom} ({length:,} bp) is not "
-                f"{genome}'s" + (f" ({sizes[chrom]:,} bp)" if chrom in sizes else "") +
-                "; give the assembly the run's genome belongs to")
+            log.warning("--genome %s: the run's chromosome %s (%s bp) is not %s's%s; the "
+                        "browser will not show the tracks there (give the assembly the run's "
+                        "genome belongs to)", genome, chrom, f"{length:,}", genome,
+                        f" ({sizes[chrom]:,} bp)" if chrom in sizes else "")
+            return
 
 
 def _run_genome(out: str) -> str | None:

@@ -99,9 +99,9 @@ def test_genome_must_be_an_assembly_and_match_the_run(run_dir):
     assert "genome hg19" in (run_dir / "genomes.txt").read_text()
 
 
-def test_a_bundled_assembly_must_have_the_runs_chromosomes(run_dir):
+def test_a_bundled_assembly_without_the_runs_chromosomes_warns(run_dir, caplog):
     """A run on a custom chrom.sizes is drawn on the assembly it belongs to: checked against
-    the bundled ones, from the run's tensor header."""
+    the bundled ones, from the run's tensor header (a warning: the hub is still written)."""
     from predictd import layout, tensor
     from predictd.genome import load_genome
 
@@ -112,15 +112,16 @@ def test_a_bundled_assembly_must_have_the_runs_chromosomes(run_dir):
             transform="arcsinh"))
     (run_dir / "run.json").write_text(json.dumps({"genome": {"name": "/data/my.sizes"}}))
     on([["pilot", 6_250_000]])
-    with pytest.raises(PredictdError, match=r"chromosome pilot \(6,250,000 bp\) is not hg19's;"):
-        hub.write_hub(str(run_dir), genome="hg19")
-    on([["chr21", 48_129_895]])  # hg19's length, not hg38's
-    with pytest.raises(PredictdError, match=r"chr21 \(48,129,895 bp\) is not hg38's "
-                                            r"\(46,709,983 bp\)"):
-        hub.write_hub(str(run_dir), genome="hg38")
-    assert load_genome("hg19").sizes["chr21"] == 48_129_895
     hub.write_hub(str(run_dir), genome="hg19")
+    assert "the run's chromosome pilot (6,250,000 bp) is not hg19's; the browser" in caplog.text
     assert "genome hg19" in (run_dir / "genomes.txt").read_text()
+    on([["chr21", 48_129_895]])  # hg19's length, not hg38's
+    hub.write_hub(str(run_dir), genome="hg38")
+    assert "chr21 (48,129,895 bp) is not hg38's (46,709,983 bp)" in caplog.text
+    assert load_genome("hg19").sizes["chr21"] == 48_129_895
+    caplog.clear()
+    hub.write_hub(str(run_dir), genome="hg19")
+    assert "is not hg19's" not in caplog.text
 
 
 def test_many_tracks_only_some_on_and_distinct_tags():

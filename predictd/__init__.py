@@ -18,17 +18,21 @@ def open_reference(uri: str):
 
 def run(manifest: str, genome: str, out: str, holdout=(), master: str | None = None,
         overwrite: bool = False, targets=(), cell_types=(), assays=(),
-        regions: str | None = None, **config) -> dict:
+        regions: str | None = None, progress: bool = True, **config) -> dict:
     """The whole pipeline (``predictd run``): ingest, train, impute and, with ``holdout``
-    (``["CELL:ASSAY", ...]``), evaluate. ``config`` sets config keys
+    (``"CELL:ASSAY"`` or a list of them), evaluate. ``config`` sets config keys
     (``latent_factors=6``); ``master`` a Spark master (default: in this process);
     ``targets``, ``cell_types``, ``assays`` and ``regions`` choose the tracks written, as the
-    command's options. Returns each stage's summary."""
+    command's options; ``progress`` shows each long stage's progress (a bar in a notebook).
+    Returns each stage's summary."""
     from . import pipeline
     from .config import from_dict
-    r = pipeline.open_run(manifest, genome, out, from_dict(config), holdout, progress=False,
-                          targets=targets, cell_types=cell_types, assays=assays,
-                          regions=regions)
+    from .names import listed
+    r = pipeline.open_run(manifest, genome, out, from_dict(config),
+                          listed(holdout, "holdout"), progress=progress,
+                          targets=listed(targets, "targets"),
+                          cell_types=listed(cell_types, "cell_types"),
+                          assays=listed(assays, "assays"), regions=regions)
     if master:
         from .spark import get_context
         r.sc = get_context(master)

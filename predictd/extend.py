@@ -30,7 +30,9 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +42,7 @@ from . import layout, pipeline, storage, tensor
 from .errors import PredictdError
 from .impute import block_values, gf_uri, read_gf, write_tracks
 from .model import Model
-from .names import experiment_name, split_experiment
+from .names import experiment_name, listed, split_experiment
 from .selection import Regions, read_regions
 from .solvers import reference as ref_solver
 from .solvers import stacking
@@ -101,41 +103,81 @@ class Reference:
         return self.cfg.replace(**{k: getattr(checked, k) for k in overrides})
 
     def extend(self, manifest, assays=(), regions: str | None = None, holdout=(),
-               workdir: str | None = None, sc=None, **config) -> "Extension":
+               workdir: str | None = None, sc=None, progress: bool = True,
+               **config) -> "Extension":
         """Fit new cell types against this reference (Python API).
 
-        ``manifest`` is a manifest path or URI, or ``{(cell_type, assay): bigWig uri}``.
-        ``workdir`` keeps NEW's tensor and fitted model (default: a new temporary
-        directory); ``config`` overrides config keys. Returns an :class:`Extension`."""
-        if workdir is None:
-            workdir = tempfile.mkdtemp(prefix="predictd-extend-")
-        if isinstance(manifest, dict):
-            manifest = _manifest_from_dict(manifest, workdir)
-        run = open_extension(self, manifest, workdir, self.config(config), holdout=holdout,
-                             assays=assays, regions=regions, sc=sc, progress=False)
-        extend_all(run, stages=("ingest", "fit"))
-        return Extension(run)
+        ``manifest`` is a manifest path or URI, or ``{(cell_type, assay): bigWig uri}``;
+        ``assays`` and ``holdout`` a name or a list of them. ``workdir`` keeps NEW's tensor
+        and fitted model (default: a temporary directory, removed with the
+        :class:`Extension`); ``sc`` a SparkContext or a master URL (default: in this
+        process); ``config`` overrides config keys. Returns an :class:`Extension`."""
+        temporary = workdir is None
+        workdir = (tempfile.mkdtemp(prefix="predictd-extend-") if temporary
+                   else _local_absolute(workdir))
+        try:
+            labels = None
+            if isinstance(manifest, dict):
+                manifest, labels = _manifest_from_dict(manifest, workdir)
+            if isinstance(sc, str):
+                from .spark import get_context
+                sc = get_context(sc)
+            run = open_extension(self, manifest, workdir, self.config(config),
+                                 holdout=listed(holdout, "holdout"),
+                                 assays=listed(assays, "assays"), regions=regions, sc=sc,
+                                 progress=progress, labels=labels)
+            extend_all(run, stages=("ingest", "fit"))
+            ext = Extension(run)
+        except BaseException:
+            if temporary:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        if temporary:
+            # NEW's tensor and model live as long as the Extension that reads them
+            weakref.finalize(ext, shutil.rmtree, workdir, True)
+        return ext
 
 
-def _manifest_from_dict(tracks: dict, directory: str) -> str:
+def _manifest_from_dict(tracks: dict, directory: str) -> tuple[str, dict]:
+    """A manifest written under ``directory`` from ``{(cell_type, assay): uri}``, and the
+    label naming each of its rows in messages (the dict's key, not a row of a file the user
+    never saw)."""
     from .manifest import Track, write_manifest
-    rows = []
+    from .names import check_cell_type, check_name
+    rows, labels = [], {}
     for key, uri in tracks.items():
-        if not (isinstance(key, tuple) and len(key) == 2):
-            raise PredictdError(f"extend: key {key!r}: expected (cell_type, assay)")
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str)
+                                                                  for k in key)):
+            raise PredictdError(f"extend: key {key!r}: expected (cell_type, assay), two strings")
+        where = f"extend: track {key!r}: "
+        check_cell_type(key[0], "cell_type", where)
+        check_name(key[1], "assay", where)
+        if not isinstance(uri, (str, os.PathLike)) or not str(uri):
+            raise PredictdError(f"{where}expected a bigWig path or URI, got {uri!r}")
         uri = str(uri)
         if not storage.is_remote(uri):
-            uri = os.path.abspath(uri)
+            uri = _local_absolute(uri)
         rows.append(Track(key[0], key[1], uri))
+        labels[len(rows) + 1] = f"extend: track {key!r}"  # row 1 is the header
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "manifest.tsv")
     write_manifest(rows, path)
-    return path
+    return path, labels
+
+
+def _local_absolute(uri) -> str:
+    """A local path or ``file://`` URI as an absolute path (``~`` expanded), so that it names
+    the same place after the working directory changes; other URIs unchanged."""
+    uri = os.fspath(uri)
+    if storage.is_remote(uri):
+        return uri
+    return os.path.abspath(storage.parse_uri(uri)[1])
 
 
 def open_reference(uri: str) -> Reference:
     """Open the OUT of a finished ``predictd run`` (local or remote) read-only, checking that
     it is finished and that its model files are the ones its run saved."""
+    uri = _local_absolute(uri)
     shown = storage.display_uri(uri)
     if not storage.exists(layout.model_file(uri)):
         raise PredictdError(f"reference {shown}: no model (model/model.json missing): not the "
@@ -602,15 +644,14 @@ class ExtendRun(pipeline.Run):
 
 def open_extension(ref: Reference, manifest: str, out: str, cfg, holdout=(), assays=(),
                    regions: str | None = None, sc=None, public: bool = False,
-                   progress: bool = True) -> ExtendRun:
-    """Validate NEW against REF before anything is written (one line naming the culprit)."""
-    if _place(out) == _place(ref.uri) or _place(out).startswith(_place(ref.uri) + "/"):
-        raise PredictdError(f"--out {out}: inside the reference, which is only read; "
-                            "use an OUT of its own")
+                   progress: bool = True, labels: dict | None = None) -> ExtendRun:
+    """Validate NEW against REF before anything is written (one line naming the culprit;
+    ``labels`` names manifest rows by what the user gave, see :func:`_manifest_from_dict`)."""
+    refuse_inside(ref, out, "--out")
     tracks, msum = pipeline.load_tracks(manifest)
     model = ref.model
     for t in tracks:
-        where = f"{manifest}, row {t.row}"
+        where = (labels or {}).get(t.row) or f"{manifest}, row {t.row}"
         if t.cell_type in model.cell_types:
             raise PredictdError(f"{where}: cell type {t.cell_type} is already in the reference")
         if t.assay not in model.assays:
@@ -638,7 +679,15 @@ def open_extension(ref: Reference, manifest: str, out: str, cfg, holdout=(), ass
 
 def _place(uri: str) -> str:
     uri = str(uri)
-    return uri.rstrip("/") if storage.is_remote(uri) else os.path.realpath(uri)
+    return uri.rstrip("/") if storage.is_remote(uri) else os.path.realpath(
+        storage.parse_uri(uri)[1])
+
+
+def refuse_inside(ref: Reference, out: str, what: str) -> None:
+    """REF is only read: refuse an output place at or under it."""
+    if _place(out) == _place(ref.uri) or _place(out).startswith(_place(ref.uri) + "/"):
+        raise PredictdError(f"{what} {out}: inside the reference, which is only read; "
+                            "use a place of its own")
 
 
 def extend_all(r: ExtendRun, overwrite: bool = False, stages=STAGES) -> dict:
@@ -678,6 +727,12 @@ class Extension:
         sizes = dict(h.genome_obj.sizes)
         if chrom not in sizes:
             raise PredictdError(f"impute: chromosome {chrom} is not in the genome")
+        if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+                   for x in (start, end)):
+            raise PredictdError(f"impute: start and end are bp positions (integers), got "
+                                f"{start!r} and {end!r}")
+        if start == end:
+            raise PredictdError(f"impute: [{start}, {end}) is an empty interval")
         if not 0 <= start < end <= sizes[chrom]:
             raise PredictdError(f"impute: [{start}, {end}) is not inside {chrom} "
                                 f"(0-{sizes[chrom]})")
@@ -703,5 +758,10 @@ class Extension:
 
     def write(self, out: str) -> list[str]:
         """Write the imputed tracks under ``out`` (``out/tracks/…``, as ``predictd extend``);
-        returns the names written."""
+        returns the names written. Tracks already there from this same extension are kept
+        (a second call writes nothing); ``out`` holding another run or extension, or inside
+        the reference, is refused."""
+        out = _local_absolute(out)
+        refuse_inside(self.run.ref, out, "write:")
+        dataclasses.replace(self.run, out=out).claim()
         return self.run.write_tracks_to(out, self.model)

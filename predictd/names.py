@@ -93,3 +93,21 @@ def check_cell_type(value: str, what: str = "cell_type", where: str = "") -> str
         raise PredictdError(f"{where}{what} {value!r} must not contain '.' (an experiment is named "
                             "CELL_TYPE.ASSAY and split at its first dot)")
     return value
+
+
+def listed(value, what: str) -> tuple:
+    """A Python API argument that takes several names (``holdout``, ``assays``, …) as a
+    tuple: one string is one name (not its letters); None is none.
+
+    >>> listed("E116:H3K4me3", "holdout"), listed(["x", "y"], "assays"), listed(None, "assays")
+    (('E116:H3K4me3',), ('x', 'y'), ())
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise PredictdError(f"{what}: expected a name or a list of names, got {value!r}") from None
+

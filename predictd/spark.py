@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 
 _CONTEXT = None
+log = logging.getLogger("predictd.spark")
 
 
 def get_context(master: str | None = None, app_name: str = "predictd", conf: dict | None = None):
@@ -24,8 +25,13 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     master given to spark-submit wins.
     """
     global _CONTEXT
-    if _CONTEXT is not None:
+    if _CONTEXT is not None and _CONTEXT._jsc is not None and not _CONTEXT._jsc.sc().isStopped():
+        if master and master != _CONTEXT.master:
+            log.warning("a Spark context on %s is already running in this process; master %s "
+                        "is not used (predictd.spark.stop_context() first)", _CONTEXT.master,
+                        master)
         return _CONTEXT
+    _CONTEXT = None  # none yet, or stopped (e.g. its master went away): make a new one
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark import SparkConf, SparkContext

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -472,3 +473,41 @@ def test_a_new_cell_type_joins_the_reference_neighbour_lists_that_have_room():
     np.testing.assert_array_equal(got[:4, 1], ref[:, 1])   # the new one lacks assay 1
     np.testing.assert_array_equal(got[4], new)
     np.testing.assert_array_equal(with_new_cell(ref, new, [0], others=False)[:4], ref)
+
+
+def test_python_extension_guards_its_places_and_its_arguments(reference, tmp_path, monkeypatch):
+    """The Python API as a notebook user meets it: a reference by file:// URI; a dict of
+    tracks named in messages by its keys; one string for a list; integer coordinates;
+    write() never into the reference nor over another extension's tracks; a temporary work
+    directory removed with its Extension."""
+    import gc
+    import predictd
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the work directories go
+    ref = predictd.open_reference(f"file://{reference['ref']}")
+    assert ref.uri == str(reference["ref"])
+    bw = reference["in"] / "C.x.bw"
+    for tracks, culprit in [
+            ({(1, "x"): bw}, "key (1, 'x'): expected (cell_type, assay), two strings"),
+            ({("my D", "x"): bw}, "extend: track ('my D', 'x'): cell_type 'my D'"),
+            ({("D", "z"): bw}, "extend: track ('D', 'z'): assay z is unknown"),
+            ({("A", "x"): bw}, "extend: track ('A', 'x'): cell type A is already"),
+            ({("D", "x"): None}, "extend: track ('D', 'x'): expected a bigWig")]:
+        with pytest.raises(PredictdError, match=re.escape(culprit)):
+            ref.extend(tracks)
+    assert not list(tmp_path.glob("predictd-extend-*"))  # a failed extend leaves none
+    new = ref.extend({("D", "x"): bw}, assays="y")  # one string: the assay y
+    assert new.impute("D", "y", "chr1", 0, 1000).shape == (40,)
+    for start, end, culprit in [(0.0, 1000.0, "integers"), (100, 100, "empty interval")]:
+        with pytest.raises(PredictdError, match=culprit):
+            new.impute("D", "y", "chr1", start, end)
+    for inside in (reference["ref"], reference["ref"] / "tracks"):
+        with pytest.raises(PredictdError, match="inside the reference, which is only read"):
+            new.write(str(inside))
+    assert new.write(str(tmp_path / "o")) == ["D.y"] and new.write(str(tmp_path / "o")) == []
+    other = ref.extend({("D", "x"): reference["in"] / "C.y.bw"}, assays=["y"])
+    with pytest.raises(PredictdError, match="holds a different run"):
+        other.write(str(tmp_path / "o"))
+    assert len(list(tmp_path.glob("predictd-extend-*"))) == 2
+    del new, other
+    gc.collect()
+    assert not list(tmp_path.glob("predictd-extend-*"))

@@ -98,3 +98,16 @@ def test_training_through_spark_equals_in_process(roadmap, spark, write_roadmap_
     for other in ("local", "driver"):
         for a, b in zip(factors["spark"], factors[other]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_stopped_context_is_made_again():
+    """A context Spark stopped (its master went away, or a user's sc.stop()) is not handed
+    out again: the next get_context makes a live one."""
+    import subprocess
+    import sys
+    code = ("from predictd.spark import get_context; sc = get_context('local[1]'); sc.stop(); "
+            "print(get_context('local[1]').parallelize([1, 2, 3]).sum())")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "6"

@@ -697,7 +697,9 @@ def extend_all(r: ExtendRun, overwrite: bool = False, stages=STAGES) -> dict:
     r.claim(overwrite)
     r.sweep_temp_files()
     r.write_run_json()
-    return {s: r.run_stage(s) for s in stages}
+    results = {s: r.run_stage(s) for s in stages}
+    r.publish()
+    return results
 
 
 # --------------------------------------------------------------------------- Python API

@@ -335,6 +335,20 @@ class Run:
     def load_model(self) -> Model:
         return load_model(self.out)
 
+    def publish(self) -> int:
+        """With ``public``, make every object a public run shares readable by anyone — the
+        tracks, the report and the track index — including those an earlier, private run or
+        an interrupted one wrote (a resumed stage skips them). Returns how many."""
+        if not (self.public and storage.is_object_store(self.out)):
+            return 0
+        uris = [storage.join(self.out, d, rel) for d in (layout.TRACKS_DIR, layout.REPORT_DIR)
+                for rel, _ in storage.list_prefix(storage.join(self.out, d))]
+        if storage.exists(layout.index_file(self.out)):
+            uris.append(layout.index_file(self.out))
+        for uri in uris:
+            storage.make_public(uri)
+        return len(uris)
+
     # ------------------------------------------------------------------ run.json
     def write_run_json(self) -> None:
         storage.write_text_atomic(layout.run_file(self.out),
@@ -448,8 +462,9 @@ def run_all(r: Run, overwrite: bool = False, stages=STAGES, folds: int = 0) -> d
     if folds:
         results["ingest"] = r.run_stage("ingest")
         results["folds"] = r.run_stage("folds", folds=folds)
-        return results
-    for s in stages:
-        results[s] = r.run_stage(s)
+    else:
+        for s in stages:
+            results[s] = r.run_stage(s)
+    r.publish()
     return results
 

@@ -1286,6 +1286,23 @@ def write_text_atomic(uri: str | os.PathLike, text: str, public: bool = False, e
     write_bytes_atomic(uri, text.encode(encoding), public=public)
 
 
+def make_public(uri: str | os.PathLike) -> None:
+    """Let anyone read an existing object, as ``public=True`` does for a new one: S3's
+    ``public-read`` ACL, GCS's ``publicRead``; on Azure its container is opened to anonymous
+    blob reads. Local files are left as they are."""
+    scheme, location = parse_uri(uri)
+    if scheme == "s3":
+        bucket, _, key = location.partition("/")
+        with _s3_errors(os.fspath(uri), "making public"):
+            s3_client().put_object_acl(Bucket=bucket, Key=key, ACL="public-read")
+    elif scheme == "az":
+        _az_make_public(os.fspath(uri))
+    elif scheme == "gs":
+        bucket, key = _gcs_bucket_key(os.fspath(uri))
+        with _gcs_errors(os.fspath(uri), "making public"):
+            gcs_client().bucket(bucket).blob(key).make_public()
+
+
 def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, public: bool = False) -> None:
     """Copy a local file to a local path, S3 or Azure, atomically.
 

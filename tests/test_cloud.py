@@ -345,6 +345,28 @@ def test_public_run_hub_and_http_download(inputs, s3, tmp_path_factory):
         storage.read_bytes(f"{out}/tracks/E017.H3K27me3.imputed.bw")
 
 
+def test_public_on_a_finished_private_run_publishes_what_it_wrote(inputs, s3, tmp_path):
+    """--public added when a private run is resumed (or re-run) makes the tracks and report
+    it had already written public too, not only those it writes now."""
+    out = f"s3://{BUCKET}/late"
+    args = ("run", "--manifest", inputs["manifest"], "--genome", inputs["sizes"], "--out", out,
+            "--no-spark", "--holdout", "E116:H3K4me3", *SMALL)
+    p = cli(*args, scratch=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    track = f"late/tracks/{CELLS[0]}.{MARKS[0]}.imputed.bw"
+    assert not any(g == ALL_USERS for g, _ in grantees(track))
+    p = cli(*args, "--public", scratch=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "impute    skipped" in p.stdout or "impute    skipped" in p.stderr
+    for c in CELLS:
+        for m in MARKS:
+            assert (ALL_USERS, "READ") in grantees(f"late/tracks/{c}.{m}.imputed.bw")
+    for key in ("late/report/index.html", "late/report/metrics.tsv", "late/tracks.json"):
+        assert (ALL_USERS, "READ") in grantees(key), key
+    for private in ("late/run.json", "late/model/model.json", "late/tensor/header.json"):
+        assert not any(g == ALL_USERS for g, _ in grantees(private)), private
+
+
 def test_wrong_md5_of_http_input_is_one_clear_line(inputs, fake_aws, tmp_path):
     good = hashlib.md5((inputs["dir"] / f"{HTTP_TRACK}.bw").read_bytes()).hexdigest()
     bad = tmp_path / "manifest.tsv"

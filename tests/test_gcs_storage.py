@@ -43,6 +43,9 @@ def test_gcs_write_read_list_delete_private_by_default(gcs_endpoint):
     private = bucket.blob("run/run.json")
     private.acl.reload()
     assert "allUsers" not in {e["entity"] for e in private.acl}
+    storage.make_public(f"gs://{b}/run/run.json")  # an existing object, as --public on resume
+    private.acl.reload()
+    assert ("allUsers", "READER") in {(e["entity"], e["role"]) for e in private.acl}
     storage.delete_prefix(f"gs://{b}/run")
     assert storage.list_prefix(f"gs://{b}/run") == []
     assert storage.read_bytes(f"gs://{b}/runner.txt") == b"x"

@@ -432,6 +432,7 @@ def test_hdinsight_template_is_a_complete_arm_template():
         assert name in params, name
     assert params["clusterLoginPassword"]["type"] == "securestring"
     assert params["sshPassword"]["type"] == "securestring"
+    assert params["scriptActionUri"]["type"] == "securestring"  # it usually carries a SAS
 
     # Every parameters('x') / variables('x') used is declared (ARM fails late on these).
     text = (HDI_DIR / "template.json").read_text()
@@ -568,6 +569,40 @@ def test_hdinsight_submit_defaults_out_to_the_cluster_storage(manifest, jobs_dir
     assert proc.returncode == 0 and "generate-sas" not in proc.stdout and "SAS_TOKEN" not in proc.stdout
 
 
+def test_hdinsight_submit_makes_the_sas_for_the_out_and_refuses_what_would_fail_late(
+        tmp_path, manifest, jobs_dir):
+    base = [sys.executable, HDI_DEPLOY, "submit", "--cluster-name", "predictd1",
+            "--storage-account", "predictd1store", "--manifest", manifest, "--genome", "hg38",
+            "--jobs-dir", jobs_dir, "--dry-run"]
+    for out, account, container in [
+            ("abfss://results@otheracct.dfs.core.windows.net/x", "otheracct", "results"),
+            ("wasbs://res2@acct3.blob.core.windows.net/y", "acct3", "res2"),
+            ("az://results/x", "predictd1store", "results")]:
+        proc = _run([*base, "--out", out], env=_hdi_env())
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"az storage container generate-sas --account-name {account} "
+                                      f"--name {container} "), proc.stdout.splitlines()[0]
+    for extra, culprit in [(["--out", "/local/out"], "--out '/local/out': a storage URI"),
+                           (["--run-id", "../../etc"], "--run-id '../../etc': letters"),
+                           (["--sas-hours", "0"], "--sas-hours 0: at least 1"),
+                           (["--", "--out", "az://c/x"], "give --out to submit itself")]:
+        proc = _run([*base, *extra], env=_hdi_env())
+        assert proc.returncode == 2 and culprit in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_hdinsight_deploy_keeps_the_script_uri_sas_off_the_command_line(tmp_path):
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAATESTKEY user@host\n")
+    proc = _run([sys.executable, HDI_DEPLOY, "deploy", "--resource-group", "rg",
+                 "--cluster-name", "predictd1", "--storage-account", "predictd1store",
+                 "--script-uri", "https://a.blob.core.windows.net/s/i.sh?sv=1&sig=SIGSECRET123",
+                 "--ssh-public-key-file", key, "--dry-run"], env=_hdi_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "SIGSECRET123" not in proc.stdout + proc.stderr
+    assert "scriptActionUri" in proc.stderr  # named among the secrets file's contents
+
+
 def test_hdinsight_submit_passes_the_sas_to_the_job_without_printing_it(tmp_path, manifest, jobs_dir):
     az = _fake_az(tmp_path)
     _LivyHandler.requests = []
@@ -605,7 +640,8 @@ def test_hdinsight_deploy_and_submit_execute(tmp_path, manifest, jobs_dir):
     assert call["argv"][:3] == ["deployment", "group", "create"]
     assert call["secrets_mode"] == "0o600"
     assert call["secrets"]["parameters"] == {"clusterLoginPassword": {"value": "Very-Secret-123"},
-                                             "sshPassword": {"value": "Ssh-Secret-456"}}
+                                             "sshPassword": {"value": "Ssh-Secret-456"},
+                                             "scriptActionUri": {"value": "https://example.invalid/s.sh"}}
     secrets_path = Path(next(a for a in call["argv"] if a.startswith("@"))[1:])
     assert not secrets_path.exists()  # removed once az returned
 

@@ -97,7 +97,6 @@ def deployment_parameters(args: argparse.Namespace) -> tuple[dict[str, object], 
         "headNodeSize": args.head_size,
         "workerNodeSize": args.worker_size,
         "workerNodeCount": args.worker_count,
-        "scriptActionUri": args.script_uri,
         "predictdPackageSource": args.package_source,
         "pythonVersion": args.python_version,
         "clusterVersion": args.cluster_version,
@@ -110,7 +109,9 @@ def deployment_parameters(args: argparse.Namespace) -> tuple[dict[str, object], 
             raise DeployError(f"--ssh-public-key-file {key_path} does not exist")
         plain["sshPublicKey"] = key_path.read_text().strip()
 
-    secrets: dict[str, str] = {}
+    # the script's URI usually carries a SAS: a secure parameter, in the secrets file (not on
+    # the command line, not in the deployment's history)
+    secrets: dict[str, str] = {"scriptActionUri": args.script_uri}
     password = os.environ.get(PASSWORD_ENV, "")
     if password:
         secrets["clusterLoginPassword"] = password
@@ -206,12 +207,26 @@ def _needs_sas(args: argparse.Namespace, out: str) -> bool:
     return args.storage_credential == "sas" or bool(AZURE_URI_RE.match(out))
 
 
-def sas_command(args: argparse.Namespace, expiry: datetime.datetime) -> list[str]:
+def out_container(args: argparse.Namespace, out: str) -> tuple[str, str]:
+    """(storage account, container) the job writes OUT to: those the URI names
+    (``abfss://C@A.dfs…``, ``wasbs://C@A.blob…``), the cluster's account for ``az://C/…``, else
+    the cluster's own container."""
+    m = re.match(r"^(?:abfss?|wasbs?)://([^@/]+)@([^./]+)\.", out, re.IGNORECASE)
+    if m:
+        return m.group(2), m.group(1)
+    m = re.match(r"^(?:az|abfss?)://([^@/]+)(?:/|$)", out, re.IGNORECASE)
+    if m:
+        return args.storage_account, m.group(1)
+    return args.storage_account, args.container or args.cluster_name.lower()
+
+
+def sas_command(args: argparse.Namespace, expiry: datetime.datetime, out: str) -> list[str]:
     """``az storage container generate-sas`` for the job: read, add, create, write, delete, list
-    on the cluster's container until ``expiry``; a user delegation SAS with ``--storage-auth-mode
-    login`` (no account key involved), else one signed with the account key."""
-    container = args.container or args.cluster_name.lower()
-    cmd = [args.az, "storage", "container", "generate-sas", "--account-name", args.storage_account,
+    on OUT's container (:func:`out_container`) until ``expiry``; a user delegation SAS with
+    ``--storage-auth-mode login`` (no account key involved), else one signed with the account
+    key."""
+    account, container = out_container(args, out)
+    cmd = [args.az, "storage", "container", "generate-sas", "--account-name", account,
            "--name", container, "--permissions", "racwdl", "--https-only",
            "--expiry", expiry.strftime("%Y-%m-%dT%H:%MZ"), "--output", "tsv", "--only-show-errors"]
     if args.storage_auth_mode == "login":
@@ -237,6 +252,12 @@ def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[s
         ``az`` upload commands (empty with ``--no-upload``) and the Livy ``POST /batches`` body.
     """
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", run_id):
+        raise DeployError(f"--run-id {run_id!r}: letters, digits, '.', '_' and '-' only (it "
+                          "names a storage folder)")
+    if args.sas_hours < 1:
+        raise DeployError(f"--sas-hours {args.sas_hours:g}: at least 1 (the job must finish "
+                          "before its storage credential expires)")
     container = args.container or args.cluster_name.lower()
     prefix = f"{args.remote_prefix.strip('/')}/runs/{run_id}"
     base_uri = f"{_default_fs(args)}/{prefix}"
@@ -269,11 +290,17 @@ def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[s
             raise DeployError(f"{what} {value!r} is neither a local file nor a wasbs:// / abfss:// URI")
         return None
 
+    if "--out" in extra or any(a.startswith("--out=") for a in extra):
+        raise DeployError("give --out to submit itself, not after --: its storage credential "
+                          "is made for it")
     job_args = ["--manifest", stage(args.manifest, "manifest.tsv", "--manifest")]
     genome = stage(args.genome, "genome.chrom.sizes", "--genome", must_exist=False)
     if genome is None and ("/" in args.genome or args.genome.endswith(".sizes")):
         raise DeployError(f"--genome {args.genome!r} looks like a path but is not a local file")
     out = args.out or default_out(args, run_id)
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]", out):
+        raise DeployError(f"--out {out!r}: a storage URI (abfss://…, az://CONTAINER/…, s3://…); "
+                          "a path on the cluster's disks is lost with the cluster")
     job_args += ["--genome", genome or args.genome, "--out", out]
     if args.config:
         job_args += ["--config", stage(args.config, "config.toml", "--config")]
@@ -344,9 +371,10 @@ def cmd_submit(args: argparse.Namespace, extra: list[str]) -> int:
     url = livy_url(args)
     sas_keys = [k for k, v in body["conf"].items() if v == SAS_PLACEHOLDER]
     expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=args.sas_hours)
+    out = body["args"][body["args"].index("--out") + 1]
     if args.dry_run:
         if sas_keys:
-            print(shlex.join(sas_command(args, expiry)))
+            print(shlex.join(sas_command(args, expiry, out)))
         for cmd in uploads:
             print(shlex.join(cmd))
         print(f"POST {url}")
@@ -356,7 +384,7 @@ def cmd_submit(args: argparse.Namespace, extra: list[str]) -> int:
     if not password:
         raise DeployError(f"set {PASSWORD_ENV} to the cluster login password (Livy uses basic auth)")
     if sas_keys:
-        cmd = sas_command(args, expiry)
+        cmd = sas_command(args, expiry, out)
         print("+ " + shlex.join(cmd), file=sys.stderr)
         token = _generate_sas(cmd)
         body = {**body, "conf": {**body["conf"], **{k: token for k in sas_keys}}}

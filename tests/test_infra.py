@@ -287,6 +287,9 @@ def test_emr_keep_alive_and_weights(manifest, jobs_dir):
     (["--genome", "/nonexistent/hg.chrom.sizes"], "/nonexistent/hg.chrom.sizes"),
     (["--out", "/local/dir"], "--out"),
     (["--core-spot", "0"], "core fleet"),
+    (["--release-label", "emr-6.15.0"], "emr-7.0.0 or later"),
+    (["--idle-timeout", "-5"], "EMR's minimum is 60 seconds"),
+    (["--", "--out", "s3://other/x"], "give --out to launch.py itself"),
 ])
 def test_emr_bad_arguments_exit_nonzero_naming_the_culprit(manifest, jobs_dir, change, culprit):
     args = _emr_args(manifest, jobs_dir, "--dry-run")

@@ -298,6 +298,16 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     """
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     plan = Plan(run_id=run_id, staging_uri=args.staging_uri)
+    # what EMR or the job would only refuse once the cluster is up (and billed)
+    m = re.fullmatch(r"emr-(\d+)\.\d+\.\d+", args.release_label)
+    if not m or int(m.group(1)) < 7:
+        raise LaunchError(f"--release-label {args.release_label!r}: predictd needs Spark >= 3.5, "
+                          "i.e. emr-7.0.0 or later")
+    if args.idle_timeout < 60:
+        raise LaunchError(f"--idle-timeout {args.idle_timeout}: EMR's minimum is 60 seconds")
+    if "--out" in extra or any(a.startswith("--out=") for a in extra):
+        raise LaunchError("give --out to launch.py itself, not after --: the cluster is tagged "
+                          "with it and its staging is made for it")
 
     for job_file in _job_files(Path(args.jobs_dir), args.job):
         uri = f"{plan.run_prefix}/jobs/{job_file.name}"

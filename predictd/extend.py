@@ -648,6 +648,7 @@ def open_extension(ref: Reference, manifest: str, out: str, cfg, holdout=(), ass
     """Validate NEW against REF before anything is written (one line naming the culprit;
     ``labels`` names manifest rows by what the user gave, see :func:`_manifest_from_dict`)."""
     refuse_inside(ref, out, "--out")
+    storage.check_output_prefix(out)
     tracks, msum = pipeline.load_tracks(manifest)
     model = ref.model
     for t in tracks:

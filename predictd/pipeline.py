@@ -421,6 +421,7 @@ def open_run(manifest: str, genome: str, out: str, config: Config, holdout=(), s
              public: bool = False, progress: bool = True, targets=(), cell_types=(),
              assays=(), regions: str | None = None) -> Run:
     """Validate everything that can be validated before any heavy work."""
+    storage.check_output_prefix(out)
     tracks, msum = load_tracks(manifest)
     g = load_genome(genome)
     hold = parse_holdout(holdout)

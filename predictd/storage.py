@@ -211,6 +211,27 @@ def is_object_store(uri: str | os.PathLike) -> bool:
     return parse_uri(uri)[0] in OBJECT_STORES
 
 
+def check_output_prefix(uri: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse a bucket's or container's root as a run's OUT: its entries (``model/``,
+    ``tracks/``, ``run.json``) would sit among unrelated data, which ``--overwrite`` clears by
+    those names.
+
+    >>> check_output_prefix("s3://bkt/runs/r1"); check_output_prefix("out")
+    >>> check_output_prefix("s3://bkt/")
+    Traceback (most recent call last):
+    ...
+    predictd.errors.PredictdError: --out s3://bkt/: the root of a bucket or container; give a prefix of its own, e.g. s3://bkt/run1
+    """
+    if not is_object_store(uri):
+        return
+    scheme, location = parse_uri(uri)
+    key = azure_blob(os.fspath(uri))[3] if scheme == "az" else location.partition("/")[2]
+    if not key.strip("/"):
+        raise PredictdError(f"{what} {display_uri(os.fspath(uri))}: the root of a bucket or "
+                            f"container; give a prefix of its own, e.g. "
+                            f"{os.fspath(uri).rstrip('/')}/run1")
+
+
 def join(prefix: str | os.PathLike, *parts: str) -> str:
     """Append path components to a local path or a URI prefix.
 

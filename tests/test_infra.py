@@ -288,6 +288,7 @@ def test_emr_keep_alive_and_weights(manifest, jobs_dir):
     (["--out", "/local/dir"], "--out"),
     (["--core-spot", "0"], "core fleet"),
     (["--release-label", "emr-6.15.0"], "emr-7.0.0 or later"),
+    (["--genome", "hg99"], "--genome 'hg99': not a bundled assembly"),
     (["--idle-timeout", "-5"], "EMR's minimum is 60 seconds"),
     (["--", "--out", "s3://other/x"], "give --out to launch.py itself"),
 ])
@@ -588,6 +589,7 @@ def test_hdinsight_submit_makes_the_sas_for_the_out_and_refuses_what_would_fail_
     for extra, culprit in [(["--out", "/local/out"], "--out '/local/out': a storage URI"),
                            (["--run-id", "../../etc"], "--run-id '../../etc': letters"),
                            (["--sas-hours", "0"], "--sas-hours 0: at least 1"),
+                           (["--genome", "hg99"], "--genome 'hg99': not a bundled assembly"),
                            (["--", "--out", "az://c/x"], "give --out to submit itself")]:
         proc = _run([*base, *extra], env=_hdi_env())
         assert proc.returncode == 2 and culprit in proc.stderr, proc.stderr
@@ -688,3 +690,12 @@ def test_shell_scripts_parse():
                    HDI_DIR / "install-predictd.sh"):
         proc = _run(["bash", "-n", script])
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+def test_launchers_repeat_the_bundled_assemblies_exactly():
+    """The launchers need no predictd, so they repeat its assembly names: the same ones."""
+    import ast
+    from predictd.genome import BUNDLED_GENOMES
+    for script in (EMR_LAUNCH, HDI_DEPLOY):
+        m = re.search(r"^BUNDLED_GENOMES = (\(.*\))$", Path(script).read_text(), re.M)
+        assert m and ast.literal_eval(m.group(1)) == BUNDLED_GENOMES, script

@@ -38,6 +38,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: The assemblies predictd bundles (predictd.genome.BUNDLED_GENOMES; this script needs only
+#: the standard library and boto3, so the names are repeated here).
+BUNDLED_GENOMES = ("hg19", "hg38", "mm10")
 #: Newest EMR 7 release when this was written: emr-7.13.0 ships Spark 3.5.6-amzn-2 on Amazon Linux
 #: 2023. Override with --release-label; predictd needs Spark >= 3.5 (emr-7.0.0 or later).
 DEFAULT_RELEASE_LABEL = "emr-7.13.0"
@@ -320,6 +323,9 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     genome = _stage_input(plan, args.genome, "genome.chrom.sizes", "--genome", must_exist=False)
     if genome is None and ("/" in args.genome or args.genome.endswith(".sizes")):
         raise LaunchError(f"--genome {args.genome!r} looks like a path but is not a local file")
+    if genome is None and args.genome not in BUNDLED_GENOMES:
+        raise LaunchError(f"--genome {args.genome!r}: not a bundled assembly "
+                          f"({', '.join(BUNDLED_GENOMES)}) nor a chrom.sizes file or s3:// URI")
     job_args = ["--manifest", manifest, "--genome", genome or args.genome, "--out", args.out]
     if args.config:
         job_args += ["--config", _stage_input(plan, args.config, "config.toml", "--config")]

@@ -65,6 +65,9 @@ SAS_PLACEHOLDER = "<sas from az storage container generate-sas>"
 #: The environment variable predictd reads a SAS from, set for the driver and the executors.
 SAS_ENV = "AZURE_STORAGE_SAS_TOKEN"
 #: URI schemes of Azure storage, in every spelling predictd reads.
+#: The assemblies predictd bundles (predictd.genome.BUNDLED_GENOMES; this script needs only
+#: the standard library, so the names are repeated here).
+BUNDLED_GENOMES = ("hg19", "hg38", "mm10")
 AZURE_URI_RE = re.compile(r"^(az|abfss?|wasbs?)://", re.IGNORECASE)
 
 
@@ -297,6 +300,9 @@ def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[s
     genome = stage(args.genome, "genome.chrom.sizes", "--genome", must_exist=False)
     if genome is None and ("/" in args.genome or args.genome.endswith(".sizes")):
         raise DeployError(f"--genome {args.genome!r} looks like a path but is not a local file")
+    if genome is None and args.genome not in BUNDLED_GENOMES:
+        raise DeployError(f"--genome {args.genome!r}: not a bundled assembly "
+                          f"({', '.join(BUNDLED_GENOMES)}) nor a chrom.sizes file or URI")
     out = args.out or default_out(args, run_id)
     if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]", out):
         raise DeployError(f"--out {out!r}: a storage URI (abfss://…, az://CONTAINER/…, s3://…); "

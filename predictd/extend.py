@@ -79,6 +79,11 @@ class Reference:
     # new cell type's weights then need REF's cell types' statistics recomputed)
     stack_gram: np.ndarray | None = None
 
+    def __repr__(self) -> str:  # its arrays would fill a notebook cell
+        return (f"Reference({storage.display_uri(self.uri)!r}: {len(self.model.cell_types)} "
+                f"cell types x {len(self.model.assays)} assays, "
+                f"{len(self.model.observed)} observed tracks)")
+
     @property
     def tensor_root(self) -> str:
         return layout.tensor_dir(self.uri)
@@ -710,6 +715,10 @@ class Extension:
     def __init__(self, run: ExtendRun):
         self.run = run
         self.model = run.load_model()
+
+    def __repr__(self) -> str:
+        return (f"Extension(cell types {', '.join(self.model.cell_types)} against "
+                f"{storage.display_uri(self.run.ref.uri)!r})")
 
     @property
     def cell_types(self) -> list[str]:

@@ -495,7 +495,10 @@ def test_python_extension_guards_its_places_and_its_arguments(reference, tmp_pat
         with pytest.raises(PredictdError, match=re.escape(culprit)):
             ref.extend(tracks)
     assert not list(tmp_path.glob("predictd-extend-*"))  # a failed extend leaves none
+    assert repr(ref) == (f"Reference('{reference['ref']}': 2 cell types x 2 assays, "
+                         "4 observed tracks)")
     new = ref.extend({("D", "x"): bw}, assays="y")  # one string: the assay y
+    assert repr(new) == f"Extension(cell types D against '{reference['ref']}')"
     assert new.impute("D", "y", "chr1", 0, 1000).shape == (40,)
     for start, end, culprit in [(0.0, 1000.0, "integers"), (100, 100, "empty interval")]:
         with pytest.raises(PredictdError, match=culprit):

@@ -678,7 +678,7 @@ def test_hdinsight_deploy_and_submit_execute(tmp_path, manifest, jobs_dir):
 
 def test_hdinsight_deploy_needs_the_password(tmp_path):
     proc = _run([sys.executable, HDI_DEPLOY, "deploy", "--resource-group", "rg",
-                 "--cluster-name", "c1", "--storage-account", "s1", "--script-uri", "https://x/s.sh",
+                 "--cluster-name", "c1", "--storage-account", "store1", "--script-uri", "https://x/s.sh",
                  "--az", _fake_az(tmp_path)], env=_hdi_env())
     assert proc.returncode == 2
     assert "PREDICTD_HDI_PASSWORD" in proc.stderr
@@ -699,3 +699,20 @@ def test_launchers_repeat_the_bundled_assemblies_exactly():
     for script in (EMR_LAUNCH, HDI_DEPLOY):
         m = re.search(r"^BUNDLED_GENOMES = (\(.*\))$", Path(script).read_text(), re.M)
         assert m and ast.literal_eval(m.group(1)) == BUNDLED_GENOMES, script
+
+
+@pytest.mark.parametrize("change, culprit", [
+    (["--storage-account", "Predictd_Store"], "3-24 lower-case letters and digits"),
+    (["--worker-count", "0"], "--worker-count 0: at least 1"),
+    (["--script-uri", "/local/install.sh"], "--script-uri: an https:// URL"),
+])
+def test_hdinsight_deploy_refuses_what_the_template_would(tmp_path, change, culprit):
+    good = [sys.executable, HDI_DEPLOY, "deploy", "--resource-group", "rg",
+            "--cluster-name", "predictd1", "--storage-account", "predictd1store",
+            "--script-uri", "https://example.invalid/s.sh", "--worker-count", "2", "--dry-run"]
+    args = list(good)
+    args[args.index(change[0]) + 1] = change[1]
+    proc = _run(args, env=_hdi_env())
+    assert proc.returncode == 2 and culprit in proc.stderr, proc.stderr
+    proc = _run(good, env=_hdi_env(PREDICTD_HDI_PASSWORD="short"))
+    assert proc.returncode == 2 and "at least 10 characters" in proc.stderr, proc.stderr

@@ -92,6 +92,14 @@ def deployment_parameters(args: argparse.Namespace) -> tuple[dict[str, object], 
     (dict, dict)
         Plain parameters (safe to print and pass on the command line) and secret ones.
     """
+    # what the template would refuse only once Azure has the deployment
+    check_storage_account(args)
+    if args.worker_count < 1:
+        raise DeployError(f"--worker-count {args.worker_count}: at least 1")
+    if not re.match(r"^https://", args.script_uri):
+        raise DeployError("--script-uri: an https:// URL the cluster can read while it is created")
+    if 0 < len(os.environ.get(PASSWORD_ENV, "")) < 10:
+        raise DeployError(f"{PASSWORD_ENV}: at least 10 characters (HDInsight's rule)")
     plain: dict[str, object] = {
         "clusterName": args.cluster_name,
         "storageAccountName": args.storage_account,
@@ -127,6 +135,13 @@ def deployment_parameters(args: argparse.Namespace) -> tuple[dict[str, object], 
         elif not args.dry_run:
             raise DeployError(f"give --ssh-public-key-file or set {SSH_PASSWORD_ENV}")
     return plain, secrets
+
+
+def check_storage_account(args: argparse.Namespace) -> None:
+    """Azure's rule for a storage account's name: 3-24 lower-case letters and digits."""
+    if not re.fullmatch(r"[a-z0-9]{3,24}", args.storage_account):
+        raise DeployError(f"--storage-account {args.storage_account!r}: 3-24 lower-case letters "
+                          "and digits (Azure's rule for account names)")
 
 
 def _param_arg(key: str, value: object) -> str:
@@ -258,6 +273,11 @@ def plan_submit(args: argparse.Namespace, extra: list[str]) -> tuple[list[list[s
     if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", run_id):
         raise DeployError(f"--run-id {run_id!r}: letters, digits, '.', '_' and '-' only (it "
                           "names a storage folder)")
+    check_storage_account(args)
+    if not re.fullmatch(r"\d+[kmgt]?", args.executor_memory, re.IGNORECASE) or \
+            args.executor_cores < 1:
+        raise DeployError(f"--executor-memory {args.executor_memory!r} / --executor-cores "
+                          f"{args.executor_cores}: a size such as 20g, and at least one core")
     if args.sas_hours < 1:
         raise DeployError(f"--sas-hours {args.sas_hours:g}: at least 1 (the job must finish "
                           "before its storage credential expires)")

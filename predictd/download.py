@@ -138,6 +138,15 @@ def _list_http(source: str) -> list[OutputFile]:
     return files + [OutputFile(p) for p in (*MODEL_FILES, RUN_FILE)]
 
 
+def unfinished(source: str) -> bool:
+    """Whether ``source`` is a run (local or in an object store: its private markers can be
+    read) whose impute stage has not completed, so its tracks are those written so far."""
+    if storage.is_remote(source) and not storage.is_object_store(source):
+        return False  # over plain HTTP(S) only the published files are visible
+    return (storage.exists(layout.identity_file(source))
+            and not storage.exists(layout.marker_file(source, "impute")))
+
+
 def select(files: list[OutputFile], cell_types=(), assays=()) -> list[OutputFile]:
     """Tracks whose cell type and assay match the filters, plus every non-track file.
 

@@ -305,3 +305,14 @@ def test_list_into_a_closed_pipe_stops_quietly(run_dir):
     p.stdout.close()  # before predictd writes anything
     assert p.wait(timeout=120) == 141
     assert p.stderr.read().decode().strip() == ""
+
+
+def test_list_says_when_a_run_has_not_finished(run_dir):
+    """An interrupted run (identity claimed, impute stage not complete): its tracks are listed
+    with a note that they are those written so far."""
+    storage.write_text_atomic(layout.identity_file(str(run_dir)), "{}")
+    r = invoke("list", run_dir)
+    assert r.exit_code == 0 and "has not finished writing its tracks" in r.stderr
+    storage.write_text_atomic(layout.marker_file(str(run_dir), "impute"), "{}")
+    r = invoke("list", run_dir)
+    assert r.exit_code == 0 and "has not finished" not in r.stderr

@@ -305,6 +305,15 @@ def test_emr_bad_arguments_exit_nonzero_naming_the_culprit(manifest, jobs_dir, c
     assert culprit in proc.stderr
 
 
+def test_emr_refuses_a_manifest_of_local_tracks(jobs_dir, tmp_path):
+    local = tmp_path / "local.tsv"
+    local.write_text("cell_type\tassay\turi\nE003\tH3K4me3\ts3://data/a.bw\n"
+                     "E017\tH3K4me3\tdemo/inputs/E017.H3K4me3.bw\n")
+    proc = _run(_emr_args(local, jobs_dir, "--dry-run"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "row 3: track 'demo/inputs/E017.H3K4me3.bw' is a local path" in proc.stderr
+
+
 def test_emr_staged_genome_and_local_wheel(manifest, jobs_dir, tmp_path):
     sizes = tmp_path / "tiny.chrom.sizes"
     sizes.write_text("chr1\t1000\n")

@@ -274,6 +274,23 @@ def _stage_input(plan: Plan, value: str, remote_name: str, what: str,
     return None
 
 
+def _check_track_uris(manifest: Path) -> None:
+    """The cluster's executors read the tracks themselves: a local manifest's ``uri`` column
+    must name objects they can reach (s3://, gs://, Azure, http(s)://), not this machine's
+    files."""
+    lines = [ln for ln in manifest.read_text().splitlines() if ln and not ln.startswith("#")]
+    header = lines[0].split("\t") if lines else []
+    if "uri" not in header:
+        return  # predictd itself names what is wrong with the manifest
+    col = header.index("uri")
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        uri = fields[col] if col < len(fields) else ""
+        if not re.match(r"^(s3|gs|az|abfss?|wasbs?|https?)://", uri, re.IGNORECASE):
+            raise LaunchError(f"--manifest {manifest}, row {n}: track {uri!r} is a local path; "
+                              "the cluster reads tracks by s3://, gs://, Azure or http(s):// URI")
+
+
 def _job_files(jobs_dir: Path, job: str) -> list[Path]:
     if not (jobs_dir / f"{job}.py").is_file():
         raise LaunchError(f"job script {jobs_dir / (job + '.py')} does not exist (see --jobs-dir)")
@@ -319,6 +336,8 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     plan.fetches.append((f"{plan.run_prefix}/jobs/", f"{plan.remote_dir}/jobs/"))
 
     manifest = _stage_input(plan, args.manifest, "manifest.tsv", "--manifest")
+    if not args.manifest.startswith("s3://"):
+        _check_track_uris(Path(args.manifest).expanduser())
     # A genome is usually a bundled assembly name; only a file or s3:// URI is staged.
     genome = _stage_input(plan, args.genome, "genome.chrom.sizes", "--genome", must_exist=False)
     if genome is None and ("/" in args.genome or args.genome.endswith(".sizes")):

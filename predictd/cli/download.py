@@ -41,6 +41,10 @@ def list_command(source, cell_types, assays, include_model, as_json):
     """
     files = dl.find_outputs(source, cell_types, assays, include_model)
     tracks = [f for f in files if f.is_track]
+    if dl.unfinished(source):
+        click.echo(f"predictd: note: the run at {source} has not finished writing its tracks "
+                   "(its impute stage is incomplete): these are the ones written so far",
+                   err=True)
     if as_json:
         for f in files:
             click.echo(json.dumps(f.to_json(), sort_keys=True))

@@ -725,3 +725,12 @@ def test_hdinsight_deploy_refuses_what_the_template_would(tmp_path, change, culp
     assert proc.returncode == 2 and culprit in proc.stderr, proc.stderr
     proc = _run(good, env=_hdi_env(PREDICTD_HDI_PASSWORD="short"))
     assert proc.returncode == 2 and "at least 10 characters" in proc.stderr, proc.stderr
+
+
+def test_launchers_argument_errors_are_one_line():
+    for argv in ([sys.executable, EMR_LAUNCH, "--dry-run"],
+                 [sys.executable, HDI_DEPLOY, "submit", "--cluster-name", "c1"]):
+        proc = _run(argv)
+        assert proc.returncode == 2 and proc.stdout == ""
+        (line,) = proc.stderr.strip().splitlines()
+        assert "error: the following arguments are required: " in line, line

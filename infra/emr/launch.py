@@ -136,6 +136,13 @@ def _positive(value: str) -> int:
     return number
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A bad argument is one line naming it (argparse prints its whole usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface; everything after a bare ``--`` is passed to the job unchanged.
 
@@ -143,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
-    p = argparse.ArgumentParser(
+    p = OneLineErrors(
         prog="launch.py",
         description="Run predictd on an auto-terminating EMR cluster with spot fleets "
                     "(or add a step to a running one). Arguments after '--' go to the job.",

@@ -455,9 +455,16 @@ def _run(cmd: list[str]) -> int:
 # CLI
 # --------------------------------------------------------------------------------------------------
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A bad argument is one line naming it (argparse prints its whole usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface; for ``submit``, arguments after ``--`` go to the job."""
-    p = argparse.ArgumentParser(prog="deploy.py", description=__doc__.split("\n\n")[0])
+    p = OneLineErrors(prog="deploy.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)

@@ -59,6 +59,9 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     defaults.update(master_defaults(m))
     if is_loopback_master(m):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Spark leaves its Unix domain socket files behind in java.io.tmpdir (one per run on
+        # a laptop): on this machine they go in a directory of the run's, removed at its end
+        defaults["spark.python.unix.domain.socket.dir"] = _socket_dir()
     log4j = os.path.join(os.path.dirname(__file__), "data", "log4j2.properties")
     if os.path.exists(log4j) and not os.environ.get("PREDICTD_DEBUG"):
         opt = f"-Dlog4j2.configurationFile=file:{log4j}"
@@ -178,6 +181,33 @@ def stop_context() -> None:
     if _CONTEXT is not None:
         _CONTEXT.stop()
         _CONTEXT = None
+    _remove_socket_dir()
+
+
+#: The directory of this process's Spark Unix domain sockets (loopback masters), if made
+_SOCKET_DIR: str | None = None
+
+
+def _socket_dir() -> str:
+    global _SOCKET_DIR
+    if _SOCKET_DIR is None:
+        import atexit
+        import tempfile
+        # a socket's path has at most 107 bytes, and Spark's names take 43 of them
+        base = tempfile.gettempdir()
+        if len(base) > 48 and os.access("/tmp", os.W_OK):
+            base = "/tmp"
+        _SOCKET_DIR = tempfile.mkdtemp(prefix="predictd-sock-", dir=base)
+        atexit.register(_remove_socket_dir)
+    return _SOCKET_DIR
+
+
+def _remove_socket_dir() -> None:
+    global _SOCKET_DIR
+    if _SOCKET_DIR is not None:
+        import shutil
+        shutil.rmtree(_SOCKET_DIR, ignore_errors=True)
+        _SOCKET_DIR = None
 
 
 def default_parallelism(sc) -> int:

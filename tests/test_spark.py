@@ -111,3 +111,25 @@ def test_a_stopped_context_is_made_again():
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "6"
+
+
+def test_local_spark_leaves_no_socket_files():
+    """Spark's Unix domain sockets go in a directory of the run's, removed at its end (Spark
+    leaves the files behind in java.io.tmpdir otherwise: one per run)."""
+    import os
+    import subprocess
+    import sys
+    code = ("from predictd.spark import get_context, stop_context; sc = get_context('local[1]');"
+            "d = sc.getConf().get('spark.python.unix.domain.socket.dir'); "
+            "print(d); print(sc.parallelize([1, 2, 3]).map(lambda x: x).sum()); stop_context()")
+    import shutil
+    import tempfile
+    from pathlib import Path
+    scratch = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short, as socket paths must be
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, TMPDIR=str(scratch)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    socket_dir, total = p.stdout.strip().splitlines()[-2:]
+    assert total == "6" and socket_dir.startswith(str(scratch / "predictd-sock-"))
+    assert not os.path.exists(socket_dir) and not list(scratch.iterdir())
+    shutil.rmtree(scratch)

@@ -143,8 +143,10 @@ def unfinished(source: str) -> bool:
     read) whose impute stage has not completed, so its tracks are those written so far."""
     if storage.is_remote(source) and not storage.is_object_store(source):
         return False  # over plain HTTP(S) only the published files are visible
+    # a --folds run writes its tracks in its "folds" stage
     return (storage.exists(layout.identity_file(source))
-            and not storage.exists(layout.marker_file(source, "impute")))
+            and not any(storage.exists(layout.marker_file(source, stage))
+                        for stage in ("impute", "folds")))
 
 
 def select(files: list[OutputFile], cell_types=(), assays=()) -> list[OutputFile]:

@@ -313,6 +313,8 @@ def test_list_says_when_a_run_has_not_finished(run_dir):
     storage.write_text_atomic(layout.identity_file(str(run_dir)), "{}")
     r = invoke("list", run_dir)
     assert r.exit_code == 0 and "has not finished writing its tracks" in r.stderr
-    storage.write_text_atomic(layout.marker_file(str(run_dir), "impute"), "{}")
-    r = invoke("list", run_dir)
-    assert r.exit_code == 0 and "has not finished" not in r.stderr
+    for stage in ("folds", "impute"):  # a --folds run's tracks are its folds stage's
+        storage.write_text_atomic(layout.marker_file(str(run_dir), stage), "{}")
+        r = invoke("list", run_dir)
+        assert r.exit_code == 0 and "has not finished" not in r.stderr
+        os.remove(layout.marker_file(str(run_dir), stage))

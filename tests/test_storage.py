@@ -536,6 +536,26 @@ def test_s3_range_reader_reads_only_what_is_asked_and_pins_the_version(bucket):
         storage.S3RangeReader(f"s3://{bucket}/none.bin")
 
 
+def test_a_tensor_block_without_data_is_a_few_kilobytes(tmp_path):
+    """A chromosome no track covers is stored as blocks of nulls: their bin counters are
+    delta-encoded, so such a block costs kilobytes (plain int64 counters took 2 MB); every
+    value reads back."""
+    import numpy as np
+
+    from predictd import tensor
+
+    n, names = 262_144, ["A.x", "B.x", "A.y"]
+    X = np.full((n, len(names)), np.nan, np.float32)
+    data = tensor.encode_block(5_000_000, X, names, 25)
+    assert len(data) < 32_000
+    tensor.write_block(str(tmp_path), "chrQ", 3, 5_000_000, X, names, 25)
+    bins, Y = tensor.read_block(str(tmp_path), "chrQ", 3, names)
+    assert np.array_equal(bins, np.arange(5_000_000, 5_000_000 + n)) and np.isnan(Y).all()
+    import pyarrow.parquet as pq
+    starts = pq.read_table(tensor.block_uri(str(tmp_path), "chrQ", 3), columns=["start"])
+    assert np.array_equal(starts.column("start").to_numpy(), bins * 25)
+
+
 @pytest.mark.cloud
 def test_tensor_block_on_s3_is_read_by_column_ranges(bucket, monkeypatch):
     import numpy as np

@@ -274,12 +274,14 @@ def example_regions(vectors: dict, chroms=None, bin_size: int = 25, width: int =
 
 
 def write_report(out: str, rows: list[dict], curves: dict | None, examples: list[dict],
-                 public: bool = False, errors: list[dict] | None = None) -> str:
-    """Write OUT/report (a local directory or an object-store prefix); returns its page's URI."""
+                 public: bool = False, errors: list[dict] | None = None,
+                 calibration: list[dict] | None = None) -> str:
+    """Write OUT/report (a local directory or an object-store prefix); returns its page's URI.
+    ``calibration``: :func:`calibration_rows`, shown on the page as in ``calibration.tsv``."""
     from . import report
 
     return report.write_report(layout.report_dir(out), rows, curves, examples, errors=errors,
-                               public=public)
+                               calibration=calibration, public=public)
 
 
 def score_bigwigs(truth: str, pred: str, genome: str | None = None, var: str | None = None,

@@ -631,10 +631,10 @@ class ExtendRun(pipeline.Run):
         rows = evaluate.score(vec, masks)
         examples, errors = evaluate.example_regions(vec, self.ref.header.genome["chroms"],
                                                     self.ref.header.bin_size)
-        evaluate.write_report(self.out, rows, None, examples, public=self.public,
-                              errors=errors)
         calibration = evaluate.holdout_calibration(self.out, vec, self.ref.header.transform,
                                                    public=self.public)
+        evaluate.write_report(self.out, rows, None, examples, public=self.public,
+                              errors=errors, calibration=calibration)
         extra = {"calibration": calibration} if calibration else {}
         return {"tracks": len(self.holdout), "metrics": rows, **extra}
 

@@ -128,9 +128,10 @@ def run_folds(run, n_folds: int, ensemble_size: int) -> dict:
     examples, errors = evaluate.example_regions(
         {h: (v["y"], v["ensemble"], v["average"]) for h, v in vectors.items()},
         header.genome["chroms"], header.bin_size)
-    evaluate.write_report(run.out, rows, None, examples, public=run.public, errors=errors)
     if calibration:
         evaluate.write_calibration(run.out, calibration, public=run.public)
+    evaluate.write_report(run.out, rows, None, examples, public=run.public, errors=errors,
+                          calibration=calibration)
     summary = summarize(rows)
     extra = {"calibration": calibration} if calibration else {}
     return {"folds": folds, "ensemble_size": ensemble_size, "metrics": rows, **summary,

@@ -318,10 +318,10 @@ class Run:
                       "valid_mse": [h["valid_mse"] for h in hist]}
         examples, errors = evaluate.example_regions(vec, header.genome["chroms"],
                                                     header.bin_size)
-        evaluate.write_report(self.out, rows, curves, examples, public=self.public,
-                              errors=errors)
         calibration = evaluate.holdout_calibration(self.out, vec, header.transform, blacklist,
                                                    public=self.public)
+        evaluate.write_report(self.out, rows, curves, examples, public=self.public,
+                              errors=errors, calibration=calibration)
         extra = {"calibration": calibration} if calibration else {}
         return {"tracks": len(self.holdout), "metrics": rows, **extra}
 

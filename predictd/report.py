@@ -636,6 +636,20 @@ def _error_table(errors: Sequence[Mapping[str, Any]]) -> str:
     return "".join(out)
 
 
+def _calibration_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    out = ['<div class="scroll"><table><tr><th class="key">track</th><th>coverage of ±1.645 sd'
+           "</th><th>Spearman(|error|, sd)</th><th>mean sd</th><th>RMSE</th></tr>"]
+    for r in rows:
+        track = f"{r['cell_type']}.{r['assay']}"
+        out.append(
+            f'<tr><td class="key">{html.escape(track)}</td>'
+            f"<td>{_pct(r.get('coverage', np.nan))}</td>"
+            f"<td>{_fmt(r.get('spearman', np.nan))}</td>"
+            f"<td>{_fmt(r.get('mean_sd', np.nan))}</td><td>{_fmt(r.get('rmse', np.nan))}</td></tr>")
+    out.append("</table></div>")
+    return "".join(out)
+
+
 def _img(path: Path, caption: str, css_class: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     img = f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
@@ -657,6 +671,7 @@ def _render_html(
     curves_file: Path | None,
     signal_files: list[tuple[str, Path]],
     errors: Sequence[Mapping[str, Any]] | None = None,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_tracks = len(_track_order(rows))
@@ -691,6 +706,15 @@ def _render_html(
             "types show there (a cell-type-specific domain); a small one, an error spread "
             "over the genome. A track's second signal panel, when it has one, shows where it "
             "misses most (with one panel, that is where its densest signal is).</p>",
+        ]
+    if calibration:
+        parts += [
+            "<h2>Uncertainty: calibration on the held-out tracks</h2>",
+            _calibration_table(calibration),
+            "<p class='note'>Coverage: the share of bins whose error is within ±1.645 times "
+            "the uncertainty track's sd (about 90 % when calibrated). Spearman: the rank "
+            "correlation of the error's size and the sd (does a larger sd mark a larger "
+            "error). The same table is <code>calibration.tsv</code>.</p>",
         ]
     if bar_files:
         # Two plots a row when each stays legible at half the page (>= ~80 % of natural size).
@@ -738,6 +762,7 @@ def write_report(
     title: str = "predictd evaluation report",
     bin_size: int = 25,
     errors: Sequence[Mapping[str, Any]] | None = None,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
     public: bool = False,
 ) -> str:
     """Write the evaluation report into a directory.
@@ -764,6 +789,9 @@ def write_report(
     errors : sequence of mapping, optional
         Where each track's error sits (:func:`predictd.evaluate.error_profile` rows with a
         ``track``): a table on the page.
+    calibration : sequence of mapping, optional
+        The uncertainty tracks' calibration on the held-out tracks
+        (:func:`predictd.evaluate.calibration_rows`, as ``calibration.tsv``): a table.
     public : bool, default False
         S3 only: make the report's objects public-read.
 
@@ -821,6 +849,6 @@ def write_report(
             plot_signal(p, track, exs, bin_size=bin_size)
             signal_files.append((track, p))
         page = _render_html(title, rows, metrics, methods, bar_files, curves_file, signal_files,
-                            errors)
+                            errors, calibration)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return storage.join(report_dir, "index.html")

@@ -126,6 +126,19 @@ def test_index_html_self_contained_and_explained(tmp_path):
         assert desc.split(":")[0][:30].replace("&", "&amp;") in page
 
 
+def test_calibration_table_on_the_page(tmp_path):
+    """With uncertainty tracks, their calibration on the held-out tracks (calibration.tsv's
+    rows) is a table on the page; without, no such section."""
+    R.write_report(tmp_path, make_rows(), CURVES, make_examples())
+    assert "calibration" not in (tmp_path / "index.html").read_text().lower()
+    cal = [{"cell_type": "E<1>", "assay": "H3K4me3", "bins": 100, "coverage": 0.9123,
+            "spearman": 0.5, "mean_sd": 0.25, "rmse": 1.5}]
+    R.write_report(tmp_path, make_rows(), CURVES, make_examples(), calibration=cal)
+    page = (tmp_path / "index.html").read_text()
+    assert "<h2>Uncertainty: calibration on the held-out tracks</h2>" in page
+    assert "<td class=\"key\">E&lt;1&gt;.H3K4me3</td><td>91.2 %</td><td>0.5</td>" in page
+
+
 def test_best_value_highlighted(tmp_path):
     row = {k: 0.5 for k in METRIC_NAMES}
     rows = [dict(row, cell_type="A", assay="X", method="model", mse=0.1, gwcorr=0.2),

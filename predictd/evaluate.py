@@ -320,7 +320,7 @@ def score_bigwigs(truth: str, pred: str, genome: str | None = None, var: str | N
         ``pred`` (or ``var``) lacking a chromosome ``truth`` has, a chromosome longer than
         the genome's, or NaN or infinite values.
     """
-    from .bigwig import bigwig_chroms, header_summary, read_binned
+    from .bigwig import bigwig_chroms, nonfinite_summary, read_binned
     from .errors import PredictdError
     from .genome import load_genome
     from .transform import forward
@@ -343,13 +343,11 @@ def score_bigwigs(truth: str, pred: str, genome: str | None = None, var: str | N
         if lacking:
             raise PredictdError(f"{path}: has no chromosome {lacking[0]} (the truth {truth} "
                                 "has it)")
-    # NaN or infinite values are refused, as the pipeline refuses such an input (NaN would
-    # read as no data): the header's summary covers every value
-    for path in files.values():
-        s = header_summary(path)
-        if s is not None and not np.isfinite([s["min"], s["max"], s["sum"]]).all():
+    for path in files.values():  # refused as the pipeline refuses such an input
+        bad = nonfinite_summary(path)
+        if bad:
             raise PredictdError(f"{path}: bigWig has NaN or infinite values (header summary: "
-                                f"min {s['min']}, max {s['max']}, sum {s['sum']})")
+                                f"{bad})")
     vals = {role: np.concatenate([read_binned(path, c, n, bin_size) for c, n in chroms])
             for role, path in files.items()}
     y = forward(vals["truth"], transform)

@@ -535,12 +535,7 @@ class ExtendRun(pipeline.Run):
 
     def wanted_tracks(self) -> list[str]:
         """The tracks this extension writes: each new cell type's :meth:`targets`."""
-        return sorted(experiment_name(c, a) for c, _ in self.new_cells() for a in self.targets(c))
-
-    def _asks_more(self, stage: str, prev: dict) -> bool:
-        if stage != "impute" or "selected" not in prev:
-            return False
-        return not set(self.wanted_tracks()) <= set(prev["selected"])
+        return [experiment_name(c, a) for c, _ in self.new_cells() for a in self.targets(c)]
 
     def check_inputs(self) -> None:
         super().check_inputs()
@@ -608,11 +603,11 @@ class ExtendRun(pipeline.Run):
         return {"cell_types": new.cell_types, "model_sha256": pipeline.model_checksum(self.out)}
 
     def _impute(self) -> dict:
-        earlier = (self.done("impute") or {}).get("selected") or ()
+        selected = self.selected_so_far(self.wanted_tracks())
         written = self.write_tracks_to(self.out)
         return {"written": len(written),
                 "tracks": sum(len(self.targets(c)) for c, _ in self.new_cells()),
-                "selected": sorted(set(self.wanted_tracks()) | set(earlier))}
+                "selected": selected}
 
     def _evaluate(self) -> dict:
         from . import evaluate

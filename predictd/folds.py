@@ -45,12 +45,14 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
     if n_folds < 2 or n_folds > len(exps):
         raise PredictdError(f"--folds {n_folds}: need 2 <= folds <= {len(exps)} (the number of "
                             "observed tracks)")
-    cell = [split_experiment(e)[0] for e in exps]
-    assay = [split_experiment(e)[1] for e in exps]
+    # tagged, so that a cell type and an assay of the same name are not counted together
+    cell = [("cell", split_experiment(e)[0]) for e in exps]
+    assay = [("assay", split_experiment(e)[1]) for e in exps]
     rng = np.random.default_rng([seed, 4242])
     cap = -(-len(exps) // n_folds)
+    total = Counter(cell + assay)
     # the most of one cell type's (assay's) experiments a fold needs to hold
-    fair = {k: -(-n // n_folds) for k, n in Counter(cell + assay).items()}
+    fair = {k: -(-n // n_folds) for k, n in total.items()}
     best, best_excess = None, None
     for _ in range(64):
         # deal the experiments in a random order, each to a fold with room that holds the
@@ -66,7 +68,6 @@ def make_folds(experiments: list[str], n_folds: int, seed: int) -> list[list[str
             folds[f].append(i)
             held[f].update((cell[i], assay[i]))
         # removing a fold must leave every cell type and assay some training experiment
-        total = Counter(cell + assay)
         if any(h[k] == total[k] for h in held for k in h):
             continue
         excess = sum(max(0, n - fair[k]) for h in held for k, n in h.items())

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import storage, tensor
-from .bigwig import header_summary, open_bigwig, read_binned
+from .bigwig import nonfinite_summary, open_bigwig, read_binned
 from .errors import PredictdError
 from .genome import Genome
 from .manifest import Track
@@ -76,11 +76,11 @@ def _check_task(track: Track, payload) -> dict:
         bw.close()
     # the header's summary covers every value, so NaN/inf are caught here instead of after
     # hours of binning (the binning still refuses inf: old files may have no summary)
-    s = header_summary(path)
-    if s is not None and not np.isfinite([s["min"], s["max"], s["sum"]]).all():
+    bad = nonfinite_summary(path)
+    if bad:
         raise PredictdError(f"{_shown(track)} (manifest row {track.row}): bigWig has NaN or "
-                            f"infinite values (header summary: min {s['min']}, max {s['max']}, sum "
-                            f"{s['sum']}); no-data stretches must be left out, not NaN")
+                            f"infinite values (header summary: {bad}); no-data stretches must "
+                            "be left out, not NaN")
     return {"chroms": chroms, "bytes": os.path.getsize(path)}
 
 

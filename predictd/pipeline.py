@@ -238,16 +238,25 @@ class Run:
         self.write_run_json()
         return info
 
+    def wanted_tracks(self) -> list[str]:
+        """The names of the tracks this run writes (its selection of the model's)."""
+        model = self.load_model()
+        names = model.track_names()
+        only = self.selected_tracks(model)
+        return names if only is None else [names[i] for i in only]
+
     def _asks_more(self, stage: str, prev: dict) -> bool:
         """Whether this run wants tracks a completed impute stage did not write (it records
         their names, or None for every track): then the stage runs again, and writes only
         those (its finished blocks and tracks are kept)."""
         if stage != "impute" or prev.get("selected") is None:
             return False
-        model = self.load_model()
-        only = self.selected_tracks(model)
-        wanted = model.track_names() if only is None else [model.track_names()[i] for i in only]
-        return not set(wanted) <= set(prev["selected"])
+        return not set(self.wanted_tracks()) <= set(prev["selected"])
+
+    def selected_so_far(self, wanted) -> list[str]:
+        """``wanted`` and the tracks earlier runs of the impute stage wrote: what its marker
+        records (see :meth:`_asks_more`)."""
+        return sorted(set(wanted) | set((self.done("impute") or {}).get("selected") or ()))
 
     def _ingest(self) -> dict:
         from .ingest import ingest
@@ -287,8 +296,7 @@ class Run:
         layout.write_track_index(self.out, public=self.public, hash_local=False)
         names = model.track_names()
         # the tracks OUT holds: every one, or those of each selection written so far
-        earlier = (self.done("impute") or {}).get("selected") or ()
-        selected = None if only is None else sorted({names[i] for i in only} | set(earlier))
+        selected = None if only is None else self.selected_so_far(names[i] for i in only)
         return {"solve_seconds": round(t1 - t0, 3),
                 "write_seconds": round(time.perf_counter() - t1, 3),
                 "tracks": len(names) if only is None else len(only), "written": len(written),

@@ -45,13 +45,15 @@ def training_left(experiments: list[str], holdout: list[str]) -> list[str]:
     """``experiments`` minus ``holdout``; every cell type and assay must keep at least one
     (their factors would be unidentifiable otherwise). Checked from the manifest before a run
     writes anything, and again by training."""
-    keep = [e for e in experiments if e not in set(holdout)]
-    left = [split_experiment(e) for e in keep]
+    held = set(holdout)
+    keep = [e for e in experiments if e not in held]
+    cells_left = {split_experiment(e)[0] for e in keep}
+    assays_left = {split_experiment(e)[1] for e in keep}
     for e in experiments:
         c, a = split_experiment(e)
-        if not any(lc == c for lc, _ in left):
+        if c not in cells_left:
             raise PredictdError(f"cell type {c} has no training track left after --holdout")
-        if not any(la == a for _, la in left):
+        if a not in assays_left:
             raise PredictdError(f"assay {a} has no training track left after --holdout")
     return keep
 

@@ -4,7 +4,7 @@
   structure, in one place.
 * :mod:`~predictd.bigwig.read` -- :func:`read_binned` (one chromosome, or a range of its bins, as
   bin means), :func:`bin_means`, :func:`open_bigwig`, :func:`bigwig_chroms`,
-  :func:`header_summary`.
+  :func:`header_summary`, :func:`nonfinite_summary`.
 * :mod:`~predictd.bigwig.write` -- predictd's own writer: :class:`BigWigWriter`,
   :func:`write_bigwig`.
 * :mod:`~predictd.bigwig.validate` -- the checks on a file's structure and on the signal read.
@@ -19,6 +19,7 @@ from .read import (
     bigwig_chroms,
     bin_means,
     header_summary,
+    nonfinite_summary,
     open_bigwig,
     read_binned,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "bigwig_chroms",
     "bin_means",
     "header_summary",
+    "nonfinite_summary",
     "open_bigwig",
     "read_binned",
     "write_bigwig",

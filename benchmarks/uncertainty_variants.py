@@ -1,11 +1,11 @@
-"""Variants of the per-bin uncertainty model on a finished leave-one-track-out run, chosen by a
+"""Variants of the per-bin uncertainty model on finished cross-validation runs, chosen by a
 nested procedure (docs/accuracy.md, "Per-bin uncertainty").
 
 A study kept outside the installed package. ``predictd run --folds T --uncertainty`` trains one
-model per held-out track; this script reads each fold's model and the run's tensor once and
-caches, per fold (``WORK/foldN.npz``):
+model per fold (one per held-out track when T is the number of tracks); this script reads each
+fold's model and the run's tensor once and caches, per fold (``WORK/foldN.npz``):
 
-- the held-out track on every bin: observed value, the stacked imputation (model space), the
+- each held-out track on every bin: observed value, the stacked imputation (model space), the
   mean and variance of its assay over the other cell types, its similarity-weighted average,
   both averages over the widest context window, the bins without signal;
 - every training experiment's *honest* stacked prediction (weights fitted without its track)
@@ -16,7 +16,8 @@ Every variant then fits on the training experiments only and is scored on the he
 (coverage of the ±1.645 sd interval and Spearman of |error| and sd, in output units, as
 ``OUT/report/calibration.tsv``), without retraining a fold. ``shipped`` is the package's own
 model (:func:`predictd.solvers.stacking.fit_uncertainty` on the cached residuals; it reproduces
-the run's calibration.tsv up to the cache's float32 rounding). The others:
+the run's calibration.tsv up to the cache's float32 rounding), ``unshrunk`` the same without its
+priors (both 0). The others, all without the priors:
 
 - ``assay`` / ``pooled``: the calibration scale without the cell-type effect (the assay's
   other cell types only) / pooled over every experiment of the other cell types;
@@ -33,11 +34,18 @@ Nested choice: for each cell type C, the variant meeting both goals (coverage 85
 Spearman ≥ 0.3) on the most held-out tracks of the *other* cell types (ties: the smaller mean
 |coverage − 90 %|) is applied to C's tracks, so no track's score picks its own variant.
 
+``--priors`` compares the package's shrinkage priors instead (``prior``, ``scale_prior`` of
+:func:`~predictd.solvers.stacking.fit_uncertainty` over :data:`PRIOR_GRID` ×
+:data:`SCALE_GRID`) on every run given (``--run`` repeated: e.g. ``--folds 20``, 4 and 2 of
+the same inputs), with the same nested choice over all their tracks.
+
 Usage::
 
     predictd run -m pilot/manifest.tsv -g pilot/pilot.chrom.sizes -o /tmp/loo --folds 20 \\
         --set ensemble_size=1 --no-spark --uncertainty
     python benchmarks/uncertainty_variants.py --run /tmp/loo --work /tmp/unc-study
+    python benchmarks/uncertainty_variants.py --run /tmp/loo --run /tmp/f4 --run /tmp/f2 \\
+        --work /tmp/unc-priors --priors
 
 Prints each variant's per-track figures and the nested result; ``--json`` writes them.
 """
@@ -81,37 +89,43 @@ def cache_fold(run: str, fold: int, dest: str, cfg: Config) -> None:
     model = Model.load(os.path.join(d, "model"))
     if model.stack is None:
         raise SystemExit(f"{d}: the model has no stacked regression")
-    h = model.meta["holdout"][0]
+    held = list(model.meta["holdout"])
     obs, ec, ea = model.observed_indices()
     na, nw = len(model.assays), len(model.stack_windows)
     if not nw or model.stack_similar is None:
         raise SystemExit(f"{d}: the study needs context windows and similarity averages")
     so = stacking._similar_offset(na, nw)
-    cell, assay = split_experiment(h)
-    hj, hk = model.cell_types.index(cell), model.assays.index(assay)
-    H = {k: [] for k in ("y", "yhat", "mean", "var", "sim", "wavg", "wsim", "own", "empty")}
+    targets = [(model.cell_types.index(c), model.assays.index(a))
+               for c, a in map(split_experiment, held)]
+    H = [{k: [] for k in ("y", "yhat", "mean", "var", "sim", "wavg", "wsim", "own", "empty")}
+         for _ in held]
     T = {k: [] for k in ("e", "y", "yhat", "mean", "var", "sim", "wavg", "wsim", "own")}
+
+    hinges = stacking.has_hinges(model.stack.shape[2], na, model.stack_windows, True)
 
     def vectors(X, c, ctx):
         return stacking.cell_vectors(X, ec, ea, na, c, model.stack_windows, dtype=np.float32,
                                      context=ctx, similar=model.stack_similar,
-                                     neighbours=model.stack_neighbours).T
+                                     neighbours=model.stack_neighbours, hinges=hinges).T
 
     for chrom, block, start, n in header.blocks():
-        _, XA = tensor.read_columns(root, chrom, block, list(obs) + [h])
+        _, XA = tensor.read_columns(root, chrom, block, list(obs) + held)
         X = np.ascontiguousarray(XA[:, :len(obs)], dtype=np.float32)
         GB = read_gf(gf_uri(os.path.join(d, "model", "genome_factors"), chrom, block))
         Xd = X.astype(np.float64)
         tot, cnt = stacking.assay_sums(Xd, ea, na)
         tot2, _ = stacking.assay_sums(Xd * Xd, ea, na)
         empty = no_signal(X)
-        V = vectors(X, hj, stacking.BlockContext(X, ea, na, model.stack_windows))
-        mean, var = unc.other_cell_moments(tot[:, hk], tot2[:, hk], cnt[:, hk],
-                                           np.full(n, np.nan))
-        sim, wavg, wsim = _quantities(V, so, na, nw, hk)
-        for key, v in zip(H, (XA[:, -1], model_values(model, GB, [(hj, hk)], (list(obs), X))[:, 0],
-                              mean, var, sim, wavg, wsim, V[1:1 + na].T, empty)):
-            H[key].append(v)
+        full = stacking.BlockContext(X, ea, na, model.stack_windows)
+        Yh = model_values(model, GB, targets, (list(obs), X))
+        for t, (hj, hk) in enumerate(targets):
+            V = vectors(X, hj, full)
+            mean, var = unc.other_cell_moments(tot[:, hk], tot2[:, hk], cnt[:, hk],
+                                               np.full(n, np.nan))
+            sim, wavg, wsim = _quantities(V, so, na, nw, hk)
+            for key, v in zip(H[t], (XA[:, len(obs) + t], Yh[:, t], mean, var, sim, wavg,
+                                     wsim, V[1:1 + na].T, empty)):
+                H[t][key].append(v)
         # the training experiments' honest residuals, on the stacking sample as in training
         rows = train.stack_rows(cfg.seed, chrom_index[chrom], block, n, cfg.stack_sample)
         rows &= ~empty
@@ -128,14 +142,26 @@ def cache_fold(run: str, fold: int, dest: str, cfg: Config) -> None:
                 for key, v in zip(T, (np.full(x.size, e), x, model.stack[c, k] @ Vt, m_, v_,
                                       sim, wavg, wsim, Vt[1:1 + na].T)):
                     T[key].append(v)
-    out = {"h": h, "hj": hj, "hk": hk, "ec": ec, "ea": ea}
-    for k, v in H.items():
-        out["H_" + k] = np.concatenate(v).astype(bool if k == "empty" else np.float32)
+    out = {"held": np.array(held), "targets": np.array(targets), "ec": ec, "ea": ea}
+    for t, Ht in enumerate(H):
+        for k, v in Ht.items():
+            out[f"H{t}_" + k] = np.concatenate(v).astype(bool if k == "empty" else np.float32)
     for k, v in T.items():
         out["T_" + k] = np.concatenate(v).astype(np.int32 if k == "e" else np.float32)
     tmp = dest + ".partial.npz"
     np.savez(tmp, **out)
     os.replace(tmp, dest)
+
+
+def track_view(cached: dict, t: int) -> dict:
+    """One held-out track's view of a fold's cache: its ``H_*`` arrays, the fold's ``T_*``."""
+    d = {k: v for k, v in cached.items() if k.startswith("T_") or k in ("ec", "ea")}
+    d.update({"H_" + k[len(f"H{t}_"):]: v for k, v in cached.items() if k.startswith(f"H{t}_")})
+    d["h"] = cached["held"][t]
+    d["hj"], d["hk"] = (int(x) for x in cached["targets"][t])
+    d["shape"] = (int(max(cached["ec"].max(), cached["targets"][:, 0].max())) + 1,
+                  int(max(cached["ea"].max(), cached["targets"][:, 1].max())) + 1)
+    return d
 
 
 # ----------------------------------------------------------------------------------- variants
@@ -220,8 +246,8 @@ def variant_sd(d: dict, kind: str = "base", model: str = "nnls", units: str = "m
     return sd_of(theta, features(d, "H_", kind)) * np.exp(ls)
 
 
-def shipped_sd(d: dict) -> np.ndarray:
-    """The package's own uncertainty model (:func:`stacking.fit_uncertainty`) on the cache."""
+def _moments(d: dict) -> tuple[dict, np.ndarray]:
+    """The training experiments' residual moments (as training sums them) and observed grid."""
     e, ec, ea = d["T_e"], d["ec"], d["ea"]
     Z = features(d, "T_", "base")
     r = (d["T_y"] - d["T_yhat"]).astype(np.float64)
@@ -232,22 +258,40 @@ def shipped_sd(d: dict) -> np.ndarray:
         if rows.any():
             mm = unc.residual_moments(Z[:, rows], r[rows])
             mom["zz"][i], mom["zr"][i], mom["n"][i] = mm["zz"], mm["zr"], mm["n"]
-    n_cell, n_assay = int(max(ec.max(), d["hj"])) + 1, int(max(ea.max(), d["hk"])) + 1
+    n_cell, n_assay = d["shape"]
     observed = np.zeros((n_cell, n_assay), dtype=bool)
     observed[ec, ea] = True
-    betas = stacking.fit_uncertainty(mom, None, ec, ea, observed, leave_out=True)
-    hist = np.zeros((E, unc.RATIO_EDGES.size - 1), np.int64)
-    for i in range(E):
+    return mom, observed
+
+
+def _histograms(d: dict, betas: np.ndarray) -> dict:
+    """The calibration pass: each training experiment's standardised errors' histogram."""
+    e, ec = d["T_e"], d["ec"]
+    Z = features(d, "T_", "base")
+    r = (d["T_y"] - d["T_yhat"]).astype(np.float64)
+    hist = np.zeros((ec.size, unc.RATIO_EDGES.size - 1), np.int64)
+    for i in range(ec.size):
         rows = e == i
         if rows.any() and np.isfinite(betas[i]).all():
             hist[i] = unc.ratio_histogram(r[rows], unc.predictive_variance(Z[:, rows], betas[i]))
-    beta = stacking.fit_uncertainty(mom, {"hist": hist}, ec, ea, observed)[int(d["hj"]),
-                                                                           int(d["hk"])]
+    return {"hist": hist}
+
+
+def shipped_sd(d: dict, prior: float | None = None, scale_prior: float | None = None
+               ) -> np.ndarray:
+    """The package's own uncertainty model (:func:`stacking.fit_uncertainty`) on the cache;
+    ``prior``/``scale_prior`` as there (None: the package's defaults)."""
+    mom, observed = _moments(d)
+    ec, ea = d["ec"], d["ea"]
+    betas = stacking.fit_uncertainty(mom, None, ec, ea, observed, leave_out=True, prior=prior)
+    beta = stacking.fit_uncertainty(mom, _histograms(d, betas), ec, ea, observed, prior=prior,
+                                    scale_prior=scale_prior)[int(d["hj"]), int(d["hk"])]
     return np.sqrt(unc.predictive_variance(features(d, "H_", "base"), beta))
 
 
 VARIANTS = {
     "shipped": shipped_sd,
+    "unshrunk": lambda d: shipped_sd(d, 0.0, 0.0),
     "assay": lambda d: variant_sd(d, effect="assay"),
     "pooled": lambda d: variant_sd(d, effect="pooled"),
     "output": lambda d: variant_sd(d, units="output"),
@@ -271,14 +315,19 @@ def meets(coverage: float, rho: float) -> bool:
     return 0.85 <= coverage <= 0.95 and rho >= 0.3
 
 
+def cell_of(track: str) -> str:
+    """The cell type of a score's key: ``cell.assay`` or ``run:cell.assay``."""
+    return split_experiment(track.rsplit(":", 1)[-1])[0]
+
+
 def nested_choice(scores: dict[str, dict[str, tuple[float, float]]]) -> dict[str, str]:
     """Per cell type, the variant chosen on the other cell types' tracks: the most tracks
     meeting both goals, then the smaller mean |coverage − 0.90|, then the name. ``scores`` =
     {variant: {track: (coverage, Spearman)}}."""
     tracks = sorted(next(iter(scores.values())))
     chosen = {}
-    for cell in sorted({split_experiment(t)[0] for t in tracks}):
-        inner = [t for t in tracks if split_experiment(t)[0] != cell]
+    for cell in sorted({cell_of(t) for t in tracks}):
+        inner = [t for t in tracks if cell_of(t) != cell]
 
         def key(v):
             s = [scores[v][t] for t in inner]
@@ -287,28 +336,107 @@ def nested_choice(scores: dict[str, dict[str, tuple[float, float]]]) -> dict[str
     return chosen
 
 
+#: The pseudo-experiments compared by ``--priors`` (β's prior, the scale's assay prior).
+PRIOR_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+SCALE_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def prior_scores(cached: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """{"prior,scale_prior": {track: (coverage, Spearman)}} of one fold's held-out tracks over
+    :data:`PRIOR_GRID` × :data:`SCALE_GRID`. The calibration pass runs once per prior, and a
+    track's Spearman once per prior too: the scale multiplies a target's sd by a constant,
+    which does not change its ranks."""
+    views = [track_view(cached, t) for t in range(len(cached["held"]))]
+    d0 = views[0]
+    mom, observed = _moments(d0)
+    ec, ea = d0["ec"], d0["ea"]
+    HZ = [features(d, "H_", "base") for d in views]
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for kb in PRIOR_GRID:
+        betas = stacking.fit_uncertainty(mom, None, ec, ea, observed, leave_out=True, prior=kb)
+        hist = _histograms(d0, betas)
+        rho: dict[int, float] = {}
+        for ks in SCALE_GRID:
+            V = stacking.fit_uncertainty(mom, hist, ec, ea, observed, prior=kb, scale_prior=ks)
+            for t, (d, hz) in enumerate(zip(views, HZ)):
+                y, yh = d["H_y"].astype(np.float64), d["H_yhat"].astype(np.float64)
+                sd = unc.output_sd(yh, np.sqrt(unc.predictive_variance(hz, V[d["hj"], d["hk"]])),
+                                   "arcsinh")
+                ok = ~np.isnan(y)
+                err = np.abs(np.sinh(y[ok]) - np.sinh(yh[ok]))
+                sd = np.where(d["H_empty"], 0.0, sd)[ok]
+                if t not in rho:
+                    rho[t] = unc.spearman(err, sd)
+                out.setdefault(f"{kb:g},{ks:g}", {})[str(d["h"])] = (
+                    float(np.mean(err <= Z90 * sd)), rho[t])
+    return out
+
+
+def report_priors(scores: dict[str, dict[str, tuple[float, float]]], runs: list[str]) -> dict:
+    """Print each grid point's tracks meeting both goals per run, the nested choice and the
+    package's defaults; return the summary."""
+    def count(v, run):
+        return sum(meets(*x) for t, x in scores[v].items() if t.startswith(run + ":"))
+
+    def line(v):
+        return "  ".join(f"{r} {count(v, r):>2}" for r in runs)
+
+    for v in scores:
+        print(f"prior,scale {v:<9} {line(v)}  total {sum(count(v, r) for r in runs)}")
+    chosen = nested_choice(scores)
+    nested = {r: sum(meets(*scores[chosen[cell_of(t)]][t]) for t in scores[next(iter(scores))]
+                     if t.startswith(r + ":")) for r in runs}
+    default = f"{unc.VARIANCE_PRIOR:g},{unc.SCALE_PRIOR:g}"
+    print(f"nested choice per cell type: {chosen}")
+    print("nested: " + "  ".join(f"{r} {n:>2}" for r, n in nested.items()))
+    print(f"default ({default}): {line(default)}; unshrunk (0,0): {line('0,0')}")
+    return {"chosen": chosen, "nested": nested, "default": default}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="OUT of `predictd run --folds T --uncertainty`")
-    ap.add_argument("--work", required=True, help="directory for the per-fold cache")
+    ap.add_argument("--run", required=True, action="append",
+                    help="OUT of `predictd run --folds T --uncertainty` (repeat for several)")
+    ap.add_argument("--work", required=True, help="directory for the per-fold caches")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--priors", action="store_true",
+                    help="compare the shrinkage priors (PRIOR_GRID × SCALE_GRID) instead")
     ap.add_argument("--json", help="write {variant: {track: [coverage, spearman]}} here")
     a = ap.parse_args(argv)
-    os.makedirs(a.work, exist_ok=True)
-    folds = sorted(int(f[4:]) for f in os.listdir(os.path.join(a.run, "folds"))
-                   if f.startswith("fold"))
-    with open(layout.run_file(a.run)) as fh:   # the run's seed and stacking sample
-        cfg = from_dict(json.load(fh)["config"], layout.run_file(a.run))
     names = a.variants.split(",")
-    scores = {v: {} for v in names}
-    for f in folds:
-        path = os.path.join(a.work, f"fold{f}.npz")
-        if not os.path.exists(path):
-            cache_fold(a.run, f, path, cfg)
-        d = dict(np.load(path, allow_pickle=False))
-        for v in names:
-            scores[v][str(d["h"])] = held_out_calibration(d, VARIANTS[v](d))
-        print(f"fold {f}: {d['h']}", file=sys.stderr, flush=True)
+    scores: dict[str, dict[str, tuple[float, float]]] = {}
+    labels = []
+    for i, run in enumerate(a.run):
+        label = os.path.basename(os.path.normpath(run))
+        labels.append(label)
+        work = os.path.join(a.work, f"{i}-{label}") if len(a.run) > 1 else a.work
+        os.makedirs(work, exist_ok=True)
+        folds = sorted(int(f[4:]) for f in os.listdir(os.path.join(run, "folds"))
+                       if f.startswith("fold"))
+        with open(layout.run_file(run)) as fh:   # the run's seed and stacking sample
+            cfg = from_dict(json.load(fh)["config"], layout.run_file(run))
+        for f in folds:
+            path = os.path.join(work, f"fold{f}.npz")
+            if not os.path.exists(path):
+                cache_fold(run, f, path, cfg)
+            cached = dict(np.load(path, allow_pickle=False))
+            key = (lambda h: f"{label}:{h}") if a.priors or len(a.run) > 1 else str
+            if a.priors:
+                for v, s in prior_scores(cached).items():
+                    scores.setdefault(v, {}).update({key(t): x for t, x in s.items()})
+            else:
+                for t, h in enumerate(cached["held"]):
+                    d = track_view(cached, t)
+                    for v in names:
+                        scores.setdefault(v, {})[key(h)] = held_out_calibration(d, VARIANTS[v](d))
+            print(f"{run} fold {f}: {', '.join(map(str, cached['held']))}", file=sys.stderr,
+                  flush=True)
+    if a.priors:
+        summary = report_priors(scores, labels)
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump({"scores": scores, **summary}, fh, indent=1)
+        return 0
     for v in names:
         s = scores[v]
         miss = [t for t in sorted(s) if not meets(*s[t])]
@@ -316,7 +444,7 @@ def main(argv=None) -> int:
               f"coverage {min(c for c, _ in s.values()):.3f}–{max(c for c, _ in s.values()):.3f},"
               f" min Spearman {min(r for _, r in s.values()):.3f}; missed: {', '.join(miss)}")
     chosen = nested_choice(scores)
-    rows = {t: (chosen[split_experiment(t)[0]], *scores[chosen[split_experiment(t)[0]]][t])
+    rows = {t: (chosen[cell_of(t)], *scores[chosen[cell_of(t)]][t])
             for t in sorted(scores[names[0]])}
     print(f"nested: {chosen}; {sum(meets(c, r) for _, c, r in rows.values())}/{len(rows)} "
           "tracks meet both goals")

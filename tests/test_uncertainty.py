@@ -314,15 +314,42 @@ def test_calibration_scale_has_an_assay_and_a_cell_type_effect():
     u = np.abs(rng.normal(size=(6, 50_000)))
     u[5] *= 2.0                      # cell type 2, assay 1
     hist = {"hist": np.stack([unc.ratio_histogram(x, np.ones_like(x)) for x in u])}
-    V = stacking.fit_uncertainty(moments, hist, ec, ea, np.ones((3, 2), bool))
+    V = stacking.fit_uncertainty(moments, hist, ec, ea, np.ones((3, 2), bool), scale_prior=0)
     ratio = V[2, 0].sum() / V[1, 0].sum()   # the same β, scaled
     # cell 2's effect is log 2 − 0 = log 2; cell 1's is 0 − (0 + log 2)/2: s ratio 2^1.5
     assert ratio == pytest.approx(2.0 ** 3, rel=0.1)
+    # with the default assay prior (2 pseudo-experiments at the other cell types' mean log
+    # scale): cell 1's assay effects are (log 2 + 2 · log 2 / 4) / 4 (assay 1) and
+    # (0 + 2 · log 2 / 4) / 4 (assay 0), so its log s is −0.25 log 2; cell 2's stays log 2
+    Vd = stacking.fit_uncertainty(moments, hist, ec, ea, np.ones((3, 2), bool))
+    assert Vd[2, 0].sum() / Vd[1, 0].sum() == pytest.approx(2.0 ** 2.5, rel=0.1)
     # the widened experiment (2, 1) does not widen its own target beyond the assay's others
     u[4] *= 3.0                      # cell type 2, assay 0: its own errors never count
     hist2 = {"hist": np.stack([unc.ratio_histogram(x, np.ones_like(x)) for x in u])}
-    V2 = stacking.fit_uncertainty(moments, hist2, ec, ea, np.ones((3, 2), bool))
+    V2 = stacking.fit_uncertainty(moments, hist2, ec, ea, np.ones((3, 2), bool), scale_prior=0)
     np.testing.assert_allclose(V2[2, 0], V[2, 0])
+
+
+def test_the_variance_prior_matters_with_few_cell_types_and_fades_with_many():
+    """Assay 0's errors are 3× as wide as assay 1's. With one other cell type, a target's β
+    is pulled toward the mean experiment (8 pseudo-experiments: (9 + 8 · 5) / 9 of the unit
+    β instead of 9); with a hundred others the prior barely moves it."""
+    Z, r, _ = _heteroscedastic(5000)
+    mom = unc.residual_moments(Z, r)
+    beta0 = unc.fit_variance(mom)
+    for n_cell, expect in ((2, 49.0 / 9.0), (101, 940.0 / 108.0)):
+        ec, ea = np.repeat(np.arange(n_cell), 2), np.tile([0, 1], n_cell)
+        moments = {"zz": np.stack([mom["zz"]] * ec.size),
+                   "zr": np.stack([mom["zr"] * (9.0 if a == 0 else 1.0) for a in ea]),
+                   "n": np.full(ec.size, mom["n"])}
+        observed = np.ones((n_cell, 2), bool)
+        V0 = stacking.fit_uncertainty(moments, None, ec, ea, observed, prior=0)
+        V = stacking.fit_uncertainty(moments, None, ec, ea, observed)
+        np.testing.assert_allclose(V0[0, 0], 9.0 * beta0, rtol=1e-6)
+        np.testing.assert_allclose(V[0, 0], expect * beta0, rtol=1e-6)
+        # the leave-out step (what standardises each experiment's errors) is shrunk alike
+        B = stacking.fit_uncertainty(moments, None, ec, ea, observed, leave_out=True)
+        np.testing.assert_allclose(B[0], expect * beta0, rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -1577,13 +1577,14 @@ def sum_residual_stats(parts: list[dict]) -> dict | None:
 
 
 def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
-                    observed: np.ndarray, leave_out: bool = False):
+                    observed: np.ndarray, leave_out: bool = False, prior: float | None = None,
+                    scale_prior: float | None = None):
     """The uncertainty model of every (cell type, assay) target from summed
     :func:`residual_stats`.
 
     With ``leave_out`` (the first step): one β per training experiment e = (c, k), fitted on
     the moments of the other cell types' experiments of assay k — what standardises e's errors
-    for the calibration histograms (E × m, NaN where no other cell type has k).
+    for the calibration histograms (E × m, NaN where nothing informs it).
 
     Otherwise: per target (j, k), β fitted on the experiments (c, k) of the other cell types,
     times the square of a calibration scale s: σ² = (s² β) · z. Each training experiment's
@@ -1593,26 +1594,44 @@ def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
     types, plus the mean of how much j's *other* assays' log scales exceed their other cell
     types' (0 when j has no other assay). Neither uses (j, k) itself. Returns
     (n_cell × n_assay × m), NaN for targets without enough sampled bins; a target whose assay
-    no other cell type has pools every other cell type's experiments."""
+    no other cell type has pools every other cell type's experiments.
+
+    Both steps are shrunk toward every experiment of the other cell types, by pseudo-
+    experiments (:data:`~predictd.solvers.uncertainty.VARIANCE_PRIOR` and
+    :data:`~predictd.solvers.uncertainty.SCALE_PRIOR` unless given): β's moments get
+    ``prior`` times the mean experiment's moments (in both steps), and the assay effect is a
+    mean with ``scale_prior`` pseudo-experiments at the mean log scale. With an assay in a
+    hundred cell types they weigh nothing; with one or two (few-fold cross-validation, a small
+    compendium) they keep one experiment's odd errors from setting a target's variance."""
     from . import uncertainty as unc
+    prior = unc.VARIANCE_PRIOR if prior is None else prior
+    scale_prior = unc.SCALE_PRIOR if scale_prior is None else scale_prior
     exp_cell = np.asarray(exp_cell)
     exp_assay = np.asarray(exp_assay)
     observed = np.asarray(observed, dtype=bool)
     n_cell, n_assay = observed.shape
     has = moments["n"] > 0
 
-    def pooled(sel):
+    def pooled(sel, cell):
+        # the moments of the experiments ``sel`` plus ``prior`` mean experiments of every
+        # cell type but ``cell``
+        parts = []
         idx = np.flatnonzero(sel & has)
-        if not idx.size:
-            return None
-        return {"zz": moments["zz"][idx].sum(axis=0), "zr": moments["zr"][idx].sum(axis=0),
-                "n": float(moments["n"][idx].sum())}
+        if idx.size:
+            parts.append({"zz": moments["zz"][idx].sum(axis=0),
+                          "zr": moments["zr"][idx].sum(axis=0),
+                          "n": float(moments["n"][idx].sum())})
+        wide = np.flatnonzero((exp_cell != cell) & has)
+        if prior > 0 and wide.size:
+            parts.append({k: prior * np.asarray(moments[k][wide], dtype=np.float64).mean(axis=0)
+                          for k in ("zz", "zr", "n")})
+        return unc.add_moments(parts)
 
     if leave_out:
         B = np.full((exp_cell.size, unc.N_FEATURES), np.nan)
         for e in range(exp_cell.size):
             beta = unc.fit_variance(pooled((exp_assay == exp_assay[e]) &
-                                           (exp_cell != exp_cell[e])))
+                                           (exp_cell != exp_cell[e]), exp_cell[e]))
             if beta is not None:
                 B[e] = beta
         return B
@@ -1623,10 +1642,18 @@ def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
     for e in np.flatnonzero(H.sum(axis=1) > 0):
         log_s[e] = np.log(unc.calibration_scale(H[e]))
 
-    def mean_log(sel):
+    def finite(sel):
         v = log_s[sel]
-        v = v[np.isfinite(v)]
-        return float(v.mean()) if v.size else np.nan
+        return v[np.isfinite(v)]
+
+    def assay_effect(k, j, fallback=True):
+        # the mean log scale of k's cell types other than j, with scale_prior
+        # pseudo-experiments at the mean of every experiment of those cell types; without
+        # any, that mean itself (``fallback``) or NaN
+        v, wide = finite((exp_assay == k) & (exp_cell != j)), finite(exp_cell != j)
+        if not v.size:
+            return float(wide.mean()) if fallback and wide.size else np.nan
+        return float((v.sum() + scale_prior * wide.mean()) / (v.size + scale_prior))
 
     out = np.full((n_cell, n_assay, unc.N_FEATURES), np.nan)
     for j in range(n_cell):
@@ -1634,20 +1661,76 @@ def fit_uncertainty(moments: dict, hist: dict | None, exp_cell, exp_assay,
             sel = (exp_assay == k) & (exp_cell != j)
             if not (sel & has).any():
                 sel = exp_cell != j   # no other cell type has k: every other experiment
-            beta = unc.fit_variance(pooled(sel))
+            beta = unc.fit_variance(pooled(sel, j))
             if beta is None:
                 continue
-            # assay effect: the mean log scale of k's other cell types
-            ls = mean_log(sel)
+            ls = assay_effect(k, j)
             if np.isnan(ls):
                 ls = 0.0
             # cell-type effect: how much j's other assays' scales exceed their other cell
             # types' (never assay k itself)
-            gaps = [log_s[e] - mean_log((exp_assay == exp_assay[e]) & (exp_cell != j))
+            gaps = [log_s[e] - assay_effect(exp_assay[e], j, fallback=False)
                     for e in np.flatnonzero((exp_cell == j) & (exp_assay != k))]
             gaps = [g for g in gaps if np.isfinite(g)]
             if gaps:
                 ls += float(np.mean(gaps))
+            s = float(np.exp(ls))
+            out[j, k] = beta * s * s
+    return out
+
+    if leave_out:
+        B = np.full((exp_cell.size, unc.N_FEATURES), np.nan)
+        for e in range(exp_cell.size):
+            beta = unc.fit_variance(pooled((exp_assay == exp_assay[e]) &
+                                           (exp_cell != exp_cell[e]), exp_cell[e]))
+            if beta is not None:
+                B[e] = beta
+        return B
+    # log of each experiment's own scale (NaN without counts): the calibration is a two-way
+    # model on the log scale, log s = assay effect + cell-type effect
+    H = hist["hist"] if hist is not None else np.zeros((exp_cell.size, 1), np.int64)
+    log_s = np.full(exp_cell.size, np.nan)
+    for e in np.flatnonzero(H.sum(axis=1) > 0):
+        log_s[e] = np.log(unc.calibration_scale(H[e]))
+
+    def finite(sel):
+        v = log_s[sel]
+        return v[np.isfinite(v)]
+
+    def assay_effect(k, j, fallback=True):
+        # the mean log scale of k's cell types other than j, with scale_prior
+        # pseudo-experiments at the mean of every experiment of those cell types
+        v = finite((exp_assay == k) & (exp_cell != j))
+        if not v.size:
+            if not fallback:
+                return np.nan
+            v = finite(exp_cell != j)   # no other cell type has k: every other experiment
+            return float(v.mean()) if v.size else np.nan
+        if assay_prior > 0:
+            w = finite(exp_cell != j)
+            return float((v.sum() + assay_prior * w.mean()) / (v.size + assay_prior))
+        return float(v.mean())
+
+    out = np.full((n_cell, n_assay, unc.N_FEATURES), np.nan)
+    for j in range(n_cell):
+        for k in range(n_assay):
+            sel = (exp_assay == k) & (exp_cell != j)
+            if not (sel & has).any():
+                sel = exp_cell != j   # no other cell type has k: every other experiment
+            beta = unc.fit_variance(pooled(sel, j))
+            if beta is None:
+                continue
+            # assay effect: the mean log scale of k's other cell types
+            ls = assay_effect(k, j)
+            if np.isnan(ls):
+                ls = 0.0
+            # cell-type effect: how much j's other assays' scales exceed their other cell
+            # types' (never assay k itself)
+            gaps = [log_s[e] - assay_effect(exp_assay[e], j, fallback=False)
+                    for e in np.flatnonzero((exp_cell == j) & (exp_assay != k))]
+            gaps = [g for g in gaps if np.isfinite(g)]
+            if gaps:
+                ls += float(np.sum(gaps)) / (len(gaps) + cell_prior)
             s = float(np.exp(ls))
             out[j, k] = beta * s * s
     return out

@@ -36,6 +36,13 @@ N_FEATURES = len(FEATURES)
 #: The central interval ŷ ± Z_90 σ of a normal variable holds 90 % of it.
 Z_90 = 1.6448536269514722
 COVERAGE = 0.90
+#: Pseudo-experiments that shrink a target's β toward every experiment of the other cell types
+#: (:func:`predictd.solvers.stacking.fit_uncertainty`), and its calibration's assay effect
+#: toward their mean log scale. Chosen on the pilot's leave-one-track-out, 4-fold and 2-fold
+#: cross-validation together (docs/accuracy.md, "Few training cell types"): β's prior is the
+#: smallest on the plateau of 8 and more, the scale's the best of 0–4.
+VARIANCE_PRIOR = 8.0
+SCALE_PRIOR = 2.0
 #: Edges of the standardised-error histogram |r| / σ: 0, then 10⁻³ … 10³ log-spaced (about
 #: 2.4 % apart, so the 90 % quantile is read to that precision), then ∞.
 RATIO_EDGES = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 601), [np.inf]])

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 from collections import OrderedDict
+
+from .errors import PredictdError
 
 _CONTEXT = None
 log = logging.getLogger("predictd.spark")
@@ -40,6 +43,7 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     submitted = "spark.master" in dict(sconf.getAll())
     if not submitted:
         sconf.setMaster(master or os.environ.get("PREDICTD_SPARK_MASTER") or "local[*]")
+    check_master_reachable(sconf.get("spark.master", ""))
     defaults = {
         "spark.driver.memory": os.environ.get("PREDICTD_DRIVER_MEMORY", "4g"),
         "spark.python.worker.reuse": "true",
@@ -110,6 +114,50 @@ def is_loopback_master(master: str) -> bool:
         return False  # yarn, k8s://..., mesos://...: a cluster
     # spark://host:port, or spark://h1:p1,h2:p2 with standby masters: loopback only if all are
     return all(_is_loopback_host(h) for h in master[len("spark://"):].split(","))
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a standalone master URL (``spark://h:p`` or ``spark://h1:p1,
+    h2:p2`` with standby masters; port 7077 when omitted); [] for any other master.
+
+    >>> master_addresses("spark://10.0.0.1:7077,[::1]")
+    [('10.0.0.1', 7077), ('::1', 7077)]
+    >>> master_addresses("yarn")
+    []
+    """
+    if not master.startswith("spark://"):
+        return []
+    out = []
+    for hostport in master[len("spark://"):].rstrip("/").split(","):
+        if hostport.startswith("["):
+            host, _, rest = hostport[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        elif hostport.count(":") == 1:
+            host, port = hostport.split(":")
+        else:
+            host, port = hostport, ""
+        try:
+            out.append((host, int(port) if port else 7077))
+        except ValueError:
+            raise PredictdError(f"Spark master {master}: {port!r} is not a port") from None
+    return out
+
+
+def check_master_reachable(master: str, timeout: float = 5.0) -> None:
+    """Refuse a standalone master none of whose addresses accepts a connection, in one line:
+    Spark itself retries for a minute, then fails the first job with a Java stack trace."""
+    addresses = master_addresses(master)
+    reasons = []
+    for host, port in addresses:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return
+        except OSError as e:
+            reasons.append(f"{host}:{port}: {e.strerror or e.__class__.__name__}")
+    if addresses:
+        raise PredictdError(f"Spark master {master}: nothing answers at "
+                            + "; ".join(reasons) + " (is the master running? --master or "
+                            "$PREDICTD_SPARK_MASTER)")
 
 
 def _is_loopback_host(hostport: str) -> bool:
@@ -244,7 +292,6 @@ def _task_start() -> None:
 def _guarded(fn, item, payload):
     """Run a task; a PredictdError travels back as a value so the driver can print its one
     line (instead of a Java stack trace) and Spark does not retry a hopeless input."""
-    from .errors import PredictdError
     _task_start()
     try:
         return ("ok", fn(item, payload))
@@ -272,7 +319,6 @@ def map_tasks(sc, fn, items: list, payload=None, n_slices: int | None = None,
     few unequal tasks on a few cores do not end with one core working alone (a stage's last
     block is often short). Results stay in item order whatever the order of work.
     """
-    from .errors import PredictdError
     from .progress import Progress, item_of
     if not items:
         return []

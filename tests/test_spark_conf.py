@@ -1,5 +1,6 @@
 """Which Spark settings predictd defaults to, by master: the UI off on this machine, on (with the
-platform's event logs untouched) on a cluster. Pure functions, no Spark started."""
+platform's event logs untouched) on a cluster. Pure functions, no Spark started; a standalone master nobody answers at is refused before
+Spark starts."""
 
 from __future__ import annotations
 
@@ -55,3 +56,54 @@ def test_a_loopback_clusters_fast_jvm_options_keep_the_quiet_logging():
     own = {"spark.executor.extraJavaOptions": "-Dlog4j2.configurationFile=file:/mine"}
     assert with_java_option(own, quiet, "log4j2.configurationFile") == own
     assert with_java_option({}, quiet, "log4j2.configurationFile") == {}
+
+
+def test_a_standalone_master_nobody_answers_is_refused_in_one_line():
+    """Spark would retry for a minute and fail the first job with a Java stack; the check
+    names the address at once. A master listening at any of its addresses passes."""
+    import socket
+    import time
+
+    from predictd.errors import PredictdError
+    from predictd.spark import check_master_reachable, master_addresses
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    closed.close()                 # a port nothing listens on
+    t0 = time.monotonic()
+    with pytest.raises(PredictdError, match=rf"spark://127.0.0.1:{dead}: nothing answers at "
+                                            rf"127.0.0.1:{dead}: Connection refused"):
+        check_master_reachable(f"spark://127.0.0.1:{dead}")
+    assert time.monotonic() - t0 < 5
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        port = live.getsockname()[1]
+        check_master_reachable(f"spark://127.0.0.1:{port}")
+        check_master_reachable(f"spark://127.0.0.1:{dead},127.0.0.1:{port}")   # a standby
+    for master in ("local[2]", "yarn", "local-cluster[2,1,1024]"):
+        check_master_reachable(master)   # not a standalone master: nothing to check
+    assert master_addresses("spark://h") == [("h", 7077)]
+    with pytest.raises(PredictdError, match="'x' is not a port"):
+        master_addresses("spark://h:x")
+
+
+def test_run_with_an_unreachable_master_writes_nothing(tmp_path, write_small_run_inputs):
+    import socket
+
+    from click.testing import CliRunner
+
+    from predictd.cli import stages  # noqa: F401 - registers
+    from predictd.cli.main import cli
+
+    inp = write_small_run_inputs(tmp_path / "in")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(cli, ["run", "-m", str(inp.manifest), "-g", str(inp.sizes),
+                                  "-o", str(tmp_path / "o"), "--master",
+                                  f"spark://127.0.0.1:{port}"])
+    assert r.exit_code == 2
+    assert f"Spark master spark://127.0.0.1:{port}: nothing answers" in r.output
+    assert not (tmp_path / "o").exists()

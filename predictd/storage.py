@@ -419,6 +419,30 @@ _S3_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountP
 _S3_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
 
+#: Requests whose answer has no body: a 403 there does not say why.
+_S3_HEADS = ("HeadObject", "HeadBucket")
+
+
+def _s3_forbidden_code(uri: str, operation: str) -> str | None:
+    """The error code behind a HEAD's bare 403, from the same question asked with a GET (one
+    byte of the object, or one key of the bucket): ``InvalidAccessKeyId`` or
+    ``SignatureDoesNotMatch`` for credentials AWS does not know, ``AccessDenied`` for a
+    policy. None when the GET is allowed or fails otherwise."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _s3_bucket_key(uri, need_key=False)
+    try:
+        if operation == "HeadObject" and key:
+            s3_client().get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].close()
+        else:
+            s3_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as exc:
+        return str(exc.response.get("Error", {}).get("Code", "")) or None
+    except BotoCoreError:
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def _s3_errors(uri: str, action: str):
     """Turn boto3/botocore failures into one-line PredictdErrors naming ``uri``.
@@ -439,6 +463,8 @@ def _s3_errors(uri: str, action: str):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "")) or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         bucket = parse_uri(uri)[1].partition("/")[0]
+        if code in ("403", "Forbidden") and getattr(exc, "operation_name", "") in _S3_HEADS:
+            code = _s3_forbidden_code(uri, exc.operation_name) or code
         if code == "NoSuchBucket":
             msg = f"S3 bucket {bucket!r} does not exist ({action} {uri})"
         elif code in _S3_NOT_FOUND:

@@ -589,3 +589,62 @@ def test_tensor_block_on_s3_is_read_by_column_ranges(bucket, monkeypatch):
     np.testing.assert_array_equal(whole, X)
     with pytest.raises(PredictdError, match="S3 object not found"):
         tensor.read_block(root, "chr1", 1, want)
+
+
+# --------------------------------------------------------------------------- S3 credentials
+
+@pytest.fixture(scope="module")
+def checking_s3():
+    """A moto server of its own that checks signatures as AWS does (one user, one bucket)."""
+    from tests.support.s3server import start_authenticating_moto_server
+    endpoint, user, stop = start_authenticating_moto_server("predictd-auth")
+    yield endpoint, user
+    stop()
+
+
+def _as(monkeypatch, endpoint, fake_aws, key, secret):
+    fake_aws.use(monkeypatch, endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+
+
+@pytest.mark.cloud
+def test_s3_rejected_credentials_are_told_from_a_denied_policy(checking_s3, fake_aws,
+                                                                 monkeypatch):
+    """A HEAD's 403 has no body: an unknown key, a wrong secret and a policy that denies all
+    read "Forbidden". The message says which (from the same question asked with a GET), and
+    never shows the secret."""
+    endpoint, user = checking_s3
+    uri = "s3://predictd-auth/run/_predictd/identity.json"
+    _as(monkeypatch, endpoint, fake_aws, user["key"], user["secret"])
+    storage.write_text_atomic(uri, "{}")            # the server accepts the user's own key
+    assert storage.exists(uri) and storage.read_text(uri) == "{}"
+    with pytest.raises(PredictdError, match=r"^access denied reading s3://other-bucket/x"):
+        storage.exists("s3://other-bucket/x")       # the policy allows one bucket only
+    _as(monkeypatch, endpoint, fake_aws, "AKIAPREDICTDNOSUCHKEY", user["secret"])
+    with pytest.raises(PredictdError) as err:
+        storage.exists(uri)
+    assert str(err.value) == f"AWS credentials rejected (InvalidAccessKeyId) reading {uri}"
+    _as(monkeypatch, endpoint, fake_aws, user["key"], "not-the-secret")
+    with pytest.raises(PredictdError) as err:
+        storage.exists(uri)
+    assert str(err.value) == f"AWS credentials rejected (SignatureDoesNotMatch) reading {uri}"
+    assert user["secret"] not in str(err.value) and "not-the-secret" not in str(err.value)
+
+
+@pytest.mark.cloud
+def test_run_to_s3_with_an_unknown_key_says_the_credentials(checking_s3, fake_aws, monkeypatch,
+                                                            tmp_path, write_small_run_inputs):
+    from click.testing import CliRunner
+
+    from predictd.cli import stages  # noqa: F401 - registers
+    from predictd.cli.main import cli
+
+    endpoint, user = checking_s3
+    inp = write_small_run_inputs(tmp_path / "in")
+    _as(monkeypatch, endpoint, fake_aws, "AKIAPREDICTDNOSUCHKEY", user["secret"])
+    r = CliRunner().invoke(cli, ["run", "-m", str(inp.manifest), "-g", str(inp.sizes), "-o",
+                                 "s3://predictd-auth/run2", "--no-spark"])
+    assert r.exit_code == 2, r.output
+    assert "AWS credentials rejected (InvalidAccessKeyId)" in r.output
+    assert user["secret"] not in r.output

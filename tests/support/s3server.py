@@ -31,6 +31,59 @@ def start_moto_server() -> tuple[str, Callable[[], None]]:
     return f"http://{host}:{port}", server.stop
 
 
+def start_authenticating_moto_server(bucket: str) -> tuple[str, dict, Callable[[], None]]:
+    """A moto server (its own process) that checks signatures as AWS does: one IAM user
+    allowed everything on ``bucket`` only, and ``bucket`` made. Returns the endpoint, the
+    user's ``{"key": …, "secret": …}`` and a function that stops the server.
+
+    Authentication starts after the set-up's four requests (moto's
+    ``INITIAL_NO_AUTH_ACTION_COUNT``); from then on an unknown key or a wrong secret is refused
+    with AWS's codes (a bare 403 to a HEAD)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop():
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop()
+                raise RuntimeError("the authenticating moto server did not start")
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    anon = dict(endpoint_url=endpoint, region_name="us-east-1",
+                aws_access_key_id=FAKE_ACCESS_KEY, aws_secret_access_key=FAKE_SECRET_KEY)
+    iam = boto3.client("iam", **anon)
+    iam.create_user(UserName="predictd-test")                                       # 1
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+    iam.put_user_policy(UserName="predictd-test", PolicyName="one-bucket",
+                        PolicyDocument=json.dumps(policy))                          # 2
+    key = iam.create_access_key(UserName="predictd-test")["AccessKey"]              # 3
+    boto3.client("s3", **anon).create_bucket(Bucket=bucket)                        # 4
+    return endpoint, {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}, stop
+
+
 def reset_moto_server(endpoint: str) -> None:
     """Forget every bucket and object on the server."""
     import requests

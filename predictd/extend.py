@@ -763,6 +763,17 @@ class Extension:
             parts.append(Y[max(b0 - first, 0):min(b1 - first, n), t])
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
+    def evaluate(self) -> list[dict]:
+        """Score the held-out tracks (``extend(..., holdout=...)``) as ``predictd extend
+        --holdout`` does: one row per track and method (``model``, ``average``) with the
+        columns of ``metrics.tsv`` (``pandas.DataFrame(rows)`` makes the table). The report
+        (and, with ``uncertainty=True``, ``calibration.tsv``) is written under the work
+        directory's ``report/``; a second call reads the first's scores."""
+        if not self.run.holdout:
+            raise PredictdError("evaluate: no held-out track to score; give extend(..., "
+                                "holdout=['CELL:ASSAY'])")
+        return list(extend_all(self.run, stages=("evaluate",))["evaluate"]["metrics"])
+
     def write(self, out: str) -> list[str]:
         """Write the imputed tracks under ``out`` (``out/tracks/…``, as ``predictd extend``);
         returns the names written. Tracks already there from this same extension are kept

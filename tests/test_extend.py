@@ -514,3 +514,26 @@ def test_python_extension_guards_its_places_and_its_arguments(reference, tmp_pat
     del new, other
     gc.collect()
     assert not list(tmp_path.glob("predictd-extend-*"))
+
+
+def test_python_extend_scores_its_held_out_tracks_as_the_command_does(reference, tmp_path):
+    import csv
+
+    import predictd
+    r = extend(reference, tmp_path / "cli", "--holdout", "D:y", manifest=reference["new_xy"])
+    assert r.exit_code == 0, r.output + r.stderr
+    with open(tmp_path / "cli" / "report" / "metrics.tsv") as fh:
+        cli = list(csv.DictReader(fh, delimiter="\t"))
+    ref = predictd.open_reference(str(reference["ref"]))
+    ext = ref.extend(str(reference["new_xy"]), holdout="D:y", workdir=str(tmp_path / "work"))
+    rows = ext.evaluate()
+    assert [(x["cell_type"], x["assay"], x["method"]) for x in rows] == \
+        [(x["cell_type"], x["assay"], x["method"]) for x in cli] == \
+        [("D", "y", "model"), ("D", "y", "average")]
+    for mine, theirs in zip(rows, cli):
+        assert mine["mse"] == pytest.approx(float(theirs["mse"]), rel=1e-9)
+        assert mine["gwcorr"] == pytest.approx(float(theirs["gwcorr"]), rel=1e-9)
+    assert (tmp_path / "work" / "report" / "metrics.tsv").exists()
+    assert ext.evaluate() == rows                       # the second call reads the first's
+    with pytest.raises(PredictdError, match="no held-out track to score"):
+        ref.extend({("D", "x"): reference["in"] / "C.x.bw"}).evaluate()

@@ -16,7 +16,7 @@ Every variant then fits on the training experiments only and is scored on the he
 (coverage of the ±1.645 sd interval and Spearman of |error| and sd, in output units, as
 ``OUT/report/calibration.tsv``), without retraining a fold. ``shipped`` is the package's own
 model (:func:`predictd.solvers.stacking.fit_uncertainty` on the cached residuals; it reproduces
-the run's calibration.tsv to a fraction of a point of coverage: the cache is float32), ``unshrunk`` the same without its
+the run's calibration.tsv to within a point of coverage), ``unshrunk`` the same without its
 priors (both 0). The others, all without the priors:
 
 - ``assay`` / ``pooled``: the calibration scale without the cell-type effect (the assay's

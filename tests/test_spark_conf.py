@@ -90,20 +90,22 @@ def test_a_standalone_master_nobody_answers_is_refused_in_one_line():
 
 
 def test_run_with_an_unreachable_master_writes_nothing(tmp_path, write_small_run_inputs):
+    """The command in a process of its own, as a user runs it: a test process's running JVM
+    would hand a new SparkConf the master of the context it already has."""
     import socket
-
-    from click.testing import CliRunner
-
-    from predictd.cli import stages  # noqa: F401 - registers
-    from predictd.cli.main import cli
+    import subprocess
+    import sys
 
     inp = write_small_run_inputs(tmp_path / "in")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = CliRunner().invoke(cli, ["run", "-m", str(inp.manifest), "-g", str(inp.sizes),
-                                  "-o", str(tmp_path / "o"), "--master",
-                                  f"spark://127.0.0.1:{port}"])
-    assert r.exit_code == 2
-    assert f"Spark master spark://127.0.0.1:{port}: nothing answers" in r.output
+    r = subprocess.run([sys.executable, "-m", "predictd", "run", "-m", str(inp.manifest), "-g",
+                        str(inp.sizes), "-o", str(tmp_path / "o"), "--master",
+                        f"spark://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"predictd: error: Spark master spark://127.0.0.1:{port}: nothing answers at "
+        f"127.0.0.1:{port}: Connection refused (is the master running? --master or "
+        "$PREDICTD_SPARK_MASTER)"]
     assert not (tmp_path / "o").exists()

@@ -40,7 +40,11 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     from pyspark import SparkConf, SparkContext
 
     sconf = SparkConf().setAppName(app_name)
-    submitted = "spark.master" in dict(sconf.getAll())
+    # under spark-submit the JVM was started for us, with the user's --master; a JVM this
+    # process started for an earlier (since stopped) context holds that context's settings
+    # as system properties, which a new SparkConf reads back: they are not the user's choice
+    own_jvm = "PYSPARK_GATEWAY_PORT" not in os.environ
+    submitted = not own_jvm and "spark.master" in dict(sconf.getAll())
     if not submitted:
         sconf.setMaster(master or os.environ.get("PREDICTD_SPARK_MASTER") or "local[*]")
     check_master_reachable(sconf.get("spark.master", ""))
@@ -225,11 +229,13 @@ def _quiet_gateway(sconf):
 
 
 def stop_context() -> None:
+    """Stop this process's context; the next :func:`get_context` makes a new one (with the
+    master it is given). The sockets' directory stays until the process exits: the JVM, which
+    outlives the context, keeps its path."""
     global _CONTEXT
     if _CONTEXT is not None:
         _CONTEXT.stop()
         _CONTEXT = None
-    _remove_socket_dir()
 
 
 #: The directory of this process's Spark Unix domain sockets (loopback masters), if made

@@ -77,7 +77,9 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
         defaults["spark.executor.extraJavaOptions"] = opt
         conf = with_java_option(conf or {}, opt, "log4j2.configurationFile")
     for k, v in {**defaults, **(conf or {})}.items():
-        if not sconf.contains(k):
+        # a setting spark-submit was given wins over ours; our own JVM's are only an earlier
+        # context's
+        if own_jvm or not sconf.contains(k):
             sconf.set(k, v)
     logging.getLogger("py4j").setLevel(logging.WARNING)
     gateway = None

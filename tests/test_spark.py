@@ -115,18 +115,19 @@ def test_a_stopped_context_is_made_again():
 
 def test_stop_context_then_another_master_gives_that_master():
     """The warning for a second master says to call stop_context() first: after it, the next
-    context has the master asked for (the JVM, still running, holds the first context's
-    settings as system properties) and runs jobs."""
+    context has the master and settings asked for (the JVM, still running, holds the first
+    context's as system properties) and runs jobs."""
     import subprocess
     import sys
     code = ("from predictd.spark import get_context, stop_context; "
             "sc = get_context('local[1]'); print(sc.master, sc.parallelize([1]).sum()); "
-            "stop_context(); sc = get_context('local[2]'); "
-            "print(sc.master, sc.parallelize([1, 2, 3]).sum())")
+            "stop_context(); sc = get_context('local[2]', conf={'spark.task.maxFailures': '2'}); "
+            "print(sc.master, sc.parallelize([1, 2, 3]).sum(), "
+            "sc.getConf().get('spark.task.maxFailures'))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip().splitlines()[-2:] == ["local[1] 1", "local[2] 6"]
+    assert p.stdout.strip().splitlines()[-2:] == ["local[1] 1", "local[2] 6 2"]
 
 
 def test_local_spark_leaves_no_socket_files():

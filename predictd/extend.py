@@ -772,7 +772,8 @@ class Extension:
         if not self.run.holdout:
             raise PredictdError("evaluate: no held-out track to score; give extend(..., "
                                 "holdout=['CELL:ASSAY'])")
-        return list(extend_all(self.run, stages=("evaluate",))["evaluate"]["metrics"])
+        # the run was claimed and its inputs checked when extend() fitted it
+        return list(self.run.run_stage("evaluate")["metrics"])
 
     def write(self, out: str) -> list[str]:
         """Write the imputed tracks under ``out`` (``out/tracks/…``, as ``predictd extend``);

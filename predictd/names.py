@@ -110,4 +110,3 @@ def listed(value, what: str) -> tuple:
         return tuple(value)
     except TypeError:
         raise PredictdError(f"{what}: expected a name or a list of names, got {value!r}") from None
-

@@ -68,7 +68,8 @@ def get_context(master: str | None = None, app_name: str = "predictd", conf: dic
     if is_loopback_master(m):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         # Spark leaves its Unix domain socket files behind in java.io.tmpdir (one per run on
-        # a laptop): on this machine they go in a directory of the run's, removed at its end
+        # a laptop): on this machine they go in a directory of the process's, removed when it
+        # exits
         defaults["spark.python.unix.domain.socket.dir"] = _socket_dir()
     log4j = os.path.join(os.path.dirname(__file__), "data", "log4j2.properties")
     if os.path.exists(log4j) and not os.environ.get("PREDICTD_DEBUG"):
@@ -119,7 +120,7 @@ def is_loopback_master(master: str) -> bool:
     if not master.startswith("spark://"):
         return False  # yarn, k8s://..., mesos://...: a cluster
     # spark://host:port, or spark://h1:p1,h2:p2 with standby masters: loopback only if all are
-    return all(_is_loopback_host(h) for h in master[len("spark://"):].split(","))
+    return all(_is_loopback_host(host) for host, _ in master_addresses(master))
 
 
 def master_addresses(master: str) -> list[tuple[str, int]]:
@@ -166,12 +167,7 @@ def check_master_reachable(master: str, timeout: float = 5.0) -> None:
                             "$PREDICTD_SPARK_MASTER)")
 
 
-def _is_loopback_host(hostport: str) -> bool:
-    host = hostport
-    if host.startswith("["):  # [::1]:7077
-        host = host[1:host.find("]")] if "]" in host else host[1:]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
+def _is_loopback_host(host: str) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
@@ -258,12 +254,10 @@ def _socket_dir() -> str:
     return _SOCKET_DIR
 
 
-def _remove_socket_dir() -> None:
-    global _SOCKET_DIR
+def _remove_socket_dir() -> None:   # at exit
     if _SOCKET_DIR is not None:
         import shutil
         shutil.rmtree(_SOCKET_DIR, ignore_errors=True)
-        _SOCKET_DIR = None
 
 
 def default_parallelism(sc) -> int:

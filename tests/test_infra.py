@@ -461,15 +461,21 @@ def _hdi_env(**extra: str) -> dict:
     return env
 
 
-def test_hdinsight_deploy_dry_run_prints_the_az_command(tmp_path):
+def _hdi_deploy_dry_run(tmp_path, *args: str, env: dict | None = None):
+    """``deploy.py deploy ARGS --dry-run`` for cluster predictd1 on account predictd1store,
+    with an SSH public key file."""
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAATESTKEY user@host\n")
-    proc = _run([sys.executable, HDI_DEPLOY, "deploy", "--resource-group", "rg-predictd",
-                 "--cluster-name", "predictd1", "--storage-account", "predictd1store",
-                 "--script-uri", "https://example.invalid/install-predictd.sh",
-                 "--worker-count", "6", "--worker-size", "Standard_E16_V3",
-                 "--ssh-public-key-file", key, "--dry-run"],
-                env=_hdi_env(PREDICTD_HDI_PASSWORD="Very-Secret-123"))
+    return _run([sys.executable, HDI_DEPLOY, "deploy", "--cluster-name", "predictd1",
+                 "--storage-account", "predictd1store", *args, "--ssh-public-key-file", key,
+                 "--dry-run"], env=env if env is not None else _hdi_env())
+
+
+def test_hdinsight_deploy_dry_run_prints_the_az_command(tmp_path):
+    proc = _hdi_deploy_dry_run(tmp_path, "--resource-group", "rg-predictd",
+                               "--script-uri", "https://example.invalid/install-predictd.sh",
+                               "--worker-count", "6", "--worker-size", "Standard_E16_V3",
+                               env=_hdi_env(PREDICTD_HDI_PASSWORD="Very-Secret-123"))
     assert proc.returncode == 0, proc.stderr
     import shlex
     (line,) = proc.stdout.strip().splitlines()
@@ -606,12 +612,9 @@ def test_hdinsight_submit_makes_the_sas_for_the_out_and_refuses_what_would_fail_
 
 
 def test_hdinsight_deploy_keeps_the_script_uri_sas_off_the_command_line(tmp_path):
-    key = tmp_path / "id.pub"
-    key.write_text("ssh-ed25519 AAAATESTKEY user@host\n")
-    proc = _run([sys.executable, HDI_DEPLOY, "deploy", "--resource-group", "rg",
-                 "--cluster-name", "predictd1", "--storage-account", "predictd1store",
-                 "--script-uri", "https://a.blob.core.windows.net/s/i.sh?sv=1&sig=SIGSECRET123",
-                 "--ssh-public-key-file", key, "--dry-run"], env=_hdi_env())
+    proc = _hdi_deploy_dry_run(
+        tmp_path, "--resource-group", "rg",
+        "--script-uri", "https://a.blob.core.windows.net/s/i.sh?sv=1&sig=SIGSECRET123")
     assert proc.returncode == 0, proc.stderr
     assert "SIGSECRET123" not in proc.stdout + proc.stderr
     assert "scriptActionUri" in proc.stderr  # named among the secrets file's contents

@@ -64,10 +64,10 @@ SECRETS_FILE_PLACEHOLDER = "<secrets.parameters.json>"
 SAS_PLACEHOLDER = "<sas from az storage container generate-sas>"
 #: The environment variable predictd reads a SAS from, set for the driver and the executors.
 SAS_ENV = "AZURE_STORAGE_SAS_TOKEN"
-#: URI schemes of Azure storage, in every spelling predictd reads.
 #: The assemblies predictd bundles (predictd.genome.BUNDLED_GENOMES; this script needs only
 #: the standard library, so the names are repeated here).
 BUNDLED_GENOMES = ("hg19", "hg38", "mm10")
+#: URI schemes of Azure storage, in every spelling predictd reads.
 AZURE_URI_RE = re.compile(r"^(az|abfss?|wasbs?)://", re.IGNORECASE)
 
 

@@ -102,7 +102,6 @@ def header_summary(path: str | os.PathLike) -> dict | None:
     return {"count": count, "min": lo, "max": hi, "sum": total, "sum_squares": squares}
 
 
-
 def nonfinite_summary(path: str | os.PathLike) -> str | None:
     """What a bigWig's header summary says when its values include NaN or infinities (its
     min, max and sum), else None (also for a file without a summary). NaN would read as no
@@ -111,6 +110,7 @@ def nonfinite_summary(path: str | os.PathLike) -> str | None:
     if s is None or np.isfinite([s["min"], s["max"], s["sum"]]).all():
         return None
     return f"min {s['min']}, max {s['max']}, sum {s['sum']}"
+
 
 def open_bigwig(path: str | os.PathLike):
     """Open a local bigWig for reading, turning every failure into a one-line error.

@@ -100,53 +100,49 @@ def test_training_through_spark_equals_in_process(roadmap, spark, write_roadmap_
             np.testing.assert_array_equal(a, b)
 
 
+def _in_a_fresh_process(code: str, env: dict | None = None) -> list[str]:
+    """Run ``code`` in a new Python process (its own JVM, as a user's session) and return its
+    stdout's lines; it must succeed."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout.strip().splitlines()
+
+
 def test_a_stopped_context_is_made_again():
     """A context Spark stopped (its master went away, or a user's sc.stop()) is not handed
     out again: the next get_context makes a live one."""
-    import subprocess
-    import sys
     code = ("from predictd.spark import get_context; sc = get_context('local[1]'); sc.stop(); "
             "print(get_context('local[1]').parallelize([1, 2, 3]).sum())")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip().splitlines()[-1] == "6"
+    assert _in_a_fresh_process(code)[-1] == "6"
 
 
 def test_stop_context_then_another_master_gives_that_master():
     """The warning for a second master says to call stop_context() first: after it, the next
     context has the master and settings asked for (the JVM, still running, holds the first
     context's as system properties) and runs jobs."""
-    import subprocess
-    import sys
     code = ("from predictd.spark import get_context, stop_context; "
             "sc = get_context('local[1]'); print(sc.master, sc.parallelize([1]).sum()); "
             "stop_context(); sc = get_context('local[2]', conf={'spark.task.maxFailures': '2'}); "
             "print(sc.master, sc.parallelize([1, 2, 3]).sum(), "
             "sc.getConf().get('spark.task.maxFailures'))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip().splitlines()[-2:] == ["local[1] 1", "local[2] 6 2"]
+    assert _in_a_fresh_process(code)[-2:] == ["local[1] 1", "local[2] 6 2"]
 
 
 def test_local_spark_leaves_no_socket_files():
-    """Spark's Unix domain sockets go in a directory of the run's, removed at its end (Spark
-    leaves the files behind in java.io.tmpdir otherwise: one per run)."""
+    """Spark's Unix domain sockets go in a directory of the process's, removed when it exits
+    (Spark leaves the files behind in java.io.tmpdir otherwise: one per run)."""
     import os
-    import subprocess
-    import sys
-    code = ("from predictd.spark import get_context, stop_context; sc = get_context('local[1]');"
-            "d = sc.getConf().get('spark.python.unix.domain.socket.dir'); "
-            "print(d); print(sc.parallelize([1, 2, 3]).map(lambda x: x).sum()); stop_context()")
     import shutil
     import tempfile
     from pathlib import Path
+    code = ("from predictd.spark import get_context, stop_context; sc = get_context('local[1]');"
+            "d = sc.getConf().get('spark.python.unix.domain.socket.dir'); "
+            "print(d); print(sc.parallelize([1, 2, 3]).map(lambda x: x).sum()); stop_context()")
     scratch = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short, as socket paths must be
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, TMPDIR=str(scratch)))
-    assert p.returncode == 0, p.stderr[-2000:]
-    socket_dir, total = p.stdout.strip().splitlines()[-2:]
+    socket_dir, total = _in_a_fresh_process(code, env=dict(os.environ, TMPDIR=str(scratch)))[-2:]
     assert total == "6" and socket_dir.startswith(str(scratch / "predictd-sock-"))
     assert not os.path.exists(socket_dir) and not list(scratch.iterdir())
     shutil.rmtree(scratch)

@@ -34,7 +34,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 from . import layout, storage, tensor
 from .download import list_outputs
@@ -43,6 +43,7 @@ from .layout import HUB_FILE, HUB_FILES
 
 __all__ = [
     "HubTrack",
+    "browser_access",
     "check_hub",
     "hub_url",
     "imputed_tracks",
@@ -416,6 +417,11 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         Make the hub files public-read (S3, GCS: per object; Azure: the container's blobs). The
         tracks must be readable too.
 
+    On an object store the hub file, the first imputed track and the first observed one are
+    then fetched anonymously, as the genome browser fetches them (:func:`browser_access`): with
+    ``public`` a refusal raises a PredictdError saying what to change (the hub files are
+    written); without, it is a warning.
+
     Returns
     -------
     list of str
@@ -451,7 +457,53 @@ def write_hub(out: str, genome: str | None = None, url_base: str | None = None,
         uri = layout.hub_file(out, fname)
         storage.write_text_atomic(uri, files[fname], public=public)
         written.append(uri)
+    if storage.is_object_store(out):
+        _check_browser_access(out, url_base, imputed, observed, public, observed_manifest)
     return written
+
+
+def browser_access(out: str, url_base: str | None, tracks: list[HubTrack]
+                   ) -> list[tuple[str, bool | None, str]]:
+    """What the genome browser fetches, asked as it asks (anonymously,
+    :func:`predictd.storage.anonymous_read`): the hub file of ``out`` and each of ``tracks``,
+    their URLs resolved against the hub's. ``(url, readable, why not)`` each; [] when the hub
+    has no URL yet (a local directory without ``url_base``)."""
+    hub = hub_url(out, url_base)
+    if hub is None:
+        return []
+    return [(u, *storage.anonymous_read(u)) for u in [hub] + [urljoin(hub, t.url) for t in tracks]]
+
+
+def _check_browser_access(out, url_base, imputed, observed, public, observed_manifest):
+    """After writing a hub on an object store: the hub file, the first imputed track and the
+    first observed one, asked anonymously. With ``public`` (a hub for the browser) a refusal
+    is an error naming what to change; without, a warning; a server that cannot be asked, a
+    warning."""
+    tracks = imputed[:1] + observed[:1]
+    kinds = ["hub"] + [t.kind for t in tracks]
+    for (url, ok, why), kind in zip(browser_access(out, url_base, tracks), kinds):
+        if ok:
+            continue
+        if ok is None:
+            log.warning("could not check that the genome browser can read %s (%s)", url, why)
+            continue
+        if kind == "hub":
+            fix = ("the hub files were written public-read but are still refused: the bucket "
+                   "blocks public access (S3 Block Public Access, or ACLs disabled); grant "
+                   "read with a bucket policy instead" if public else
+                   "the hub files are private and the browser reads hubs anonymously: use "
+                   "--public (and run the pipeline with --public) or a bucket policy")
+        elif kind == "imputed":
+            fix = ("the run's tracks are private: run the same `predictd run` command again "
+                   "with --public (it makes the finished run's tracks public without "
+                   "recomputing them), or grant read with a bucket policy")
+        else:
+            fix = f"the observed tracks of {observed_manifest} must be readable by anyone"
+        if not public:
+            log.warning("the genome browser cannot read %s (%s): %s", url, why, fix)
+            return
+        raise PredictdError(f"the hub is written, but the genome browser cannot read {url} "
+                            f"({why}): {fix}")
 
 
 # --------------------------------------------------------------------------- checking

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from predictd import storage
 
@@ -116,12 +117,21 @@ def test_list_download_and_hub_on_azure(azure_run, azure, tmp_path):
     assert p.returncode == 0 and "0 fetched" in p.stdout and "3 already complete" in p.stdout
 
     p = cli("hub", out, "--genome", "hg38", scratch=scratch)
-    # the run's genome is a chrom.sizes file, so the hub needs --genome; a private container
-    # gets the note that a browser reads hubs anonymously
+    # the run's genome is a chrom.sizes file, so the hub needs --genome; Azurite refuses the
+    # private container's hub to an anonymous request, as Azure does, and the hub says so
+    hub_url = f"http://127.0.0.1:{azure.port}/{azure.account}/{CONTAINER}/run/hub.txt"
     assert p.returncode == 0, p.stderr
-    assert "private" in p.stderr
-    assert f"http://127.0.0.1:{azure.port}/{azure.account}/{CONTAINER}/run/hub.txt" in p.stdout
+    assert f"the genome browser cannot read {hub_url} (HTTP 40" in p.stderr
+    assert "the hub files are private" in p.stderr
+    assert hub_url in p.stdout
     assert storage.exists(f"{out}/hub.txt")
+    # --public opens the container: the hub and the tracks beside it are then checked readable
+    p = cli("hub", out, "--genome", "hg38", "--public", scratch=scratch)
+    assert p.returncode == 0, p.stderr
+    assert "cannot read" not in p.stderr and "could not check" not in p.stderr
+    track = requests.get(hub_url.replace("hub.txt", f"tracks/{got[0]}"),
+                         headers={"Range": "bytes=0-3"}, timeout=10)
+    assert track.status_code == 206 and track.content == b"\x26\xfc\x8f\x88"  # bigWig magic
 
 
 def test_bad_azure_inputs_are_one_line(azure, inputs, tmp_path):

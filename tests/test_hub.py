@@ -179,6 +179,15 @@ def test_cli_hub_on_s3_public(s3_endpoint, make_run, tmp_path):
     from predictd.cli import hub as _registers  # noqa: F401
     from predictd.cli.main import cli
 
+    # the tracks were uploaded private: the browser would load the hub and none of its tracks
+    r = CliRunner().invoke(cli, ["hub", "s3://hubs/r1", "--public"])
+    assert r.exit_code == 2, r.output
+    first = hub.imputed_tracks(str(run_dir))[0].url
+    assert (f"the hub is written, but the genome browser cannot read "
+            f"{s3_endpoint}/hubs/r1/{first} (HTTP 403): the run's tracks are private: run the "
+            "same `predictd run` command again with --public") in r.output
+    for rel, _ in storage.list_prefix("s3://hubs/r1/tracks"):
+        storage.make_public(f"s3://hubs/r1/tracks/{rel}")
     r = CliRunner().invoke(cli, ["hub", "s3://hubs/r1", "--public"])
     assert r.exit_code == 0, r.output
     assert f"{s3_endpoint}/hubs/r1/hub.txt" in r.output
@@ -191,3 +200,13 @@ def test_cli_hub_on_s3_public(s3_endpoint, make_run, tmp_path):
     assert len(index["tracks"]) == 6 and all(t["md5"] is None for t in index["tracks"])
     r = CliRunner().invoke(cli, ["hub", "s3://hubs/none"])
     assert r.exit_code == 2 and "no predictd output at s3://hubs/none" in r.output
+
+
+def test_anonymous_read_tells_a_refusal_from_a_server_it_cannot_ask():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert storage.anonymous_read(f"http://127.0.0.1:{port}/hub.txt") == (None,
+                                                                          "ConnectionError")

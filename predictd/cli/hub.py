@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from .. import hub as hub_mod
-from .. import storage
 from .main import cli
 
 
@@ -26,7 +25,9 @@ from .main import cli
 @click.option("--public", is_flag=True,
               help="Make the hub files readable anonymously (S3 and GCS: per object; Azure: the "
                    "container's blobs). The tracks must be readable too: run the pipeline "
-                   "with --public, or use a bucket policy.")
+                   "with --public, or use a bucket policy. On an object store the hub and a "
+                   "track are then fetched as the browser fetches them, and a refusal is an "
+                   "error.")
 def hub_command(out, genome, url_base, observed_manifest, email, flat, name, public):
     """Write a UCSC track hub (hub.txt, genomes.txt, trackDb.txt) for the run at OUT.
 
@@ -43,10 +44,6 @@ def hub_command(out, genome, url_base, observed_manifest, email, flat, name, pub
                                 composite=not flat, public=public, name=name)
     for uri in written:
         click.echo(f"wrote {uri}")
-    if storage.is_object_store(out) and not public and not url_base:
-        click.echo("predictd: note: the hub files are private; the genome browser reads hubs "
-                   "anonymously, so use --public (and run the pipeline with --public) or a "
-                   "bucket policy", err=True)
     url = hub_mod.hub_url(out, url_base)
     if url:
         click.echo(f"Hub URL for the genome browser: {url}")

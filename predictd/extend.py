@@ -444,7 +444,7 @@ def fit_new_cell_types(sc, ref: Reference, union: tensor.TensorUnion,
                       (union, tuple(ref.experiments), ref.gf_root, model, cells, cfg, fraction,
                        chrom_index, stored is not None, near), threads=0,
                       cost=tensor.block_bins(groups))
-    n_ref, n_assay = len(model.cell_types), len(model.assays)
+    n_ref = len(model.cell_types)
     aidx = {a: i for i, a in enumerate(model.assays)}
     L = model.latent_factors
     lam_c = cfg.rc / (L * (n_ref + 1))

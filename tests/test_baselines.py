@@ -200,12 +200,36 @@ def test_stack_falls_back_to_the_model_where_it_has_no_weights_or_features():
     assert not (out[10:, 1] == 7.0).any()
 
 
-def test_target_design_drops_feature_assays_no_training_cell_shares():
+def test_each_training_cell_type_regresses_on_the_assays_it_shares_with_the_target():
     obs = np.array([[1, 1, 1, 1],     # target cell 0 has assays 1..3
                     [1, 1, 0, 1],     # training cells share 1 and 3, not 2
-                    [1, 1, 0, 0]], bool)
-    train, feats = stacking.target_design(obs, 0, 0)
-    assert train == [1] and set(feats) == {0, 1 + 1, 1 + 3, 1 + 4 + 0}
+                    [1, 1, 0, 0],     # and 1 only
+                    [0, 1, 1, 1]], bool)  # cell 3 has no assay 0: not a training cell type
+    design = {c: set(f.tolist()) for c, f in stacking.target_design(obs, 0, 0)}
+    avg = 1 + 4 + 0                   # assay 0's average over the other cell types
+    assert design == {1: {0, 1 + 1, 1 + 3, avg}, 2: {0, 1 + 1, avg}}
+    # one pooled regression needs features every training cell type has: the rarest dropped
+    train, feats = stacking.pooled_design(obs, 0, 0)
+    assert train == [1] and set(feats) == {0, 1 + 1, 1 + 3, avg}
+
+
+def test_per_cell_weights_average_each_training_cell_types_own_regression():
+    rng = np.random.default_rng(5)
+    X, cell, assay = relation_tensor(n=1500)
+    X = (X + 0.3 * rng.normal(size=X.shape)).astype(np.float64)
+    # target (0, 0); cell 2 lacks assay 2, which cell 0 has: it still trains on assay 1
+    keep = np.flatnonzero(~(((cell == 0) & (assay == 0)) | ((cell == 2) & (assay == 2))))
+    Xk, ck, ak = X[:, keep], cell[keep], assay[keep]
+    obs = np.zeros((4, 3), bool)
+    obs[ck, ak] = True
+    st = stacking.stack_stats(Xk, ck, ak, 4, 3)
+    design = dict(stacking.target_design(obs, 0, 0))
+    assert sorted(design) == [1, 2, 3] and 1 + 2 not in design[2] and 1 + 2 in design[1]
+    D = stacking.n_features(3)
+    want = np.mean([stacking._ridge_solve(st["gram"][c], f, 0, 1e-3, D)
+                    for c, f in design.items()], axis=0)
+    W = stacking.fit_stack(st, obs, ridge=1e-3)
+    np.testing.assert_allclose(W[0, 0], want)
 
 
 def test_a_tracks_stacked_values_do_not_depend_on_the_tracks_beside_it():
@@ -303,7 +327,7 @@ def test_fit_stack_per_cell_is_the_mean_of_each_training_cells_own_regression():
     obs[ck, ak] = True
     st = stacking.stack_stats(Xk, ck, ak, 4, 3)
     ridge = 1e-2
-    train, feats = stacking.target_design(obs, 0, 0)
+    train, feats = stacking.pooled_design(obs, 0, 0)
     assert train == [1, 2, 3]
 
     def ridge_fit(cells):
@@ -560,8 +584,8 @@ def test_the_similarity_weighted_average_replaces_the_plain_one():
     with pytest.raises(ValueError, match="every column"):
         stacking.cell_vectors(X, cell, assay, 3, 1, windows, context=ctx, similar=sim)
     obs = np.ones((3, 3), bool)
-    _, plain_feats = stacking.target_design(obs, 1, 2, 2)
-    _, sim_feats = stacking.target_design(obs, 1, 2, 2, similar=True)
+    plain_feats = stacking.target_design(obs, 1, 2, 2)[0][1]
+    sim_feats = stacking.target_design(obs, 1, 2, 2, similar=True)[0][1]
     avg = [1 + 2 * 3 * s + 3 + 2 for s in range(3)]
     assert set(plain_feats) - set(sim_feats) == set(avg)
     assert set(sim_feats) - set(plain_feats) == {D0 + 3 * s + 2 for s in range(3)}
@@ -717,8 +741,8 @@ def test_hinge_features_bend_own_assays_and_similarity_weighted_averages():
     # the constant and an own assay at the bin are not hinged
     assert stacking.hinge_columns(3, 2, [0, 4, 20]).tolist() == [D0 + 21, D0 + 22, D0 + 23]
     obs = np.ones((4, 3), bool)
-    _, feats = stacking.target_design(obs, 1, 2, 2, similar=True, hinges=True)
-    _, base = stacking.target_design(obs, 1, 2, 2, similar=True)
+    feats = stacking.target_design(obs, 1, 2, 2, similar=True, hinges=True)[0][1]
+    base = stacking.target_design(obs, 1, 2, 2, similar=True)[0][1]
     extra = set(feats) - set(base)
     # own assays 0 and 1 over 2 windows and assay 2's similarity-weighted average, 3 knots
     assert extra == set(stacking.hinge_columns(3, 2, base).tolist()) and len(extra) == 15

@@ -7,9 +7,10 @@ observed values::
 
 with K ⊆ the other assays observed in cell type j, and ``avg_k(j)`` the ``average`` baseline
 (mean of assay k over the other cell types that have it). The weights are learned on the
-*other* cell types that have assay k observed — in each such cell type c the same features
-(x_ck', avg_k(c)) are regressed on the observed track x_ck, and the target's weights are the
-mean of these per-cell-type regressions (or one regression on their pooled bins) — so the
+*other* cell types that have assay k observed — in each such cell type c the features
+(x_ck', avg_k(c)) of the assays of K that c has too are regressed on the observed track x_ck,
+and the target's weights are the mean of these per-cell-type regressions (or one regression
+on their pooled bins, on the assays they all have) — so the
 regression transfers "how assay k relates to the other assays of a cell" across cell types,
 and a held-out pair never contributes to its own weights. It is the PARAFAC model's fall-back
 companion: targets with no training cell type, and bins where a feature is missing, take the
@@ -1221,17 +1222,51 @@ def sum_stack_stats(parts) -> dict | None:
 
 
 def target_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 0,
-                  similar: bool = False, hinges: bool = False) -> tuple[list[int], np.ndarray]:
-    """Training cell types and feature indices (into ``v``) of one target pair.
+                  similar: bool = False, hinges: bool = False
+                  ) -> list[tuple[int, np.ndarray]]:
+    """The training cell types of one target pair, each with the feature indices (into ``v``)
+    of its regression.
 
     ``observed`` is the (n_cell × n_assay) boolean matrix of training experiments. Training cell
-    types are the others that have ``assay``; features are the constant, the target cell's other
-    observed assays and, when the assay is observed in at least two cell types (so every training
-    cell type has a source too), its average — each also at every context width. Feature assays
-    that no training cell type shares are dropped, rarest first, until some training cell type
-    has them all. With ``similar`` the similarity-weighted average replaces the plain one;
-    ``hinges`` adds its hinge features (:func:`cell_vectors`).
+    types are the others that have ``assay``. Each regresses it on the constant, those of the
+    target cell's other observed assays that it has too and, when the assay is observed in at
+    least two cell types (so every training cell type has a source too), its average — each
+    also at every context width. A training cell type lacking some of the target cell's assays
+    still teaches the relation through those it shares: in a sparse compendium few cell types
+    have all of another's assays. With ``similar`` the similarity-weighted average replaces the
+    plain one; ``hinges`` adds its hinge features (:func:`cell_vectors`).
     """
+    n_cell, n_assay = observed.shape
+    train = [c for c in range(n_cell) if c != cell and observed[c, assay]]
+    own = [k for k in range(n_assay) if k != assay and observed[cell, k]]
+    return [(c, design_features([k for k in own if observed[c, k]], assay, n_assay,
+                                n_windows, observed[:, assay].sum() >= 2, similar, hinges))
+            for c in train]
+
+
+def design_features(assays: list[int], target: int, n_assay: int, n_windows: int,
+                    average: bool, similar: bool = False, hinges: bool = False) -> np.ndarray:
+    """Indices into ``v`` of a regression of assay ``target`` on the constant, the cell type's
+    ``assays`` and (``average``) the target assay's average, at the bin and every window, with
+    their hinges."""
+    sim = _similar_offset(n_assay, n_windows)
+    feats = [0]
+    for s in range(1 + n_windows):
+        feats += [1 + 2 * n_assay * s + f for f in assays]
+        if average:
+            feats.append(sim + n_assay * s + target if similar
+                         else 1 + 2 * n_assay * s + n_assay + target)
+    if similar and hinges:
+        feats += hinge_columns(n_assay, n_windows, feats).tolist()
+    return np.asarray(feats, dtype=int)
+
+
+def pooled_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 0,
+                  similar: bool = False, hinges: bool = False) -> tuple[list[int], np.ndarray]:
+    """One regression on the training cell types' pooled rows (``stack_per_cell = false``)
+    needs one feature set all of them have: the target cell's other observed assays, dropped
+    rarest first until some training cell type has them all; returns those training cell types
+    and the features (as :func:`target_design`)."""
     n_cell, n_assay = observed.shape
     train = [c for c in range(n_cell) if c != cell and observed[c, assay]]
     if not train:
@@ -1244,17 +1279,8 @@ def target_design(observed: np.ndarray, cell: int, assay: int, n_windows: int = 
             break
         seen = observed[np.ix_(train, K)].sum(axis=0)
         K.pop(int(np.argmin(seen)))
-    average = observed[:, assay].sum() >= 2
-    sim = _similar_offset(n_assay, n_windows)
-    feats = [0]
-    for s in range(1 + n_windows):
-        feats += [1 + 2 * n_assay * s + f for f in K]
-        if average:
-            feats.append(sim + n_assay * s + assay if similar
-                         else 1 + 2 * n_assay * s + n_assay + assay)
-    if similar and hinges:
-        feats += hinge_columns(n_assay, n_windows, feats).tolist()
-    return train, np.asarray(feats, dtype=int)
+    return train, design_features(K, assay, n_assay, n_windows, observed[:, assay].sum() >= 2,
+                                  similar, hinges)
 
 
 def _ridge_solve(G: np.ndarray, feats: np.ndarray, assay: int, ridge: float, D: int
@@ -1295,21 +1321,28 @@ def fit_stack(stats: dict, observed: np.ndarray, ridge: float = 1e-3, windows=()
     D = gram.shape[1]
     hinges = has_hinges(D, n_assay, windows, similar)
     W = np.full((n_cell, n_assay, D), np.nan)
+    # target cell types with the same assays share their training cell types' regressions
+    solved: dict = {}
     for j in (range(n_cell) if cells is None else cells):
         for k in range(n_assay):
-            train, feats = target_design(observed, j, k, len(windows), similar, hinges)
-            if not train:
-                continue
             # too few training rows for this many weights: that cell type (or target) sits out
-            enough = 10 * len(feats)
             if per_cell:
-                fits = [_ridge_solve(gram[c], feats, k, ridge, D) for c in train
-                        if gram[c][0, 0] >= enough]
+                fits = []
+                for c, feats in target_design(observed, j, k, len(windows), similar, hinges):
+                    key = (c, k, feats.tobytes())
+                    if key not in solved:
+                        solved[key] = (_ridge_solve(gram[c], feats, k, ridge, D)
+                                       if gram[c][0, 0] >= 10 * len(feats) else None)
+                    if solved[key] is not None:
+                        fits.append(solved[key])
                 if fits:
                     W[j, k] = np.mean(fits, axis=0)
             else:
+                train, feats = pooled_design(observed, j, k, len(windows), similar, hinges)
+                if not train:
+                    continue
                 G = gram[train].sum(axis=0)
-                if G[0, 0] >= enough:
+                if G[0, 0] >= 10 * len(feats):
                     W[j, k] = _ridge_solve(G, feats, k, ridge, D)
     return W
 

@@ -31,8 +31,9 @@ def pearson(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def stacked(X, cell, assay, hold, cfg, fallback):
-    keep = np.setdiff1d(np.arange(X.shape[1]), [hold])
+def stacked(X, cell, assay, hold, cfg, fallback, also_held=()):
+    """The stacked imputation of track ``hold`` trained without it (and ``also_held``)."""
+    keep = np.setdiff1d(np.arange(X.shape[1]), [hold, *also_held])
     obs = np.zeros((len(CELLS), len(MARKS)), bool)
     obs[cell[keep], assay[keep]] = True
     windows = cfg.stack_windows()
@@ -83,3 +84,24 @@ def test_tuned_factor_model_beats_the_average_baseline(pilot):
                                      [(cell[hold], assay[hold])])[:, 0]
     y = X[:, hold]
     assert np.mean((y - pred) ** 2) < 0.9 * np.mean((y - avg) ** 2)
+
+
+def test_stacked_imputation_beats_the_average_in_a_sparse_compendium(pilot):
+    """A fold of ``--folds 4``: five tracks held out at once, so no training cell type of
+    E003 H3K4me3 has all of E003's other marks (E017 lacks H3K36me3, E116 H3K27me3, E117
+    H3K9me3); each still teaches the transfer through the marks it shares."""
+    X, cell, assay = pilot
+    index = {f"{c}.{m}": i for i, (c, m) in enumerate((c, m) for c in CELLS for m in MARKS)}
+    hold = index["E003.H3K4me3"]
+    others = [index[t] for t in ("E003.H3K4me1", "E017.H3K36me3", "E116.H3K27me3",
+                                 "E117.H3K9me3")]
+    keep = np.setdiff1d(np.arange(X.shape[1]), [hold, *others])
+    avg = baselines.average_baseline(X[:, keep], cell[keep], assay[keep],
+                                     [(cell[hold], assay[hold])])[:, 0]
+    pred = stacked(X, cell, assay, hold, Config(), fallback=avg, also_held=others)
+    y = X[:, hold]
+    # 0.158 against 0.162 with this plain stack (the default pipeline, with the similarity-
+    # weighted averages, hinges and blend: 0.131 against 0.143); regressions required to
+    # have all of E003's marks are learned from one cell type: 0.224
+    mse_stack, mse_avg = np.mean((y - pred) ** 2), np.mean((y - avg) ** 2)
+    assert mse_stack < mse_avg, (mse_stack, mse_avg)

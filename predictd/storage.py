@@ -1099,17 +1099,19 @@ def _http_probe(uri: str) -> tuple[int | None, str | None] | None:
 def anonymous_read(url: str) -> tuple[bool | None, str]:
     """Whether anyone can read ``url`` as a genome browser does: a one-byte GET without
     credentials. ``(True, "")``; ``(False, "HTTP 403")`` when the server refuses (or has no
-    such object); ``(None, why)`` when it cannot be asked (no route, DNS, timeout)."""
+    such object); ``(None, why)`` when it cannot tell (no route, DNS, timeout, a server
+    error)."""
     import requests
 
     try:
         with requests.get(url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
                           stream=True, timeout=HTTP_TIMEOUT) as resp:
-            if resp.status_code < 400 or resp.status_code == 416:  # 416: an empty file
-                return True, ""
-            return False, f"HTTP {resp.status_code}"
+            code = resp.status_code
     except requests.exceptions.RequestException as exc:
         return None, type(exc).__name__
+    if code < 400 or code == 416:  # 416: an empty file has no byte 0
+        return True, ""
+    return (False if code in (401, 403, 404, 410) else None), f"HTTP {code}"
 
 
 def _http_validator(resp) -> str | None:

@@ -210,3 +210,31 @@ def test_anonymous_read_tells_a_refusal_from_a_server_it_cannot_ask():
         port = s.getsockname()[1]
     assert storage.anonymous_read(f"http://127.0.0.1:{port}/hub.txt") == (None,
                                                                           "ConnectionError")
+
+
+def test_anonymous_read_reads_the_status_the_browser_would_get():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # /403, /503, /206: that status; no credentials reach it
+            assert "Authorization" not in self.headers and self.headers["Range"] == "bytes=0-0"
+            self.send_response(int(self.path[1:]))
+            self.send_header("Content-Length", "1")
+            self.end_headers()
+            self.wfile.write(b"x")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert storage.anonymous_read(f"{base}/206") == (True, "")
+        assert storage.anonymous_read(f"{base}/403") == (False, "HTTP 403")
+        assert storage.anonymous_read(f"{base}/404") == (False, "HTTP 404")
+        # a server error says nothing about who may read: not a refusal
+        assert storage.anonymous_read(f"{base}/503") == (None, "HTTP 503")
+    finally:
+        server.shutdown()

@@ -1103,9 +1103,13 @@ def anonymous_read(url: str) -> tuple[bool | None, str]:
     error)."""
     import requests
 
+    # an explicit no-op auth: without one requests would send ~/.netrc's credentials for the host
+    def anonymous(request):
+        return request
+
     try:
         with requests.get(url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
-                          stream=True, timeout=HTTP_TIMEOUT) as resp:
+                          auth=anonymous, stream=True, timeout=HTTP_TIMEOUT) as resp:
             code = resp.status_code
     except requests.exceptions.RequestException as exc:
         return None, type(exc).__name__

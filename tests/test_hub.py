@@ -212,9 +212,14 @@ def test_anonymous_read_tells_a_refusal_from_a_server_it_cannot_ask():
                                                                           "ConnectionError")
 
 
-def test_anonymous_read_reads_the_status_the_browser_would_get():
+def test_anonymous_read_reads_the_status_the_browser_would_get(tmp_path, monkeypatch):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    # credentials for the host in ~/.netrc, which requests would otherwise send
+    (tmp_path / "netrc").write_text("machine 127.0.0.1 login user password secret\n")
+    (tmp_path / "netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # /403, /503, /206: that status; no credentials reach it

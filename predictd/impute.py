@@ -127,6 +127,8 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
 SUM_COLUMN, COUNT_COLUMN = "stack_sum_", "stack_count_"
 # 1 where no training experiment of the model has signal in the bin (:func:`no_signal`)
 NO_SIGNAL_COLUMN = "no_signal_"
+# each row's bin (within its chromosome) and its start in bp, as in the tensor's blocks
+GF_COORDINATES = ("bin", "start")
 # The sums (2 columns per assay) are stored when the block has at least this many times as many
 # columns: then they save a write task most of the block's columns (Roadmap: 48 against
 # 1,014). On a small compendium (the 4 × 5 pilot: 10 against 20) reading the block whole is as
@@ -203,14 +205,21 @@ def read_coarse(uri: str, names: list[str], cells: int | None = None
 
 
 def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | None = None,
-             empty: np.ndarray | None = None) -> None:
+             empty: np.ndarray | None = None, start_bin: int | None = None,
+             bin_size: int | None = None) -> None:
     """A block's genome factors (columns g0…, bG) and, for a stacked model, the per-assay sums
     and counts of its observed values (``stack_sum_k``, ``stack_count_k`` for assay index k:
     what every cell type's averages are built from, so writing tracks does not read the whole
     tensor block again). The sums are float32 GEMM results and the counts small integers, so
     float32 holds both exactly. ``empty`` (bool per bin, :func:`no_signal` of the model's
-    training experiments) is stored as ``no_signal_``."""
-    cols = {f"g{l}": pa.array(GB[:, l]) for l in range(GB.shape[1] - 1)}
+    training experiments) is stored as ``no_signal_``. With ``start_bin`` and ``bin_size``
+    the rows carry their coordinates first, as the tensor's do (``bin``, ``start`` in bp), so
+    the factors can be read by position (pandas, duckdb)."""
+    cols = {}
+    if start_bin is not None:
+        bins = np.arange(start_bin, start_bin + GB.shape[0], dtype=np.int64)
+        cols = {"bin": pa.array(bins), "start": pa.array(bins * bin_size)}
+    cols.update({f"g{l}": pa.array(GB[:, l]) for l in range(GB.shape[1] - 1)})
     cols["bG"] = pa.array(GB[:, -1])
     if sums is not None:
         tot, cnt = sums
@@ -222,8 +231,11 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
         cols[NO_SIGNAL_COLUMN] = pa.array(np.asarray(empty, dtype=bool))
     buf = io.BytesIO()
     # no dictionary: factors are all distinct floats, and dictionary encoding only slows the
-    # write; LZ4: every write task of the block reads the file again
-    pq.write_table(pa.table(cols), buf, compression="lz4", use_dictionary=False)
+    # write; LZ4: every write task of the block reads the file again; the coordinates are
+    # delta-encoded (a few KB a block), as in the tensor
+    pq.write_table(pa.table(cols), buf, compression="lz4", use_dictionary=False,
+                   column_encoding={c: "DELTA_BINARY_PACKED" for c in GF_COORDINATES
+                                    if c in cols} or None)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
@@ -234,8 +246,8 @@ def read_gf_parts(uri: str, sums: bool = True
     the bins without signal in any training experiment (bool, None when not stored)."""
     pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
     names = pf.schema_arrow.names
-    gcols = [c for c in names
-             if not c.startswith((SUM_COLUMN, COUNT_COLUMN)) and c != NO_SIGNAL_COLUMN]
+    gcols = [c for c in names if not c.startswith((SUM_COLUMN, COUNT_COLUMN))
+             and c != NO_SIGNAL_COLUMN and c not in GF_COORDINATES]
     scols = [c for c in names if c.startswith(SUM_COLUMN)] if sums else []
     ccols = [c for c in names if c.startswith(COUNT_COLUMN)] if sums else []
     ecols = [NO_SIGNAL_COLUMN] if NO_SIGNAL_COLUMN in names else []
@@ -269,7 +281,7 @@ def read_gf(uri: str) -> np.ndarray:
 # --------------------------------------------------------------------------- tasks
 def _solve_task(item, payload):
     chrom, block, start, n = item
-    root, gf_root, model, experiments, ridge, bias_ridge = payload
+    root, gf_root, model, experiments, ridge, bias_ridge, bin_size = payload
     uri = gf_uri(gf_root, chrom, block)
     if storage.exists(uri):
         return 0
@@ -283,7 +295,8 @@ def _solve_task(item, payload):
         write_coarse(coarse_uri(gf_root, chrom, block), experiments,
                      stacking.coarse_sums(np.asarray(X, dtype=np.float32).T,
                                           coarse_step(model)))
-    write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums, no_signal(X))
+    write_gf(uri, solve_block(X, model, experiments, ridge, bias_ridge), sums, no_signal(X),
+             start, bin_size)
     return 1
 
 
@@ -613,7 +626,7 @@ def solve_genome(sc, header: tensor.TensorHeader, root: str, gf_root: str, model
         raise PredictdError(f"model was trained on {missing[0]}, which the tensor at {root} "
                             "does not have")
     map_tasks(sc, _solve_task, header.blocks(),
-              (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty),
+              (root, gf_root, model, experiments, cfg.ri2, cfg.bias_penalty, header.bin_size),
               desc="solve genome factors", unit="block", cost=tensor.block_bins(header.blocks()))
 
 

@@ -58,9 +58,14 @@ def test_stored_sums_write_the_same_tracks_from_fewer_columns(
     ea = [aidx[a] for _, a in model.observed]
     for f in files:
         names = pq.read_schema(f).names
-        assert names[:model.latent_factors + 1] == [
-            *(f"g{i}" for i in range(model.latent_factors)), "bG"]
+        assert names[:model.latent_factors + 3] == [
+            "bin", "start", *(f"g{i}" for i in range(model.latent_factors)), "bG"]
         assert sum(c.startswith("stack_") for c in names) == 2 * n_assay
+        # each row's coordinates, as the tensor block's: the factors can be read by position
+        block = int(f.split("block=")[1][:6])
+        want = pq.read_table(tensor.block_uri(run.tensor_root, "pilot", block),
+                             columns=["bin", "start"])
+        assert pq.read_table(f, columns=["bin", "start"]).equals(want)
     # the stored sums are those of the block's observed values, exactly
     block = int(files[2].split("block=")[1][:6])
     GB, (tot, cnt), empty = impute.read_gf_parts(files[2])

@@ -127,8 +127,6 @@ def impute_values(GB: np.ndarray, model: Model, pairs: list[tuple[int, int]]) ->
 SUM_COLUMN, COUNT_COLUMN = "stack_sum_", "stack_count_"
 # 1 where no training experiment of the model has signal in the bin (:func:`no_signal`)
 NO_SIGNAL_COLUMN = "no_signal_"
-# each row's bin (within its chromosome) and its start in bp, as in the tensor's blocks
-GF_COORDINATES = ("bin", "start")
 # The sums (2 columns per assay) are stored when the block has at least this many times as many
 # columns: then they save a write task most of the block's columns (Roadmap: 48 against
 # 1,014). On a small compendium (the 4 × 5 pilot: 10 against 20) reading the block whole is as
@@ -215,10 +213,8 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
     training experiments) is stored as ``no_signal_``. With ``start_bin`` and ``bin_size``
     the rows carry their coordinates first, as the tensor's do (``bin``, ``start`` in bp), so
     the factors can be read by position (pandas, duckdb)."""
-    cols = {}
-    if start_bin is not None:
-        bins = np.arange(start_bin, start_bin + GB.shape[0], dtype=np.int64)
-        cols = {"bin": pa.array(bins), "start": pa.array(bins * bin_size)}
+    cols = ({} if start_bin is None
+            else tensor.coordinate_columns(start_bin, GB.shape[0], bin_size))
     cols.update({f"g{l}": pa.array(GB[:, l]) for l in range(GB.shape[1] - 1)})
     cols["bG"] = pa.array(GB[:, -1])
     if sums is not None:
@@ -231,11 +227,10 @@ def write_gf(uri: str, GB: np.ndarray, sums: tuple[np.ndarray, np.ndarray] | Non
         cols[NO_SIGNAL_COLUMN] = pa.array(np.asarray(empty, dtype=bool))
     buf = io.BytesIO()
     # no dictionary: factors are all distinct floats, and dictionary encoding only slows the
-    # write; LZ4: every write task of the block reads the file again; the coordinates are
-    # delta-encoded (a few KB a block), as in the tensor
+    # write; LZ4: every write task of the block reads the file again
     pq.write_table(pa.table(cols), buf, compression="lz4", use_dictionary=False,
-                   column_encoding={c: "DELTA_BINARY_PACKED" for c in GF_COORDINATES
-                                    if c in cols} or None)
+                   column_encoding=tensor.COORDINATE_ENCODING if start_bin is not None
+                   else None)
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
@@ -247,7 +242,7 @@ def read_gf_parts(uri: str, sums: bool = True
     pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
     names = pf.schema_arrow.names
     gcols = [c for c in names if not c.startswith((SUM_COLUMN, COUNT_COLUMN))
-             and c != NO_SIGNAL_COLUMN and c not in GF_COORDINATES]
+             and c != NO_SIGNAL_COLUMN and c not in tensor.COORDINATES]
     scols = [c for c in names if c.startswith(SUM_COLUMN)] if sums else []
     ccols = [c for c in names if c.startswith(COUNT_COLUMN)] if sums else []
     ecols = [NO_SIGNAL_COLUMN] if NO_SIGNAL_COLUMN in names else []

@@ -1070,6 +1070,10 @@ def _http_errors(uri: str, action: str):
         raise PredictdError(f"HTTP request failed {action} {display_uri(uri)}: {type(exc).__name__}") from exc
 
 
+#: A GET of a resource's first byte only, uncompressed (its Content-Range gives the size).
+_FIRST_BYTE = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
+
+
 def _http_probe(uri: str) -> tuple[int | None, str | None] | None:
     """Size and validator of a URL, or None if it does not exist.
 
@@ -1079,7 +1083,7 @@ def _http_probe(uri: str) -> tuple[int | None, str | None] | None:
     import requests
 
     with _http_errors(uri, "reading"), requests.get(
-        uri, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"}, stream=True, timeout=HTTP_TIMEOUT
+        uri, headers=_FIRST_BYTE, stream=True, timeout=HTTP_TIMEOUT
     ) as resp:
         if resp.status_code in (404, 410):
             return None
@@ -1108,7 +1112,7 @@ def anonymous_read(url: str) -> tuple[bool | None, str]:
         return request
 
     try:
-        with requests.get(url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+        with requests.get(url, headers=_FIRST_BYTE,
                           auth=anonymous, stream=True, timeout=HTTP_TIMEOUT) as resp:
             code = resp.status_code
     except requests.exceptions.RequestException as exc:

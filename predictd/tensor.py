@@ -108,11 +108,22 @@ def block_uri(root: str, chrom: str, block: int) -> str:
     return storage.join(root, f"chrom={chrom}", f"block={block:06d}.parquet")
 
 
+#: A block's row coordinates: its bin (within the chromosome) and that bin's start in bp.
+COORDINATES = ("bin", "start")
+#: Their Parquet encoding: plain, they took 2 MB of every 262,144-bin block, so a chromosome
+#: no track covers still cost 2 MB a block; delta-encoded, a few KB.
+COORDINATE_ENCODING = {c: "DELTA_BINARY_PACKED" for c in COORDINATES}
+
+
+def coordinate_columns(start_bin: int, n: int, bin_size: int) -> dict:
+    """The :data:`COORDINATES` columns of a block of ``n`` bins from ``start_bin`` (Arrow)."""
+    bins = np.arange(start_bin, start_bin + n, dtype=np.int64)
+    return {"bin": pa.array(bins), "start": pa.array(bins * bin_size)}
+
+
 def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int) -> bytes:
     """A block as Parquet bytes: NaN becomes null (not observed)."""
-    n = X.shape[0]
-    bins = np.arange(start_bin, start_bin + n, dtype=np.int64)
-    cols = {"bin": pa.array(bins), "start": pa.array(bins * bin_size)}
+    cols = coordinate_columns(start_bin, X.shape[0], bin_size)
     for j, name in enumerate(names):
         col = np.ascontiguousarray(X[:, j], dtype=np.float32)
         nan = np.isnan(col)
@@ -121,12 +132,9 @@ def encode_block(start_bin: int, X: np.ndarray, names: list[str], bin_size: int)
     # Dictionary encoding is Parquet's default, but binned signal has too many distinct values
     # for it: it slows encoding and decoding for no smaller file (docs/performance.md).
     # LZ4: a block is written once and its columns read by many write tasks; on the Roadmap
-    # tracks it decodes in 0.55× zstd's time for a file 1.25× the size. The bin counters are
-    # delta-encoded: plain, they took 2 MB of every 262,144-bin block, so a chromosome no
-    # track covers still cost 2 MB a block; delta-encoded, a few KB
+    # tracks it decodes in 0.55× zstd's time for a file 1.25× the size
     pq.write_table(pa.table(cols), buf, compression="lz4", row_group_size=1 << 20,
-                   use_dictionary=False,
-                   column_encoding={"bin": "DELTA_BINARY_PACKED", "start": "DELTA_BINARY_PACKED"})
+                   use_dictionary=False, column_encoding=COORDINATE_ENCODING)
     return buf.getvalue()
 
 

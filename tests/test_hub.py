@@ -203,11 +203,9 @@ def test_cli_hub_on_s3_public(s3_endpoint, make_run, tmp_path):
 
 
 def test_anonymous_read_tells_a_refusal_from_a_server_it_cannot_ask():
-    import socket
+    from predictd.localcluster import free_port
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     assert storage.anonymous_read(f"http://127.0.0.1:{port}/hub.txt") == (None,
                                                                           "ConnectionError")
 

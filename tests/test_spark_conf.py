@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from predictd.localcluster import free_port
 from predictd.spark import is_loopback_master, master_defaults
 
 LOOPBACK = ("local", "local[*]", "local[2]", "local-cluster[2,1,1024]",
@@ -67,10 +68,7 @@ def test_a_standalone_master_nobody_answers_is_refused_in_one_line():
     from predictd.errors import PredictdError
     from predictd.spark import check_master_reachable, master_addresses
 
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    dead = closed.getsockname()[1]
-    closed.close()                 # a port nothing listens on
+    dead = free_port()             # a port nothing listens on
     t0 = time.monotonic()
     with pytest.raises(PredictdError, match=rf"spark://127.0.0.1:{dead}: nothing answers at "
                                             rf"127.0.0.1:{dead}: Connection refused"):
@@ -92,14 +90,11 @@ def test_a_standalone_master_nobody_answers_is_refused_in_one_line():
 def test_run_with_an_unreachable_master_writes_nothing(tmp_path, write_small_run_inputs):
     """The command in a process of its own, as a user runs it: a test process's running JVM
     would hand a new SparkConf the master of the context it already has."""
-    import socket
     import subprocess
     import sys
 
     inp = write_small_run_inputs(tmp_path / "in")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     r = subprocess.run([sys.executable, "-m", "predictd", "run", "-m", str(inp.manifest), "-g",
                         str(inp.sizes), "-o", str(tmp_path / "o"), "--master",
                         f"spark://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)

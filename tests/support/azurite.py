@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from typing import Callable
 
-from tests.support.servers import launch
+from tests.support.servers import launch, listening
 
 ACCOUNT = "devstoreaccount1"
 #: Azurite's published development key (documented by Microsoft; not a secret of anyone's).
@@ -48,13 +47,6 @@ def start_azurite(executable: str, timeout: float = 60.0) -> tuple[str, int, Cal
     def argv(port: int, workspace: str) -> list[str]:
         return [executable, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
                 workspace, "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"]
-
-    def listening(port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     port, _, stop = launch("azurite-blob", argv, listening, timeout)
     return connection_string(port), port, stop

@@ -40,35 +40,16 @@ def start_authenticating_moto_server(bucket: str) -> tuple[str, dict, Callable[[
     ``INITIAL_NO_AUTH_ACTION_COUNT``); from then on an unknown key or a wrong secret is refused
     with AWS's codes (a bare 403 to a HEAD)."""
     import json
-    import os
-    import socket
-    import subprocess
     import sys
-    import time
 
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from tests.support.servers import launch, listening
 
-    def stop():
-        proc.terminate()
-        proc.wait(timeout=10)
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop()
-                raise RuntimeError("the authenticating moto server did not start")
-            time.sleep(0.1)
+    port, _, stop = launch(
+        "moto-server", lambda port, _: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                        "-p", str(port)],
+        listening, timeout=30, env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
     endpoint = f"http://127.0.0.1:{port}"
     anon = dict(endpoint_url=endpoint, region_name="us-east-1",
                 aws_access_key_id=FAKE_ACCESS_KEY, aws_secret_access_key=FAKE_SECRET_KEY)

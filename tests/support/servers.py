@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -13,10 +14,21 @@ from typing import Callable
 from predictd.localcluster import free_port
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on ``port`` of 127.0.0.1."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def launch(name: str, argv: Callable[[int, str], list[str]], ready: Callable[[int], bool],
-           timeout: float) -> tuple[int, str, Callable[[], None]]:
+           timeout: float, env: dict[str, str] | None = None
+           ) -> tuple[int, str, Callable[[], None]]:
     """Run ``argv(port, workspace)`` on a free port with a new workspace directory (its output
-    goes to ``workspace/server.log``) and wait until ``ready(port)``.
+    goes to ``workspace/server.log``; ``env``: variables added to this process's environment)
+    and wait until ``ready(port)``.
 
     Returns
     -------
@@ -34,7 +46,7 @@ def launch(name: str, argv: Callable[[int, str], list[str]], ready: Callable[[in
     log_path = os.path.join(workspace, "server.log")
     log = open(log_path, "wb")
     proc = subprocess.Popen(argv(port, workspace), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
     def stop() -> None:
         proc.terminate()
